@@ -1,0 +1,132 @@
+"""`borglet run`: the agent on every machine of the cell."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+
+import click
+import psutil
+
+from borglet.agent import Borglet, BorgletConfig
+from cfg.units import parse_size
+
+log = logging.getLogger("borglet")
+
+
+def _kv(values: tuple[str, ...], flag: str) -> dict[str, str]:
+    out = {}
+    for v in values:
+        k, sep, val = v.partition("=")
+        if not sep or not k:
+            raise click.BadParameter(f"'{v}' is not KEY=VALUE", param_hint=flag)
+        out[k] = val
+    return out
+
+
+def _taints(values: tuple[str, ...]) -> list[dict[str, str]]:
+    out = []
+    for v in values:
+        kv, sep, effect = v.rpartition(":")
+        k, sep2, val = kv.partition("=")
+        if not sep or not sep2 or not k or effect not in ("NoSchedule", "PreferNoSchedule"):
+            raise click.BadParameter(f"'{v}' is not KEY=VALUE:NoSchedule", param_hint="--taint")
+        out.append({"key": k, "value": val, "effect": effect})
+    return out
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """The Borglet: runs the cell's tasks on this machine."""
+
+
+@main.command()
+@click.option("--name", default=lambda: socket.gethostname().split(".")[0], show_default="host")
+@click.option("--master", "masters", required=True, help="HOST:PORT[,HOST:PORT...] of masters.")
+@click.option("--grpc", "grpc_addr", required=True, help="HOST:PORT for the Borglet's gRPC.")
+@click.option("--http", "http_addr", required=True, help="HOST:PORT for /metrics and /healthz.")
+@click.option("--data-dir", required=True, type=click.Path(file_okay=False))
+@click.option("--cpu", type=float, default=None, help="Cores offered (default: all).")
+@click.option("--memory", default=None, help="Memory offered, e.g. 8Gi (default: 80% of RAM).")
+@click.option("--disk", default=None, help="Disk offered (default: free space of --data-dir).")
+@click.option("--attr", "attrs", multiple=True, help="KEY=VALUE machine attribute.")
+@click.option("--taint", "taints", multiple=True, help="KEY=VALUE:NoSchedule")
+@click.option("--task-user", default="nobody", show_default=True)
+@click.option("--allow-root-tasks", is_flag=True, help="Let jobs run_as root.")
+@click.option("--tls-dir", type=click.Path(file_okay=False), default=None, hidden=True)
+@click.option("--cgroup-root", default="/sys/fs/cgroup", show_default=True)
+@click.option("--kill-tasks-on-exit", is_flag=True, help="Stop every task when exiting (dev).")
+@click.option("-v", "--verbose", is_flag=True)
+def run(
+    name: str,
+    masters: str,
+    grpc_addr: str,
+    http_addr: str,
+    data_dir: str,
+    cpu: float | None,
+    memory: str | None,
+    disk: str | None,
+    attrs: tuple[str, ...],
+    taints: tuple[str, ...],
+    task_user: str,
+    allow_root_tasks: bool,
+    tls_dir: str | None,
+    cgroup_root: str,
+    kill_tasks_on_exit: bool,
+    verbose: bool,
+) -> None:
+    """Run the Borglet."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        mem = parse_size(memory) if memory else int(psutil.virtual_memory().total * 0.8)
+        dsk = parse_size(disk) if disk else None
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+    os.makedirs(data_dir, exist_ok=True)
+    if dsk is None:
+        dsk = psutil.disk_usage(data_dir).free
+    cfg = BorgletConfig(
+        name=name,
+        masters=[m.strip() for m in masters.split(",") if m.strip()],
+        grpc=grpc_addr,
+        http=http_addr,
+        data_dir=os.path.abspath(data_dir),
+        cpu=cpu if cpu is not None else float(psutil.cpu_count() or 1),
+        memory=mem,
+        disk=dsk,
+        attrs=_kv(attrs, "--attr"),
+        taints=_taints(taints),
+        task_user=task_user,
+        allow_root=allow_root_tasks,
+        kill_tasks_on_exit=kill_tasks_on_exit,
+        cgroup_root=cgroup_root,
+    )
+    borglet = Borglet(cfg)
+    try:
+        borglet.start()
+    except OSError as e:
+        click.echo(f"borglet: {e}", err=True)
+        sys.exit(1)
+    stop = threading.Event()
+
+    def handler(signum: int, frame: object) -> None:
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    while not stop.wait(0.5):
+        pass
+    borglet.stop()
+
+
+if __name__ == "__main__":
+    main()

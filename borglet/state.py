@@ -1,0 +1,217 @@
+"""The Borglet's task state machine: pure logic, no processes, no clock of its own.
+
+The agent feeds it events (the master's desired set, a process exit, the time) and carries out
+the instructions it returns (start, kill, forget). Keeping the decisions here - when to
+restart, with what backoff, what to report - lets them be tested without spawning anything,
+in the spirit of dask.distributed's worker state machine.
+"""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import dataclass, field
+from typing import Any
+
+from borgmaster.model import BATCH, FAILED, KILLED, RUNNING, SUCCEEDED, JobSpec
+
+# Cap for the exponential restart backoff, and how long a run must last to reset it.
+MAX_BACKOFF_MS = 300_000
+STABLE_RUN_MS = 60_000
+
+TaskKey = tuple[str, int, str]  # job, index, incarnation
+
+# Local phases of a task on this machine.
+STARTING = "starting"  # wanted, not started yet (or waiting out a restart backoff)
+ACTIVE = "active"  # process running
+STOPPING = "stopping"  # being killed
+DONE = "done"  # finished for good; `result` says how
+
+
+@dataclass
+class Desired:
+    """One task the master wants on this machine."""
+
+    job: str
+    index: int
+    incarnation: str
+    version: int
+    spec: JobSpec
+    ports: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def key(self) -> TaskKey:
+        return (self.job, self.index, self.incarnation)
+
+
+@dataclass
+class LocalTask:
+    key: TaskKey
+    spec: JobSpec
+    phase: str = STARTING
+    restarts: int = 0
+    exit_code: int | None = None
+    reason: str = ""
+    result: str = ""  # succeeded | failed | killed once DONE
+    next_start_ms: int = 0
+    started_ms: int = 0
+    consecutive_failures: int = 0
+
+    @property
+    def job(self) -> str:
+        return self.key[0]
+
+    @property
+    def index(self) -> int:
+        return self.key[1]
+
+    @property
+    def incarnation(self) -> str:
+        return self.key[2]
+
+    def observed_state(self) -> str:
+        """What the master is told: running while wanted and not finished."""
+        return self.result if self.phase == DONE else RUNNING
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "job": self.job,
+            "index": self.index,
+            "incarnation": self.incarnation,
+            "state": self.observed_state(),
+            "exit_code": -1 if self.exit_code is None else self.exit_code,
+            "reason": self.reason,
+            "restarts": self.restarts,
+        }
+
+
+@dataclass
+class Start:
+    key: TaskKey
+
+
+@dataclass
+class Kill:
+    key: TaskKey
+
+
+Action = Start | Kill
+
+
+def exit_code_of(returncode: int) -> int:
+    """Shell convention: a process killed by signal N reports 128 + N."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def describe_exit(returncode: int, oom: bool) -> str:
+    if oom:
+        return "oom"
+    if returncode < 0:
+        try:
+            return f"signal: {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"signal: {-returncode}"
+    return "" if returncode == 0 else f"exit: {returncode}"
+
+
+class TaskStates:
+    """All tasks this Borglet knows, and the rules that move them."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[TaskKey, LocalTask] = {}
+
+    def reconcile(self, desired: list[Desired], now_ms: int) -> list[Action]:
+        """Converge on the desired set: start what is missing, kill what is not wanted."""
+        want = {d.key: d for d in desired}
+        actions: list[Action] = []
+        for key, d in want.items():
+            t = self.tasks.get(key)
+            if t is None:
+                t = self.tasks[key] = LocalTask(key=key, spec=d.spec, next_start_ms=now_ms)
+            if t.phase == STARTING and t.next_start_ms <= now_ms:
+                actions.append(Start(key))
+        for key, t in self.tasks.items():
+            if key in want:
+                continue
+            if t.phase in (STARTING,):
+                # Never started (or between restarts): nothing to kill.
+                t.phase = DONE
+                t.result = KILLED
+                t.reason = t.reason or "not-wanted"
+            elif t.phase == ACTIVE:
+                t.phase = STOPPING
+                actions.append(Kill(key))
+        return actions
+
+    def started(self, key: TaskKey, now_ms: int) -> None:
+        t = self.tasks[key]
+        t.phase = ACTIVE
+        t.started_ms = now_ms
+        t.reason = ""
+
+    def start_failed(self, key: TaskKey, message: str) -> None:
+        """The process could not be started at all (no such user, bad limits): give up."""
+        t = self.tasks[key]
+        t.phase = DONE
+        t.result = FAILED
+        t.reason = message
+
+    def exited(self, key: TaskKey, returncode: int, oom: bool, now_ms: int) -> None:
+        """A process ended on its own: finish the task or schedule a restart per its policy."""
+        t = self.tasks.get(key)
+        if t is None:
+            return
+        t.exit_code = exit_code_of(returncode)
+        t.reason = describe_exit(returncode, oom)
+        if t.phase == STOPPING:
+            t.phase = DONE
+            t.result = KILLED
+            t.reason = "killed"
+            return
+        ok = returncode == 0 and not oom
+        policy = t.spec.restart
+        if t.spec.kind == BATCH and ok:
+            self._finish(t, SUCCEEDED)
+            return
+        restart = policy.policy == "always" or (policy.policy == "on-failure" and not ok)
+        if not restart:
+            self._finish(t, SUCCEEDED if ok else FAILED)
+            return
+        if now_ms - t.started_ms >= STABLE_RUN_MS:
+            t.consecutive_failures = 0
+        if t.restarts >= policy.max_restarts:
+            self._finish(t, SUCCEEDED if ok else FAILED)
+            return
+        t.restarts += 1
+        t.consecutive_failures += 1
+        backoff = policy.backoff_ms * (2 ** (t.consecutive_failures - 1))
+        t.next_start_ms = now_ms + min(backoff, MAX_BACKOFF_MS)
+        t.phase = STARTING
+
+    def killed(self, key: TaskKey) -> None:
+        """A kill we asked for has completed."""
+        t = self.tasks.get(key)
+        if t is None:
+            return
+        t.phase = DONE
+        t.result = KILLED
+        t.reason = t.reason if t.reason == "oom" else "killed"
+
+    def _finish(self, t: LocalTask, result: str) -> None:
+        t.phase = DONE
+        t.result = result
+
+    def forget_reported(self, reported: set[TaskKey], desired: set[TaskKey]) -> list[TaskKey]:
+        """Drop finished tasks the master has heard about and no longer wants."""
+        gone = [
+            k
+            for k, t in self.tasks.items()
+            if t.phase == DONE and k in reported and k not in desired
+        ]
+        for k in gone:
+            del self.tasks[k]
+        return gone
+
+    def next_wakeup_ms(self) -> int | None:
+        """When the earliest restart backoff ends (None when no task is waiting)."""
+        times = [t.next_start_ms for t in self.tasks.values() if t.phase == STARTING]
+        return min(times) if times else None

@@ -1,0 +1,291 @@
+"""The Borgmaster gRPC service: validate, then propose a command or read the store.
+
+Errors are mapped to gRPC status codes in one place (`_abort`): invalid input is
+INVALID_ARGUMENT with the validator's one-line message, a write that cannot commit is
+UNAVAILABLE naming the leader when one is known, unknown jobs are NOT_FOUND.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any, NoReturn
+
+import grpc
+
+from borgmaster import commands as C
+from borgmaster.convert import dict_from, job_pb, machine_pb, resources_from, struct_from
+from borgmaster.model import (
+    ASSIGNED,
+    MACHINE_LOST,
+    RUNNING,
+    TERMINAL_TASK_STATES,
+    Machine,
+)
+from borgmaster.server import Master, ProposeError, now_ms
+from borgmaster.store import ACTIVE_STATES
+from cfg.errors import ConfigError
+from cfg.schema import spec_to_config, validate_job
+from proto.borg.v1 import borg_pb2 as pb
+from proto.borg.v1 import borg_pb2_grpc
+
+log = logging.getLogger("borgmaster.api")
+
+CODES = {
+    "invalid": grpc.StatusCode.INVALID_ARGUMENT,
+    "not-found": grpc.StatusCode.NOT_FOUND,
+    "permission-denied": grpc.StatusCode.PERMISSION_DENIED,
+    "unavailable": grpc.StatusCode.UNAVAILABLE,
+    "not-leader": grpc.StatusCode.FAILED_PRECONDITION,
+    "internal": grpc.StatusCode.INTERNAL,
+    "quota": grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+
+MAX_SYNC_WAIT_S = 5.0
+
+
+def _abort(context: grpc.ServicerContext, code: str, message: str) -> NoReturn:
+    context.abort(CODES.get(code, grpc.StatusCode.UNKNOWN), message)
+    raise AssertionError("unreachable")  # context.abort raises
+
+
+class MasterServicer(borg_pb2_grpc.BorgmasterServicer):
+    def __init__(self, master: Master) -> None:
+        self.m = master
+
+    # ----- helpers ------------------------------------------------------------------------
+
+    def _count(self, method: str, code: str, started: float) -> None:
+        if self.m.metrics is not None:
+            self.m.metrics.on_request(method, code, time.monotonic() - started)
+
+    def _write(self, cmd: C.Command, context: grpc.ServicerContext, method: str) -> dict[str, Any]:
+        started = time.monotonic()
+        try:
+            res = self.m.propose(cmd)
+        except ProposeError as e:
+            self._count(method, e.code, started)
+            _abort(context, e.code, e.message)
+        self._count(method, "ok", started)
+        return res
+
+    def _read_barrier(self, opts: pb.ReadOptions, context: grpc.ServicerContext) -> None:
+        if opts.stale:
+            return
+        try:
+            self.m.barrier()
+        except ProposeError as e:
+            _abort(context, e.code, f"consistent read failed: {e.message} (use --stale)")
+
+    # ----- jobs ---------------------------------------------------------------------------
+
+    def SubmitJob(self, request: pb.SubmitJobRequest, context: grpc.ServicerContext) -> Any:
+        return self._submit(request, context, must_exist=False, method="SubmitJob")
+
+    def UpdateJob(self, request: pb.SubmitJobRequest, context: grpc.ServicerContext) -> Any:
+        return self._submit(request, context, must_exist=True, method="UpdateJob")
+
+    def _submit(
+        self,
+        request: pb.SubmitJobRequest,
+        context: grpc.ServicerContext,
+        must_exist: bool,
+        method: str,
+    ) -> pb.SubmitJobResponse:
+        try:
+            spec = validate_job(dict_from(request.spec), default_user=request.user)
+        except ConfigError as e:
+            self._count(method, "invalid", time.monotonic())
+            _abort(context, "invalid", str(e))
+        if not spec.user:
+            _abort(context, "invalid", "user: the job has no owner (set user or pass --user)")
+        cmd = C.SubmitJob(
+            spec=spec.to_dict(),
+            must_exist=must_exist,
+            request_id=request.options.request_id or uuid.uuid4().hex,
+        )
+        res = self._write(cmd, context, method)
+        log.info("job %s %s (version %s)", res["name"], res["result"], res["version"])
+        return pb.SubmitJobResponse(name=res["name"], version=res["version"], result=res["result"])
+
+    def KillJob(self, request: pb.KillJobRequest, context: grpc.ServicerContext) -> Any:
+        if not request.name:
+            _abort(context, "invalid", "name: required")
+        cmd = C.KillJob(name=request.name, request_id=request.options.request_id)
+        res = self._write(cmd, context, "KillJob")
+        log.info("job %s killed (%s tasks to stop)", res["name"], res["tasks_to_stop"])
+        return pb.KillJobResponse(name=res["name"], tasks_to_stop=res["tasks_to_stop"])
+
+    def GetJob(self, request: pb.GetJobRequest, context: grpc.ServicerContext) -> Any:
+        self._read_barrier(request.options, context)
+        with self.m.store.lock:
+            job = self.m.store.jobs.get(request.name)
+            if job is None:
+                _abort(context, "not-found", f"job '{request.name}' does not exist")
+            tasks = [self.m.store.tasks[k] for k in self._task_keys(job.name)]
+            return job_pb(job, tasks, spec_to_config(job.spec))
+
+    def _task_keys(self, name: str) -> list[tuple[str, int]]:
+        return [t.key for t in self.m.store.job_tasks(name)]
+
+    def ListJobs(self, request: pb.ListJobsRequest, context: grpc.ServicerContext) -> Any:
+        self._read_barrier(request.options, context)
+        with self.m.store.lock:
+            out = []
+            for name in sorted(self.m.store.jobs):
+                job = self.m.store.jobs[name]
+                out.append(job_pb(job, self.m.store.job_tasks(name), None))
+                del out[-1].tasks[:]
+            return pb.ListJobsResponse(jobs=out)
+
+    def ListMachines(self, request: pb.ListMachinesRequest, context: grpc.ServicerContext) -> Any:
+        self._read_barrier(request.options, context)
+        with self.m.store.lock:
+            out = []
+            for name in sorted(self.m.store.machines):
+                m = self.m.store.machines[name]
+                n = sum(
+                    1
+                    for k in self.m.store.tasks_by_machine.get(name, ())
+                    if self.m.store.tasks[k].state in ACTIVE_STATES
+                )
+                out.append(machine_pb(m, self.m.store.used(name), n))
+            return pb.ListMachinesResponse(machines=out)
+
+    # ----- the cell -----------------------------------------------------------------------
+
+    def ReplicaStatus(self, request: pb.ReplicaStatusRequest, context: grpc.ServicerContext) -> Any:
+        return self.m.replica_info()
+
+    def CellStatus(self, request: pb.CellStatusRequest, context: grpc.ServicerContext) -> Any:
+        me = self.m.replica_info()
+        with self.m.store.lock:
+            known = {r.raft: r for r in self.m.store.replicas.values()}
+        rafts = sorted({self.m.cfg.raft, *self.m.cfg.peers, *known})
+        out = []
+        for raft in rafts:
+            if raft == self.m.cfg.raft:
+                out.append(me)
+                continue
+            r = known.get(raft)
+            if r is None:
+                out.append(pb.ReplicaInfo(raft=raft, role="unknown"))
+                continue
+            try:
+                with grpc.insecure_channel(r.grpc) as ch:
+                    info = borg_pb2_grpc.BorgmasterStub(ch).ReplicaStatus(
+                        pb.ReplicaStatusRequest(), timeout=1.0
+                    )
+                out.append(info)
+            except grpc.RpcError:
+                out.append(pb.ReplicaInfo(id=r.id, raft=r.raft, grpc=r.grpc, role="unreachable"))
+        return pb.CellStatusResponse(replicas=out)
+
+    # ----- Borglets -----------------------------------------------------------------------
+
+    def Sync(self, request: pb.SyncRequest, context: grpc.ServicerContext) -> Any:
+        """Level-triggered: record what the Borglet sees, reply with what it should run."""
+        m = self.m
+        if not m.is_leader():
+            leader = m.leader_grpc()
+            _abort(context, "not-leader", f"not the leader; leader: {leader or 'unknown'}")
+        name = request.machine
+        if not name:
+            _abort(context, "invalid", "machine: required")
+        m.last_seen[name] = time.monotonic()
+        try:
+            self._register_if_changed(request)
+            self._record_observed(request)
+        except ProposeError as e:
+            _abort(context, e.code, e.message)
+        wait_s = min(request.wait_ms / 1000.0, MAX_SYNC_WAIT_S)
+        deadline = time.monotonic() + wait_s
+        store = m.store
+        with store.changed:
+            while True:
+                gen = store.machine_generation.get(name, 0)
+                left = deadline - time.monotonic()
+                if gen != request.known_generation or left <= 0 or not m.is_leader():
+                    break
+                store.changed.wait(min(left, 0.5))
+            desired = store.desired_for(name)
+            out = []
+            for t in desired:
+                job = store.jobs[t.job]
+                out.append(
+                    pb.DesiredTask(
+                        job=t.job,
+                        index=t.index,
+                        incarnation=t.incarnation,
+                        version=t.version,
+                        spec=struct_from(spec_to_config(job.spec)),
+                        ports=t.ports,
+                    )
+                )
+            m.last_seen[name] = time.monotonic()
+            return pb.SyncResponse(tasks=out, generation=gen, cell=m.cfg.cell)
+
+    def _register_if_changed(self, request: pb.SyncRequest) -> None:
+        machine = Machine(
+            name=request.machine,
+            address=request.address,
+            http=request.http,
+            capacity=resources_from(request.capacity),
+            attrs=dict(request.attrs),
+            taints=[{"key": t.key, "value": t.value, "effect": t.effect} for t in request.taints],
+        )
+        with self.m.store.lock:
+            old = self.m.store.machines.get(machine.name)
+            same = (
+                old is not None
+                and old.state != MACHINE_LOST
+                and (old.address, old.http, old.capacity, old.attrs, old.taints)
+                == (machine.address, machine.http, machine.capacity, machine.attrs, machine.taints)
+            )
+        if not same:
+            self.m.propose(C.RegisterMachine(machine=machine.to_dict()))
+            log.info("machine %s registered from %s", machine.name, machine.address)
+
+    def _record_observed(self, request: pb.SyncRequest) -> None:
+        name = request.machine
+        observed = {(o.job, o.index, o.incarnation): o for o in request.tasks}
+        updates: list[dict[str, Any]] = []
+        with self.m.store.lock:
+            store = self.m.store
+            for key in sorted(store.tasks_by_machine.get(name, ())):
+                t = store.tasks[key]
+                if t.state in TERMINAL_TASK_STATES:
+                    continue
+                o = observed.get((t.job, t.index, t.incarnation))
+                job = store.jobs[t.job]
+                if o is None:
+                    if job.killed and t.state in (ASSIGNED, RUNNING):
+                        updates.append(_update(t.job, t.index, t.incarnation, "killed", None, ""))
+                    continue
+                ec = None if o.exit_code == -1 else o.exit_code
+                if (o.state, o.restarts, ec, o.reason) != (
+                    t.state,
+                    t.restarts,
+                    t.exit_code,
+                    t.reason,
+                ):
+                    u = _update(t.job, t.index, t.incarnation, o.state, ec, o.reason)
+                    u["restarts"] = o.restarts
+                    updates.append(u)
+        if updates:
+            self.m.propose(C.TaskUpdates(machine=name, updates=updates, ts_ms=now_ms()))
+
+
+def _update(
+    job: str, index: int, incarnation: str, state: str, exit_code: int | None, reason: str
+) -> dict[str, Any]:
+    return {
+        "job": job,
+        "index": index,
+        "incarnation": incarnation,
+        "state": state,
+        "exit_code": exit_code,
+        "reason": reason,
+        "restarts": 0,
+    }

@@ -1,0 +1,225 @@
+"""`borgmaster run` (one replica of a cell) and `borgmaster dev` (a whole cell in one command)."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import click
+import psutil
+
+from borgmaster.server import Master, MasterConfig
+
+log = logging.getLogger("borgmaster")
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("pysyncobj").setLevel(logging.WARNING)
+
+
+def _is_loopback(addr: str) -> bool:
+    host = addr.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_addr(value: str, flag: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise click.BadParameter(f"'{value}' is not HOST:PORT", param_hint=flag)
+    return value
+
+
+def _wait_for_signal(stop: threading.Event) -> None:
+    def handler(signum: int, frame: object) -> None:
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    while not stop.wait(0.5):
+        pass
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """The Borgmaster: a replica of the cell's replicated state and its scheduler."""
+
+
+@main.command()
+@click.option("--id", "replica_id", required=True, help="This replica's id (unique in the cell).")
+@click.option("--raft", required=True, help="HOST:PORT this replica's Raft listens on.")
+@click.option("--peer", "peers", multiple=True, help="Raft HOST:PORT of another replica.")
+@click.option("--grpc", "grpc_addr", required=True, help="HOST:PORT of the gRPC API.")
+@click.option("--http", "http_addr", required=True, help="HOST:PORT for /metrics and the UI.")
+@click.option("--data-dir", required=True, type=click.Path(file_okay=False), help="Raft state.")
+@click.option("--raft-secret-file", type=click.Path(dir_okay=False, exists=True), default=None)
+@click.option("--tls-dir", type=click.Path(file_okay=False), default=None, hidden=True)
+@click.option("--cell", default="borgcell", show_default=True, help="The cell's name.")
+@click.option("--machine-timeout", default=30.0, show_default=True, help="Seconds until lost.")
+@click.option("-v", "--verbose", is_flag=True)
+def run(
+    replica_id: str,
+    raft: str,
+    peers: tuple[str, ...],
+    grpc_addr: str,
+    http_addr: str,
+    data_dir: str,
+    raft_secret_file: str | None,
+    tls_dir: str | None,
+    cell: str,
+    machine_timeout: float,
+    verbose: bool,
+) -> None:
+    """Run one Borgmaster replica."""
+    setup_logging(verbose)
+    for v, flag in ((raft, "--raft"), (grpc_addr, "--grpc"), (http_addr, "--http")):
+        _check_addr(v, flag)
+    for p in peers:
+        _check_addr(p, "--peer")
+    if len(peers) + 1 not in (1, 3, 5):
+        raise click.UsageError(f"a cell has 1, 3 or 5 replicas, not {len(peers) + 1}")
+    secret = None
+    if raft_secret_file:
+        with open(raft_secret_file) as f:
+            secret = f.read().strip()
+        if len(secret) < 16:
+            raise click.UsageError(f"{raft_secret_file}: the Raft secret must be 16+ characters")
+    elif not _is_loopback(raft):
+        raise click.UsageError(
+            "refusing to bind Raft to a non-loopback address without --raft-secret-file "
+            "(PySyncObj unpickles unauthenticated traffic)"
+        )
+    cfg = MasterConfig(
+        id=replica_id,
+        raft=raft,
+        grpc=grpc_addr,
+        http=http_addr,
+        data_dir=data_dir,
+        peers=list(peers),
+        raft_secret=secret,
+        cell=cell,
+        machine_timeout_s=machine_timeout,
+    )
+    serve(cfg)
+
+
+def serve(cfg: MasterConfig) -> None:
+    try:
+        master = Master(cfg)
+        master.start()
+    except OSError as e:
+        click.echo(f"borgmaster: {e}", err=True)
+        sys.exit(1)
+    stop = threading.Event()
+    _wait_for_signal(stop)
+    master.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@main.command()
+@click.option("--data-dir", default=".borgcell/dev", show_default=True, type=click.Path())
+@click.option("--machines", default=1, show_default=True, help="Borglets to start.")
+@click.option("--grpc", "grpc_addr", default="127.0.0.1:7070", show_default=True)
+@click.option("--http", "http_addr", default="127.0.0.1:7080", show_default=True)
+@click.option("-v", "--verbose", is_flag=True)
+def dev(data_dir: str, machines: int, grpc_addr: str, http_addr: str, verbose: bool) -> None:
+    """A dev cell: one master and Borglet(s) sized from this machine, all in the foreground.
+
+    Ctrl-C stops everything and kills every task it started.
+    """
+    setup_logging(verbose)
+    if machines < 1:
+        raise click.UsageError("--machines must be at least 1")
+    data_dir = os.path.abspath(data_dir)
+    os.makedirs(data_dir, exist_ok=True)
+    raft = "127.0.0.1:7060"
+    cfg = MasterConfig(
+        id="dev",
+        raft=raft,
+        grpc=grpc_addr,
+        http=http_addr,
+        data_dir=os.path.join(data_dir, "master"),
+        machine_timeout_s=10.0,
+    )
+    try:
+        master = Master(cfg)
+        master.start()
+    except OSError as e:
+        click.echo(f"borgmaster dev: {e}", err=True)
+        sys.exit(1)
+    host = socket.gethostname().split(".")[0].lower() or "localhost"
+    cpu = float(psutil.cpu_count() or 1) / machines
+    mem = int(psutil.virtual_memory().total * 0.8) // machines
+    children: list[subprocess.Popen[bytes]] = []
+    for i in range(machines):
+        name = host if machines == 1 else f"{host}-{i}"
+        argv = [
+            sys.executable,
+            "-m",
+            "borglet.cli",
+            "run",
+            "--name",
+            name,
+            "--master",
+            grpc_addr,
+            "--grpc",
+            "127.0.0.1:7071" if i == 0 else f"127.0.0.1:{_free_port()}",
+            "--http",
+            f"127.0.0.1:{_free_port()}" if i else "127.0.0.1:7081",
+            "--data-dir",
+            os.path.join(data_dir, "borglet", name),
+            "--cpu",
+            f"{cpu:g}",
+            "--memory",
+            str(mem),
+            "--kill-tasks-on-exit",
+        ]
+        if os.geteuid() == 0:
+            argv.append("--allow-root-tasks")
+        children.append(subprocess.Popen(argv))
+    click.echo(
+        f"\nborgcell dev cell is up: master {grpc_addr}, UI http://{http_addr}/, "
+        f"{machines} Borglet(s).\n"
+        "In another terminal:\n"
+        "  .venv/bin/borgcfg up examples/hello.jsonnet --wait\n"
+        "  .venv/bin/borgcfg status hello\n"
+        "Ctrl-C stops the cell and every task it started.\n",
+        err=True,
+    )
+    stop = threading.Event()
+    _wait_for_signal(stop)
+    for c in children:
+        c.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    for c in children:
+        try:
+            c.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            c.kill()
+    master.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+"""Typed Raft commands: one type byte followed by a msgpack map.
+
+Every change to the cell's state is one of these, decoded by our own code (never pickle) and
+applied deterministically by `store.Store.apply`. Anything that would differ between replicas
+(the time, random incarnation ids, the leader's decisions) is decided before the command is
+proposed and travels inside it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from enum import IntEnum
+from typing import Any, ClassVar
+
+import msgpack
+
+
+class CommandType(IntEnum):
+    NOOP = 0
+    SUBMIT_JOB = 1
+    KILL_JOB = 2
+    REGISTER_MACHINE = 3
+    APPLY_PLAN = 4
+    TASK_UPDATES = 5
+    MACHINE_LOST = 6
+    REGISTER_REPLICA = 7
+    SET_MACHINE_STATE = 8
+
+
+class CommandError(ValueError):
+    """An entry that is not a well-formed command (unknown type, bad fields)."""
+
+
+@dataclass
+class Command:
+    type: ClassVar[CommandType]
+    ts_ms: int = 0
+    request_id: str = ""
+
+
+@dataclass
+class Noop(Command):
+    """A barrier: once applied, every write before it is applied on this replica too."""
+
+    type: ClassVar[CommandType] = CommandType.NOOP
+
+
+@dataclass
+class SubmitJob(Command):
+    type: ClassVar[CommandType] = CommandType.SUBMIT_JOB
+    spec: dict[str, Any] = field(default_factory=dict)  # JobSpec.to_dict()
+    must_exist: bool = False
+
+
+@dataclass
+class KillJob(Command):
+    type: ClassVar[CommandType] = CommandType.KILL_JOB
+    name: str = ""
+
+
+@dataclass
+class RegisterMachine(Command):
+    type: ClassVar[CommandType] = CommandType.REGISTER_MACHINE
+    machine: dict[str, Any] = field(default_factory=dict)  # Machine.to_dict()
+
+
+@dataclass
+class Placement:
+    job: str
+    index: int
+    machine: str
+    incarnation: str
+    version: int
+
+
+@dataclass
+class ApplyPlan(Command):
+    """A scheduler pass's result. The store re-checks each placement against its own state
+    (the task is still waiting, the machine is up and has room) so a plan computed on a stale
+    snapshot can only partially apply, never overcommit a machine."""
+
+    type: ClassVar[CommandType] = CommandType.APPLY_PLAN
+    placements: list[dict[str, Any]] = field(default_factory=list)  # Placement as dicts
+    failures: list[list[Any]] = field(default_factory=list)  # [job, index, reason]
+
+
+@dataclass
+class TaskUpdates(Command):
+    """Observed task states from one machine's Borglet, coalesced by the leader."""
+
+    type: ClassVar[CommandType] = CommandType.TASK_UPDATES
+    machine: str = ""
+    # {job, index, incarnation, state, exit_code, reason, restarts}
+    updates: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class MachineLost(Command):
+    type: ClassVar[CommandType] = CommandType.MACHINE_LOST
+    name: str = ""
+
+
+@dataclass
+class SetMachineState(Command):
+    type: ClassVar[CommandType] = CommandType.SET_MACHINE_STATE
+    name: str = ""
+    state: str = ""
+
+
+@dataclass
+class RegisterReplica(Command):
+    type: ClassVar[CommandType] = CommandType.REGISTER_REPLICA
+    replica: dict[str, Any] = field(default_factory=dict)  # Replica.to_dict()
+
+
+_BY_TYPE: dict[int, type[Command]] = {
+    c.type: c
+    for c in (
+        Noop,
+        SubmitJob,
+        KillJob,
+        RegisterMachine,
+        ApplyPlan,
+        TaskUpdates,
+        MachineLost,
+        SetMachineState,
+        RegisterReplica,
+    )
+}
+
+
+def encode(cmd: Command) -> bytes:
+    """Serialise a command: its type byte, then its fields as a msgpack map."""
+    return bytes([int(cmd.type)]) + msgpack.packb(asdict(cmd), use_bin_type=True)
+
+
+def decode(entry: bytes) -> Command:
+    """Parse an entry made by `encode`; raise CommandError for anything else."""
+    if not entry:
+        raise CommandError("empty entry")
+    cls = _BY_TYPE.get(entry[0])
+    if cls is None:
+        raise CommandError(f"unknown command type {entry[0]}")
+    try:
+        body = msgpack.unpackb(entry[1:], raw=False, strict_map_key=False)
+    except Exception as e:
+        raise CommandError(f"undecodable {cls.__name__}: {e}") from None
+    if not isinstance(body, dict):
+        raise CommandError(f"{cls.__name__} body is not a map")
+    names = {f.name for f in fields(cls)}
+    unknown = set(body) - names
+    if unknown:
+        raise CommandError(f"{cls.__name__} has unknown fields {sorted(unknown)}")
+    try:
+        return cls(**body)
+    except TypeError as e:
+        raise CommandError(f"bad {cls.__name__}: {e}") from None

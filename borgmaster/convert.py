@@ -1,0 +1,81 @@
+"""Conversions between the model's dataclasses and the protobuf messages of the API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2
+
+from borgmaster.model import (
+    ACTIVE_STATES_FOR_COUNT,
+    Job,
+    Machine,
+    Resources,
+    Task,
+)
+from proto.borg.v1 import borg_pb2 as pb
+
+
+def struct_from(d: dict[str, Any]) -> struct_pb2.Struct:
+    s = struct_pb2.Struct()
+    json_format.ParseDict(d, s)
+    return s
+
+
+def dict_from(s: struct_pb2.Struct) -> dict[str, Any]:
+    return json_format.MessageToDict(s)
+
+
+def resources_pb(r: Resources) -> pb.Resources:
+    return pb.Resources(cpu=r.cpu, ram=r.ram, disk=r.disk, gpu=r.gpu)
+
+
+def resources_from(r: pb.Resources) -> Resources:
+    return Resources(cpu=r.cpu, ram=r.ram, disk=r.disk, gpu=r.gpu)
+
+
+def task_pb(t: Task) -> pb.Task:
+    return pb.Task(
+        index=t.index,
+        state=t.state,
+        machine=t.machine,
+        version=t.version,
+        restarts=t.restarts,
+        exit_code=-1 if t.exit_code is None else t.exit_code,
+        reason=t.reason,
+        incarnation=t.incarnation,
+        updated_ms=t.updated_ms,
+        ports=t.ports,
+    )
+
+
+def job_pb(job: Job, tasks: list[Task], spec_config: dict[str, Any] | None) -> pb.Job:
+    msg = pb.Job(
+        name=job.name,
+        user=job.spec.user,
+        priority=job.spec.priority,
+        kind=job.spec.kind,
+        replicas=job.spec.replicas,
+        state=job.state,
+        version=job.version,
+        tasks=[task_pb(t) for t in tasks],
+        created_ms=job.created_ms,
+        running=sum(1 for t in tasks if t.state in ACTIVE_STATES_FOR_COUNT),
+    )
+    if spec_config is not None:
+        msg.spec.CopyFrom(struct_from(spec_config))
+    return msg
+
+
+def machine_pb(m: Machine, used: Resources, ntasks: int) -> pb.Machine:
+    return pb.Machine(
+        name=m.name,
+        state=m.state,
+        capacity=resources_pb(m.capacity),
+        used=resources_pb(used),
+        attrs=m.attrs,
+        tasks=ntasks,
+        address=m.address,
+        http=m.http,
+        taints=[pb.Taint(**t) for t in m.taints],
+    )

@@ -1,0 +1,117 @@
+"""The replicated state machine: a PySyncObj `SyncObj` with a single replicated method.
+
+`apply(entry)` receives an encoded command (commands.py) and hands it to the Store. Snapshots
+(PySyncObj's "full dump") use our own msgpack format instead of PySyncObj's default pickle: the
+file holds the Store's state and the two Raft log entries plus the member list that PySyncObj
+needs to resume from it. Both a journal and a full-dump file are configured, because with only
+a journal PySyncObj's log compaction drops entries whose snapshot lived only in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
+from pysyncobj.node import TCPNode
+
+from borgmaster.store import Store
+
+log = logging.getLogger("borgmaster.fsm")
+
+DUMP_MAGIC = b"BORGCELL-SNAPSHOT-1\n"
+
+
+@dataclass
+class RaftTuning:
+    """PySyncObj timing. At its defaults a commit waits up to 100 ms for the next
+    append-entries round; ours sends entries as soon as they are queued (no batching delay)
+    and keeps elections short so a failover takes well under two seconds."""
+
+    append_entries_period: float = 0.05
+    raft_min_timeout: float = 0.4
+    raft_max_timeout: float = 0.9
+    leader_fallback_timeout: float = 1.5
+    auto_tick_period: float = 0.01
+    log_compaction_min_entries: int = 20_000
+    log_compaction_min_time: int = 300
+
+
+class BorgFSM(SyncObj):  # type: ignore[misc]
+    def __init__(
+        self,
+        self_addr: str,
+        peers: list[str],
+        data_dir: str,
+        store: Store,
+        *,
+        password: str | None = None,
+        tuning: RaftTuning | None = None,
+        on_state_changed: Any = None,
+    ) -> None:
+        t = tuning or RaftTuning()
+        os.makedirs(data_dir, exist_ok=True)
+        self._store = store
+        conf = SyncObjConf(
+            journalFile=os.path.join(data_dir, "raft.journal"),
+            fullDumpFile=os.path.join(data_dir, "raft.snapshot"),
+            serializer=self._serialize,
+            deserializer=self._deserialize,
+            password=password,
+            appendEntriesPeriod=t.append_entries_period,
+            appendEntriesUseBatch=False,
+            raftMinTimeout=t.raft_min_timeout,
+            raftMaxTimeout=t.raft_max_timeout,
+            connectionTimeout=max(3.5, t.raft_max_timeout),
+            leaderFallbackTimeout=t.leader_fallback_timeout,
+            autoTickPeriod=t.auto_tick_period,
+            logCompactionMinEntries=t.log_compaction_min_entries,
+            logCompactionMinTime=t.log_compaction_min_time,
+            dynamicMembershipChange=True,
+            commandsWaitLeader=True,
+            onStateChanged=on_state_changed,
+        )
+        super().__init__(self_addr, peers, conf)
+
+    @replicated  # type: ignore[misc]
+    def apply(self, entry: bytes) -> dict[str, Any]:
+        """The one replicated method: decode and apply a command (errors come back as values)."""
+        return self._store.apply(entry, self.raftLastApplied + 1)
+
+    # ----- snapshots in our own format -----------------------------------------------------
+
+    def _serialize(self, filename: str, raft_data: tuple[Any, ...]) -> None:
+        last_entry, prev_entry, cluster = raft_data
+        doc = {
+            "state": self._store.snapshot_bytes(),
+            "last": list(last_entry),
+            "prev": list(prev_entry),
+            "cluster": sorted(n.address if hasattr(n, "address") else str(n) for n in cluster),
+        }
+        with open(filename, "wb") as f:
+            f.write(DUMP_MAGIC)
+            f.write(msgpack.packb(doc, use_bin_type=True))
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _deserialize(self, filename: str) -> tuple[Any, ...]:
+        with open(filename, "rb") as f:
+            data = f.read()
+        if not data.startswith(DUMP_MAGIC):
+            raise ValueError(f"{filename}: not a borgcell snapshot")
+        doc = msgpack.unpackb(data[len(DUMP_MAGIC) :], raw=False, strict_map_key=False)
+        self._store.load_snapshot(doc["state"])
+        last = tuple(doc["last"])
+        prev = tuple(doc["prev"])
+        cluster = {TCPNode(a) for a in doc["cluster"]}
+        return (last, prev, cluster)
+
+
+def fail_reason_name(code: int) -> str:
+    for name in dir(FAIL_REASON):
+        if not name.startswith("_") and getattr(FAIL_REASON, name) == code:
+            return name.lower()
+    return f"code-{code}"

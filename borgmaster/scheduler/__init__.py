@@ -1,0 +1,19 @@
+"""The scheduler: a pure function from a snapshot of the cell to a Plan.
+
+No I/O, no Raft and no clock in here: `Scheduler.schedule` reads a `Snapshot` and returns a
+`Plan` that the leader commits as one Raft command (`plan_apply`). Keeping it pure is what
+lets the same code run in unit tests, in the trace-replay benchmark and on the leader.
+"""
+
+from __future__ import annotations
+
+from borgmaster.scheduler.bestfit import BestFitScheduler
+from borgmaster.scheduler.core import (
+    MachineView,
+    Plan,
+    Scheduler,
+    Snapshot,
+    TaskRequest,
+)
+
+__all__ = ["BestFitScheduler", "MachineView", "Plan", "Scheduler", "Snapshot", "TaskRequest"]

@@ -1,0 +1,56 @@
+"""Data the scheduler reads (Snapshot) and writes (Plan), and the interface it implements."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from borgmaster.commands import Placement
+from borgmaster.model import MACHINE_UP, JobSpec, Resources
+
+
+@dataclass
+class MachineView:
+    """One machine as the scheduler sees it: capacity and what is already held there."""
+
+    name: str
+    capacity: Resources
+    used: Resources
+    attrs: dict[str, str] = field(default_factory=dict)
+    taints: list[dict[str, str]] = field(default_factory=list)
+    state: str = MACHINE_UP
+
+
+@dataclass
+class TaskRequest:
+    """A task waiting for a machine."""
+
+    job: str
+    index: int
+    version: int
+    spec: JobSpec
+
+    @property
+    def priority(self) -> int:
+        return self.spec.priority
+
+
+@dataclass
+class Snapshot:
+    machines: list[MachineView]
+    pending: list[TaskRequest]
+
+
+@dataclass
+class Plan:
+    """Placements to commit, and for each task left waiting, the reason (for `why pending`)."""
+
+    placements: list[Placement] = field(default_factory=list)
+    failures: list[tuple[str, int, str]] = field(default_factory=list)
+
+
+class Scheduler(Protocol):
+    def schedule(self, snapshot: Snapshot, new_id: Callable[[], str]) -> Plan:
+        """Place what can be placed; `new_id` names each new incarnation."""
+        ...

@@ -1,0 +1,339 @@
+"""Composition root of a Borgmaster replica: Raft, the store, the API, HTTP and leader loops.
+
+The leader-only loops (scheduler, machine liveness) run on every replica's threads but act
+only while this replica is the Raft leader; they read the store, decide, and propose commands
+like any client. Followers serve reads and forward writes (PySyncObj sends a command proposed
+on a follower to the leader and calls back once the follower itself has applied it).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent import futures
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from pysyncobj import SyncObjException
+
+from borgmaster import commands as C
+from borgmaster.fsm import BorgFSM, RaftTuning, fail_reason_name
+from borgmaster.model import Replica
+from borgmaster.scheduler import BestFitScheduler, MachineView, Scheduler, Snapshot, TaskRequest
+from borgmaster.store import Store, pending_tasks
+from proto.borg.v1 import borg_pb2, borg_pb2_grpc
+
+log = logging.getLogger("borgmaster")
+
+ROLE_NAMES = {0: "follower", 1: "candidate", 2: "leader"}
+
+
+class ProposeError(Exception):
+    """A write that did not commit: no leader, timeout, or rejected by the state machine."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class MasterConfig:
+    id: str
+    raft: str
+    grpc: str
+    http: str
+    data_dir: str
+    peers: list[str] = field(default_factory=list)
+    raft_secret: str | None = None
+    cell: str = "borgcell"
+    machine_timeout_s: float = 30.0
+    tuning: RaftTuning = field(default_factory=RaftTuning)
+    write_timeout_s: float = 10.0
+
+
+class Master:
+    """One Borgmaster replica."""
+
+    def __init__(self, cfg: MasterConfig, scheduler: Scheduler | None = None) -> None:
+        self.cfg = cfg
+        self.store = Store()
+        self.scheduler: Scheduler = scheduler or BestFitScheduler()
+        self._stop = threading.Event()
+        self._leader_since: float | None = None
+        self.last_seen: dict[str, float] = {}  # machine -> monotonic time of its last Sync
+        self._threads: list[threading.Thread] = []
+        self.fsm = BorgFSM(
+            cfg.raft,
+            cfg.peers,
+            cfg.data_dir,
+            self.store,
+            password=cfg.raft_secret,
+            tuning=cfg.tuning,
+            on_state_changed=self._on_raft_state,
+        )
+        self.grpc_server: grpc.Server | None = None
+        self.http_server: Any = None
+        self.metrics: Any = None
+
+    # ----- Raft helpers ---------------------------------------------------------------------
+
+    def _on_raft_state(self, old: int, new: int) -> None:
+        if new == 2:
+            self._leader_since = time.monotonic()
+            self.last_seen.clear()
+            log.info("became leader (term %s)", self.fsm.raftCurrentTerm)
+        elif old == 2:
+            self._leader_since = None
+            log.info("lost leadership, now %s", ROLE_NAMES.get(new, new))
+
+    def is_leader(self) -> bool:
+        return bool(self.fsm._isLeader())
+
+    def leader_raft(self) -> str:
+        leader = self.fsm._getLeader()
+        return leader.address if leader is not None else ""
+
+    def leader_grpc(self) -> str:
+        addr = self.leader_raft()
+        with self.store.lock:
+            for r in self.store.replicas.values():
+                if r.raft == addr:
+                    return r.grpc
+        return ""
+
+    def ready(self) -> bool:
+        """A leader is known and this replica has applied what it knows to be committed."""
+        st = self.fsm.getStatus()
+        return st["leader"] is not None and st["last_applied"] >= st["leader_commit_idx"]
+
+    def propose(self, cmd: C.Command, timeout: float | None = None) -> dict[str, Any]:
+        """Commit a command through Raft and return the state machine's result."""
+        if not cmd.ts_ms:
+            cmd.ts_ms = now_ms()
+        try:
+            res = self.fsm.apply(
+                C.encode(cmd), sync=True, timeout=timeout or self.cfg.write_timeout_s
+            )
+        except SyncObjException as e:
+            reason = e.errorCode
+            if reason == "Timeout":
+                raise ProposeError("unavailable", "timed out waiting for the write to commit")
+            name = fail_reason_name(reason) if isinstance(reason, int) else str(reason)
+            leader = self.leader_grpc()
+            hint = f" (leader: {leader})" if leader else " (no leader elected)"
+            raise ProposeError("unavailable", f"write not committed: {name}{hint}")
+        if res is None:
+            raise ProposeError("unavailable", "write not committed")
+        if "error" in res:
+            raise ProposeError(res["error"], res["message"])
+        return dict(res)
+
+    def barrier(self) -> None:
+        """Linearizable read: commit a no-op so this replica has applied every prior write."""
+        self.propose(C.Noop())
+
+    def role(self) -> str:
+        return ROLE_NAMES.get(self.fsm.getStatus()["state"], "unknown")
+
+    def replica_info(self) -> borg_pb2.ReplicaInfo:
+        st = self.fsm.getStatus()
+        leader = st["leader"]
+        return borg_pb2.ReplicaInfo(
+            id=self.cfg.id,
+            raft=self.cfg.raft,
+            grpc=self.cfg.grpc,
+            http=self.cfg.http,
+            role=ROLE_NAMES.get(st["state"], "unknown"),
+            term=st["raft_term"],
+            commit_index=st["commit_idx"],
+            applied_index=st["last_applied"],
+            leader=leader.address if leader is not None else "",
+        )
+
+    # ----- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        from borgmaster.api import MasterServicer
+        from borgmaster.http import start_http
+        from borgmaster.metrics import MasterMetrics
+
+        self.metrics = MasterMetrics(self)
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="grpc"),
+            options=[("grpc.so_reuseport", 0)],
+        )
+        borg_pb2_grpc.add_BorgmasterServicer_to_server(MasterServicer(self), server)
+        health_servicer = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        health_servicer.set("borg.v1.Borgmaster", health_pb2.HealthCheckResponse.SERVING)
+        names = (
+            borg_pb2.DESCRIPTOR.services_by_name["Borgmaster"].full_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        )
+        reflection.enable_server_reflection(names, server)
+        if server.add_insecure_port(self.cfg.grpc) == 0:
+            raise OSError(f"cannot bind gRPC to {self.cfg.grpc}")
+        server.start()
+        self.grpc_server = server
+        self.http_server = start_http(self)
+        for fn, name in (
+            (self._scheduler_loop, "scheduler"),
+            (self._liveness_loop, "liveness"),
+            (self._announce_loop, "announce"),
+        ):
+            th = threading.Thread(target=self._guard(fn), name=name, daemon=True)
+            th.start()
+            self._threads.append(th)
+        log.info(
+            "master %s up: raft %s grpc %s http %s peers %s",
+            self.cfg.id,
+            self.cfg.raft,
+            self.cfg.grpc,
+            self.cfg.http,
+            ",".join(self.cfg.peers) or "-",
+        )
+
+    def _guard(self, fn: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            while not self._stop.is_set():
+                try:
+                    fn()
+                    return
+                except Exception:
+                    log.exception("%s loop crashed; restarting it", fn.__name__)
+                    self._stop.wait(1.0)
+
+        return run
+
+    def stop(self) -> None:
+        """Graceful stop: hand leadership over if we hold it, close servers and Raft files."""
+        self._stop.set()
+        with self.store.changed:
+            self.store.changed.notify_all()
+        if self.is_leader() and self.cfg.peers:
+            try:
+                self.fsm.transferLeadership(sync=False)
+                deadline = time.monotonic() + 2.0
+                while self.is_leader() and time.monotonic() < deadline:
+                    time.sleep(0.02)
+            except Exception:
+                log.warning("leadership transfer failed; stepping down by exiting")
+        if self.grpc_server is not None:
+            self.grpc_server.stop(grace=0.5).wait(2)
+        if self.http_server is not None:
+            self.http_server.shutdown()
+        self.fsm.destroy()
+        log.info("master %s stopped", self.cfg.id)
+
+    # ----- leader loops -------------------------------------------------------------------
+
+    def _announce_loop(self) -> None:
+        """Make this replica's addresses known cell-wide so any replica can list all."""
+        me = Replica(id=self.cfg.id, raft=self.cfg.raft, grpc=self.cfg.grpc, http=self.cfg.http)
+        while not self._stop.wait(0.2):
+            with self.store.lock:
+                known = self.store.replicas.get(me.id)
+            if known == me:
+                self._stop.wait(5.0)
+                continue
+            if self.fsm._getLeader() is None:
+                continue
+            try:
+                self.propose(C.RegisterReplica(replica=me.to_dict()), timeout=5)
+            except ProposeError as e:
+                log.debug("announce failed: %s", e)
+
+    def _scheduler_loop(self) -> None:
+        seen = -1
+        while not self._stop.is_set():
+            gen = self.store.wait_changed(seen, timeout=1.0)
+            if not self.is_leader() or gen == seen:
+                continue
+            seen = gen
+            try:
+                self.schedule_once()
+            except ProposeError as e:
+                log.warning("plan not committed: %s", e.message)
+
+    def schedule_once(self) -> int:
+        """One scheduler pass: snapshot, plan, commit. Returns how many tasks it placed."""
+        with self.store.lock:
+            pending = [
+                TaskRequest(job=t.job, index=t.index, version=j.version, spec=j.spec)
+                for t in pending_tasks(self.store)
+                if (j := self.store.jobs[t.job])
+            ]
+            if not pending:
+                return 0
+            machines = [
+                MachineView(
+                    name=m.name,
+                    capacity=m.capacity,
+                    used=self.store.used(m.name),
+                    attrs=dict(m.attrs),
+                    taints=list(m.taints),
+                    state=m.state,
+                )
+                for m in self.store.machines.values()
+            ]
+            reasons = {t.key: t.reason for t in pending_tasks(self.store)}
+        t0 = time.monotonic()
+        plan = self.scheduler.schedule(Snapshot(machines=machines, pending=pending), _new_id)
+        elapsed = time.monotonic() - t0
+        failures = [[j, i, r] for j, i, r in plan.failures if reasons.get((j, i)) != r]
+        if not plan.placements and not failures:
+            return 0
+        res = self.propose(
+            C.ApplyPlan(
+                placements=[p.__dict__ for p in plan.placements],
+                failures=failures,
+            )
+        )
+        if self.metrics is not None:
+            self.metrics.on_plan(len(plan.placements), res.get("placed", 0), elapsed)
+        if plan.placements:
+            log.info(
+                "scheduler placed %d of %d pending tasks in %.1f ms",
+                res.get("placed", 0),
+                len(pending),
+                elapsed * 1000,
+            )
+        return int(res.get("placed", 0))
+
+    def _liveness_loop(self) -> None:
+        """Mark machines lost after `machine_timeout_s` without a Sync (leader only)."""
+        timeout = self.cfg.machine_timeout_s
+        while not self._stop.wait(min(1.0, timeout / 4)):
+            since = self._leader_since
+            if since is None or not self.is_leader():
+                continue
+            now = time.monotonic()
+            if now - since < timeout:
+                continue  # a new leader first gives every Borglet one timeout to find it
+            with self.store.lock:
+                candidates = [m.name for m in self.store.machines.values() if m.state != "lost"]
+            for name in candidates:
+                seen = self.last_seen.get(name, since)
+                if now - seen > timeout:
+                    log.warning("machine %s lost: no contact for %.0f s", name, now - seen)
+                    try:
+                        self.propose(C.MachineLost(name=name))
+                    except ProposeError as e:
+                        log.warning("could not mark %s lost: %s", name, e.message)
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex[:12]

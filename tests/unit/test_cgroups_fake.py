@@ -1,0 +1,345 @@
+"""Cgroup v1/v2 drivers against a fake cgroupfs made of plain directories and files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from borglet.runtime.cgroups import (
+    CgroupError,
+    CgroupV1,
+    CgroupV2,
+    Limits,
+    detect,
+)
+from borglet.runtime.process import SHIM_PATH
+
+V1_DIRS = ("cpu", "cpuacct", "memory", "pids", "freezer")
+MI = 1 << 20
+
+
+def make_v1(root: Path, dirs: tuple[str, ...] = V1_DIRS) -> Path:
+    for d in dirs:
+        (root / d).mkdir(parents=True)
+    return root
+
+
+def make_v2(root: Path, controllers: str = "cpuset cpu io memory hugetlb pids rdma") -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "cgroup.controllers").write_text(controllers + "\n")
+    (root / "cgroup.subtree_control").write_text("")
+    return root
+
+
+def read(p: Path) -> str:
+    return p.read_text().strip()
+
+
+# --- v1 -----------------------------------------------------------------------------------
+
+
+def test_v1_create_writes_limits(tmp_path: Path) -> None:
+    root = make_v1(tmp_path)
+    drv = CgroupV1(str(root), "borgcell/m1")
+    drv.setup()
+    for c in V1_DIRS:
+        assert (root / c / "borgcell" / "m1").is_dir()
+    drv.create("hello.0.ab12cd", Limits(cpu=0.5, memory=64 * MI, pids=100))
+    cpu = root / "cpu" / "borgcell" / "m1" / "hello.0.ab12cd"
+    mem = root / "memory" / "borgcell" / "m1" / "hello.0.ab12cd"
+    assert read(cpu / "cpu.cfs_quota_us") == "50000"
+    assert read(cpu / "cpu.cfs_period_us") == "100000"
+    assert read(cpu / "cpu.shares") == "512"
+    assert read(mem / "memory.limit_in_bytes") == str(64 * MI)
+    assert read(mem / "memory.memsw.limit_in_bytes") == str(64 * MI)
+    assert read(root / "pids" / "borgcell" / "m1" / "hello.0.ab12cd" / "pids.max") == "100"
+    assert drv.exists("hello.0.ab12cd")
+    assert drv.list() == ["hello.0.ab12cd"]
+
+
+def test_v1_small_cpu_and_no_limits(tmp_path: Path) -> None:
+    drv = CgroupV1(str(make_v1(tmp_path)), "p")
+    drv.create("a", Limits(cpu=0.001, memory=0))
+    assert read(tmp_path / "cpu/p/a/cpu.cfs_quota_us") == "1000"  # kernel minimum
+    assert read(tmp_path / "cpu/p/a/cpu.shares") == "2"
+    assert read(tmp_path / "memory/p/a/memory.limit_in_bytes") == "-1"
+    assert read(tmp_path / "pids/p/a/pids.max") == "4096"
+    drv.create("b", Limits(cpu=0, memory=MI))
+    assert read(tmp_path / "cpu/p/b/cpu.cfs_quota_us") == "-1"
+
+
+def test_v1_comounted_cpu_cpuacct(tmp_path: Path) -> None:
+    make_v1(tmp_path, ("cpu,cpuacct", "memory", "pids"))
+    drv = detect(str(tmp_path), "p")
+    assert isinstance(drv, CgroupV1)
+    drv.setup()
+    drv.create("t", Limits(cpu=2, memory=MI))
+    assert read(tmp_path / "cpu,cpuacct/p/t/cpu.cfs_quota_us") == "200000"
+    files = drv.procs_files("t")
+    assert files == [
+        str(tmp_path / "cpu,cpuacct/p/t/cgroup.procs"),
+        str(tmp_path / "memory/p/t/cgroup.procs"),
+        str(tmp_path / "pids/p/t/cgroup.procs"),
+    ]
+
+
+def test_v1_procs_files_one_per_controller(tmp_path: Path) -> None:
+    drv = CgroupV1(str(make_v1(tmp_path)), "borgcell/m1")
+    assert drv.procs_files("t") == [
+        str(tmp_path / c / "borgcell/m1/t/cgroup.procs") for c in V1_DIRS
+    ]
+
+
+def test_v1_stats(tmp_path: Path) -> None:
+    drv = CgroupV1(str(make_v1(tmp_path)), "p")
+    drv.create("t", Limits(cpu=1, memory=MI))
+    assert drv.stats("t").cpu_seconds == 0.0  # missing stat files read as 0
+    (tmp_path / "cpuacct/p/t/cpuacct.usage").write_text("2500000000\n")
+    (tmp_path / "memory/p/t/memory.usage_in_bytes").write_text("1048576\n")
+    (tmp_path / "memory/p/t/memory.oom_control").write_text(
+        "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n"
+    )
+    st = drv.stats("t")
+    assert st.cpu_seconds == pytest.approx(2.5)
+    assert st.memory_bytes == MI
+    assert st.oom_kills == 2
+
+
+def test_v1_oom_fallback_to_failcnt(tmp_path: Path) -> None:
+    drv = CgroupV1(str(make_v1(tmp_path)), "p")
+    drv.create("t", Limits(cpu=1, memory=MI))
+    (tmp_path / "memory/p/t/memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 0\n")
+    (tmp_path / "memory/p/t/memory.failcnt").write_text("0\n")
+    assert drv.stats("t").oom_kills == 0
+    (tmp_path / "memory/p/t/memory.failcnt").write_text("17\n")
+    assert drv.stats("t").oom_kills == 1
+
+
+def test_v1_pids_remove_busy_and_list(tmp_path: Path) -> None:
+    drv = CgroupV1(str(make_v1(tmp_path)), "p")
+    drv.create("a", Limits(cpu=1, memory=MI))
+    drv.create("b", Limits(cpu=1, memory=MI))
+    (tmp_path / "memory/p/a/cgroup.procs").write_text("123\n456\n")
+    (tmp_path / "pids/p/a/cgroup.procs").write_text("456\n789\n")
+    assert drv.pids("a") == [123, 456, 789]
+    assert drv.list() == ["a", "b"]
+    assert drv.remove("a") is False
+    assert drv.exists("a")
+    (tmp_path / "memory/p/a/cgroup.procs").write_text("")
+    (tmp_path / "pids/p/a/cgroup.procs").write_text("")
+    assert drv.remove("a") is True
+    assert not drv.exists("a")
+    assert all(not (tmp_path / c / "p/a").exists() for c in V1_DIRS)
+    assert drv.list() == ["b"]
+    assert drv.remove("never-created") is True
+
+
+def test_v1_kill_sigkill_freezes_and_thaws(tmp_path: Path) -> None:
+    drv = CgroupV1(str(make_v1(tmp_path)), "p")
+    drv.create("t", Limits(cpu=1, memory=MI))
+    child = subprocess.Popen(["sleep", "100"])
+    try:
+        (tmp_path / "memory/p/t/cgroup.procs").write_text(f"{child.pid}\n")
+        drv.kill("t", signal.SIGKILL)
+        assert child.wait(timeout=5) == -signal.SIGKILL
+        assert read(tmp_path / "freezer/p/t/freezer.state") == "THAWED"
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_write_error_names_file(tmp_path: Path) -> None:
+    drv = CgroupV1(str(make_v1(tmp_path)), "p")
+    drv.create("t", Limits(cpu=1, memory=MI))
+    (tmp_path / "pids/p/t/pids.max").unlink()
+    (tmp_path / "pids/p/t/pids.max").mkdir()  # writing to a directory fails
+    with pytest.raises(CgroupError, match=r"pids\.max"):
+        drv.create("t", Limits(cpu=1, memory=MI))
+
+
+@pytest.mark.parametrize("bad", ["", ".", "..", "a/b", "../x", "a..b", "_borglet"])
+def test_name_validation(tmp_path: Path, bad: str) -> None:
+    v1 = CgroupV1(str(make_v1(tmp_path / "v1")), "p")
+    v2 = CgroupV2(str(make_v2(tmp_path / "v2")), "p")
+    for drv in (v1, v2):
+        with pytest.raises(CgroupError):
+            drv.create(bad, Limits(cpu=1, memory=MI))
+        with pytest.raises(CgroupError):
+            drv.procs_files(bad)
+
+
+def test_parent_validation(tmp_path: Path) -> None:
+    with pytest.raises(CgroupError):
+        CgroupV2(str(tmp_path), "borgcell/../etc")
+
+
+# --- v2 -----------------------------------------------------------------------------------
+
+
+def test_v2_setup_enables_controllers_down_the_path(tmp_path: Path) -> None:
+    root = make_v2(tmp_path)
+    drv = CgroupV2(str(root), "borgcell/m1")
+    drv.setup()
+    assert (root / "borgcell/m1").is_dir()
+    assert read(root / "cgroup.subtree_control") == "+cpu +memory +pids"
+    assert read(root / "borgcell/cgroup.subtree_control") == "+cpu +memory +pids"
+    assert read(root / "borgcell/m1/cgroup.subtree_control") == "+cpu +memory +pids"
+
+
+def test_v2_create_writes_limits(tmp_path: Path) -> None:
+    root = make_v2(tmp_path)
+    drv = CgroupV2(str(root), "borgcell/m1")
+    drv.setup()
+    drv.create("hello.0.ab12cd", Limits(cpu=0.5, memory=64 * MI, pids=50))
+    d = root / "borgcell/m1/hello.0.ab12cd"
+    assert read(d / "cpu.max") == "50000 100000"
+    assert read(d / "cpu.weight") == "50"
+    assert read(d / "memory.max") == str(64 * MI)
+    assert read(d / "memory.swap.max") == "0"
+    assert read(d / "pids.max") == "50"
+    assert drv.procs_files("hello.0.ab12cd") == [str(d / "cgroup.procs")]
+    drv.create("unlimited", Limits(cpu=0, memory=0))
+    assert read(root / "borgcell/m1/unlimited/cpu.max") == "max 100000"
+    assert read(root / "borgcell/m1/unlimited/memory.max") == "max"
+    assert read(root / "borgcell/m1/unlimited/cpu.weight") == "1"
+    assert drv.list() == ["hello.0.ab12cd", "unlimited"]
+
+
+def test_v2_stats(tmp_path: Path) -> None:
+    drv = CgroupV2(str(make_v2(tmp_path)), "p")
+    drv.setup()
+    drv.create("t", Limits(cpu=1, memory=MI))
+    assert drv.stats("t").oom_kills == 0
+    d = tmp_path / "p/t"
+    (d / "cpu.stat").write_text(
+        "usage_usec 1500000\nuser_usec 1000000\nsystem_usec 500000\n"
+        "nr_periods 10\nnr_throttled 3\nthrottled_usec 20000\n"
+    )
+    (d / "memory.current").write_text("4096\n")
+    (d / "memory.events").write_text("low 0\nhigh 0\nmax 12\noom 1\noom_kill 1\n")
+    st = drv.stats("t")
+    assert st.cpu_seconds == pytest.approx(1.5)
+    assert st.memory_bytes == 4096
+    assert st.oom_kills == 1
+
+
+def test_v2_kill_uses_cgroup_kill(tmp_path: Path) -> None:
+    drv = CgroupV2(str(make_v2(tmp_path)), "p")
+    drv.setup()
+    drv.create("t", Limits(cpu=1, memory=MI))
+    (tmp_path / "p/t/cgroup.kill").write_text("")
+    drv.kill("t", signal.SIGKILL)
+    assert read(tmp_path / "p/t/cgroup.kill") == "1"
+
+
+def test_v2_kill_signals_pids(tmp_path: Path) -> None:
+    drv = CgroupV2(str(make_v2(tmp_path)), "p")
+    drv.setup()
+    drv.create("t", Limits(cpu=1, memory=MI))
+    child = subprocess.Popen(["sleep", "100"])
+    try:
+        (tmp_path / "p/t/cgroup.procs").write_text(f"{child.pid}\n")
+        assert drv.pids("t") == [child.pid]
+        drv.kill("t", signal.SIGTERM)
+        assert child.wait(timeout=5) == -signal.SIGTERM
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_v2_remove_and_exists(tmp_path: Path) -> None:
+    drv = CgroupV2(str(make_v2(tmp_path)), "p")
+    drv.setup()
+    drv.create("t", Limits(cpu=1, memory=MI))
+    (tmp_path / "p/t/cgroup.procs").write_text("1\n")
+    assert drv.remove("t") is False
+    (tmp_path / "p/t/cgroup.procs").write_text("")
+    assert drv.remove("t") is True
+    assert not drv.exists("t")
+    assert drv.list() == []
+
+
+# --- detect -------------------------------------------------------------------------------
+
+
+def test_detect_v2(tmp_path: Path) -> None:
+    drv = detect(str(make_v2(tmp_path)), "borgcell")
+    assert isinstance(drv, CgroupV2) and drv.version == 2
+
+
+def test_detect_v2_without_needed_controllers_is_none(tmp_path: Path) -> None:
+    assert detect(str(make_v2(tmp_path, "cpuset io")), "borgcell") is None
+
+
+def test_detect_v1(tmp_path: Path) -> None:
+    make_v1(tmp_path)
+    (tmp_path / "unified").mkdir()  # hybrid host: an empty cgroup2 does not make it v2
+    (tmp_path / "unified/cgroup.controllers").write_text("")
+    drv = detect(str(tmp_path), "borgcell")
+    assert isinstance(drv, CgroupV1) and drv.version == 1
+
+
+def test_detect_none(tmp_path: Path) -> None:
+    assert detect(str(tmp_path), "borgcell") is None
+    make_v1(tmp_path, ("cpu", "memory"))  # no pids
+    assert detect(str(tmp_path), "borgcell") is None
+
+
+# --- shim (no privileges needed: runs as the current user, no cgroup) ----------------------
+
+
+def _run_shim(tmp_path: Path, spec: dict[str, object]) -> subprocess.CompletedProcess[str]:
+    specfile = tmp_path / "spec.json"
+    fd = os.open(specfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(spec, f)
+    return subprocess.run(
+        [sys.executable, "-I", "-S", SHIM_PATH, str(specfile)],
+        capture_output=True,
+        text=True,
+        env={},
+        timeout=10,
+    )
+
+
+def _base_spec(tmp_path: Path, argv: list[str], procs: list[str]) -> dict[str, object]:
+    return {
+        "argv": argv,
+        "env": {"PATH": "/usr/bin:/bin", "X": "1"},
+        "cwd": str(tmp_path),
+        "uid": os.getuid(),
+        "gid": os.getgid(),
+        "groups": os.getgroups(),
+        "procs_files": procs,
+        "rlimits": {"nofile": 256},
+    }
+
+
+def test_shim_joins_cgroup_and_execs(tmp_path: Path) -> None:
+    procs = tmp_path / "cgroup.procs"
+    script = 'echo "$$ $X $(pwd) $(ulimit -n) $(umask)"'
+    r = _run_shim(tmp_path, _base_spec(tmp_path, ["sh", "-c", script], [str(procs)]))
+    assert r.returncode == 0, r.stderr
+    pid, x, cwd, nofile, umask = r.stdout.split()
+    assert procs.read_text() == pid  # exec keeps the pid: the task is the joined process
+    assert (x, cwd, nofile, umask) == ("1", str(tmp_path), "256", "0022")
+    assert not (tmp_path / "spec.json").exists()
+
+
+def test_shim_not_found_is_127(tmp_path: Path) -> None:
+    r = _run_shim(tmp_path, _base_spec(tmp_path, ["no-such-command-xyz"], []))
+    assert r.returncode == 127
+    assert r.stderr.startswith("borglet-shim: exec no-such-command-xyz:")
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_shim_other_failure_is_126(tmp_path: Path) -> None:
+    r = _run_shim(tmp_path, _base_spec(tmp_path, ["true"], [str(tmp_path / "no/such/procs")]))
+    assert r.returncode == 126
+    assert r.stderr.startswith("borglet-shim: joining cgroup")
