@@ -13,6 +13,7 @@ import glob
 import logging
 import os
 import socket
+import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -96,6 +97,7 @@ class Borglet:
         self._master_idx = 0
         self._known_generation = -1
         self.connected = False
+        self.unreachable_dir = ""
         self.oom_kills: dict[tuple[str, int], int] = {}
         self.grpc_server: grpc.Server | None = None
         self.http_server: ThreadingHTTPServer | None = None
@@ -106,7 +108,18 @@ class Borglet:
     # ----- lifecycle ----------------------------------------------------------------------
 
     def start(self) -> None:
-        os.makedirs(os.path.join(self.cfg.data_dir, "tasks"), exist_ok=True)
+        tasks_dir = os.path.join(self.cfg.data_dir, "tasks")
+        os.makedirs(tasks_dir, exist_ok=True)
+        os.chmod(tasks_dir, 0o711)
+        self.unreachable_dir = _first_closed_dir(tasks_dir)
+        if self.unreachable_dir:
+            log.error(
+                "%s is not searchable by other users: tasks running as unprivileged accounts "
+                "cannot reach their sandboxes under %s (use a data dir on a world-searchable "
+                "path)",
+                self.unreachable_dir,
+                tasks_dir,
+            )
         if self.driver is not None:
             self.driver.setup()
             self._remove_leftovers()
@@ -158,9 +171,10 @@ class Borglet:
                     self.driver.remove_parent()
                 if not self.cfg.cgroup_parent:
                     # The shared top `borgcell/` goes too once the last Borglet here leaves.
-                    for top in glob.glob(os.path.join(self.cfg.cgroup_root, "*", "borgcell")) + [
-                        os.path.join(self.cfg.cgroup_root, "borgcell")
-                    ]:
+                    root = self.cfg.cgroup_root
+                    tops = [os.path.join(root, "borgcell")]
+                    tops += glob.glob(os.path.join(root, "*", "borgcell"))
+                    for top in tops:
                         with contextlib.suppress(OSError):
                             os.rmdir(top)
         for th in self._threads:
@@ -279,7 +293,8 @@ class Borglet:
     def _start_task(self, key: TaskKey) -> None:
         with self.lock:
             d = self.desired.get(key)
-            if d is None:
+            if d is None:  # no longer wanted: let the next reconcile retire it
+                self.states.launch_aborted(key)
                 return
         spec = d.spec
         task_id = task_id_of(key)
@@ -301,14 +316,19 @@ class Borglet:
             if i == 0:
                 env["BORG_PORT"] = str(ports[p])
         sandbox = os.path.join(self.cfg.data_dir, "tasks", f"{d.job}.{d.index}")
+        user = spec.run_as or self.cfg.task_user
         try:
+            if self.unreachable_dir and user != "root":
+                raise UserError(
+                    f"sandbox not reachable by {user}: {self.unreachable_dir} is not searchable"
+                )
             proc = self.runtime.start(
                 SpawnSpec(
                     task_id=task_id,
                     argv=list(spec.command),
                     env=env,
                     sandbox=sandbox,
-                    user=spec.run_as or self.cfg.task_user,
+                    user=user,
                     limits=Limits(cpu=spec.requirements.cpu, memory=spec.requirements.ram),
                 )
             )
@@ -406,6 +426,18 @@ class Borglet:
     def find_sandbox(self, job: str, index: int) -> str | None:
         path = os.path.join(self.cfg.data_dir, "tasks", f"{job}.{index}")
         return path if os.path.isdir(path) else None
+
+
+def _first_closed_dir(path: str) -> str:
+    """The first directory on `path` that other users cannot traverse, or ''."""
+    p = os.path.abspath(path)
+    while True:
+        if not os.stat(p).st_mode & stat.S_IXOTH:
+            return p
+        parent = os.path.dirname(p)
+        if parent == p:
+            return ""
+        p = parent
 
 
 class _BorgletCollector(Collector):

@@ -22,6 +22,7 @@ TaskKey = tuple[str, int, str]  # job, index, incarnation
 
 # Local phases of a task on this machine.
 STARTING = "starting"  # wanted, not started yet (or waiting out a restart backoff)
+LAUNCHING = "launching"  # a Start was handed out; the process is being spawned
 ACTIVE = "active"  # process running
 STOPPING = "stopping"  # being killed
 DONE = "done"  # finished for good; `result` says how
@@ -128,6 +129,7 @@ class TaskStates:
             if t is None:
                 t = self.tasks[key] = LocalTask(key=key, spec=d.spec, next_start_ms=now_ms)
             if t.phase == STARTING and t.next_start_ms <= now_ms:
+                t.phase = LAUNCHING  # so a concurrent reconcile cannot start it twice
                 actions.append(Start(key))
         for key, t in self.tasks.items():
             if key in want:
@@ -140,6 +142,7 @@ class TaskStates:
             elif t.phase == ACTIVE:
                 t.phase = STOPPING
                 actions.append(Kill(key))
+            # LAUNCHING: killed by the next reconcile, once the spawn has finished.
         return actions
 
     def started(self, key: TaskKey, now_ms: int) -> None:
@@ -147,6 +150,12 @@ class TaskStates:
         t.phase = ACTIVE
         t.started_ms = now_ms
         t.reason = ""
+
+    def launch_aborted(self, key: TaskKey) -> None:
+        """A Start was not carried out (the task stopped being wanted meanwhile)."""
+        t = self.tasks.get(key)
+        if t is not None and t.phase == LAUNCHING:
+            t.phase = STARTING
 
     def start_failed(self, key: TaskKey, message: str) -> None:
         """The process could not be started at all (no such user, bad limits): give up."""

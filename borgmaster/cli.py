@@ -150,11 +150,16 @@ def dev(data_dir: str, machines: int, grpc_addr: str, http_addr: str, verbose: b
     Ctrl-C stops everything and kills every task it started.
     """
     setup_logging(verbose)
+    _check_addr(grpc_addr, "--grpc")
+    _check_addr(http_addr, "--http")
     if machines < 1:
         raise click.UsageError("--machines must be at least 1")
     data_dir = os.path.abspath(data_dir)
     os.makedirs(data_dir, exist_ok=True)
-    raft = "127.0.0.1:7060"
+    # Neighbouring ports: Raft at gRPC-10, the first Borglet at gRPC+1 / HTTP+1.
+    ghost, gport = grpc_addr.rsplit(":", 1)
+    hhost, hport = http_addr.rsplit(":", 1)
+    raft = f"{ghost}:{int(gport) - 10}"
     cfg = MasterConfig(
         id="dev",
         raft=raft,
@@ -185,9 +190,9 @@ def dev(data_dir: str, machines: int, grpc_addr: str, http_addr: str, verbose: b
             "--master",
             grpc_addr,
             "--grpc",
-            "127.0.0.1:7071" if i == 0 else f"127.0.0.1:{_free_port()}",
+            f"{ghost}:{int(gport) + 1}" if i == 0 else f"127.0.0.1:{_free_port()}",
             "--http",
-            f"127.0.0.1:{_free_port()}" if i else "127.0.0.1:7081",
+            f"{hhost}:{int(hport) + 1}" if i == 0 else f"127.0.0.1:{_free_port()}",
             "--data-dir",
             os.path.join(data_dir, "borglet", name),
             "--cpu",

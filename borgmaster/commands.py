@@ -150,7 +150,7 @@ def decode(entry: bytes) -> Command:
     names = {f.name for f in fields(cls)}
     unknown = set(body) - names
     if unknown:
-        raise CommandError(f"{cls.__name__} has unknown fields {sorted(unknown)}")
+        raise CommandError(f"{cls.__name__} has unknown fields {sorted(unknown, key=repr)}")
     try:
         return cls(**body)
     except TypeError as e:

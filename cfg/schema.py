@@ -1,0 +1,568 @@
+"""Job config schema: raw config objects in, normalised `JobSpec` out, and back again.
+
+`validate_job` is the single gate every job passes, whether it came from a Jsonnet/YAML/JSON
+file (`cfg.loader`) or from the API as a protobuf Struct (where every number is a float, so
+integral floats are accepted for integer fields). Being strict here (unknown keys rejected at
+every level, closed enums, bounded numbers) is what keeps a config from ever naming a host path,
+cgroup or sandbox: there are no such keys to set.
+
+`spec_to_config` is its inverse: `validate_job(spec_to_config(s)) == s` for every spec `s` that
+`validate_job` can return. The CLI sends that form to the master and `diff` compares it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import re
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+from borgmaster.model import (
+    BATCH,
+    SERVICE,
+    Constraint,
+    JobSpec,
+    Requirements,
+    RestartPolicy,
+    Toleration,
+    UpdatePolicy,
+)
+from cfg.errors import ConfigError
+from cfg.units import format_duration, format_size, parse_duration_ms, parse_size
+
+PathElem = str | int
+Path = tuple[PathElem, ...]
+PathLines = Callable[[Path], int | None]
+
+JOB_NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,62}")
+ACCOUNT_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+PORT_NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,30}")
+# Machine attribute / taint keys (`borglet --attr KEY=VALUE`): no '=', no whitespace.
+ATTR_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-/]{0,62}")
+_IDENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+
+KINDS = (SERVICE, BATCH)
+RESTART_POLICIES = ("always", "on-failure", "never")
+CONSTRAINT_OPS = ("==", "!=", "in", "not-in", "exists")
+HEALTH_CHECKS = ("http", "tcp", "exec")
+
+MAX_PRIORITY = 399
+MAX_REPLICAS = 100_000
+MAX_CPU = 4096.0
+# Bounds that keep every value representable in msgpack (Raft log) and exactly in a double
+# (protobuf Struct), so a config cannot crash the master with a 2**70-byte request.
+MAX_SIZE = 1024 << 40  # 1024Ti
+MAX_DURATION_MS = 7 * 24 * 3_600_000  # 168h
+MAX_INT = 2**31 - 1
+
+DEFAULT_RAM = 64 << 20
+DEFAULT_KILL_TIMEOUT_MS = 10_000
+DEFAULT_HEALTH_INTERVAL_MS = 10_000
+DEFAULT_HEALTH_TIMEOUT_MS = 1_000
+DEFAULT_FAILURE_THRESHOLD = 3
+
+JOB_KEYS = (
+    "name",
+    "user",
+    "run_as",
+    "priority",
+    "kind",
+    "replicas",
+    "command",
+    "env",
+    "requirements",
+    "restart",
+    "health",
+    "constraints",
+    "tolerations",
+    "spread",
+    "update",
+    "kill_timeout",
+)
+REQUIREMENTS_KEYS = ("cpu", "ram", "disk", "gpu", "ports")
+RESTART_KEYS = ("policy", "max_restarts", "backoff")
+HEALTH_KEYS = ("http", "tcp", "exec", "interval", "timeout", "failure_threshold", "initial_delay")
+HTTP_KEYS = ("port", "path")
+TCP_KEYS = ("port",)
+CONSTRAINT_KEYS = ("attr", "op", "value")
+TOLERATION_KEYS = ("key", "value")
+UPDATE_KEYS = ("max_unavailable", "max_surge")
+
+
+def render_path(path: Path) -> str:
+    """`("requirements", "ports", 1)` -> `requirements.ports[1]`; odd keys are JSON-quoted."""
+    out = ""
+    for p in path:
+        if isinstance(p, int):
+            out += f"[{p}]"
+        elif _IDENT_RE.fullmatch(p):
+            out += f".{p}" if out else p
+        else:
+            out += f"[{json.dumps(p)}]"
+    return out
+
+
+def describe(v: object) -> str:
+    """A short, user-facing rendering of a config value for 'got ...' messages."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        r = repr(v)
+        return r if len(r) <= 80 else r[:76] + "...'"
+    if isinstance(v, int | float):
+        r = repr(v)
+        return r if len(r) <= 40 else r[:37] + "..."
+    if isinstance(v, dict):
+        return "an object"
+    if isinstance(v, list | tuple):
+        return "a list"
+    return f"a {type(v).__name__}"
+
+
+def _quote(s: str) -> str:
+    return describe(s)
+
+
+class _Validator:
+    """Carries where errors go (file, line lookup, path prefix) through the recursive checks."""
+
+    def __init__(self, file: str | None, path_lines: PathLines | None, prefix: Path) -> None:
+        self.file = file
+        self.path_lines = path_lines
+        self.prefix = prefix
+
+    # -- errors ---------------------------------------------------------------------------
+
+    def fail(self, path: Path, message: str, *, at: Path | None = None) -> NoReturn:
+        """Raise for `path`; `at` (default `path`) is what the line lookup is asked about."""
+        full = self.prefix + path
+        line = None
+        if self.path_lines is not None:
+            try:
+                line = self.path_lines(self.prefix + (path if at is None else at))
+            except Exception:  # a broken line map must not hide the real error
+                line = None
+        rendered = render_path(full)
+        raise ConfigError(
+            f"{rendered}: {message}" if rendered else message, file=self.file, line=line
+        )
+
+    # -- generic shapes -------------------------------------------------------------------
+
+    def obj(
+        self, v: object, path: Path, keys: Sequence[str], what: str = "an object"
+    ) -> dict[str, Any]:
+        """`v` as a dict with only `keys`; unknown keys fail with the closest valid key."""
+        if not isinstance(v, dict):
+            self.fail(path, f"expected {what}, got {describe(v)}")
+        for k in v:
+            if not isinstance(k, str):
+                self.fail(path, f"keys must be strings, got {describe(k)}")
+            if k not in keys:
+                close = difflib.get_close_matches(k, keys, n=1, cutoff=0.6)
+                if close:
+                    hint = f", did you mean {close[0]!r}?"
+                else:
+                    hint = f" (valid keys: {', '.join(keys)})"
+                self.fail(path, f"unknown key {_quote(k)}{hint}", at=(*path, k))
+        return v
+
+    def list_(self, v: object, path: Path, what: str = "a list") -> list[Any]:
+        if not isinstance(v, list):
+            self.fail(path, f"expected {what}, got {describe(v)}")
+        return v
+
+    def string(self, v: object, path: Path, *, nonempty: bool = False) -> str:
+        if not isinstance(v, str):
+            self.fail(path, f"expected a string, got {describe(v)}")
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:
+            self.fail(path, "is not valid UTF-8 text")
+        if "\x00" in v:
+            self.fail(path, "must not contain NUL characters")
+        if nonempty and not v.strip():
+            self.fail(path, "must not be empty")
+        return v
+
+    def scalar_string(self, v: object, path: Path) -> str:
+        """Strings, with numbers and bools spelled the JSON way (YAML `value: 1` is "1")."""
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int):
+            return str(v)
+        if isinstance(v, float):
+            if not math.isfinite(v):
+                self.fail(path, f"expected a string, got {describe(v)}")
+            return str(int(v)) if v.is_integer() and abs(v) < 2**53 else repr(v)
+        if isinstance(v, str):
+            return self.string(v, path)
+        self.fail(path, f"expected a string, got {describe(v)}")
+
+    def pattern(self, v: object, path: Path, regex: re.Pattern[str], what: str) -> str:
+        s = self.string(v, path)
+        if not regex.fullmatch(s):
+            self.fail(path, f"{_quote(s)} is not a valid {what} (must match ^{regex.pattern}$)")
+        return s
+
+    def integer(self, v: object, path: Path, lo: int, hi: int) -> int:
+        if isinstance(v, bool):
+            self.fail(path, f"expected an integer, got {describe(v)}")
+        if isinstance(v, float):
+            # protobuf Struct carries every number as a double
+            if not (math.isfinite(v) and v.is_integer()):
+                self.fail(path, f"expected an integer, got {describe(v)}")
+            v = int(v)
+        if not isinstance(v, int):
+            self.fail(path, f"expected an integer, got {describe(v)}")
+        self.bounds(v, path, lo, hi)
+        return v
+
+    def bounds(self, v: int, path: Path, lo: int, hi: int) -> None:
+        if hi == MAX_INT and v < lo:
+            self.fail(path, f"must be at least {lo}, got {v}")
+        if not lo <= v <= hi:
+            self.fail(path, f"must be between {lo} and {hi}, got {v}")
+
+    def enum(self, v: object, path: Path, choices: Sequence[str]) -> str:
+        s = self.string(v, path)
+        if s not in choices:
+            opts = ", ".join(repr(c) for c in choices)
+            self.fail(path, f"expected one of {opts}, got {_quote(s)}")
+        return s
+
+    def size(self, v: object, path: Path, *, positive: bool) -> int:
+        try:
+            n = parse_size(v)
+        except ValueError as e:
+            self.fail(path, str(e))
+        if positive and n <= 0:
+            self.fail(path, f"must be greater than 0, got {describe(v)}")
+        if n > MAX_SIZE:
+            self.fail(path, f"must be at most {format_size(MAX_SIZE)}, got {describe(v)}")
+        return n
+
+    def duration(self, v: object, path: Path, *, positive: bool) -> int:
+        try:
+            ms = parse_duration_ms(v)
+        except ValueError as e:
+            self.fail(path, str(e))
+        if positive and ms <= 0:
+            self.fail(path, f"must be greater than 0, got {describe(v)}")
+        if ms > MAX_DURATION_MS:
+            self.fail(
+                path, f"must be at most {format_duration(MAX_DURATION_MS)}, got {describe(v)}"
+            )
+        return ms
+
+    def argv(self, v: object, path: Path) -> list[str]:
+        """A command: a non-empty argv list, or a string run by `/bin/sh -c`."""
+        if isinstance(v, str):
+            return ["/bin/sh", "-c", self.string(v, path, nonempty=True)]
+        items = self.list_(v, path, "a list of strings or a string")
+        if not items:
+            self.fail(path, "must not be empty")
+        return [self.string(a, (*path, i), nonempty=True) for i, a in enumerate(items)]
+
+    # -- sections -------------------------------------------------------------------------
+
+    def job(self, v: object, default_user: str) -> JobSpec:
+        d = self.obj(v, (), JOB_KEYS, "a job object")
+        g = {k: val for k, val in d.items() if val is not None}  # null means "use the default"
+        if "name" not in g:
+            self.fail((), "missing required key 'name'")
+        name = self.pattern(g["name"], ("name",), JOB_NAME_RE, "job name")
+
+        user = default_user
+        if g.get("user", "") != "":
+            user = self.pattern(g["user"], ("user",), ACCOUNT_RE, "user name")
+        run_as = ""
+        if g.get("run_as", "") != "":
+            run_as = self.pattern(g["run_as"], ("run_as",), ACCOUNT_RE, "unix account name")
+
+        priority = self.integer(g.get("priority", 100), ("priority",), 0, MAX_PRIORITY)
+        kind = self.enum(g.get("kind", SERVICE), ("kind",), KINDS)
+        replicas = self.integer(g.get("replicas", 1), ("replicas",), 1, MAX_REPLICAS)
+        if "command" not in g:
+            self.fail((), "missing required key 'command'", at=())
+        command = self.argv(g["command"], ("command",))
+        env = self.env(g.get("env", {}))
+        req = self.requirements(g.get("requirements", {}))
+        restart = self.restart(g.get("restart", {}))
+        health = self.health(g["health"], req.ports) if "health" in g else None
+        constraints = [
+            self.constraint(c, ("constraints", i))
+            for i, c in enumerate(self.list_(g.get("constraints", []), ("constraints",)))
+        ]
+        tolerations = [
+            self.toleration(t, ("tolerations", i))
+            for i, t in enumerate(self.list_(g.get("tolerations", []), ("tolerations",)))
+        ]
+        spread = None
+        if "spread" in g:
+            spread = self.pattern(g["spread"], ("spread",), ATTR_RE, "attribute name")
+        update = self.update(g.get("update", {}))
+        kill_timeout_ms = DEFAULT_KILL_TIMEOUT_MS
+        if "kill_timeout" in g:
+            kill_timeout_ms = self.duration(g["kill_timeout"], ("kill_timeout",), positive=False)
+
+        return JobSpec(
+            name=name,
+            user=user,
+            run_as=run_as,
+            priority=priority,
+            kind=kind,
+            replicas=replicas,
+            command=command,
+            env=env,
+            requirements=req,
+            restart=restart,
+            health=health,
+            constraints=constraints,
+            tolerations=tolerations,
+            spread=spread,
+            update=update,
+            kill_timeout_ms=kill_timeout_ms,
+        )
+
+    def env(self, v: object) -> dict[str, str]:
+        path: Path = ("env",)
+        if not isinstance(v, dict):
+            self.fail(path, f"expected an object of NAME: value, got {describe(v)}")
+        out: dict[str, str] = {}
+        for k, val in v.items():
+            if not isinstance(k, str):
+                self.fail(path, f"keys must be strings, got {describe(k)}")
+            if not ENV_NAME_RE.fullmatch(k):
+                self.fail(
+                    path, f"{_quote(k)} is not a valid environment variable name", at=(*path, k)
+                )
+            if k.startswith("BORG_"):
+                self.fail((*path, k), "names starting with BORG_ are reserved for the Borglet")
+            if isinstance(val, dict | list):
+                self.fail((*path, k), f"expected a string, number or bool, got {describe(val)}")
+            out[k] = self.scalar_string(val, (*path, k))
+        return out
+
+    def requirements(self, v: object) -> Requirements:
+        path: Path = ("requirements",)
+        d = {k: x for k, x in self.obj(v, path, REQUIREMENTS_KEYS).items() if x is not None}
+        cpu = 0.1
+        if "cpu" in d:
+            c = d["cpu"]
+            if isinstance(c, bool) or not isinstance(c, int | float) or not math.isfinite(c):
+                self.fail((*path, "cpu"), f"expected a number of cores, got {describe(c)}")
+            if not 0 < c <= MAX_CPU:
+                self.fail(
+                    (*path, "cpu"), f"must be greater than 0 and at most {MAX_CPU:g}, got {c!r}"
+                )
+            cpu = float(c)
+        ram = DEFAULT_RAM
+        if "ram" in d:
+            ram = self.size(d["ram"], (*path, "ram"), positive=True)
+        disk = self.size(d["disk"], (*path, "disk"), positive=False) if "disk" in d else 0
+        gpu = self.integer(d["gpu"], (*path, "gpu"), 0, MAX_INT) if "gpu" in d else 0
+        ports: list[str] = []
+        for i, p in enumerate(self.list_(d.get("ports", []), (*path, "ports"))):
+            name = self.pattern(p, (*path, "ports", i), PORT_NAME_RE, "port name")
+            if name in ports:
+                self.fail((*path, "ports", i), f"duplicate port {_quote(name)}")
+            ports.append(name)
+        return Requirements(cpu=cpu, ram=ram, disk=disk, gpu=gpu, ports=ports)
+
+    def restart(self, v: object) -> RestartPolicy:
+        path: Path = ("restart",)
+        d = {k: x for k, x in self.obj(v, path, RESTART_KEYS).items() if x is not None}
+        out = RestartPolicy()
+        if "policy" in d:
+            out.policy = self.enum(d["policy"], (*path, "policy"), RESTART_POLICIES)
+        if "max_restarts" in d:
+            out.max_restarts = self.integer(d["max_restarts"], (*path, "max_restarts"), 0, MAX_INT)
+        if "backoff" in d:
+            out.backoff_ms = self.duration(d["backoff"], (*path, "backoff"), positive=True)
+        return out
+
+    def health(self, v: object, ports: list[str]) -> dict[str, Any]:
+        path: Path = ("health",)
+        d = {k: x for k, x in self.obj(v, path, HEALTH_KEYS).items() if x is not None}
+        checks = [k for k in HEALTH_CHECKS if k in d]
+        if len(checks) != 1:
+            got = f"got {', '.join(checks)}" if checks else "got none"
+            self.fail(path, f"needs exactly one of 'http', 'tcp', 'exec' ({got})")
+        check = checks[0]
+        out: dict[str, Any] = {}
+        cpath: Path = (*path, check)
+        if check == "exec":
+            out["exec"] = self.argv(d["exec"], cpath)
+        else:
+            keys = HTTP_KEYS if check == "http" else TCP_KEYS
+            c = self.obj(d[check], cpath, keys)
+            if c.get("port") is None:
+                self.fail(cpath, "missing required key 'port'")
+            port = self.string(c["port"], (*cpath, "port"))
+            if port not in ports:
+                self.fail((*cpath, "port"), f"{_quote(port)} is not one of requirements.ports")
+            body: dict[str, Any] = {"port": port}
+            if check == "http":
+                hpath = "/" if c.get("path") is None else self.string(c["path"], (*cpath, "path"))
+                if not hpath.startswith("/") or any(ch.isspace() or ord(ch) < 32 for ch in hpath):
+                    self.fail(
+                        (*cpath, "path"), f"{_quote(hpath)} is not a URL path starting with '/'"
+                    )
+                body["path"] = hpath
+            out[check] = body
+        out["interval_ms"] = DEFAULT_HEALTH_INTERVAL_MS
+        if "interval" in d:
+            out["interval_ms"] = self.duration(d["interval"], (*path, "interval"), positive=True)
+        out["timeout_ms"] = DEFAULT_HEALTH_TIMEOUT_MS
+        if "timeout" in d:
+            out["timeout_ms"] = self.duration(d["timeout"], (*path, "timeout"), positive=True)
+        out["failure_threshold"] = DEFAULT_FAILURE_THRESHOLD
+        if "failure_threshold" in d:
+            fpath = (*path, "failure_threshold")
+            out["failure_threshold"] = self.integer(d["failure_threshold"], fpath, 1, MAX_INT)
+        out["initial_delay_ms"] = 0
+        if "initial_delay" in d:
+            ipath = (*path, "initial_delay")
+            out["initial_delay_ms"] = self.duration(d["initial_delay"], ipath, positive=False)
+        return out
+
+    def constraint(self, v: object, path: Path) -> Constraint:
+        d = {k: x for k, x in self.obj(v, path, CONSTRAINT_KEYS).items() if x is not None}
+        for key in ("attr", "op"):
+            if key not in d:
+                self.fail(path, f"missing required key {key!r}")
+        attr = self.pattern(d["attr"], (*path, "attr"), ATTR_RE, "attribute name")
+        op = self.enum(d["op"], (*path, "op"), CONSTRAINT_OPS)
+        vpath: Path = (*path, "value")
+        value: Any = None
+        if op in ("==", "!="):
+            if "value" not in d:
+                self.fail(path, f"missing required key 'value' (a string for {op!r})")
+            if isinstance(d["value"], dict | list):
+                self.fail(vpath, f"expected a string for {op!r}, got {describe(d['value'])}")
+            value = self.scalar_string(d["value"], vpath)
+        elif op in ("in", "not-in"):
+            if "value" not in d:
+                self.fail(path, f"missing required key 'value' (a list of strings for {op!r})")
+            items = self.list_(d["value"], vpath, f"a list of strings for {op!r}")
+            if not items:
+                self.fail(vpath, "must not be empty")
+            value = []
+            for i, x in enumerate(items):
+                if isinstance(x, dict | list):
+                    self.fail((*vpath, i), f"expected a string, got {describe(x)}")
+                value.append(self.scalar_string(x, (*vpath, i)))
+        elif "value" in d:
+            self.fail(vpath, "must be absent for 'exists'")
+        return Constraint(attr=attr, op=op, value=value)
+
+    def toleration(self, v: object, path: Path) -> Toleration:
+        d = {k: x for k, x in self.obj(v, path, TOLERATION_KEYS).items() if x is not None}
+        if "key" not in d:
+            self.fail(path, "missing required key 'key'")
+        key = self.pattern(d["key"], (*path, "key"), ATTR_RE, "taint key")
+        value = None
+        if "value" in d:
+            if isinstance(d["value"], dict | list):
+                self.fail((*path, "value"), f"expected a string, got {describe(d['value'])}")
+            value = self.scalar_string(d["value"], (*path, "value"))
+        return Toleration(key=key, value=value)
+
+    def update(self, v: object) -> UpdatePolicy:
+        path: Path = ("update",)
+        d = {k: x for k, x in self.obj(v, path, UPDATE_KEYS).items() if x is not None}
+        out = UpdatePolicy(max_unavailable=1, max_surge=0)
+        if "max_unavailable" in d:
+            mpath = (*path, "max_unavailable")
+            out.max_unavailable = self.integer(d["max_unavailable"], mpath, 1, MAX_INT)
+        if "max_surge" in d:
+            out.max_surge = self.integer(d["max_surge"], (*path, "max_surge"), 0, MAX_INT)
+        return out
+
+
+def validate_job(
+    obj: object,
+    *,
+    default_user: str = "",
+    path_lines: PathLines | None = None,
+    file: str | None = None,
+    path_prefix: Path = (),
+) -> JobSpec:
+    """Check one job object and return its normalised `JobSpec`, or raise `ConfigError`.
+
+    `path_lines` maps a field path (e.g. `("requirements", "ram")`) to the 1-based source line
+    it came from, when the source format knows it. `path_prefix` locates this job inside its
+    file (e.g. `(2,)` for the third job of a list); it is prepended to paths in messages and
+    line lookups.
+    """
+    return _Validator(file, path_lines, path_prefix).job(obj, default_user)
+
+
+def spec_to_config(spec: JobSpec) -> dict[str, Any]:
+    """The config dict (JSON-able, sizes and durations as strings) that validates back to `spec`.
+
+    Every field is written out explicitly, so the result does not depend on schema defaults;
+    only `user`/`run_as` are left out when empty, since the empty string means "default".
+    """
+    out: dict[str, Any] = {"name": spec.name}
+    if spec.user:
+        out["user"] = spec.user
+    if spec.run_as:
+        out["run_as"] = spec.run_as
+    out["priority"] = spec.priority
+    out["kind"] = spec.kind
+    out["replicas"] = spec.replicas
+    out["command"] = list(spec.command)
+    out["env"] = dict(spec.env)
+    r = spec.requirements
+    out["requirements"] = {
+        "cpu": r.cpu,
+        "ram": format_size(r.ram),
+        "disk": format_size(r.disk),
+        "gpu": r.gpu,
+        "ports": list(r.ports),
+    }
+    out["restart"] = {
+        "policy": spec.restart.policy,
+        "max_restarts": spec.restart.max_restarts,
+        "backoff": format_duration(spec.restart.backoff_ms),
+    }
+    if spec.health is not None:
+        h = spec.health
+        health: dict[str, Any] = {}
+        for check in HEALTH_CHECKS:
+            if check in h:
+                health[check] = list(h[check]) if check == "exec" else dict(h[check])
+        health["interval"] = format_duration(h.get("interval_ms", DEFAULT_HEALTH_INTERVAL_MS))
+        health["timeout"] = format_duration(h.get("timeout_ms", DEFAULT_HEALTH_TIMEOUT_MS))
+        health["failure_threshold"] = h.get("failure_threshold", DEFAULT_FAILURE_THRESHOLD)
+        health["initial_delay"] = format_duration(h.get("initial_delay_ms", 0))
+        out["health"] = health
+    constraints = []
+    for c in spec.constraints:
+        cd: dict[str, Any] = {"attr": c.attr, "op": c.op}
+        if c.value is not None:
+            cd["value"] = list(c.value) if isinstance(c.value, list) else c.value
+        constraints.append(cd)
+    out["constraints"] = constraints
+    tolerations = []
+    for t in spec.tolerations:
+        td: dict[str, Any] = {"key": t.key}
+        if t.value is not None:
+            td["value"] = t.value
+        tolerations.append(td)
+    out["tolerations"] = tolerations
+    if spec.spread is not None:
+        out["spread"] = spec.spread
+    out["update"] = {
+        "max_unavailable": spec.update.max_unavailable,
+        "max_surge": spec.update.max_surge,
+    }
+    out["kill_timeout"] = format_duration(spec.kill_timeout_ms)
+    return out

@@ -1,0 +1,345 @@
+"""A real cell for tests: N masters and M Borglets as processes on free loopback ports.
+
+Everything is waited on with a deadline (no fixed sleeps); each process logs to a file that
+is printed when a test fails; teardown kills every process and every task cgroup the cell
+made, and checks that nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import psutil
+
+from borglet.runtime.cgroups import detect
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(
+    cond: Callable[[], T], timeout: float = 20.0, interval: float = 0.05, what: str = ""
+) -> T:
+    """Poll `cond` until it returns something truthy; fail with `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            v = cond()
+            if v:
+                return v
+        except Exception as e:  # conditions may fail while processes start
+            last_exc = e
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what or cond}: {last_exc}")
+
+
+@dataclass
+class Proc:
+    name: str
+    argv: list[str]
+    log_path: str
+    popen: subprocess.Popen[bytes] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log:
+            self.popen = subprocess.Popen(
+                self.argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=REPO,
+                start_new_session=True,
+            )
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            assert self.popen is not None
+            self.popen.send_signal(sig)
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM, then SIGKILL if it does not exit in time; returns the exit code."""
+        if self.popen is None:
+            return None
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+        return self.popen.returncode
+
+    def kill(self) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait(5)
+
+    def log(self) -> str:
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+
+class Cell:
+    """Start with `Cell(tmp_path).start(masters=3, borglets=1)`; always `close()`."""
+
+    def __init__(self, base: str | None = None, prefix: str | None = None) -> None:
+        # Task sandboxes must be reachable by the unprivileged task user, so the cell lives in
+        # a world-searchable directory (pytest's tmp_path is 0700).
+        self.base = tempfile.mkdtemp(prefix="borgcell-test-", dir=base and None)
+        os.chmod(self.base, 0o755)
+        self.prefix = prefix or f"t{os.getpid()}x{free_port()}"
+        self.masters: list[Proc] = []
+        self.borglets: list[Proc] = []
+
+    # ----- starting -----------------------------------------------------------------------
+
+    def start(
+        self,
+        masters: int = 1,
+        borglets: int = 1,
+        borglet_cpu: float = 2.0,
+        borglet_memory: str = "2Gi",
+        machine_timeout: float = 30.0,
+    ) -> Cell:
+        rafts = [f"127.0.0.1:{free_port()}" for _ in range(masters)]
+        for i in range(masters):
+            self.add_master(i, rafts, machine_timeout)
+        self.wait_ready()
+        for _ in range(borglets):
+            self.add_borglet(cpu=borglet_cpu, memory=borglet_memory)
+        self.wait_machines(borglets)
+        return self
+
+    def add_master(self, i: int, rafts: list[str], machine_timeout: float = 30.0) -> Proc:
+        grpc_addr = f"127.0.0.1:{free_port()}"
+        http_addr = f"127.0.0.1:{free_port()}"
+        data = os.path.join(self.base, f"m{i}")
+        argv = [
+            sys.executable,
+            "-m",
+            "borgmaster.cli",
+            "run",
+            "--id",
+            f"m{i}",
+            "--raft",
+            rafts[i],
+            "--grpc",
+            grpc_addr,
+            "--http",
+            http_addr,
+            "--data-dir",
+            data,
+            "--machine-timeout",
+            str(machine_timeout),
+        ]
+        for j, r in enumerate(rafts):
+            if j != i:
+                argv += ["--peer", r]
+        p = Proc(f"m{i}", argv, os.path.join(self.base, f"m{i}.log"))
+        p.info = {"raft": rafts[i], "grpc": grpc_addr, "http": http_addr, "data": data}
+        p.start()
+        self.masters.append(p)
+        return p
+
+    def add_borglet(
+        self, cpu: float = 2.0, memory: str = "2Gi", attrs: dict[str, str] | None = None
+    ) -> Proc:
+        i = len(self.borglets)
+        name = f"{self.prefix}-b{i}"
+        grpc_addr = f"127.0.0.1:{free_port()}"
+        http_addr = f"127.0.0.1:{free_port()}"
+        argv = [
+            sys.executable,
+            "-m",
+            "borglet.cli",
+            "run",
+            "--name",
+            name,
+            "--master",
+            self.master_addrs,
+            "--grpc",
+            grpc_addr,
+            "--http",
+            http_addr,
+            "--data-dir",
+            os.path.join(self.base, f"b{i}"),
+            "--cpu",
+            str(cpu),
+            "--memory",
+            memory,
+        ]
+        for k, v in (attrs or {}).items():
+            argv += ["--attr", f"{k}={v}"]
+        p = Proc(name, argv, os.path.join(self.base, f"b{i}.log"))
+        p.info = {"name": name, "grpc": grpc_addr, "http": http_addr}
+        p.start()
+        self.borglets.append(p)
+        return p
+
+    @property
+    def master_addrs(self) -> str:
+        return ",".join(m.info["grpc"] for m in self.masters)
+
+    def http_get(self, addr: str, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://{addr}{path}", timeout=2) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        def ready() -> bool:
+            for m in self.masters:
+                if not m.alive():
+                    raise RuntimeError(f"master {m.name} exited:\n{m.log()[-3000:]}")
+            return all(self.http_get(m.info["http"], "/readyz")[0] == 200 for m in self.masters)
+
+        wait_for(ready, timeout, what="masters ready")
+        # Every replica has announced its gRPC address (so `cell` can list all of them).
+        wait_for(
+            lambda: len([r for r in self.cell_json() if r["grpc"]]) == len(self.masters),
+            timeout,
+            what="replicas announced",
+        )
+
+    def wait_machines(self, n: int, timeout: float = 30.0) -> None:
+        def up() -> bool:
+            for b in self.borglets:
+                if not b.alive():
+                    raise RuntimeError(f"borglet {b.name} exited:\n{b.log()[-3000:]}")
+            ms = self.borgcfg_json("machines")
+            return len([m for m in ms if m["state"] == "up"]) >= n
+
+        wait_for(up, timeout, what=f"{n} machines up")
+
+    # ----- using it -----------------------------------------------------------------------
+
+    def borgcfg(
+        self, *args: str, master: str | None = None, check: bool = False, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "cfg.cli", "--master", master or self.master_addrs]
+        argv += ["--user", "tester", *args]
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+        if check and r.returncode != 0:
+            raise AssertionError(f"borgcfg {' '.join(args)} -> {r.returncode}: {r.stderr}")
+        return r
+
+    def borgcfg_json(self, *args: str, master: str | None = None) -> Any:
+        r = self.borgcfg(*args, "-o", "json", master=master, check=True)
+        return json.loads(r.stdout)
+
+    def cell_json(self) -> list[dict[str, Any]]:
+        return list(self.borgcfg_json("cell"))
+
+    def job(self, name: str) -> dict[str, Any]:
+        return dict(self.borgcfg_json("status", name))
+
+    def leader(self) -> Proc:
+        def find() -> Proc | None:
+            for m in self.masters:
+                if m.alive():
+                    code, body = self.http_get(m.info["http"], "/metrics")
+                    if code == 200 and "borg_raft_is_leader 1.0" in body:
+                        return m
+            return None
+
+        return wait_for(find, 20, what="a leader")
+
+    def task_cgroup(self, borglet: Proc, job: str, index: int) -> str | None:
+        """The memory-controller cgroup dir of a running task on `borglet`, if any."""
+        parent = f"borgcell/{borglet.info['name']}"
+        driver = detect("/sys/fs/cgroup", parent)
+        if driver is None:
+            return None
+        for name in driver.list():
+            if name.startswith(f"{job}.{index}."):
+                if driver.version == 2:
+                    return os.path.join("/sys/fs/cgroup", parent, name)
+                return os.path.join("/sys/fs/cgroup/memory", parent, name)
+        return None
+
+    def task_cgroups(self) -> list[str]:
+        out = []
+        for b in self.borglets:
+            driver = detect("/sys/fs/cgroup", f"borgcell/{b.info['name']}")
+            if driver is not None:
+                out += driver.list()
+        return out
+
+    def dump_logs(self) -> str:
+        parts = []
+        for p in self.masters + self.borglets:
+            parts.append(f"===== {p.name} =====\n{p.log()[-6000:]}")
+        return "\n".join(parts)
+
+    # ----- teardown -----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop everything and remove every task cgroup and process the cell made."""
+        for b in self.borglets:
+            b.stop(timeout=10)
+        for m in self.masters:
+            m.stop(timeout=10)
+        for b in self.borglets:
+            parent = f"borgcell/{b.info['name']}"
+            driver = detect("/sys/fs/cgroup", parent)
+            if driver is None:
+                continue
+            for name in driver.list():
+                with contextlib.suppress(Exception):
+                    driver.kill(name, signal.SIGKILL)
+                wait_for(lambda n=name, d=driver: not d.pids(n), 10, what=f"cgroup {name} empty")
+                driver.remove(name)
+            with contextlib.suppress(Exception):
+                driver.remove_parent()
+        remove_empty_top_cgroups()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+def processes_with_env(key: str, value: str) -> list[psutil.Process]:
+    """Live processes whose environment has key=value (finds a job's tasks)."""
+    out = []
+    for p in psutil.process_iter(["pid"]):
+        try:
+            if p.environ().get(key) == value and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return out
+
+
+def remove_empty_top_cgroups() -> None:
+    """rmdir the shared `borgcell/` parents once no Borglet uses them (fails harmlessly if
+    another Borglet on this host still has cgroups there)."""
+    for top in ["/sys/fs/cgroup/borgcell"] + [
+        os.path.join("/sys/fs/cgroup", c, "borgcell") for c in os.listdir("/sys/fs/cgroup")
+    ]:
+        with contextlib.suppress(OSError):
+            os.rmdir(top)

@@ -1,0 +1,112 @@
+"""`borgmaster dev` (what `make run` starts): a whole cell that runs examples/hello.jsonnet
+and leaves nothing behind on Ctrl-C/SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+
+import pytest
+
+from borglet.runtime.cgroups import detect
+from tests.cluster import REPO, free_port, processes_with_env, remove_empty_top_cgroups, wait_for
+from tests.conftest import cgroups_usable
+
+pytestmark = pytest.mark.e2e
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _dev_ports() -> tuple[int, int]:
+    """A gRPC and an HTTP port whose neighbours dev uses (raft at -10, Borglet at +1)."""
+    for _ in range(50):
+        g, h = free_port(), free_port()
+        if g > 1100 and all(_port_free(p) for p in (g - 10, g + 1, h + 1)):
+            return g, h
+    raise RuntimeError("no free port block for the dev cell")
+
+
+@pytest.fixture
+def dev_dir() -> Iterator[str]:
+    d = tempfile.mkdtemp(prefix="borgcell-dev-")
+    os.chmod(d, 0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def borgcfg(master: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cfg.cli", "--master", master, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+
+
+def test_dev_cell_runs_hello_and_cleans_up_on_sigterm(dev_dir: str) -> None:
+    why = cgroups_usable()
+    if why:
+        pytest.skip(why)
+    g, h = _dev_ports()
+    master = f"127.0.0.1:{g}"
+    log_path = os.path.join(dev_dir, "dev.log")
+    with open(log_path, "wb") as log:
+        dev = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "borgmaster.cli",
+                "dev",
+                "--data-dir",
+                dev_dir,
+                "--grpc",
+                master,
+                "--http",
+                f"127.0.0.1:{h}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            start_new_session=True,
+        )
+    host = socket.gethostname().split(".")[0].lower() or "localhost"
+    try:
+        wait_for(
+            lambda: '"state": "up"' in borgcfg(master, "machines", "-o", "json").stdout,
+            30,
+            what="dev Borglet registered",
+        )
+        r = borgcfg(master, "up", os.path.join(REPO, "examples/hello.jsonnet"), "--wait")
+        assert r.returncode == 0, r.stderr
+        r = borgcfg(master, "status", "hello", "-o", "json")
+        assert r.returncode == 0
+        assert r.stdout.count('"state": "running"') == 3  # the job and its two tasks
+        assert len(processes_with_env("BORG_JOB", "hello")) >= 2
+        driver = detect("/sys/fs/cgroup", f"borgcell/{host}")
+        assert driver is not None and len(driver.list()) == 2
+
+        dev.send_signal(signal.SIGTERM)
+        assert dev.wait(60) == 0
+        assert not processes_with_env("BORG_JOB", "hello")
+        assert not driver.list()
+    finally:
+        if dev.poll() is None:
+            os.killpg(dev.pid, signal.SIGKILL)
+            dev.wait(10)
+        remove_empty_top_cgroups()
+        with open(log_path, errors="replace") as f:
+            print(f.read()[-5000:])

@@ -1,0 +1,361 @@
+"""The Borglet's task state machine: decisions only, no processes and no clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from borglet.state import (
+    ACTIVE,
+    DONE,
+    LAUNCHING,
+    MAX_BACKOFF_MS,
+    STABLE_RUN_MS,
+    STARTING,
+    STOPPING,
+    Desired,
+    Kill,
+    Start,
+    TaskStates,
+    exit_code_of,
+)
+from borgmaster.model import (
+    BATCH,
+    FAILED,
+    KILLED,
+    RUNNING,
+    SERVICE,
+    SUCCEEDED,
+    JobSpec,
+    RestartPolicy,
+)
+
+
+def desired(
+    index: int = 0,
+    *,
+    kind: str = SERVICE,
+    policy: str = "on-failure",
+    max_restarts: int = 10,
+    backoff_ms: int = 1000,
+    incarnation: str = "inc",
+) -> Desired:
+    spec = JobSpec(
+        name="j",
+        kind=kind,
+        restart=RestartPolicy(policy=policy, max_restarts=max_restarts, backoff_ms=backoff_ms),
+    )
+    return Desired(job="j", index=index, incarnation=f"{incarnation}{index}", version=1, spec=spec)
+
+
+def running(d: Desired, now_ms: int = 0) -> TaskStates:
+    """A TaskStates with `d` started at `now_ms`."""
+    ts = TaskStates()
+    assert ts.reconcile([d], now_ms) == [Start(d.key)]
+    ts.started(d.key, now_ms)
+    return ts
+
+
+# ----- reconcile ----------------------------------------------------------------------------
+
+
+def test_reconcile_starts_desired_tasks() -> None:
+    ts = TaskStates()
+    a, b = desired(0), desired(1)
+    assert ts.reconcile([a, b], 0) == [Start(a.key), Start(b.key)]
+    assert ts.tasks[a.key].phase == LAUNCHING
+    ts.started(a.key, 5)
+    assert ts.tasks[a.key].phase == ACTIVE
+    # a is active and b is being launched: nothing more to do.
+    assert ts.reconcile([a, b], 10) == []
+
+
+def test_launching_task_is_neither_restarted_nor_killed() -> None:
+    ts = TaskStates()
+    d = desired()
+    assert ts.reconcile([d], 0) == [Start(d.key)]
+    assert ts.reconcile([d], 1) == []  # a concurrent reconcile does not start it twice
+    assert ts.reconcile([], 2) == []  # nor kill it mid-spawn
+    assert ts.tasks[d.key].phase == LAUNCHING
+    assert ts.next_wakeup_ms() is None
+    ts.started(d.key, 3)
+    assert ts.reconcile([], 4) == [Kill(d.key)]  # killed once the spawn has finished
+
+
+def test_launch_aborted_lets_the_task_start_again() -> None:
+    ts = TaskStates()
+    d = desired()
+    ts.reconcile([d], 0)
+    ts.launch_aborted(d.key)
+    assert ts.tasks[d.key].phase == STARTING
+    assert ts.reconcile([d], 1) == [Start(d.key)]
+
+
+def test_reconcile_kills_undesired_active_task() -> None:
+    d = desired()
+    ts = running(d)
+    assert ts.reconcile([], 10) == [Kill(d.key)]
+    assert ts.tasks[d.key].phase == STOPPING
+    assert ts.reconcile([], 20) == []  # a kill is asked for once
+    ts.killed(d.key)
+    t = ts.tasks[d.key]
+    assert (t.phase, t.result, t.reason) == (DONE, KILLED, "killed")
+
+
+def test_reconcile_new_incarnation_replaces_old() -> None:
+    old = desired(incarnation="old")
+    new = desired(incarnation="new")
+    ts = running(old)
+    assert ts.reconcile([new], 10) == [Start(new.key), Kill(old.key)]
+
+
+def test_never_started_undesired_task_is_done_killed_without_kill() -> None:
+    ts = TaskStates()
+    d = desired()
+    ts.reconcile([d], 0)
+    ts.launch_aborted(d.key)  # the Start was never carried out
+    assert ts.reconcile([], 1) == []
+    t = ts.tasks[d.key]
+    assert (t.phase, t.result, t.reason) == (DONE, KILLED, "not-wanted")
+    assert t.report()["state"] == KILLED
+
+
+def test_task_in_backoff_that_becomes_undesired_is_done_without_kill() -> None:
+    d = desired()
+    ts = running(d)
+    ts.exited(d.key, 1, False, 100)
+    assert ts.tasks[d.key].phase == STARTING
+    assert ts.reconcile([], 200) == []
+    t = ts.tasks[d.key]
+    assert (t.phase, t.result, t.reason) == (DONE, KILLED, "exit: 1")
+
+
+def test_reconcile_does_not_start_before_next_start_ms() -> None:
+    d = desired(backoff_ms=1000)
+    ts = running(d)
+    ts.exited(d.key, 1, False, 100)
+    assert ts.tasks[d.key].next_start_ms == 1100
+    assert ts.reconcile([d], 1099) == []
+    assert ts.reconcile([d], 1100) == [Start(d.key)]
+
+
+def test_exit_while_stopping_is_killed() -> None:
+    d = desired()
+    ts = running(d)
+    ts.reconcile([], 1)
+    ts.exited(d.key, -15, False, 2)
+    t = ts.tasks[d.key]
+    assert (t.phase, t.result, t.reason, t.exit_code) == (DONE, KILLED, "killed", 143)
+
+
+def test_start_failed_is_done_failed() -> None:
+    ts = TaskStates()
+    d = desired()
+    ts.reconcile([d], 0)
+    ts.start_failed(d.key, "no such user")
+    t = ts.tasks[d.key]
+    assert (t.phase, t.result, t.reason) == (DONE, FAILED, "no such user")
+    assert ts.reconcile([d], 1) == []  # done for good: not restarted
+
+
+# ----- exits and restart policies ---------------------------------------------------------
+
+RESTART = "restart"
+
+# (kind, policy, returncode, oom) -> RESTART or the final result
+EXIT_CASES = [
+    (SERVICE, "always", 0, False, RESTART),
+    (SERVICE, "always", 1, False, RESTART),
+    (SERVICE, "always", -9, True, RESTART),
+    (SERVICE, "on-failure", 0, False, SUCCEEDED),
+    (SERVICE, "on-failure", 1, False, RESTART),
+    (SERVICE, "on-failure", -9, True, RESTART),
+    (SERVICE, "never", 0, False, SUCCEEDED),
+    (SERVICE, "never", 1, False, FAILED),
+    (SERVICE, "never", -9, True, FAILED),
+    (BATCH, "always", 0, False, SUCCEEDED),
+    (BATCH, "always", 1, False, RESTART),
+    (BATCH, "always", -9, True, RESTART),
+    (BATCH, "on-failure", 0, False, SUCCEEDED),
+    (BATCH, "on-failure", 1, False, RESTART),
+    (BATCH, "on-failure", -9, True, RESTART),
+    (BATCH, "never", 0, False, SUCCEEDED),
+    (BATCH, "never", 1, False, FAILED),
+    (BATCH, "never", -9, True, FAILED),
+    # exit 0 but the kernel's OOM killer was involved: a failure, not a success.
+    (BATCH, "on-failure", 0, True, RESTART),
+    (SERVICE, "never", 0, True, FAILED),
+]
+
+
+@pytest.mark.parametrize(("kind", "policy", "returncode", "oom", "expect"), EXIT_CASES)
+def test_exit_per_policy(kind: str, policy: str, returncode: int, oom: bool, expect: str) -> None:
+    d = desired(kind=kind, policy=policy)
+    ts = running(d)
+    ts.exited(d.key, returncode, oom, 500)
+    t = ts.tasks[d.key]
+    assert t.exit_code == exit_code_of(returncode)
+    if oom:
+        assert t.reason == "oom"
+    if expect == RESTART:
+        assert t.phase == STARTING
+        assert t.restarts == 1
+        assert t.next_start_ms == 1500
+        assert t.report()["state"] == RUNNING
+    else:
+        assert (t.phase, t.result) == (DONE, expect)
+        assert t.restarts == 0
+        assert t.report()["state"] == expect
+
+
+def test_max_restarts_exhausted_is_failed() -> None:
+    d = desired(max_restarts=2, backoff_ms=10)
+    ts = running(d)
+    now = 0
+    for expected_restarts in (1, 2):
+        now += 1000
+        ts.exited(d.key, 1, False, now)
+        t = ts.tasks[d.key]
+        assert (t.phase, t.restarts) == (STARTING, expected_restarts)
+        now = t.next_start_ms
+        assert ts.reconcile([d], now) == [Start(d.key)]
+        ts.started(d.key, now)
+    ts.exited(d.key, 1, False, now + 1)
+    t = ts.tasks[d.key]
+    assert (t.phase, t.result, t.restarts) == (DONE, FAILED, 2)
+    assert t.report()["state"] == FAILED
+
+
+def test_max_restarts_zero_fails_at_first_exit() -> None:
+    d = desired(max_restarts=0)
+    ts = running(d)
+    ts.exited(d.key, 2, False, 10)
+    assert (ts.tasks[d.key].phase, ts.tasks[d.key].result) == (DONE, FAILED)
+
+
+def test_backoff_doubles_and_is_capped() -> None:
+    d = desired(max_restarts=100, backoff_ms=1000)
+    ts = running(d)
+    now = 0
+    seen = []
+    for _ in range(12):
+        now += 10  # crashes quickly: never a stable run
+        ts.exited(d.key, 1, False, now)
+        t = ts.tasks[d.key]
+        seen.append(t.next_start_ms - now)
+        assert ts.next_wakeup_ms() == t.next_start_ms
+        now = t.next_start_ms
+        ts.reconcile([d], now)
+        ts.started(d.key, now)
+    expected = [min(1000 * 2**i, MAX_BACKOFF_MS) for i in range(12)]
+    assert seen == expected
+    assert seen[-1] == MAX_BACKOFF_MS
+
+
+def test_stable_run_resets_backoff() -> None:
+    d = desired(max_restarts=100, backoff_ms=1000)
+    ts = running(d)
+    ts.exited(d.key, 1, False, 10)
+    ts.started(d.key, 1010)
+    ts.exited(d.key, 1, False, 1020)
+    assert ts.tasks[d.key].next_start_ms == 1020 + 2000
+    ts.started(d.key, 3020)
+    ts.exited(d.key, 1, False, 3020 + STABLE_RUN_MS)
+    assert ts.tasks[d.key].next_start_ms == 3020 + STABLE_RUN_MS + 1000
+    assert ts.tasks[d.key].restarts == 3
+
+
+def test_next_wakeup_is_none_without_waiting_tasks() -> None:
+    d = desired()
+    ts = running(d)
+    assert ts.next_wakeup_ms() is None
+    ts.exited(d.key, 1, False, 50)
+    assert ts.next_wakeup_ms() == 1050
+
+
+def test_next_wakeup_is_earliest_of_waiting_tasks() -> None:
+    a = desired(0, backoff_ms=5000)
+    b = desired(1, backoff_ms=100)
+    ts = TaskStates()
+    ts.reconcile([a, b], 0)
+    ts.started(a.key, 0)
+    ts.started(b.key, 0)
+    ts.exited(a.key, 1, False, 10)
+    ts.exited(b.key, 1, False, 20)
+    assert ts.next_wakeup_ms() == 120
+
+
+def test_exit_of_unknown_task_is_ignored() -> None:
+    ts = TaskStates()
+    ts.exited(("x", 0, "i"), 1, False, 0)
+    ts.killed(("x", 0, "i"))
+    assert ts.tasks == {}
+
+
+def test_killed_keeps_oom_reason() -> None:
+    d = desired()
+    ts = running(d)
+    ts.tasks[d.key].reason = "oom"
+    ts.killed(d.key)
+    assert ts.tasks[d.key].reason == "oom"
+
+
+# ----- forgetting and reporting -------------------------------------------------------------
+
+
+def test_forget_reported_only_drops_reported_undesired_done_tasks() -> None:
+    done_reported = desired(0)
+    done_unreported = desired(1)
+    done_still_desired = desired(2)
+    active = desired(3)
+    ds = [done_reported, done_unreported, done_still_desired, active]
+    ts = TaskStates()
+    ts.reconcile(ds, 0)
+    for d in ds:
+        ts.started(d.key, 0)
+    for d in ds[:3]:
+        ts.exited(d.key, 0, False, 10)  # on-failure, exit 0: done, succeeded
+    all_keys = {d.key for d in ds}
+    reported = all_keys - {done_unreported.key}
+    gone = ts.forget_reported(reported, {done_still_desired.key, active.key})
+    assert gone == [done_reported.key]
+    assert set(ts.tasks) == all_keys - {done_reported.key}
+
+
+def test_exit_code_of_signal() -> None:
+    assert exit_code_of(-9) == 137
+    assert exit_code_of(-15) == 143
+    assert exit_code_of(0) == 0
+    assert exit_code_of(3) == 3
+
+
+def test_report_shape() -> None:
+    d = desired(incarnation="abc")
+    ts = TaskStates()
+    ts.reconcile([d], 0)
+    assert ts.tasks[d.key].report() == {
+        "job": "j",
+        "index": 0,
+        "incarnation": "abc0",
+        "state": RUNNING,
+        "exit_code": -1,
+        "reason": "",
+        "restarts": 0,
+    }
+    ts.started(d.key, 0)
+    ts.exited(d.key, -9, True, 10)
+    r = ts.tasks[d.key].report()
+    assert (r["state"], r["exit_code"], r["reason"], r["restarts"]) == (RUNNING, 137, "oom", 1)
+    d_never = desired(1, policy="never")
+    ts.reconcile([d, d_never], 10_000)
+    ts.started(d_never.key, 10_000)
+    ts.exited(d_never.key, 2, False, 10_001)
+    r = ts.tasks[d_never.key].report()
+    assert r == {
+        "job": "j",
+        "index": 1,
+        "incarnation": "inc1",
+        "state": FAILED,
+        "exit_code": 2,
+        "reason": "exit: 2",
+        "restarts": 0,
+    }
