@@ -98,6 +98,7 @@ class Borglet:
         self._known_generation = -1
         self.connected = False
         self.unreachable_dir = ""
+        self.cell = "borgcell"  # the cell's name, as the master reports it
         self.oom_kills: dict[tuple[str, int], int] = {}
         self.grpc_server: grpc.Server | None = None
         self.http_server: ThreadingHTTPServer | None = None
@@ -275,6 +276,7 @@ class Borglet:
             desired[des.key] = des
         with self.lock:
             self.desired = desired
+            self.cell = resp.cell or self.cell
             self._known_generation = resp.generation
             self.states.forget_reported(reported, set(desired))
         self.converge()
@@ -304,7 +306,7 @@ class Borglet:
         env = dict(spec.env)
         env.update(
             {
-                "BORG_CELL": "borgcell",
+                "BORG_CELL": self.cell,
                 "BORG_JOB": d.job,
                 "BORG_TASK_INDEX": str(d.index),
                 "BORG_MACHINE": self.cfg.name,

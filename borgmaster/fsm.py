@@ -102,11 +102,16 @@ class BorgFSM(SyncObj):  # type: ignore[misc]
             data = f.read()
         if not data.startswith(DUMP_MAGIC):
             raise ValueError(f"{filename}: not a borgcell snapshot")
-        doc = msgpack.unpackb(data[len(DUMP_MAGIC) :], raw=False, strict_map_key=False)
-        self._store.load_snapshot(doc["state"])
-        last = tuple(doc["last"])
-        prev = tuple(doc["prev"])
-        cluster = {TCPNode(a) for a in doc["cluster"]}
+        try:
+            doc = msgpack.unpackb(data[len(DUMP_MAGIC) :], raw=False, strict_map_key=False)
+            last = tuple(doc["last"])
+            prev = tuple(doc["prev"])
+            cluster = {TCPNode(a) for a in doc["cluster"]}
+            self._store.load_snapshot(doc["state"])
+        except ValueError:
+            raise
+        except Exception as e:
+            raise ValueError(f"{filename}: corrupt borgcell snapshot: {e}") from None
         return (last, prev, cluster)
 
 

@@ -349,6 +349,20 @@ class Store:
         return {"placed": placed, "rejected": rejected}
 
     def _task_updates(self, cmd: C.TaskUpdates) -> Result:
+        # Validate the whole batch first so a malformed update cannot half-apply it.
+        for u in cmd.updates:
+            ok = (
+                isinstance(u, dict)
+                and isinstance(u.get("job"), str)
+                and isinstance(u.get("index"), int)
+                and isinstance(u.get("incarnation"), str)
+                and isinstance(u.get("state"), str)
+                and (u.get("exit_code") is None or isinstance(u.get("exit_code"), int))
+                and isinstance(u.get("restarts", 0), int)
+                and isinstance(u.get("reason", ""), str)
+            )
+            if not ok:
+                return err("invalid", f"malformed task update {u!r:.200}")
         applied = 0
         touched: set[str] = set()
         for u in cmd.updates:

@@ -293,7 +293,7 @@ class _Validator:
         command = self.argv(g["command"], ("command",))
         env = self.env(g.get("env", {}))
         req = self.requirements(g.get("requirements", {}))
-        restart = self.restart(g.get("restart", {}))
+        restart = self.restart(g.get("restart", {}), kind)
         health = self.health(g["health"], req.ports) if "health" in g else None
         constraints = [
             self.constraint(c, ("constraints", i))
@@ -375,10 +375,12 @@ class _Validator:
             ports.append(name)
         return Requirements(cpu=cpu, ram=ram, disk=disk, gpu=gpu, ports=ports)
 
-    def restart(self, v: object) -> RestartPolicy:
+    def restart(self, v: object, kind: str) -> RestartPolicy:
+        """Services keep running (default `always`, like Kubernetes and Nomad services);
+        batch tasks are retried only when they fail."""
         path: Path = ("restart",)
         d = {k: x for k, x in self.obj(v, path, RESTART_KEYS).items() if x is not None}
-        out = RestartPolicy()
+        out = RestartPolicy(policy="always" if kind == SERVICE else "on-failure")
         if "policy" in d:
             out.policy = self.enum(d["policy"], (*path, "policy"), RESTART_POLICIES)
         if "max_restarts" in d:

@@ -258,6 +258,9 @@ class Cell:
     def cell_json(self) -> list[dict[str, Any]]:
         return list(self.borgcfg_json("cell"))
 
+    def cell_json_via(self, master: str) -> list[dict[str, Any]]:
+        return list(self.borgcfg_json("cell", master=master))
+
     def job(self, name: str) -> dict[str, Any]:
         return dict(self.borgcfg_json("status", name))
 

@@ -237,3 +237,33 @@ def test_batch_job_succeeds_and_reports_exit_codes(cell3: Cell, tmp_path: Path) 
     assert [t["exit_code"] for t in job["tasks"]] == [0, 0, 0]
     out = json.loads(json.dumps(job))
     assert out["kind"] == "batch"
+
+
+def test_http_and_grpc_health_endpoints(cell3: Cell) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    for m in cell3.masters:
+        assert cell3.http_get(m.info["http"], "/healthz")[0] == 200
+        assert cell3.http_get(m.info["http"], "/readyz")[0] == 200
+        code, body = cell3.http_get(m.info["http"], "/metrics")
+        assert code == 200 and "borg_raft_term" in body
+        code, page = cell3.http_get(m.info["http"], "/")
+        assert code == 200 and "<h1>borgcell</h1>" in page
+        with grpc.insecure_channel(m.info["grpc"]) as ch:
+            h = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert h.status == health_pb2.HealthCheckResponse.SERVING
+            stub = reflection_pb2_grpc.ServerReflectionStub(ch)
+            req = reflection_pb2.ServerReflectionRequest(list_services="")
+            resp = next(iter(stub.ServerReflectionInfo(iter([req]), timeout=5)))
+            names = {s.name for s in resp.list_services_response.service}
+            assert "borg.v1.Borgmaster" in names
+    # Cell-wide gauges come from the leader only, so replicas are not double counted.
+    leader = cell3.leader()
+    for m in cell3.masters:
+        body = cell3.http_get(m.info["http"], "/metrics")[1]
+        assert ('borg_machines{state="up"} 1.0' in body) == (m is leader)
+    b = cell3.borglets[0]
+    assert cell3.http_get(b.info["http"], "/healthz")[0] == 200
+    code, body = cell3.http_get(b.info["http"], "/metrics")
+    assert code == 200 and "borg_machine_capacity" in body

@@ -26,9 +26,7 @@ names = st.from_regex(r"[a-z][a-z0-9-]{0,20}", fullmatch=True)
 accounts = st.from_regex(r"[a-z_][a-z0-9_-]{0,10}", fullmatch=True)
 ports = st.from_regex(r"[a-z][a-z0-9_]{0,8}", fullmatch=True)
 attrs = st.from_regex(r"[a-z][a-z0-9_.-]{0,8}", fullmatch=True)
-words = st.text(
-    st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12
-)
+words = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=12)
 nonempty_words = words.filter(lambda s: s.strip() != "")
 sizes = st.one_of(
     st.integers(1, 1 << 40),
@@ -105,7 +103,9 @@ def valid_jobs(draw: st.DrawFn) -> dict[str, Any]:
         if draw(st.booleans()):
             job[key] = draw(strat)
     if draw(st.booleans()):
-        checks = [st.fixed_dictionaries({"exec": commands})]
+        checks: list[st.SearchStrategy[dict[str, Any]]] = [
+            st.fixed_dictionaries({"exec": commands})
+        ]
         if port_list:
             job.setdefault("requirements", {})["ports"] = port_list
             p = st.sampled_from(port_list)

@@ -77,9 +77,9 @@ def test_never_overcommits_within_one_pass() -> None:
     for p in plan.placements:
         per_machine.setdefault(p.machine, []).append(p.index)
     caps = {m.name: m.capacity for m in ms}
-    for name, placed in per_machine.items():
-        assert len(placed) * 1.0 <= caps[name].cpu
-        assert len(placed) * GiB <= caps[name].ram
+    for name, indexes in per_machine.items():
+        assert len(indexes) * 1.0 <= caps[name].cpu
+        assert len(indexes) * GiB <= caps[name].ram
     # m1 takes 2 (cpu-bound), m2 takes 2 (ram-bound); the rest wait.
     assert len(plan.placements) == 4
     assert len(plan.failures) == 6

@@ -153,7 +153,7 @@ BAD_JOBS: list[tuple[object, str]] = [
         "kill_timeout)",
     ),
     ([BASE], "expected a job object, got a list"),
-    ({**BASE, 1: 2}, "keys must be strings, got 1"),
+    ({"name": "x", "command": "true", 1: 2}, "keys must be strings, got 1"),
 ]
 
 
@@ -166,7 +166,7 @@ def test_bad_job(obj: object, message: str) -> None:
 
 
 def test_error_names_file_and_line_from_path_lines() -> None:
-    lines = {("requirements", "ram"): 7}
+    lines: dict[tuple[str | int, ...], int] = {("requirements", "ram"): 7}
     with pytest.raises(ConfigError) as exc:
         validate_job(job(requirements={"ram": "-5Mi"}), file="j.yaml", path_lines=lines.get)
     assert str(exc.value) == "j.yaml:7: requirements.ram: '-5Mi' is not a size"
@@ -299,9 +299,16 @@ def test_minimal_job_gets_defaults() -> None:
         user="alice",
         command=["/bin/sh", "-c", "echo hi"],
         requirements=Requirements(cpu=0.1, ram=64 << 20),
-        restart=RestartPolicy(),
+        restart=RestartPolicy(policy="always"),
         kill_timeout_ms=10_000,
     )
+
+
+def test_restart_policy_defaults_by_kind() -> None:
+    svc = validate_job({"name": "s", "command": "x"})
+    batch = validate_job({"name": "b", "kind": "batch", "command": "x"})
+    assert svc.restart.policy == "always"
+    assert batch.restart.policy == "on-failure"
 
 
 def test_full_job() -> None:
