@@ -13,6 +13,7 @@ import click
 import psutil
 
 from borglet.agent import Borglet, BorgletConfig
+from borgmaster.logsetup import log_options, setup_logging
 from cfg.units import parse_size
 
 log = logging.getLogger("borglet")
@@ -60,7 +61,8 @@ def main() -> None:
 @click.option("--tls-dir", type=click.Path(file_okay=False), default=None, hidden=True)
 @click.option("--cgroup-root", default="/sys/fs/cgroup", show_default=True)
 @click.option("--kill-tasks-on-exit", is_flag=True, help="Stop every task when exiting (dev).")
-@click.option("-v", "--verbose", is_flag=True)
+@click.option("-v", "--verbose", is_flag=True, help="Same as --log-level debug.")
+@log_options
 def run(
     name: str,
     masters: str,
@@ -78,13 +80,11 @@ def run(
     cgroup_root: str,
     kill_tasks_on_exit: bool,
     verbose: bool,
+    log_level: str,
+    log_format: str,
 ) -> None:
     """Run the Borglet."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging("debug" if verbose else log_level, log_format)
     try:
         mem = parse_size(memory) if memory else int(psutil.virtual_memory().total * 0.8)
         dsk = parse_size(disk) if disk else None

@@ -15,18 +15,14 @@ import time
 import click
 import psutil
 
+from borgmaster.logsetup import log_options, setup_logging
 from borgmaster.server import Master, MasterConfig
 
 log = logging.getLogger("borgmaster")
 
 
-def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("pysyncobj").setLevel(logging.WARNING)
+def _logs(verbose: bool, log_level: str, log_format: str) -> None:
+    setup_logging("debug" if verbose else log_level, log_format)
 
 
 def _is_loopback(addr: str) -> bool:
@@ -73,7 +69,8 @@ def main() -> None:
 @click.option("--tls-dir", type=click.Path(file_okay=False), default=None, hidden=True)
 @click.option("--cell", default="borgcell", show_default=True, help="The cell's name.")
 @click.option("--machine-timeout", default=30.0, show_default=True, help="Seconds until lost.")
-@click.option("-v", "--verbose", is_flag=True)
+@click.option("-v", "--verbose", is_flag=True, help="Same as --log-level debug.")
+@log_options
 def run(
     replica_id: str,
     raft: str,
@@ -86,9 +83,11 @@ def run(
     cell: str,
     machine_timeout: float,
     verbose: bool,
+    log_level: str,
+    log_format: str,
 ) -> None:
     """Run one Borgmaster replica."""
-    setup_logging(verbose)
+    _logs(verbose, log_level, log_format)
     for v, flag in ((raft, "--raft"), (grpc_addr, "--grpc"), (http_addr, "--http")):
         _check_addr(v, flag)
     for p in peers:
@@ -143,13 +142,22 @@ def _free_port() -> int:
 @click.option("--machines", default=1, show_default=True, help="Borglets to start.")
 @click.option("--grpc", "grpc_addr", default="127.0.0.1:7070", show_default=True)
 @click.option("--http", "http_addr", default="127.0.0.1:7080", show_default=True)
-@click.option("-v", "--verbose", is_flag=True)
-def dev(data_dir: str, machines: int, grpc_addr: str, http_addr: str, verbose: bool) -> None:
+@click.option("-v", "--verbose", is_flag=True, help="Same as --log-level debug.")
+@log_options
+def dev(
+    data_dir: str,
+    machines: int,
+    grpc_addr: str,
+    http_addr: str,
+    verbose: bool,
+    log_level: str,
+    log_format: str,
+) -> None:
     """A dev cell: one master and Borglet(s) sized from this machine, all in the foreground.
 
     Ctrl-C stops everything and kills every task it started.
     """
-    setup_logging(verbose)
+    _logs(verbose, log_level, log_format)
     _check_addr(grpc_addr, "--grpc")
     _check_addr(http_addr, "--http")
     if machines < 1:
@@ -200,6 +208,10 @@ def dev(data_dir: str, machines: int, grpc_addr: str, http_addr: str, verbose: b
             "--memory",
             str(mem),
             "--kill-tasks-on-exit",
+            "--log-level",
+            "debug" if verbose else log_level,
+            "--log-format",
+            log_format,
         ]
         if os.geteuid() == 0:
             argv.append("--allow-root-tasks")

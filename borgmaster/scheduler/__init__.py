@@ -10,10 +10,21 @@ from __future__ import annotations
 from borgmaster.scheduler.bestfit import BestFitScheduler
 from borgmaster.scheduler.core import (
     MachineView,
+    PlacedTask,
     Plan,
+    Preemption,
     Scheduler,
     Snapshot,
     TaskRequest,
 )
 
-__all__ = ["BestFitScheduler", "MachineView", "Plan", "Scheduler", "Snapshot", "TaskRequest"]
+__all__ = [
+    "BestFitScheduler",
+    "MachineView",
+    "PlacedTask",
+    "Plan",
+    "Preemption",
+    "Scheduler",
+    "Snapshot",
+    "TaskRequest",
+]

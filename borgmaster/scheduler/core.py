@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from borgmaster.commands import Placement
-from borgmaster.model import MACHINE_UP, JobSpec, Resources
+from borgmaster.model import MACHINE_UP, JobSpec, Requirements, Resources
 
 
 @dataclass
@@ -37,9 +37,34 @@ class TaskRequest:
 
 
 @dataclass
+class PlacedTask:
+    """A task holding resources on a machine (a preemption candidate if its priority is lower)."""
+
+    job: str
+    index: int
+    machine: str
+    priority: int
+    requirements: Requirements
+    incarnation: str = ""
+
+
+@dataclass
 class Snapshot:
     machines: list[MachineView]
     pending: list[TaskRequest]
+    # Tasks already placed (assigned or running); needed for preemption and spread.
+    running: list[PlacedTask] = field(default_factory=list)
+
+
+@dataclass
+class Preemption:
+    """Evict a placed task so a higher-priority one fits; it goes back to pending."""
+
+    job: str
+    index: int
+    incarnation: str
+    machine: str
+    reason: str = "preempted"
 
 
 @dataclass
@@ -48,6 +73,7 @@ class Plan:
 
     placements: list[Placement] = field(default_factory=list)
     failures: list[tuple[str, int, str]] = field(default_factory=list)
+    preemptions: list[Preemption] = field(default_factory=list)
 
 
 class Scheduler(Protocol):

@@ -78,7 +78,7 @@ class ListMachinesRequest(_message.Message):
     def __init__(self, options: _Optional[_Union[ReadOptions, _Mapping]] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("index", "state", "machine", "version", "restarts", "exit_code", "reason", "incarnation", "updated_ms", "ports")
+    __slots__ = ("index", "state", "machine", "version", "restarts", "exit_code", "reason", "incarnation", "updated_ms", "ports", "health", "cpu_seconds", "memory_bytes", "memory_peak_bytes", "pid", "oom_kills")
     class PortsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -96,6 +96,12 @@ class Task(_message.Message):
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
     UPDATED_MS_FIELD_NUMBER: _ClassVar[int]
     PORTS_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_FIELD_NUMBER: _ClassVar[int]
+    CPU_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_PEAK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    OOM_KILLS_FIELD_NUMBER: _ClassVar[int]
     index: int
     state: str
     machine: str
@@ -106,10 +112,16 @@ class Task(_message.Message):
     incarnation: str
     updated_ms: int
     ports: _containers.ScalarMap[str, int]
-    def __init__(self, index: _Optional[int] = ..., state: _Optional[str] = ..., machine: _Optional[str] = ..., version: _Optional[int] = ..., restarts: _Optional[int] = ..., exit_code: _Optional[int] = ..., reason: _Optional[str] = ..., incarnation: _Optional[str] = ..., updated_ms: _Optional[int] = ..., ports: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    health: str
+    cpu_seconds: float
+    memory_bytes: int
+    memory_peak_bytes: int
+    pid: int
+    oom_kills: int
+    def __init__(self, index: _Optional[int] = ..., state: _Optional[str] = ..., machine: _Optional[str] = ..., version: _Optional[int] = ..., restarts: _Optional[int] = ..., exit_code: _Optional[int] = ..., reason: _Optional[str] = ..., incarnation: _Optional[str] = ..., updated_ms: _Optional[int] = ..., ports: _Optional[_Mapping[str, int]] = ..., health: _Optional[str] = ..., cpu_seconds: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., memory_peak_bytes: _Optional[int] = ..., pid: _Optional[int] = ..., oom_kills: _Optional[int] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("name", "user", "priority", "kind", "replicas", "state", "version", "tasks", "spec", "created_ms", "running")
+    __slots__ = ("name", "user", "priority", "kind", "replicas", "state", "version", "tasks", "spec", "created_ms", "running", "rollout", "previous_version")
     NAME_FIELD_NUMBER: _ClassVar[int]
     USER_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
@@ -121,6 +133,8 @@ class Job(_message.Message):
     SPEC_FIELD_NUMBER: _ClassVar[int]
     CREATED_MS_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUT_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_VERSION_FIELD_NUMBER: _ClassVar[int]
     name: str
     user: str
     priority: int
@@ -132,7 +146,9 @@ class Job(_message.Message):
     spec: _struct_pb2.Struct
     created_ms: int
     running: int
-    def __init__(self, name: _Optional[str] = ..., user: _Optional[str] = ..., priority: _Optional[int] = ..., kind: _Optional[str] = ..., replicas: _Optional[int] = ..., state: _Optional[str] = ..., version: _Optional[int] = ..., tasks: _Optional[_Iterable[_Union[Task, _Mapping]]] = ..., spec: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., created_ms: _Optional[int] = ..., running: _Optional[int] = ...) -> None: ...
+    rollout: str
+    previous_version: int
+    def __init__(self, name: _Optional[str] = ..., user: _Optional[str] = ..., priority: _Optional[int] = ..., kind: _Optional[str] = ..., replicas: _Optional[int] = ..., state: _Optional[str] = ..., version: _Optional[int] = ..., tasks: _Optional[_Iterable[_Union[Task, _Mapping]]] = ..., spec: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., created_ms: _Optional[int] = ..., running: _Optional[int] = ..., rollout: _Optional[str] = ..., previous_version: _Optional[int] = ...) -> None: ...
 
 class ListJobsResponse(_message.Message):
     __slots__ = ("jobs",)
@@ -163,7 +179,7 @@ class Taint(_message.Message):
     def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ..., effect: _Optional[str] = ...) -> None: ...
 
 class Machine(_message.Message):
-    __slots__ = ("name", "state", "capacity", "used", "attrs", "tasks", "address", "taints", "http")
+    __slots__ = ("name", "state", "capacity", "used", "attrs", "tasks", "address", "taints", "http", "usage", "last_seen_ms")
     class AttrsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -180,6 +196,8 @@ class Machine(_message.Message):
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     TAINTS_FIELD_NUMBER: _ClassVar[int]
     HTTP_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_MS_FIELD_NUMBER: _ClassVar[int]
     name: str
     state: str
     capacity: Resources
@@ -189,7 +207,9 @@ class Machine(_message.Message):
     address: str
     taints: _containers.RepeatedCompositeFieldContainer[Taint]
     http: str
-    def __init__(self, name: _Optional[str] = ..., state: _Optional[str] = ..., capacity: _Optional[_Union[Resources, _Mapping]] = ..., used: _Optional[_Union[Resources, _Mapping]] = ..., attrs: _Optional[_Mapping[str, str]] = ..., tasks: _Optional[int] = ..., address: _Optional[str] = ..., taints: _Optional[_Iterable[_Union[Taint, _Mapping]]] = ..., http: _Optional[str] = ...) -> None: ...
+    usage: Resources
+    last_seen_ms: int
+    def __init__(self, name: _Optional[str] = ..., state: _Optional[str] = ..., capacity: _Optional[_Union[Resources, _Mapping]] = ..., used: _Optional[_Union[Resources, _Mapping]] = ..., attrs: _Optional[_Mapping[str, str]] = ..., tasks: _Optional[int] = ..., address: _Optional[str] = ..., taints: _Optional[_Iterable[_Union[Taint, _Mapping]]] = ..., http: _Optional[str] = ..., usage: _Optional[_Union[Resources, _Mapping]] = ..., last_seen_ms: _Optional[int] = ...) -> None: ...
 
 class ListMachinesResponse(_message.Message):
     __slots__ = ("machines",)
@@ -234,7 +254,7 @@ class CellStatusResponse(_message.Message):
     def __init__(self, replicas: _Optional[_Iterable[_Union[ReplicaInfo, _Mapping]]] = ...) -> None: ...
 
 class ObservedTask(_message.Message):
-    __slots__ = ("job", "index", "incarnation", "state", "exit_code", "reason", "restarts")
+    __slots__ = ("job", "index", "incarnation", "state", "exit_code", "reason", "restarts", "health", "cpu_seconds", "memory_bytes", "memory_peak_bytes", "pid", "oom_kills")
     JOB_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
@@ -242,6 +262,12 @@ class ObservedTask(_message.Message):
     EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     RESTARTS_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_FIELD_NUMBER: _ClassVar[int]
+    CPU_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_PEAK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    OOM_KILLS_FIELD_NUMBER: _ClassVar[int]
     job: str
     index: int
     incarnation: str
@@ -249,7 +275,13 @@ class ObservedTask(_message.Message):
     exit_code: int
     reason: str
     restarts: int
-    def __init__(self, job: _Optional[str] = ..., index: _Optional[int] = ..., incarnation: _Optional[str] = ..., state: _Optional[str] = ..., exit_code: _Optional[int] = ..., reason: _Optional[str] = ..., restarts: _Optional[int] = ...) -> None: ...
+    health: str
+    cpu_seconds: float
+    memory_bytes: int
+    memory_peak_bytes: int
+    pid: int
+    oom_kills: int
+    def __init__(self, job: _Optional[str] = ..., index: _Optional[int] = ..., incarnation: _Optional[str] = ..., state: _Optional[str] = ..., exit_code: _Optional[int] = ..., reason: _Optional[str] = ..., restarts: _Optional[int] = ..., health: _Optional[str] = ..., cpu_seconds: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., memory_peak_bytes: _Optional[int] = ..., pid: _Optional[int] = ..., oom_kills: _Optional[int] = ...) -> None: ...
 
 class SyncRequest(_message.Message):
     __slots__ = ("machine", "address", "http", "capacity", "attrs", "taints", "tasks", "known_generation", "wait_ms")
@@ -332,3 +364,146 @@ class LogChunk(_message.Message):
     DATA_FIELD_NUMBER: _ClassVar[int]
     data: bytes
     def __init__(self, data: _Optional[bytes] = ...) -> None: ...
+
+class RollbackRequest(_message.Message):
+    __slots__ = ("name", "user", "options")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    user: str
+    options: WriteOptions
+    def __init__(self, name: _Optional[str] = ..., user: _Optional[str] = ..., options: _Optional[_Union[WriteOptions, _Mapping]] = ...) -> None: ...
+
+class DrainMachineRequest(_message.Message):
+    __slots__ = ("name", "undrain", "options")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    UNDRAIN_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    undrain: bool
+    options: WriteOptions
+    def __init__(self, name: _Optional[str] = ..., undrain: _Optional[bool] = ..., options: _Optional[_Union[WriteOptions, _Mapping]] = ...) -> None: ...
+
+class DrainMachineResponse(_message.Message):
+    __slots__ = ("name", "state", "tasks_to_move")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    TASKS_TO_MOVE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    state: str
+    tasks_to_move: int
+    def __init__(self, name: _Optional[str] = ..., state: _Optional[str] = ..., tasks_to_move: _Optional[int] = ...) -> None: ...
+
+class WatchEventsRequest(_message.Message):
+    __slots__ = ("from_index", "job", "follow", "tail")
+    FROM_INDEX_FIELD_NUMBER: _ClassVar[int]
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    FOLLOW_FIELD_NUMBER: _ClassVar[int]
+    TAIL_FIELD_NUMBER: _ClassVar[int]
+    from_index: int
+    job: str
+    follow: bool
+    tail: int
+    def __init__(self, from_index: _Optional[int] = ..., job: _Optional[str] = ..., follow: _Optional[bool] = ..., tail: _Optional[int] = ...) -> None: ...
+
+class Event(_message.Message):
+    __slots__ = ("index", "ts_ms", "type", "job", "task_index", "machine", "message")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    TS_MS_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    TASK_INDEX_FIELD_NUMBER: _ClassVar[int]
+    MACHINE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    ts_ms: int
+    type: str
+    job: str
+    task_index: int
+    machine: str
+    message: str
+    def __init__(self, index: _Optional[int] = ..., ts_ms: _Optional[int] = ..., type: _Optional[str] = ..., job: _Optional[str] = ..., task_index: _Optional[int] = ..., machine: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class ExplainTaskRequest(_message.Message):
+    __slots__ = ("job", "index")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    job: str
+    index: int
+    def __init__(self, job: _Optional[str] = ..., index: _Optional[int] = ...) -> None: ...
+
+class ExplainTaskResponse(_message.Message):
+    __slots__ = ("state", "machine", "reason", "rejected", "feasible", "machines")
+    class RejectedEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    MACHINE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
+    FEASIBLE_FIELD_NUMBER: _ClassVar[int]
+    MACHINES_FIELD_NUMBER: _ClassVar[int]
+    state: str
+    machine: str
+    reason: str
+    rejected: _containers.ScalarMap[str, int]
+    feasible: int
+    machines: int
+    def __init__(self, state: _Optional[str] = ..., machine: _Optional[str] = ..., reason: _Optional[str] = ..., rejected: _Optional[_Mapping[str, int]] = ..., feasible: _Optional[int] = ..., machines: _Optional[int] = ...) -> None: ...
+
+class Quota(_message.Message):
+    __slots__ = ("user", "band", "limit", "used")
+    USER_FIELD_NUMBER: _ClassVar[int]
+    BAND_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    USED_FIELD_NUMBER: _ClassVar[int]
+    user: str
+    band: str
+    limit: Resources
+    used: Resources
+    def __init__(self, user: _Optional[str] = ..., band: _Optional[str] = ..., limit: _Optional[_Union[Resources, _Mapping]] = ..., used: _Optional[_Union[Resources, _Mapping]] = ...) -> None: ...
+
+class SetQuotaRequest(_message.Message):
+    __slots__ = ("quota", "options")
+    QUOTA_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    quota: Quota
+    options: WriteOptions
+    def __init__(self, quota: _Optional[_Union[Quota, _Mapping]] = ..., options: _Optional[_Union[WriteOptions, _Mapping]] = ...) -> None: ...
+
+class SetQuotaResponse(_message.Message):
+    __slots__ = ("quota",)
+    QUOTA_FIELD_NUMBER: _ClassVar[int]
+    quota: Quota
+    def __init__(self, quota: _Optional[_Union[Quota, _Mapping]] = ...) -> None: ...
+
+class ListQuotasRequest(_message.Message):
+    __slots__ = ("user",)
+    USER_FIELD_NUMBER: _ClassVar[int]
+    user: str
+    def __init__(self, user: _Optional[str] = ...) -> None: ...
+
+class ListQuotasResponse(_message.Message):
+    __slots__ = ("quotas",)
+    QUOTAS_FIELD_NUMBER: _ClassVar[int]
+    quotas: _containers.RepeatedCompositeFieldContainer[Quota]
+    def __init__(self, quotas: _Optional[_Iterable[_Union[Quota, _Mapping]]] = ...) -> None: ...
+
+class ChangeMembershipRequest(_message.Message):
+    __slots__ = ("raft", "remove")
+    RAFT_FIELD_NUMBER: _ClassVar[int]
+    REMOVE_FIELD_NUMBER: _ClassVar[int]
+    raft: str
+    remove: bool
+    def __init__(self, raft: _Optional[str] = ..., remove: _Optional[bool] = ...) -> None: ...
+
+class ChangeMembershipResponse(_message.Message):
+    __slots__ = ("replicas",)
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    replicas: _containers.RepeatedCompositeFieldContainer[ReplicaInfo]
+    def __init__(self, replicas: _Optional[_Iterable[_Union[ReplicaInfo, _Mapping]]] = ...) -> None: ...

@@ -79,6 +79,41 @@ class BorgmasterStub:
                 request_serializer=proto_dot_borg_dot_v1_dot_borg__pb2.SyncRequest.SerializeToString,
                 response_deserializer=proto_dot_borg_dot_v1_dot_borg__pb2.SyncResponse.FromString,
                 _registered_method=True)
+        self.Rollback = channel.unary_unary(
+                '/borg.v1.Borgmaster/Rollback',
+                request_serializer=proto_dot_borg_dot_v1_dot_borg__pb2.RollbackRequest.SerializeToString,
+                response_deserializer=proto_dot_borg_dot_v1_dot_borg__pb2.SubmitJobResponse.FromString,
+                _registered_method=True)
+        self.DrainMachine = channel.unary_unary(
+                '/borg.v1.Borgmaster/DrainMachine',
+                request_serializer=proto_dot_borg_dot_v1_dot_borg__pb2.DrainMachineRequest.SerializeToString,
+                response_deserializer=proto_dot_borg_dot_v1_dot_borg__pb2.DrainMachineResponse.FromString,
+                _registered_method=True)
+        self.WatchEvents = channel.unary_stream(
+                '/borg.v1.Borgmaster/WatchEvents',
+                request_serializer=proto_dot_borg_dot_v1_dot_borg__pb2.WatchEventsRequest.SerializeToString,
+                response_deserializer=proto_dot_borg_dot_v1_dot_borg__pb2.Event.FromString,
+                _registered_method=True)
+        self.ExplainTask = channel.unary_unary(
+                '/borg.v1.Borgmaster/ExplainTask',
+                request_serializer=proto_dot_borg_dot_v1_dot_borg__pb2.ExplainTaskRequest.SerializeToString,
+                response_deserializer=proto_dot_borg_dot_v1_dot_borg__pb2.ExplainTaskResponse.FromString,
+                _registered_method=True)
+        self.SetQuota = channel.unary_unary(
+                '/borg.v1.Borgmaster/SetQuota',
+                request_serializer=proto_dot_borg_dot_v1_dot_borg__pb2.SetQuotaRequest.SerializeToString,
+                response_deserializer=proto_dot_borg_dot_v1_dot_borg__pb2.SetQuotaResponse.FromString,
+                _registered_method=True)
+        self.ListQuotas = channel.unary_unary(
+                '/borg.v1.Borgmaster/ListQuotas',
+                request_serializer=proto_dot_borg_dot_v1_dot_borg__pb2.ListQuotasRequest.SerializeToString,
+                response_deserializer=proto_dot_borg_dot_v1_dot_borg__pb2.ListQuotasResponse.FromString,
+                _registered_method=True)
+        self.ChangeMembership = channel.unary_unary(
+                '/borg.v1.Borgmaster/ChangeMembership',
+                request_serializer=proto_dot_borg_dot_v1_dot_borg__pb2.ChangeMembershipRequest.SerializeToString,
+                response_deserializer=proto_dot_borg_dot_v1_dot_borg__pb2.ChangeMembershipResponse.FromString,
+                _registered_method=True)
 
 
 class BorgmasterServicer:
@@ -143,6 +178,54 @@ class BorgmasterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Rollback(self, request, context):
+        """Return a job to its previous version (a rolling update back).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DrainMachine(self, request, context):
+        """Stop placing tasks on a machine and move its tasks off (undrain reverses it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchEvents(self, request, context):
+        """The cell's event log, from an index; with follow, keeps streaming new events.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExplainTask(self, request, context):
+        """Why is this task where it is (or nowhere): per-filter machine counts, computed now.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetQuota(self, request, context):
+        """Quota per user and priority band (admin).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListQuotas(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ChangeMembership(self, request, context):
+        """Raft membership: add or remove one replica at a time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BorgmasterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -190,6 +273,41 @@ def add_BorgmasterServicer_to_server(servicer, server):
                     servicer.Sync,
                     request_deserializer=proto_dot_borg_dot_v1_dot_borg__pb2.SyncRequest.FromString,
                     response_serializer=proto_dot_borg_dot_v1_dot_borg__pb2.SyncResponse.SerializeToString,
+            ),
+            'Rollback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rollback,
+                    request_deserializer=proto_dot_borg_dot_v1_dot_borg__pb2.RollbackRequest.FromString,
+                    response_serializer=proto_dot_borg_dot_v1_dot_borg__pb2.SubmitJobResponse.SerializeToString,
+            ),
+            'DrainMachine': grpc.unary_unary_rpc_method_handler(
+                    servicer.DrainMachine,
+                    request_deserializer=proto_dot_borg_dot_v1_dot_borg__pb2.DrainMachineRequest.FromString,
+                    response_serializer=proto_dot_borg_dot_v1_dot_borg__pb2.DrainMachineResponse.SerializeToString,
+            ),
+            'WatchEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchEvents,
+                    request_deserializer=proto_dot_borg_dot_v1_dot_borg__pb2.WatchEventsRequest.FromString,
+                    response_serializer=proto_dot_borg_dot_v1_dot_borg__pb2.Event.SerializeToString,
+            ),
+            'ExplainTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExplainTask,
+                    request_deserializer=proto_dot_borg_dot_v1_dot_borg__pb2.ExplainTaskRequest.FromString,
+                    response_serializer=proto_dot_borg_dot_v1_dot_borg__pb2.ExplainTaskResponse.SerializeToString,
+            ),
+            'SetQuota': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetQuota,
+                    request_deserializer=proto_dot_borg_dot_v1_dot_borg__pb2.SetQuotaRequest.FromString,
+                    response_serializer=proto_dot_borg_dot_v1_dot_borg__pb2.SetQuotaResponse.SerializeToString,
+            ),
+            'ListQuotas': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListQuotas,
+                    request_deserializer=proto_dot_borg_dot_v1_dot_borg__pb2.ListQuotasRequest.FromString,
+                    response_serializer=proto_dot_borg_dot_v1_dot_borg__pb2.ListQuotasResponse.SerializeToString,
+            ),
+            'ChangeMembership': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangeMembership,
+                    request_deserializer=proto_dot_borg_dot_v1_dot_borg__pb2.ChangeMembershipRequest.FromString,
+                    response_serializer=proto_dot_borg_dot_v1_dot_borg__pb2.ChangeMembershipResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -435,6 +553,195 @@ class Borgmaster:
             '/borg.v1.Borgmaster/Sync',
             proto_dot_borg_dot_v1_dot_borg__pb2.SyncRequest.SerializeToString,
             proto_dot_borg_dot_v1_dot_borg__pb2.SyncResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rollback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/borg.v1.Borgmaster/Rollback',
+            proto_dot_borg_dot_v1_dot_borg__pb2.RollbackRequest.SerializeToString,
+            proto_dot_borg_dot_v1_dot_borg__pb2.SubmitJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DrainMachine(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/borg.v1.Borgmaster/DrainMachine',
+            proto_dot_borg_dot_v1_dot_borg__pb2.DrainMachineRequest.SerializeToString,
+            proto_dot_borg_dot_v1_dot_borg__pb2.DrainMachineResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/borg.v1.Borgmaster/WatchEvents',
+            proto_dot_borg_dot_v1_dot_borg__pb2.WatchEventsRequest.SerializeToString,
+            proto_dot_borg_dot_v1_dot_borg__pb2.Event.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExplainTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/borg.v1.Borgmaster/ExplainTask',
+            proto_dot_borg_dot_v1_dot_borg__pb2.ExplainTaskRequest.SerializeToString,
+            proto_dot_borg_dot_v1_dot_borg__pb2.ExplainTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetQuota(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/borg.v1.Borgmaster/SetQuota',
+            proto_dot_borg_dot_v1_dot_borg__pb2.SetQuotaRequest.SerializeToString,
+            proto_dot_borg_dot_v1_dot_borg__pb2.SetQuotaResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListQuotas(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/borg.v1.Borgmaster/ListQuotas',
+            proto_dot_borg_dot_v1_dot_borg__pb2.ListQuotasRequest.SerializeToString,
+            proto_dot_borg_dot_v1_dot_borg__pb2.ListQuotasResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangeMembership(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/borg.v1.Borgmaster/ChangeMembership',
+            proto_dot_borg_dot_v1_dot_borg__pb2.ChangeMembershipRequest.SerializeToString,
+            proto_dot_borg_dot_v1_dot_borg__pb2.ChangeMembershipResponse.FromString,
             options,
             channel_credentials,
             insecure,
