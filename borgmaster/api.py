@@ -15,13 +15,25 @@ from typing import Any, NoReturn
 import grpc
 
 from borgmaster import commands as C
-from borgmaster.convert import dict_from, job_pb, machine_pb, resources_from, struct_from
+from borgmaster.convert import (
+    dict_from,
+    event_pb,
+    job_pb,
+    machine_pb,
+    resources_from,
+    resources_pb,
+    struct_from,
+)
+from borgmaster.explain import explain_task
 from borgmaster.model import (
     ASSIGNED,
+    MACHINE_DRAINING,
     MACHINE_LOST,
+    MACHINE_UP,
     RUNNING,
     TERMINAL_TASK_STATES,
     Machine,
+    Resources,
 )
 from borgmaster.server import Master, ProposeError, now_ms
 from borgmaster.store import ACTIVE_STATES
@@ -124,7 +136,24 @@ class MasterServicer(borg_pb2_grpc.BorgmasterServicer):
             if job is None:
                 _abort(context, "not-found", f"job '{request.name}' does not exist")
             tasks = [self.m.store.tasks[k] for k in self._task_keys(job.name)]
-            return job_pb(job, tasks, spec_to_config(job.spec))
+            return job_pb(job, tasks, spec_to_config(job.spec), self.m.usage)
+
+    def _machine_usage(self, name: str) -> Resources:
+        r = Resources()
+        for k in self.m.store.tasks_by_machine.get(name, ()):
+            t = self.m.store.tasks[k]
+            u = self.m.usage.get(k)
+            if u is None or t.state not in ACTIVE_STATES or u.incarnation != t.incarnation:
+                continue
+            r.cpu += u.cpu_seconds
+            r.ram += u.memory_bytes
+        return r
+
+    def _last_seen_ms(self, name: str) -> int:
+        seen = self.m.last_seen.get(name)
+        if seen is None:
+            return 0
+        return int(time.time() * 1000 - (time.monotonic() - seen) * 1000)
 
     def _task_keys(self, name: str) -> list[tuple[str, int]]:
         return [t.key for t in self.m.store.job_tasks(name)]
@@ -150,7 +179,15 @@ class MasterServicer(borg_pb2_grpc.BorgmasterServicer):
                     for k in self.m.store.tasks_by_machine.get(name, ())
                     if self.m.store.tasks[k].state in ACTIVE_STATES
                 )
-                out.append(machine_pb(m, self.m.store.used(name), n))
+                out.append(
+                    machine_pb(
+                        m,
+                        self.m.store.used(name),
+                        n,
+                        self._machine_usage(name),
+                        self._last_seen_ms(name),
+                    )
+                )
             return pb.ListMachinesResponse(machines=out)
 
     # ----- the cell -----------------------------------------------------------------------
@@ -250,6 +287,8 @@ class MasterServicer(borg_pb2_grpc.BorgmasterServicer):
     def _record_observed(self, request: pb.SyncRequest) -> None:
         name = request.machine
         observed = {(o.job, o.index, o.incarnation): o for o in request.tasks}
+        for ob in request.tasks:
+            self.m.usage[(ob.job, ob.index)] = ob
         updates: list[dict[str, Any]] = []
         with self.m.store.lock:
             store = self.m.store
@@ -264,17 +303,136 @@ class MasterServicer(borg_pb2_grpc.BorgmasterServicer):
                         updates.append(_update(t.job, t.index, t.incarnation, "killed", None, ""))
                     continue
                 ec = None if o.exit_code == -1 else o.exit_code
-                if (o.state, o.restarts, ec, o.reason) != (
+                if (o.state, o.restarts, ec, o.reason, o.health) != (
                     t.state,
                     t.restarts,
                     t.exit_code,
                     t.reason,
+                    t.health,
                 ):
                     u = _update(t.job, t.index, t.incarnation, o.state, ec, o.reason)
                     u["restarts"] = o.restarts
+                    u["health"] = o.health
                     updates.append(u)
         if updates:
             self.m.propose(C.TaskUpdates(machine=name, updates=updates, ts_ms=now_ms()))
+
+    # ----- rollouts, drains, events, quota, membership ------------------------------------
+
+    def Rollback(self, request: pb.RollbackRequest, context: grpc.ServicerContext) -> Any:
+        cmd = C.Rollback(
+            name=request.name,
+            user=request.user,
+            request_id=request.options.request_id or uuid.uuid4().hex,
+        )
+        res = self._write(cmd, context, "Rollback")
+        log.info("job %s rolled back (now version %s)", res["name"], res["version"])
+        return pb.SubmitJobResponse(name=res["name"], version=res["version"], result=res["result"])
+
+    def DrainMachine(self, request: pb.DrainMachineRequest, context: grpc.ServicerContext) -> Any:
+        state = MACHINE_UP if request.undrain else MACHINE_DRAINING
+        cmd = C.SetMachineState(
+            name=request.name, state=state, request_id=request.options.request_id
+        )
+        res = self._write(cmd, context, "DrainMachine")
+        log.info("machine %s %s", request.name, "undrained" if request.undrain else "draining")
+        return pb.DrainMachineResponse(
+            name=request.name, state=res["state"], tasks_to_move=res["tasks_to_move"]
+        )
+
+    def WatchEvents(self, request: pb.WatchEventsRequest, context: grpc.ServicerContext) -> Any:
+        store = self.m.store
+        with store.lock:
+            if request.tail > 0:
+                evs = store.events_since(0, request.job)[-request.tail :]
+            else:
+                evs = store.events_since(request.from_index, request.job)
+            nxt = store.next_event
+        for e in evs:
+            yield event_pb(e)
+        while request.follow and context.is_active() and not self.m.stopping():
+            with store.changed:
+                since = nxt
+
+                def moved(since: int = since) -> bool:
+                    return store.next_event != since or self.m.stopping()
+
+                store.changed.wait_for(moved, timeout=1.0)
+                evs = store.events_since(since, request.job)
+                nxt = store.next_event
+            for e in evs:
+                yield event_pb(e)
+
+    def ExplainTask(self, request: pb.ExplainTaskRequest, context: grpc.ServicerContext) -> Any:
+        with self.m.store.lock:
+            t = self.m.store.tasks.get((request.job, request.index))
+            if t is None:
+                _abort(context, "not-found", f"task {request.job}/{request.index} does not exist")
+            snap, _ = self.m.snapshot()
+            job = self.m.store.jobs[t.job]
+            rejected, feasible = explain_task(self.m.scheduler, snap, job.spec, t.job, t.index)
+            return pb.ExplainTaskResponse(
+                state=t.state,
+                machine=t.machine,
+                reason=t.reason,
+                rejected=rejected,
+                feasible=feasible,
+                machines=len(snap.machines),
+            )
+
+    def SetQuota(self, request: pb.SetQuotaRequest, context: grpc.ServicerContext) -> Any:
+        q = request.quota
+        if not q.user or not q.band:
+            _abort(context, "invalid", "quota: user and band are required")
+        if q.limit.cpu < 0 or q.limit.ram < 0 or q.limit.gpu < 0:
+            _abort(context, "invalid", "quota: limits must not be negative")
+        limit = resources_from(q.limit)
+        cmd = C.SetQuota(
+            user=q.user,
+            band=q.band,
+            limit=limit.to_dict(),
+            request_id=request.options.request_id,
+        )
+        self._write(cmd, context, "SetQuota")
+        with self.m.store.lock:
+            used = self.m.store.quota_used(q.user, q.band)
+        return pb.SetQuotaResponse(
+            quota=pb.Quota(user=q.user, band=q.band, limit=q.limit, used=resources_pb(used))
+        )
+
+    def ListQuotas(self, request: pb.ListQuotasRequest, context: grpc.ServicerContext) -> Any:
+        with self.m.store.lock:
+            out = [
+                pb.Quota(
+                    user=u,
+                    band=b,
+                    limit=resources_pb(lim),
+                    used=resources_pb(self.m.store.quota_used(u, b)),
+                )
+                for (u, b), lim in sorted(self.m.store.quotas.items())
+                if not request.user or u == request.user
+            ]
+        return pb.ListQuotasResponse(quotas=out)
+
+    def ChangeMembership(
+        self, request: pb.ChangeMembershipRequest, context: grpc.ServicerContext
+    ) -> Any:
+        if not request.raft or ":" not in request.raft:
+            _abort(context, "invalid", "raft: HOST:PORT required")
+        if not self.m.is_leader():
+            leader = self.m.leader_grpc()
+            if not leader:
+                _abort(context, "unavailable", "no leader elected")
+            with grpc.insecure_channel(leader) as ch:
+                try:
+                    return borg_pb2_grpc.BorgmasterStub(ch).ChangeMembership(request, timeout=15)
+                except grpc.RpcError as e:
+                    context.abort(e.code(), e.details() or "")
+        try:
+            self.m.change_membership(request.raft, remove=request.remove)
+        except ProposeError as e:
+            _abort(context, e.code, e.message)
+        return self.CellStatus(pb.CellStatusRequest(), context)
 
 
 def _update(
@@ -288,4 +446,5 @@ def _update(
         "exit_code": exit_code,
         "reason": reason,
         "restarts": 0,
+        "health": "",
     }

@@ -25,6 +25,13 @@ class CommandType(IntEnum):
     MACHINE_LOST = 6
     REGISTER_REPLICA = 7
     SET_MACHINE_STATE = 8
+    LEADER_ELECTED = 9
+    REPLACE_TASKS = 10
+    SET_ROLLOUT = 11
+    ROLLBACK = 12
+    SET_QUOTA = 13
+    GC_JOBS = 14
+    BATCH = 15
 
 
 class CommandError(ValueError):
@@ -36,6 +43,10 @@ class Command:
     type: ClassVar[CommandType]
     ts_ms: int = 0
     request_id: str = ""
+    # Raft term of the leader whose loop decided this (0 for client writes). The store rejects
+    # a fenced command older than the newest LeaderElected it has applied, so a deposed
+    # leader's scheduler or controller cannot apply stale decisions.
+    term: int = 0
 
 
 @dataclass
@@ -82,6 +93,8 @@ class ApplyPlan(Command):
     type: ClassVar[CommandType] = CommandType.APPLY_PLAN
     placements: list[dict[str, Any]] = field(default_factory=list)  # Placement as dicts
     failures: list[list[Any]] = field(default_factory=list)  # [job, index, reason]
+    # Victims to evict first: {job, index, incarnation, machine, reason}.
+    preemptions: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -113,6 +126,66 @@ class RegisterReplica(Command):
     replica: dict[str, Any] = field(default_factory=dict)  # Replica.to_dict()
 
 
+@dataclass
+class LeaderElected(Command):
+    """Proposed by a new leader before its loops act: raises the store's fence to its term."""
+
+    type: ClassVar[CommandType] = CommandType.LEADER_ELECTED
+    replica: str = ""
+
+
+@dataclass
+class ReplaceTasks(Command):
+    """Send tasks back to the queue at the job's current version (rolling update, drain).
+    Each entry is [index, incarnation]; a task whose incarnation moved on is left alone."""
+
+    type: ClassVar[CommandType] = CommandType.REPLACE_TASKS
+    job: str = ""
+    tasks: list[list[Any]] = field(default_factory=list)
+    reason: str = ""
+
+
+@dataclass
+class SetRollout(Command):
+    """Record a rollout's status ("" done, "halted: why")."""
+
+    type: ClassVar[CommandType] = CommandType.SET_ROLLOUT
+    job: str = ""
+    version: int = 0
+    status: str = ""
+
+
+@dataclass
+class Rollback(Command):
+    type: ClassVar[CommandType] = CommandType.ROLLBACK
+    name: str = ""
+    user: str = ""
+
+
+@dataclass
+class SetQuota(Command):
+    type: ClassVar[CommandType] = CommandType.SET_QUOTA
+    user: str = ""
+    band: str = ""
+    limit: dict[str, Any] = field(default_factory=dict)  # Resources.to_dict()
+
+
+@dataclass
+class GcJobs(Command):
+    """Forget killed or finished jobs past their retention."""
+
+    type: ClassVar[CommandType] = CommandType.GC_JOBS
+    names: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Batch(Command):
+    """Several client commands coalesced into one Raft entry; results come back in order."""
+
+    type: ClassVar[CommandType] = CommandType.BATCH
+    entries: list[bytes] = field(default_factory=list)
+
+
 _BY_TYPE: dict[int, type[Command]] = {
     c.type: c
     for c in (
@@ -125,6 +198,13 @@ _BY_TYPE: dict[int, type[Command]] = {
         MachineLost,
         SetMachineState,
         RegisterReplica,
+        LeaderElected,
+        ReplaceTasks,
+        SetRollout,
+        Rollback,
+        SetQuota,
+        GcJobs,
+        Batch,
     )
 }
 

@@ -8,6 +8,7 @@ from google.protobuf import json_format, struct_pb2
 
 from borgmaster.model import (
     ACTIVE_STATES_FOR_COUNT,
+    Event,
     Job,
     Machine,
     Resources,
@@ -34,8 +35,9 @@ def resources_from(r: pb.Resources) -> Resources:
     return Resources(cpu=r.cpu, ram=r.ram, disk=r.disk, gpu=r.gpu)
 
 
-def task_pb(t: Task) -> pb.Task:
-    return pb.Task(
+def task_pb(t: Task, usage: Any = None) -> pb.Task:
+    """`usage` is the Borglet's last ObservedTask for this incarnation (leader memory)."""
+    msg = pb.Task(
         index=t.index,
         state=t.state,
         machine=t.machine,
@@ -46,10 +48,24 @@ def task_pb(t: Task) -> pb.Task:
         incarnation=t.incarnation,
         updated_ms=t.updated_ms,
         ports=t.ports,
+        health=t.health,
     )
+    if usage is not None and usage.incarnation == t.incarnation:
+        msg.cpu_seconds = usage.cpu_seconds
+        msg.memory_bytes = usage.memory_bytes
+        msg.memory_peak_bytes = usage.memory_peak_bytes
+        msg.pid = usage.pid
+        msg.oom_kills = usage.oom_kills
+    return msg
 
 
-def job_pb(job: Job, tasks: list[Task], spec_config: dict[str, Any] | None) -> pb.Job:
+def job_pb(
+    job: Job,
+    tasks: list[Task],
+    spec_config: dict[str, Any] | None,
+    usage: dict[tuple[str, int], Any] | None = None,
+) -> pb.Job:
+    u = usage or {}
     msg = pb.Job(
         name=job.name,
         user=job.spec.user,
@@ -58,16 +74,20 @@ def job_pb(job: Job, tasks: list[Task], spec_config: dict[str, Any] | None) -> p
         replicas=job.spec.replicas,
         state=job.state,
         version=job.version,
-        tasks=[task_pb(t) for t in tasks],
+        tasks=[task_pb(t, u.get(t.key)) for t in tasks],
         created_ms=job.created_ms,
         running=sum(1 for t in tasks if t.state in ACTIVE_STATES_FOR_COUNT),
+        rollout=job.rollout,
+        previous_version=job.previous_version,
     )
     if spec_config is not None:
         msg.spec.CopyFrom(struct_from(spec_config))
     return msg
 
 
-def machine_pb(m: Machine, used: Resources, ntasks: int) -> pb.Machine:
+def machine_pb(
+    m: Machine, used: Resources, ntasks: int, usage: Resources | None = None, last_seen_ms: int = 0
+) -> pb.Machine:
     return pb.Machine(
         name=m.name,
         state=m.state,
@@ -78,4 +98,18 @@ def machine_pb(m: Machine, used: Resources, ntasks: int) -> pb.Machine:
         address=m.address,
         http=m.http,
         taints=[pb.Taint(**t) for t in m.taints],
+        usage=resources_pb(usage or Resources()),
+        last_seen_ms=last_seen_ms,
+    )
+
+
+def event_pb(e: Event) -> pb.Event:
+    return pb.Event(
+        index=e.index,
+        ts_ms=e.ts_ms,
+        type=e.type,
+        job=e.job,
+        task_index=e.task_index,
+        machine=e.machine,
+        message=e.message,
     )

@@ -133,7 +133,10 @@ class JobSpec:
 
 @dataclass
 class Job:
-    """A job as the cell holds it."""
+    """A job as the cell holds it.
+
+    `history` keeps the specs of older versions that tasks still run (a rolling update moves
+    them over one by one) and the previous version (for rollback)."""
 
     spec: JobSpec
     state: str = PENDING  # pending | running | succeeded | failed | killed
@@ -141,10 +144,21 @@ class Job:
     created_ms: int = 0
     updated_ms: int = 0
     killed: bool = False
+    killed_ms: int = 0
+    previous_version: int = 0
+    history: dict[int, JobSpec] = field(default_factory=dict)
+    # "" when no rollout is in progress, "rolling", or "halted: <why>".
+    rollout: str = ""
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+    def spec_for(self, version: int) -> JobSpec:
+        """The spec a task of `version` runs (the current one if that version is gone)."""
+        if version == self.version:
+            return self.spec
+        return self.history.get(version, self.spec)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -154,13 +168,34 @@ class Job:
             "created_ms": self.created_ms,
             "updated_ms": self.updated_ms,
             "killed": self.killed,
+            "killed_ms": self.killed_ms,
+            "previous_version": self.previous_version,
+            "history": [[v, s.to_dict()] for v, s in sorted(self.history.items())],
+            "rollout": self.rollout,
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Job:
         d = dict(d)
         d["spec"] = JobSpec.from_dict(d["spec"])
+        d["history"] = {int(v): JobSpec.from_dict(s) for v, s in d.get("history") or []}
         return cls(**d)
+
+
+@dataclass
+class Event:
+    """One entry of the cell's replicated, bounded event log."""
+
+    index: int
+    ts_ms: int
+    type: str
+    job: str = ""
+    task_index: int = -1
+    machine: str = ""
+    message: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass
@@ -180,6 +215,7 @@ class Task:
     submitted_ms: int = 0
     updated_ms: int = 0
     ports: dict[str, int] = field(default_factory=dict)
+    health: str = ""  # "" | healthy | unhealthy (as the Borglet's checks last said)
 
     @property
     def key(self) -> tuple[str, int]:

@@ -23,10 +23,18 @@ from grpc_reflection.v1alpha import reflection
 from pysyncobj import SyncObjException
 
 from borgmaster import commands as C
+from borgmaster import controllers
 from borgmaster.fsm import BorgFSM, RaftTuning, fail_reason_name
 from borgmaster.model import Replica
-from borgmaster.scheduler import BestFitScheduler, MachineView, Scheduler, Snapshot, TaskRequest
-from borgmaster.store import Store, pending_tasks
+from borgmaster.scheduler import (
+    BestFitScheduler,
+    MachineView,
+    PlacedTask,
+    Scheduler,
+    Snapshot,
+    TaskRequest,
+)
+from borgmaster.store import ACTIVE_STATES, Store, pending_tasks
 from proto.borg.v1 import borg_pb2, borg_pb2_grpc
 
 log = logging.getLogger("borgmaster")
@@ -60,6 +68,7 @@ class MasterConfig:
     machine_timeout_s: float = 30.0
     tuning: RaftTuning = field(default_factory=RaftTuning)
     write_timeout_s: float = 10.0
+    job_retention_s: float = 3600.0
 
 
 class Master:
@@ -72,6 +81,9 @@ class Master:
         self._stop = threading.Event()
         self._leader_since: float | None = None
         self.last_seen: dict[str, float] = {}  # machine -> monotonic time of its last Sync
+        # Last usage report per task from its Borglet (leader memory; not replicated).
+        self.usage: dict[tuple[str, int], Any] = {}
+        self._fenced_term = 0  # the term whose LeaderElected this replica has committed
         self._threads: list[threading.Thread] = []
         self.fsm = BorgFSM(
             cfg.raft,
@@ -99,6 +111,25 @@ class Master:
 
     def is_leader(self) -> bool:
         return bool(self.fsm._isLeader())
+
+    def fenced_term(self) -> int:
+        """The term to stamp on leader-loop commands, or 0 when this replica must not act.
+
+        A new leader first commits LeaderElected(term); the store then rejects any fenced
+        command from an older term, so a deposed leader's in-flight decisions are void."""
+        if not self.is_leader():
+            return 0
+        term = int(self.fsm.raftCurrentTerm)
+        if self._fenced_term == term:
+            return term
+        try:
+            self.propose(C.LeaderElected(term=term, replica=self.cfg.id), timeout=5)
+        except ProposeError as e:
+            log.warning("could not fence term %d: %s", term, e.message)
+            return 0
+        self._fenced_term = term
+        log.info("leader loops fenced at term %d", term)
+        return term
 
     def leader_raft(self) -> str:
         leader = self.fsm._getLeader()
@@ -138,6 +169,32 @@ class Master:
         if "error" in res:
             raise ProposeError(res["error"], res["message"])
         return dict(res)
+
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def change_membership(self, raft: str, remove: bool) -> None:
+        """Add or remove one replica (leader only); waits until the change commits."""
+        done = threading.Event()
+        result: list[Any] = []
+
+        def cb(res: Any, err: int) -> None:
+            result.append(err)
+            done.set()
+
+        if remove:
+            if raft == self.cfg.raft:
+                raise ProposeError("invalid", "a leader cannot remove itself; stop it instead")
+            self.fsm.removeNodeFromCluster(raft, callback=cb)
+        else:
+            self.fsm.addNodeToCluster(raft, callback=cb)
+        if not done.wait(self.cfg.write_timeout_s):
+            raise ProposeError("unavailable", "membership change timed out")
+        if result[0] != 0:
+            raise ProposeError(
+                "unavailable", f"membership change failed: {fail_reason_name(result[0])}"
+            )
+        log.info("membership: %s %s", "removed" if remove else "added", raft)
 
     def barrier(self) -> None:
         """Linearizable read: commit a no-op so this replica has applied every prior write."""
@@ -191,6 +248,7 @@ class Master:
         self.http_server = start_http(self)
         for fn, name in (
             (self._scheduler_loop, "scheduler"),
+            (self._controller_loop, "controllers"),
             (self._liveness_loop, "liveness"),
             (self._announce_loop, "announce"),
         ):
@@ -262,53 +320,144 @@ class Master:
             gen = self.store.wait_changed(seen, timeout=1.0)
             if not self.is_leader() or gen == seen:
                 continue
+            term = self.fenced_term()
+            if not term:
+                continue
             seen = gen
             try:
-                self.schedule_once()
+                self.schedule_once(term)
             except ProposeError as e:
                 log.warning("plan not committed: %s", e.message)
 
-    def schedule_once(self) -> int:
+    def _controller_loop(self) -> None:
+        """Rolling updates and drains (replace tasks within max_unavailable), and job GC."""
+        seen = -1
+        last_gc = 0.0
+        while not self._stop.is_set():
+            gen = self.store.wait_changed(seen, timeout=1.0)
+            if not self.is_leader():
+                continue
+            term = self.fenced_term()
+            if not term:
+                continue
+            seen = gen
+            with self.store.lock:
+                actions = controllers.plan_all(self.store)
+            for a in actions:
+                try:
+                    if a.rollout_status is not None:
+                        self.propose(
+                            C.SetRollout(
+                                job=a.job, version=a.version, status=a.rollout_status, term=term
+                            )
+                        )
+                        log.warning("job %s: rollout %s", a.job, a.rollout_status)
+                    if a.replace_drain:
+                        self.propose(
+                            C.ReplaceTasks(
+                                job=a.job, tasks=a.replace_drain, reason="drained", term=term
+                            )
+                        )
+                    if a.replace_update:
+                        self.propose(
+                            C.ReplaceTasks(
+                                job=a.job, tasks=a.replace_update, reason="updated", term=term
+                            )
+                        )
+                        log.info(
+                            "job %s: rolling %d task(s) to version %d",
+                            a.job,
+                            len(a.replace_update),
+                            a.version,
+                        )
+                except ProposeError as e:
+                    log.warning("controller write for %s not committed: %s", a.job, e.message)
+            if time.monotonic() - last_gc > 10:
+                last_gc = time.monotonic()
+                with self.store.lock:
+                    names = controllers.gc_candidates(
+                        self.store, now_ms(), int(self.cfg.job_retention_s * 1000)
+                    )
+                if names:
+                    try:
+                        self.propose(C.GcJobs(names=names, term=term))
+                        log.info("garbage-collected jobs: %s", ", ".join(names))
+                    except ProposeError as e:
+                        log.warning("gc not committed: %s", e.message)
+
+    def snapshot(self) -> tuple[Snapshot, dict[tuple[str, int], str]]:
+        """What the scheduler sees (caller holds the store lock), and current pending reasons."""
+        pending = [
+            TaskRequest(job=t.job, index=t.index, version=j.version, spec=j.spec)
+            for t in pending_tasks(self.store)
+            if (j := self.store.jobs[t.job])
+        ]
+        running = [
+            PlacedTask(
+                job=t.job,
+                index=t.index,
+                machine=t.machine,
+                priority=self.store.jobs[t.job].spec.priority,
+                requirements=self.store.task_spec(t).requirements,
+                incarnation=t.incarnation,
+            )
+            for t in self.store.tasks.values()
+            if t.state in ACTIVE_STATES and t.machine
+        ]
+        machines = [
+            MachineView(
+                name=m.name,
+                capacity=m.capacity,
+                used=self.store.used(m.name),
+                attrs=dict(m.attrs),
+                taints=list(m.taints),
+                state=m.state,
+            )
+            for m in self.store.machines.values()
+        ]
+        reasons = {t.key: t.reason for t in pending_tasks(self.store)}
+        return Snapshot(machines=machines, pending=pending, running=running), reasons
+
+    def schedule_once(self, term: int = 0) -> int:
         """One scheduler pass: snapshot, plan, commit. Returns how many tasks it placed."""
         with self.store.lock:
-            pending = [
-                TaskRequest(job=t.job, index=t.index, version=j.version, spec=j.spec)
-                for t in pending_tasks(self.store)
-                if (j := self.store.jobs[t.job])
-            ]
-            if not pending:
+            if not any(True for _ in pending_tasks(self.store)):
                 return 0
-            machines = [
-                MachineView(
-                    name=m.name,
-                    capacity=m.capacity,
-                    used=self.store.used(m.name),
-                    attrs=dict(m.attrs),
-                    taints=list(m.taints),
-                    state=m.state,
-                )
-                for m in self.store.machines.values()
-            ]
-            reasons = {t.key: t.reason for t in pending_tasks(self.store)}
+            snap, reasons = self.snapshot()
+            submitted = {
+                (t.job, t.index): self.store.tasks[(t.job, t.index)].submitted_ms
+                for t in snap.pending
+            }
         t0 = time.monotonic()
-        plan = self.scheduler.schedule(Snapshot(machines=machines, pending=pending), _new_id)
+        plan = self.scheduler.schedule(snap, _new_id)
         elapsed = time.monotonic() - t0
         failures = [[j, i, r] for j, i, r in plan.failures if reasons.get((j, i)) != r]
-        if not plan.placements and not failures:
+        if not plan.placements and not failures and not plan.preemptions:
             return 0
         res = self.propose(
             C.ApplyPlan(
                 placements=[p.__dict__ for p in plan.placements],
                 failures=failures,
+                preemptions=[p.__dict__ for p in plan.preemptions],
+                term=term,
             )
         )
         if self.metrics is not None:
             self.metrics.on_plan(len(plan.placements), res.get("placed", 0), elapsed)
+            if res.get("preempted"):
+                _call(self.metrics, "on_preempted", res["preempted"])
+            now = now_ms()
+            lat = [
+                max(0.0, (now - submitted.get((p.job, p.index), now)) / 1000)
+                for p in plan.placements
+            ]
+            if lat and res.get("placed"):
+                _call(self.metrics, "on_placed", lat[: res["placed"]])
         if plan.placements:
             log.info(
                 "scheduler placed %d of %d pending tasks in %.1f ms",
                 res.get("placed", 0),
-                len(pending),
+                len(snap.pending),
                 elapsed * 1000,
             )
         return int(res.get("placed", 0))
@@ -328,11 +477,20 @@ class Master:
             for name in candidates:
                 seen = self.last_seen.get(name, since)
                 if now - seen > timeout:
+                    term = self.fenced_term()
+                    if not term:
+                        break
                     log.warning("machine %s lost: no contact for %.0f s", name, now - seen)
                     try:
-                        self.propose(C.MachineLost(name=name))
+                        self.propose(C.MachineLost(name=name, term=term))
                     except ProposeError as e:
                         log.warning("could not mark %s lost: %s", name, e.message)
+
+
+def _call(obj: Any, method: str, *args: Any) -> None:
+    fn = getattr(obj, method, None)
+    if fn is not None:
+        fn(*args)
 
 
 def _new_id() -> str:

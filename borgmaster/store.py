@@ -2,15 +2,15 @@
 
 `Store.apply` is the only writer. It runs on PySyncObj's tick thread, does no I/O and reads no
 clock: the same log gives the same state on every replica. Readers (gRPC handlers, leader
-loops) take `lock` and copy what they need out; `changed` lets the Borglet long-poll and the
-scheduler wake up when the state moves instead of polling on a timer.
+loops) take `lock` and copy what they need out; `changed` lets the Borglet long-poll, the
+event stream and the leader loops wake up when the state moves instead of polling on a timer.
 """
 
 from __future__ import annotations
 
 import hashlib
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterable
 from typing import Any
 
@@ -23,28 +23,36 @@ from borgmaster.model import (
     FAILED,
     KILLED,
     LOST,
+    MACHINE_DRAINING,
     MACHINE_LOST,
     MACHINE_UP,
     PENDING,
     RUNNING,
     SUCCEEDED,
     TERMINAL_TASK_STATES,
+    Event,
     Job,
     JobSpec,
     Machine,
     Replica,
     Resources,
     Task,
+    band_of,
 )
 
-SNAPSHOT_FORMAT = 1
+SNAPSHOT_FORMAT = 2
 # How many recent request ids are remembered for exactly-once retries.
 REQUEST_ID_MEMORY = 10_000
+# How many events the replicated event log keeps.
+EVENT_MEMORY = 10_000
 
 # States in which a task holds resources on its machine.
 ACTIVE_STATES = frozenset({ASSIGNED, RUNNING})
 # Observed states a Borglet may report.
 OBSERVED_STATES = frozenset({RUNNING, SUCCEEDED, FAILED, KILLED})
+# Commands that come from leader loops and are fenced by term.
+FENCED = (C.ApplyPlan, C.ReplaceTasks, C.MachineLost, C.SetRollout, C.GcJobs)
+QUOTA_RESOURCES = ("cpu", "ram", "gpu")
 
 Result = dict[str, Any]
 
@@ -54,8 +62,17 @@ def err(code: str, message: str) -> Result:
     return {"error": code, "message": message}
 
 
+def _fmt_amount(resource: str, amount: float) -> str:
+    if resource == "ram":
+        for unit, size in (("Ti", 1 << 40), ("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)):
+            if amount >= size:
+                return f"{amount / size:.4g}{unit}"
+        return f"{int(amount)}"
+    return f"{amount:g}"
+
+
 class Store:
-    """Jobs, tasks, machines and replicas, plus the index of the last applied entry."""
+    """Jobs, tasks, machines, replicas, quotas and events, plus the last applied index."""
 
     def __init__(self) -> None:
         self.lock = threading.RLock()
@@ -64,12 +81,17 @@ class Store:
         self.tasks: dict[tuple[str, int], Task] = {}
         self.machines: dict[str, Machine] = {}
         self.replicas: dict[str, Replica] = {}
+        self.quotas: dict[tuple[str, str], Resources] = {}
         self.tasks_by_machine: dict[str, set[tuple[str, int]]] = {}
         self.request_ids: OrderedDict[str, Result] = OrderedDict()
+        self.events: deque[Event] = deque(maxlen=EVENT_MEMORY)
+        self.next_event = 1
+        self.fence_term = 0
         self.applied_index = 0
         # Bumped on every state change; per machine, on changes to its desired task set.
         self.generation = 0
         self.machine_generation: dict[str, int] = {}
+        self._ts = 0  # the timestamp of the command being applied (for events)
 
     # ----- reads -------------------------------------------------------------------------
 
@@ -89,6 +111,9 @@ class Store:
                 out.append(t)
         return out
 
+    def task_spec(self, t: Task) -> JobSpec:
+        return self.jobs[t.job].spec_for(t.version)
+
     def used(self, machine: str) -> Resources:
         """Resources held on `machine` by tasks placed there and not yet finished."""
         r = Resources()
@@ -96,12 +121,29 @@ class Store:
             t = self.tasks[key]
             if t.state not in ACTIVE_STATES:
                 continue
-            req = self.jobs[t.job].spec.requirements
+            req = self.task_spec(t).requirements
             r.cpu += req.cpu
             r.ram += req.ram
             r.disk += req.disk
             r.gpu += req.gpu
         return r
+
+    def quota_used(self, user: str, band: str, exclude_job: str = "") -> Resources:
+        """What `user`'s live jobs in `band` ask for (replicas x requirements)."""
+        r = Resources()
+        for j in self.jobs.values():
+            if j.killed or j.name == exclude_job or j.state in (SUCCEEDED, FAILED):
+                continue
+            if j.spec.user != user or band_of(j.spec.priority) != band:
+                continue
+            req = j.spec.requirements
+            r.cpu += req.cpu * j.spec.replicas
+            r.ram += req.ram * j.spec.replicas
+            r.gpu += req.gpu * j.spec.replicas
+        return r
+
+    def events_since(self, index: int, job: str = "") -> list[Event]:
+        return [e for e in self.events if e.index >= index and (not job or e.job == job)]
 
     def digest(self) -> str:
         """A hash of the whole state: equal on replicas that applied the same log."""
@@ -112,27 +154,38 @@ class Store:
     def apply(self, entry: bytes, index: int) -> Result:
         """Apply one encoded command at log position `index`; never raises."""
         with self.lock:
-            try:
-                cmd = C.decode(entry)
-            except C.CommandError as e:
-                self.applied_index = max(self.applied_index, index)
-                return err("invalid", str(e))
-            try:
-                if cmd.request_id and cmd.request_id in self.request_ids:
-                    result = dict(self.request_ids[cmd.request_id])
-                    result["duplicate"] = True
-                else:
-                    result = self._dispatch(cmd)
-                    if cmd.request_id:
-                        self.request_ids[cmd.request_id] = result
-                        while len(self.request_ids) > REQUEST_ID_MEMORY:
-                            self.request_ids.popitem(last=False)
-            except Exception as e:  # a bug must not wedge the log: record and move on
-                result = err("internal", f"{type(cmd).__name__}: {type(e).__name__}: {e}")
+            result = self._apply_entry(entry)
             self.applied_index = max(self.applied_index, index)
             self.generation += 1
             self.changed.notify_all()
             return result
+
+    def _apply_entry(self, entry: bytes) -> Result:
+        try:
+            cmd = C.decode(entry)
+        except C.CommandError as e:
+            return err("invalid", str(e))
+        try:
+            if isinstance(cmd, C.Batch):
+                return {"results": [self._apply_entry(bytes(e)) for e in cmd.entries]}
+            if cmd.request_id and cmd.request_id in self.request_ids:
+                result = dict(self.request_ids[cmd.request_id])
+                result["duplicate"] = True
+                return result
+            if isinstance(cmd, FENCED) and cmd.term < self.fence_term:
+                return err(
+                    "stale-leader",
+                    f"decided in term {cmd.term}, a leader of term {self.fence_term} took over",
+                )
+            self._ts = cmd.ts_ms
+            result = self._dispatch(cmd)
+            if cmd.request_id:
+                self.request_ids[cmd.request_id] = result
+                while len(self.request_ids) > REQUEST_ID_MEMORY:
+                    self.request_ids.popitem(last=False)
+            return result
+        except Exception as e:  # a bug must not wedge the log: record and move on
+            return err("internal", f"{type(cmd).__name__}: {type(e).__name__}: {e}")
 
     def _dispatch(self, cmd: C.Command) -> Result:
         if isinstance(cmd, C.Noop):
@@ -155,7 +208,38 @@ class Store:
             r = Replica(**cmd.replica)
             self.replicas[r.id] = r
             return {"ok": True}
+        if isinstance(cmd, C.LeaderElected):
+            self.fence_term = max(self.fence_term, cmd.term)
+            return {"ok": True, "fence_term": self.fence_term}
+        if isinstance(cmd, C.ReplaceTasks):
+            return self._replace_tasks(cmd)
+        if isinstance(cmd, C.SetRollout):
+            return self._set_rollout(cmd)
+        if isinstance(cmd, C.Rollback):
+            return self._rollback(cmd)
+        if isinstance(cmd, C.SetQuota):
+            return self._set_quota(cmd)
+        if isinstance(cmd, C.GcJobs):
+            return self._gc_jobs(cmd)
         return err("invalid", f"unhandled command {type(cmd).__name__}")
+
+    # ----- helpers -----------------------------------------------------------------------
+
+    def _event(
+        self, type_: str, job: str = "", index: int = -1, machine: str = "", message: str = ""
+    ) -> None:
+        self.events.append(
+            Event(
+                index=self.next_event,
+                ts_ms=self._ts,
+                type=type_,
+                job=job,
+                task_index=index,
+                machine=machine,
+                message=message,
+            )
+        )
+        self.next_event += 1
 
     def _touch_machine(self, machine: str) -> None:
         if machine:
@@ -176,7 +260,7 @@ class Store:
         return t
 
     def _reset_task(self, t: Task, version: int, ts: int, reason: str = "") -> None:
-        """Send a task back to the queue (new version, or its copy is gone)."""
+        """Send a task back to the queue (new version, preempted, drained...)."""
         self._set_task_machine(t, "")
         t.state = PENDING
         t.version = version
@@ -184,17 +268,60 @@ class Store:
         t.exit_code = None
         t.reason = reason
         t.restarts = 0
+        t.health = ""
         t.ports = {}
         t.submitted_ms = ts
         t.updated_ms = ts
+
+    def _drop_task(self, t: Task) -> None:
+        self._set_task_machine(t, "")
+        self.tasks.pop(t.key, None)
+
+    def _prune_history(self, job: Job) -> None:
+        """Keep the specs tasks still run, and the previous version for rollback."""
+        used = {t.version for t in self.job_tasks(job.name)}
+        keep = used | {job.previous_version}
+        job.history = {v: s for v, s in job.history.items() if v in keep and v != job.version}
+
+    # ----- jobs --------------------------------------------------------------------------
+
+    def _check_quota(self, spec: JobSpec) -> Result | None:
+        band = band_of(spec.priority)
+        if band == "free":
+            return None
+        limit = self.quotas.get((spec.user, band))
+        if limit is None:
+            return None
+        used = self.quota_used(spec.user, band, exclude_job=spec.name)
+        req = spec.requirements
+        over = []
+        for r in QUOTA_RESOURCES:
+            want = getattr(used, r) + getattr(req, r) * spec.replicas
+            cap = getattr(limit, r)
+            if want > cap + 1e-9:
+                over.append(f"{r} {_fmt_amount(r, want - cap)}")
+        if over:
+            return err("quota", f"quota for {spec.user}/{band} exceeded by {', '.join(over)}")
+        return None
 
     def _submit(self, cmd: C.SubmitJob) -> Result:
         spec = JobSpec.from_dict(cmd.spec)
         ts = cmd.ts_ms
         old = self.jobs.get(spec.name)
-        if old is None or old.killed:
-            if cmd.must_exist:
-                return err("not-found", f"job '{spec.name}' does not exist")
+        live = old is not None and not old.killed
+        if not live and cmd.must_exist:
+            return err("not-found", f"job '{spec.name}' does not exist")
+        if live and old is not None and old.spec.user and spec.user != old.spec.user:
+            return err(
+                "permission-denied",
+                f"job '{spec.name}' belongs to user '{old.spec.user}', not '{spec.user}'",
+            )
+        if live and old is not None and old.spec == spec:
+            return {"name": spec.name, "version": old.version, "result": "unchanged"}
+        quota = self._check_quota(spec)
+        if quota is not None:
+            return quota
+        if not live or old is None:
             version = old.version + 1 if old is not None else 1
             if old is not None:
                 for t in self.job_tasks(old.name):
@@ -203,44 +330,62 @@ class Store:
             self.jobs[spec.name] = job
             for i in range(spec.replicas):
                 self._new_task(job, i, ts)
+            self._event("submitted", spec.name, message=f"version {version}, {spec.replicas} tasks")
             return {"name": spec.name, "version": version, "result": "created"}
-        if old.spec.user and spec.user and old.spec.user != spec.user:
-            return err(
-                "permission-denied",
-                f"job '{spec.name}' belongs to user '{old.spec.user}', not '{spec.user}'",
-            )
-        if old.spec == spec:
-            return {"name": spec.name, "version": old.version, "result": "unchanged"}
-        template_changed = old.spec.task_template() != spec.task_template()
-        old_replicas = old.spec.replicas
+        return self._update(old, spec, ts, "updated")
+
+    def _update(self, job: Job, spec: JobSpec, ts: int, how: str) -> Result:
+        """Change a live job's spec: scale at once, roll a new task template over gradually."""
+        template_changed = job.spec.task_template() != spec.task_template()
+        old_replicas = job.spec.replicas
         if template_changed:
-            old.version += 1
-        old.spec = spec
-        old.updated_ms = ts
+            job.history[job.version] = job.spec
+            job.previous_version = job.version
+            job.version += 1
+            job.rollout = "rolling"
+        job.spec = spec
+        job.updated_ms = ts
         # Scale down: the highest indexes go first.
         for i in range(spec.replicas, old_replicas):
             gone = self.tasks.get((spec.name, i))
             if gone is not None:
                 self._drop_task(gone)
         for i in range(old_replicas, spec.replicas):
-            self._new_task(old, i, ts)
+            self._new_task(job, i, ts)
         if template_changed:
+            # Tasks not running anywhere move to the new version at once; placed ones are
+            # replaced by the rollout controller, max_unavailable at a time.
             for t in self.job_tasks(spec.name):
-                if t.version != old.version:
-                    self._reset_task(t, old.version, ts, reason="updated")
-        self._recompute_job(old)
-        return {"name": spec.name, "version": old.version, "result": "updated"}
+                if t.version != job.version and t.state not in ACTIVE_STATES:
+                    self._reset_task(t, job.version, ts, reason="updated")
+            self._maybe_finish_rollout(job)
+        self._prune_history(job)
+        self._recompute_job(job)
+        self._event(how, spec.name, message=f"version {job.version}, {spec.replicas} tasks")
+        return {"name": spec.name, "version": job.version, "result": how}
 
-    def _drop_task(self, t: Task) -> None:
-        self._set_task_machine(t, "")
-        self.tasks.pop(t.key, None)
+    def _rollback(self, cmd: C.Rollback) -> Result:
+        job = self.jobs.get(cmd.name)
+        if job is None or job.killed:
+            return err("not-found", f"job '{cmd.name}' does not exist")
+        if cmd.user and job.spec.user and cmd.user != job.spec.user:
+            return err(
+                "permission-denied",
+                f"job '{cmd.name}' belongs to user '{job.spec.user}', not '{cmd.user}'",
+            )
+        prev = job.history.get(job.previous_version)
+        if not job.previous_version or prev is None:
+            return err("invalid", f"job '{cmd.name}' has no previous version to roll back to")
+        return self._update(job, prev, cmd.ts_ms, "rolled-back")
 
     def _kill(self, cmd: C.KillJob) -> Result:
         job = self.jobs.get(cmd.name)
         if job is None or job.killed:
             return err("not-found", f"job '{cmd.name}' does not exist")
         job.killed = True
+        job.killed_ms = cmd.ts_ms
         job.updated_ms = cmd.ts_ms
+        job.rollout = ""
         to_stop = 0
         for t in self.job_tasks(job.name):
             if t.state in ACTIVE_STATES:
@@ -251,19 +396,79 @@ class Store:
                 t.reason = "job-killed"
                 t.updated_ms = cmd.ts_ms
         self._recompute_job(job)
+        self._event("killed", job.name, message=f"{to_stop} tasks to stop")
         return {"name": job.name, "tasks_to_stop": to_stop}
+
+    def _replace_tasks(self, cmd: C.ReplaceTasks) -> Result:
+        job = self.jobs.get(cmd.job)
+        if job is None or job.killed:
+            return err("not-found", f"job '{cmd.job}' does not exist")
+        replaced = 0
+        for index, incarnation in cmd.tasks:
+            t = self.tasks.get((cmd.job, int(index)))
+            if t is None or t.incarnation != incarnation or t.state not in ACTIVE_STATES:
+                continue
+            machine = t.machine
+            self._reset_task(t, job.version, cmd.ts_ms, reason=cmd.reason)
+            self._event(cmd.reason or "replaced", job.name, t.index, machine)
+            replaced += 1
+        self._prune_history(job)
+        self._recompute_job(job)
+        return {"replaced": replaced}
+
+    def _set_rollout(self, cmd: C.SetRollout) -> Result:
+        job = self.jobs.get(cmd.job)
+        if job is None or job.version != cmd.version or job.killed:
+            return err("not-found", f"job '{cmd.job}' version {cmd.version} is not current")
+        if job.rollout != cmd.status:
+            job.rollout = cmd.status
+            if cmd.status.startswith("halted"):
+                self._event("rollout-halted", job.name, message=cmd.status)
+        return {"ok": True}
+
+    def _maybe_finish_rollout(self, job: Job) -> None:
+        if job.rollout != "rolling":
+            return
+        if all(t.version == job.version for t in self.job_tasks(job.name)):
+            job.rollout = ""
+            self._event("rolled", job.name, message=f"all tasks on version {job.version}")
+
+    def _set_quota(self, cmd: C.SetQuota) -> Result:
+        if cmd.band not in ("batch", "production", "monitoring", "free"):
+            return err("invalid", f"band: '{cmd.band}' is not a priority band")
+        limit = Resources.from_dict(cmd.limit)
+        self.quotas[(cmd.user, cmd.band)] = limit
+        self._event("quota-set", message=f"{cmd.user}/{cmd.band}: {limit}")
+        return {"ok": True}
+
+    def _gc_jobs(self, cmd: C.GcJobs) -> Result:
+        removed = 0
+        for name in cmd.names:
+            job = self.jobs.get(name)
+            if job is None:
+                continue
+            if any(t.state in ACTIVE_STATES for t in self.job_tasks(name)):
+                continue  # still stopping somewhere
+            for t in self.job_tasks(name):
+                self._drop_task(t)
+            del self.jobs[name]
+            removed += 1
+        return {"removed": removed}
+
+    # ----- machines ----------------------------------------------------------------------
 
     def _register_machine(self, cmd: C.RegisterMachine) -> Result:
         m = Machine.from_dict(cmd.machine)
         old = self.machines.get(m.name)
         if old is not None:
             m.registered_ms = old.registered_ms
-            if old.state != MACHINE_LOST:
-                m.state = old.state  # keep draining across re-registration
+            m.state = old.state  # keep draining across re-registration
         else:
             m.registered_ms = cmd.ts_ms
         if m.state == MACHINE_LOST:
             m.state = MACHINE_UP
+        if old is None or old.state == MACHINE_LOST:
+            self._event("machine-up", machine=m.name, message=m.address)
         self.machines[m.name] = m
         self._touch_machine(m.name)
         return {"ok": True}
@@ -272,8 +477,17 @@ class Store:
         m = self.machines.get(cmd.name)
         if m is None:
             return err("not-found", f"machine '{cmd.name}' does not exist")
-        m.state = cmd.state
-        return {"ok": True}
+        if cmd.state not in (MACHINE_UP, MACHINE_DRAINING):
+            return err("invalid", f"state: '{cmd.state}' is not up or draining")
+        if m.state == MACHINE_LOST:
+            return err("invalid", f"machine '{cmd.name}' is lost")
+        to_move = sum(
+            1 for k in self.tasks_by_machine.get(m.name, ()) if self.tasks[k].state in ACTIVE_STATES
+        )
+        if m.state != cmd.state:
+            m.state = cmd.state
+            self._event("drained" if cmd.state == MACHINE_DRAINING else "undrained", machine=m.name)
+        return {"ok": True, "state": m.state, "tasks_to_move": to_move}
 
     def _machine_lost(self, cmd: C.MachineLost) -> Result:
         m = self.machines.get(cmd.name)
@@ -281,17 +495,23 @@ class Store:
             return err("not-found", f"machine '{cmd.name}' does not exist")
         m.state = MACHINE_LOST
         lost = 0
-        for key in list(self.tasks_by_machine.get(m.name, ())):
+        for key in sorted(self.tasks_by_machine.get(m.name, ())):
             t = self.tasks[key]
             if t.state in ACTIVE_STATES:
                 job = self.jobs[t.job]
                 t.state = KILLED if job.killed else LOST
                 t.reason = "machine-lost"
                 t.updated_ms = cmd.ts_ms
+                t.health = ""
+                if not job.killed and t.version != job.version:
+                    t.version = job.version  # it restarts elsewhere on the current version
                 lost += 1
                 self._recompute_job(job)
         self._touch_machine(m.name)
+        self._event("lost", machine=m.name, message=f"{lost} tasks lost")
         return {"ok": True, "tasks_lost": lost}
+
+    # ----- scheduling ----------------------------------------------------------------------
 
     def fits(self, machine: Machine, used: Resources, spec: JobSpec) -> bool:
         req = spec.requirements
@@ -306,6 +526,16 @@ class Store:
     def _apply_plan(self, cmd: C.ApplyPlan) -> Result:
         placed = 0
         rejected = 0
+        preempted = 0
+        for v in cmd.preemptions:
+            t = self.tasks.get((v["job"], int(v["index"])))
+            if t is None or t.incarnation != v["incarnation"] or t.state not in ACTIVE_STATES:
+                continue
+            machine = t.machine
+            self._reset_task(t, self.jobs[t.job].version, cmd.ts_ms, reason="preempted")
+            self._event("preempted", t.job, t.index, machine, v.get("reason", ""))
+            self._recompute_job(self.jobs[t.job])
+            preempted += 1
         used_cache: dict[str, Resources] = {}
         for p in cmd.placements:
             pl = C.Placement(**p)
@@ -337,8 +567,11 @@ class Store:
                     t.incarnation = pl.incarnation
                     t.exit_code = None
                     t.reason = ""
+                    t.health = ""
+                    t.restarts = 0
                     t.updated_ms = cmd.ts_ms
                     placed += 1
+                    self._event("scheduled", t.job, t.index, m.name)
                     self._recompute_job(job)
                     continue
             rejected += 1
@@ -346,7 +579,7 @@ class Store:
             t = self.tasks.get((job_name, index))
             if t is not None and t.state in (PENDING, LOST) and t.reason != reason:
                 t.reason = reason
-        return {"placed": placed, "rejected": rejected}
+        return {"placed": placed, "rejected": rejected, "preempted": preempted}
 
     def _task_updates(self, cmd: C.TaskUpdates) -> Result:
         # Validate the whole batch first so a malformed update cannot half-apply it.
@@ -360,6 +593,7 @@ class Store:
                 and (u.get("exit_code") is None or isinstance(u.get("exit_code"), int))
                 and isinstance(u.get("restarts", 0), int)
                 and isinstance(u.get("reason", ""), str)
+                and isinstance(u.get("health", ""), str)
             )
             if not ok:
                 return err("invalid", f"malformed task update {u!r:.200}")
@@ -374,14 +608,25 @@ class Store:
             state = u["state"]
             if state not in OBSERVED_STATES:
                 continue
+            before = t.state
             t.state = state
-            t.restarts = int(u.get("restarts", t.restarts))
+            restarts = int(u.get("restarts", t.restarts))
+            if restarts > t.restarts and state == RUNNING:
+                self._event("restarted", t.job, t.index, t.machine, f"restart #{restarts}")
+            t.restarts = restarts
             ec = u.get("exit_code")
             t.exit_code = None if ec is None or ec < -255 else int(ec)
             t.reason = str(u.get("reason", ""))
+            t.health = str(u.get("health", ""))
             t.updated_ms = cmd.ts_ms
+            if state == RUNNING and before == ASSIGNED:
+                self._event("started", t.job, t.index, t.machine)
             if state in TERMINAL_TASK_STATES:
                 self._touch_machine(t.machine)
+                detail = f"exit {t.exit_code}" if t.exit_code is not None else ""
+                if t.reason:
+                    detail = f"{detail} ({t.reason})" if detail else t.reason
+                self._event(state, t.job, t.index, t.machine, detail)
             touched.add(t.job)
             applied += 1
         for name in touched:
@@ -403,6 +648,7 @@ class Store:
             job.state = RUNNING
         else:
             job.state = PENDING
+        self._maybe_finish_rollout(job)
 
     # ----- snapshots ---------------------------------------------------------------------
 
@@ -415,6 +661,10 @@ class Store:
                 "tasks": [self.tasks[k].to_dict() for k in sorted(self.tasks)],
                 "machines": [self.machines[k].to_dict() for k in sorted(self.machines)],
                 "replicas": [self.replicas[k].to_dict() for k in sorted(self.replicas)],
+                "quotas": [[u, b, q.to_dict()] for (u, b), q in sorted(self.quotas.items())],
+                "events": [e.to_dict() for e in self.events],
+                "next_event": self.next_event,
+                "fence_term": self.fence_term,
                 "request_ids": [[k, v] for k, v in self.request_ids.items()],
                 "applied_index": self.applied_index if include_index else 0,
             }
@@ -424,18 +674,26 @@ class Store:
         doc = msgpack.unpackb(data, raw=False, strict_map_key=False)
         if not isinstance(doc, dict) or doc.get("format") != SNAPSHOT_FORMAT:
             raise ValueError("not a borgcell snapshot (unknown format)")
+        # Decode everything before touching the live state, so a bad file changes nothing.
+        jobs = {j["spec"]["name"]: Job.from_dict(j) for j in doc["jobs"]}
+        tasks = {}
+        by_machine: dict[str, set[tuple[str, int]]] = {}
+        for td in doc["tasks"]:
+            t = Task.from_dict(td)
+            tasks[t.key] = t
+            if t.machine:
+                by_machine.setdefault(t.machine, set()).add(t.key)
+        machines = {m["name"]: Machine.from_dict(m) for m in doc["machines"]}
+        replicas = {r["id"]: Replica(**r) for r in doc["replicas"]}
+        quotas = {(u, b): Resources.from_dict(q) for u, b, q in doc["quotas"]}
+        events: deque[Event] = deque((Event(**e) for e in doc["events"]), maxlen=EVENT_MEMORY)
+        request_ids = OrderedDict((k, v) for k, v in doc["request_ids"])
         with self.lock:
-            self.jobs = {j["spec"]["name"]: Job.from_dict(j) for j in doc["jobs"]}
-            self.tasks = {}
-            self.tasks_by_machine = {}
-            for td in doc["tasks"]:
-                t = Task.from_dict(td)
-                self.tasks[t.key] = t
-                if t.machine:
-                    self.tasks_by_machine.setdefault(t.machine, set()).add(t.key)
-            self.machines = {m["name"]: Machine.from_dict(m) for m in doc["machines"]}
-            self.replicas = {r["id"]: Replica(**r) for r in doc["replicas"]}
-            self.request_ids = OrderedDict((k, v) for k, v in doc["request_ids"])
+            self.jobs, self.tasks, self.tasks_by_machine = jobs, tasks, by_machine
+            self.machines, self.replicas, self.quotas = machines, replicas, quotas
+            self.events, self.next_event = events, int(doc["next_event"])
+            self.fence_term = int(doc["fence_term"])
+            self.request_ids = request_ids
             self.applied_index = int(doc["applied_index"])
             self.generation += 1
             for name in self.machines:

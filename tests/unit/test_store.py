@@ -113,7 +113,7 @@ def test_submit_must_exist_rejects_new_job() -> None:
     assert "web" not in cell.store.jobs
 
 
-def test_changed_command_bumps_version_and_resets_tasks() -> None:
+def test_changed_command_bumps_version_and_rolls_placed_tasks_gradually() -> None:
     cell = Cell()
     cell.machine("m1")
     cell.submit(spec())
@@ -121,12 +121,21 @@ def test_changed_command_bumps_version_and_resets_tasks() -> None:
     cell.update("web", 0, RUNNING)
     r = cell.submit(spec(command=["sleep", "200"]))
     assert r == {"name": "web", "version": 2, "result": "updated"}
-    for t in cell.store.job_tasks("web"):
-        assert t.state == PENDING
-        assert t.version == 2
-        assert t.machine == "" and t.incarnation == ""
+    job = cell.store.jobs["web"]
+    assert job.rollout == "rolling" and job.previous_version == 1
+    running, waiting = cell.store.job_tasks("web")
+    # The placed task keeps running its old spec until the rollout replaces it ...
+    assert running.state == RUNNING and running.version == 1
+    assert job.spec_for(1).command != job.spec.command
+    assert cell.store.desired_for("m1") == [running]
+    # ... while a task that was not placed anywhere moves to the new version at once.
+    assert waiting.state == PENDING and waiting.version == 2
+    r = cell.apply(C.ReplaceTasks(job="web", tasks=[[0, running.incarnation]], reason="updated"))
+    assert r == {"replaced": 1}
+    assert {t.version for t in cell.store.job_tasks("web")} == {2}
     assert cell.store.desired_for("m1") == []
-    assert {t.version for t in pending_tasks(cell.store)} == {2}
+    assert job.rollout == ""
+    assert [e.type for e in cell.store.events][-2:] == ["updated", "rolled"]
 
 
 def test_scale_up_adds_tasks_without_version_bump() -> None:
@@ -233,7 +242,7 @@ def test_register_machine_then_apply_plan_assigns_task() -> None:
     cell.machine("m1")
     cell.submit(spec(replicas=1))
     r = cell.place("web", 0, "m1")
-    assert r == {"placed": 1, "rejected": 0}
+    assert r == {"placed": 1, "rejected": 0, "preempted": 0}
     t = cell.store.tasks[("web", 0)]
     assert (t.state, t.machine, t.incarnation) == (ASSIGNED, "m1", "web-0-m1")
     assert cell.store.desired_for("m1") == [t]
@@ -250,7 +259,7 @@ def test_apply_plan_rejects_overcommit_within_one_plan() -> None:
         for i in range(3)
     ]
     r = cell.apply(C.ApplyPlan(placements=placements))
-    assert r == {"placed": 2, "rejected": 1}
+    assert r == {"placed": 2, "rejected": 1, "preempted": 0}
     assert states(cell, "web") == [ASSIGNED, ASSIGNED, PENDING]
     assert cell.store.used("m1").cpu <= 2.5
 
@@ -259,8 +268,8 @@ def test_apply_plan_rejects_overcommit_against_existing_tasks() -> None:
     cell = Cell()
     cell.machine("m1", cpu=8, ram=int(1.5 * GiB))
     cell.submit(spec(replicas=2))
-    assert cell.place("web", 0, "m1") == {"placed": 1, "rejected": 0}
-    assert cell.place("web", 1, "m1") == {"placed": 0, "rejected": 1}  # ram is short
+    assert cell.place("web", 0, "m1") == {"placed": 1, "rejected": 0, "preempted": 0}
+    assert cell.place("web", 1, "m1") == {"placed": 0, "rejected": 1, "preempted": 0}  # ram is short
     assert cell.store.tasks[("web", 1)].state == PENDING
 
 
@@ -271,9 +280,9 @@ def test_apply_plan_rejects_lost_and_draining_and_unknown_machines() -> None:
     cell.apply(C.MachineLost(name="lost"))
     cell.apply(C.SetMachineState(name="drain", state=MACHINE_DRAINING))
     cell.submit(spec(replicas=1))
-    assert cell.place("web", 0, "lost") == {"placed": 0, "rejected": 1}
-    assert cell.place("web", 0, "drain") == {"placed": 0, "rejected": 1}
-    assert cell.place("web", 0, "ghost") == {"placed": 0, "rejected": 1}
+    assert cell.place("web", 0, "lost") == {"placed": 0, "rejected": 1, "preempted": 0}
+    assert cell.place("web", 0, "drain") == {"placed": 0, "rejected": 1, "preempted": 0}
+    assert cell.place("web", 0, "ghost") == {"placed": 0, "rejected": 1, "preempted": 0}
     assert cell.store.tasks[("web", 0)].state == PENDING
 
 
@@ -282,8 +291,8 @@ def test_apply_plan_rejects_wrong_version() -> None:
     cell.machine("m1")
     cell.submit(spec(replicas=1))
     cell.submit(spec(replicas=1, command=["true"]))  # version 2
-    assert cell.place("web", 0, "m1", version=1) == {"placed": 0, "rejected": 1}
-    assert cell.place("web", 0, "m1", version=2) == {"placed": 1, "rejected": 0}
+    assert cell.place("web", 0, "m1", version=1) == {"placed": 0, "rejected": 1, "preempted": 0}
+    assert cell.place("web", 0, "m1", version=2) == {"placed": 1, "rejected": 0, "preempted": 0}
     assert cell.store.tasks[("web", 0)].version == 2
 
 
@@ -293,7 +302,7 @@ def test_apply_plan_rejects_already_placed_task() -> None:
     cell.machine("m2")
     cell.submit(spec(replicas=1))
     cell.place("web", 0, "m1")
-    assert cell.place("web", 0, "m2") == {"placed": 0, "rejected": 1}
+    assert cell.place("web", 0, "m2") == {"placed": 0, "rejected": 1, "preempted": 0}
     assert cell.store.tasks[("web", 0)].machine == "m1"
 
 
@@ -410,7 +419,7 @@ def test_lost_task_can_be_replaced_on_another_machine() -> None:
     cell.submit(spec(replicas=1))
     cell.place("web", 0, "m1")
     cell.apply(C.MachineLost(name="m1"))
-    assert cell.place("web", 0, "m2") == {"placed": 1, "rejected": 0}
+    assert cell.place("web", 0, "m2") == {"placed": 1, "rejected": 0, "preempted": 0}
     assert cell.store.tasks[("web", 0)].machine == "m2"
     assert cell.store.tasks_by_machine["m1"] == set()
 

@@ -1,0 +1,136 @@
+"""Leader-only controllers as pure decisions over the store: rollouts, drains, garbage.
+
+Each function reads the store (the caller holds its lock) and returns what to propose; the
+leader's loop in server.py turns that into fenced Raft commands. Level-triggered: running a
+decision twice on the same state gives the same answer, and the commands it yields are safe
+to apply late (the store re-checks incarnations and versions).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from borgmaster.model import (
+    FAILED,
+    KILLED,
+    MACHINE_DRAINING,
+    RUNNING,
+    SUCCEEDED,
+    Job,
+    Task,
+)
+from borgmaster.store import ACTIVE_STATES, Store
+
+# A new-version task that has restarted this often is crash-looping: halt the rollout.
+ROLLOUT_MAX_RESTARTS = 3
+
+
+@dataclass
+class JobActions:
+    """What the controllers want done to one job now."""
+
+    job: str
+    version: int
+    replace_update: list[list[Any]] = field(default_factory=list)  # [index, incarnation]
+    replace_drain: list[list[Any]] = field(default_factory=list)
+    rollout_status: str | None = None  # set when it should change
+
+
+def available(store: Store, job: Job, t: Task) -> bool:
+    """Running, and healthy when the task's spec has a health check."""
+    if t.state != RUNNING:
+        return False
+    spec = job.spec_for(t.version)
+    return spec.health is None or t.health == "healthy"
+
+
+def _halt_reason(job: Job, tasks: list[Task]) -> str:
+    for t in tasks:
+        if t.version != job.version:
+            continue
+        why = ""
+        if t.state == FAILED:
+            why = f"failed ({t.reason or f'exit {t.exit_code}'})"
+        elif t.restarts >= ROLLOUT_MAX_RESTARTS:
+            why = f"restarted {t.restarts} times ({t.reason or 'crash loop'})"
+        elif t.state == RUNNING and t.health == "unhealthy":
+            why = "unhealthy"
+        if why:
+            return f"halted: task {t.index} on version {job.version} {why}"
+    return ""
+
+
+def plan_job(store: Store, job: Job) -> JobActions | None:
+    """Rolling-update and drain replacements for one job, within its max_unavailable."""
+    if job.killed or job.state in (SUCCEEDED, KILLED):
+        return None
+    tasks = store.job_tasks(job.name)
+    out = JobActions(job=job.name, version=job.version)
+    max_unavailable = max(1, job.spec.update.max_unavailable)
+    unavailable = sum(1 for t in tasks if not available(store, job, t))
+    budget = max_unavailable - unavailable
+
+    draining = [
+        t
+        for t in tasks
+        if t.state in ACTIVE_STATES
+        and (m := store.machines.get(t.machine)) is not None
+        and m.state == MACHINE_DRAINING
+    ]
+    # Tasks that are already unavailable cost nothing to move; available ones spend budget.
+    for t in sorted(draining, key=lambda t: (available(store, job, t), t.index)):
+        if available(store, job, t):
+            if budget <= 0:
+                continue
+            budget -= 1
+        out.replace_drain.append([t.index, t.incarnation])
+    moving = {int(i) for i, _ in out.replace_drain}
+
+    if job.rollout.startswith("halted"):
+        pass
+    elif any(t.version != job.version for t in tasks):
+        halt = _halt_reason(job, tasks)
+        if halt:
+            out.rollout_status = halt
+        else:
+            outdated = [
+                t
+                for t in tasks
+                if t.version != job.version and t.state in ACTIVE_STATES and t.index not in moving
+            ]
+            for t in sorted(outdated, key=lambda t: (available(store, job, t), t.index)):
+                if available(store, job, t):
+                    if budget <= 0:
+                        continue
+                    budget -= 1
+                out.replace_update.append([t.index, t.incarnation])
+    if out.replace_update or out.replace_drain or out.rollout_status is not None:
+        return out
+    return None
+
+
+def plan_all(store: Store) -> list[JobActions]:
+    out = []
+    for name in sorted(store.jobs):
+        a = plan_job(store, store.jobs[name])
+        if a is not None:
+            out.append(a)
+    return out
+
+
+def gc_candidates(store: Store, now_ms: int, retention_ms: int) -> list[str]:
+    """Killed or finished jobs older than the retention, with nothing left running."""
+    out = []
+    for name, job in sorted(store.jobs.items()):
+        finished_ms = 0
+        if job.killed:
+            finished_ms = job.killed_ms
+        elif job.state in (SUCCEEDED, FAILED) and job.spec.kind == "batch":
+            finished_ms = max((t.updated_ms for t in store.job_tasks(name)), default=0)
+        if not finished_ms or now_ms - finished_ms < retention_ms:
+            continue
+        if any(t.state in ACTIVE_STATES for t in store.job_tasks(name)):
+            continue
+        out.append(name)
+    return out

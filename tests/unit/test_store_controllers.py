@@ -1,0 +1,258 @@
+"""Store features behind the controllers (quota, preemption, drain, fencing, rollback, events,
+GC, batches) and the pure controller decisions in borgmaster/controllers.py."""
+
+from __future__ import annotations
+
+import msgpack
+
+from borgmaster import commands as C
+from borgmaster import controllers
+from borgmaster.model import (
+    FAILED,
+    KILLED,
+    MACHINE_DRAINING,
+    PENDING,
+    RUNNING,
+    JobSpec,
+    Requirements,
+    UpdatePolicy,
+)
+from borgmaster.store import Store
+from tests.unit.test_store import Cell, GiB, spec
+
+
+def running_job(cell: Cell, name: str = "web", replicas: int = 2, machine: str = "m1") -> None:
+    cell.submit(spec(name=name, replicas=replicas))
+    for i in range(replicas):
+        cell.place(name, i, machine)
+        cell.update(name, i, RUNNING)
+
+
+# ----- quota -----------------------------------------------------------------------------
+
+
+def test_quota_rejects_submission_over_limit_saying_by_how_much() -> None:
+    cell = Cell()
+    cell.apply(C.SetQuota(user="alice", band="production", limit={"cpu": 4.0, "ram": 8 * GiB}))
+    ok = cell.submit(spec(name="a", replicas=2, user="alice", priority=200))
+    assert ok["result"] == "created"
+    r = cell.submit(spec(name="b", replicas=3, user="alice", priority=200))
+    assert r["error"] == "quota"
+    assert r["message"] == "quota for alice/production exceeded by cpu 1"
+    assert "b" not in cell.store.jobs
+    # Another band and the free band are not limited by it.
+    assert cell.submit(spec(name="c", replicas=3, user="alice", priority=100))["result"]
+    assert cell.submit(spec(name="d", replicas=50, user="alice", priority=10))["result"]
+
+
+def test_quota_counts_an_update_without_its_old_version() -> None:
+    cell = Cell()
+    cell.apply(C.SetQuota(user="alice", band="batch", limit={"cpu": 2.0, "ram": 4 * GiB}))
+    assert cell.submit(spec(name="a", replicas=2, user="alice"))["result"] == "created"
+    assert cell.submit(spec(name="a", replicas=2, user="alice", env={"X": "1"}))["version"] == 2
+    r = cell.submit(spec(name="a", replicas=3, user="alice"))
+    assert r["message"] == "quota for alice/batch exceeded by cpu 1"
+
+
+def test_set_quota_rejects_unknown_band() -> None:
+    cell = Cell()
+    assert cell.apply(C.SetQuota(user="a", band="gold", limit={}))["error"] == "invalid"
+
+
+# ----- preemption ------------------------------------------------------------------------
+
+
+def test_plan_preemption_evicts_victim_then_places_in_its_room() -> None:
+    cell = Cell()
+    cell.machine("m1", cpu=2.0, ram=2 * GiB)
+    running_job(cell, "low", replicas=2)
+    cell.submit(spec(name="prod", replicas=1, priority=200))
+    victim = cell.store.tasks[("low", 0)]
+    p = C.Placement(job="prod", index=0, machine="m1", incarnation="p0", version=1)
+    r = cell.apply(
+        C.ApplyPlan(
+            placements=[p.__dict__],
+            preemptions=[
+                {"job": "low", "index": 0, "incarnation": victim.incarnation, "machine": "m1"}
+            ],
+        )
+    )
+    assert r == {"placed": 1, "rejected": 0, "preempted": 1}
+    assert victim.state == PENDING and victim.reason == "preempted" and victim.machine == ""
+    assert cell.store.tasks[("prod", 0)].machine == "m1"
+    assert any(e.type == "preempted" and e.job == "low" for e in cell.store.events)
+
+
+def test_stale_preemption_is_ignored() -> None:
+    cell = Cell()
+    cell.machine("m1", cpu=2.0, ram=2 * GiB)
+    running_job(cell, "low", replicas=2)
+    r = cell.apply(
+        C.ApplyPlan(preemptions=[{"job": "low", "index": 0, "incarnation": "old", "machine": "m1"}])
+    )
+    assert r["preempted"] == 0 and cell.store.tasks[("low", 0)].state == RUNNING
+
+
+# ----- fencing ---------------------------------------------------------------------------
+
+
+def test_commands_of_a_deposed_leader_are_rejected() -> None:
+    cell = Cell()
+    cell.machine("m1")
+    cell.submit(spec(replicas=1))
+    cell.apply(C.LeaderElected(term=3))
+    p = C.Placement(job="web", index=0, machine="m1", incarnation="x", version=1)
+    r = cell.apply(C.ApplyPlan(placements=[p.__dict__], term=2))
+    assert r["error"] == "stale-leader"
+    assert cell.store.tasks[("web", 0)].state == PENDING
+    assert cell.apply(C.ApplyPlan(placements=[p.__dict__], term=3))["placed"] == 1
+    assert cell.apply(C.MachineLost(name="m1", term=1))["error"] == "stale-leader"
+
+
+# ----- drain -----------------------------------------------------------------------------
+
+
+def test_drain_marks_machine_and_controller_moves_tasks_within_max_unavailable() -> None:
+    cell = Cell()
+    cell.machine("m1")
+    cell.machine("m2")
+    running_job(cell, "web", replicas=2)
+    r = cell.apply(C.SetMachineState(name="m1", state=MACHINE_DRAINING))
+    assert r == {"ok": True, "state": MACHINE_DRAINING, "tasks_to_move": 2}
+    acts = controllers.plan_all(cell.store)
+    assert len(acts) == 1 and len(acts[0].replace_drain) == 1  # max_unavailable 1
+    cell.apply(C.ReplaceTasks(job="web", tasks=acts[0].replace_drain, reason="drained"))
+    # One task is now pending: the budget is spent until it runs again elsewhere.
+    assert controllers.plan_all(cell.store) == []
+    cell.place("web", acts[0].replace_drain[0][0], "m2")
+    cell.update("web", acts[0].replace_drain[0][0], RUNNING)
+    acts = controllers.plan_all(cell.store)
+    assert len(acts[0].replace_drain) == 1
+
+
+def test_undrain_and_invalid_states() -> None:
+    cell = Cell()
+    cell.machine("m1")
+    cell.apply(C.SetMachineState(name="m1", state=MACHINE_DRAINING))
+    assert cell.apply(C.SetMachineState(name="m1", state="up"))["state"] == "up"
+    assert cell.apply(C.SetMachineState(name="m1", state="lost"))["error"] == "invalid"
+    assert cell.apply(C.SetMachineState(name="zz", state="up"))["error"] == "not-found"
+    assert [e.type for e in cell.store.events][-2:] == ["drained", "undrained"]
+
+
+# ----- rolling updates -------------------------------------------------------------------
+
+
+def test_rollout_replaces_at_most_max_unavailable_and_halts_on_failure() -> None:
+    cell = Cell()
+    cell.machine("m1", cpu=16, ram=64 * GiB)
+    cell.submit(spec(replicas=4, update=UpdatePolicy(max_unavailable=1)))
+    for i in range(4):
+        cell.place("web", i, "m1")
+        cell.update("web", i, RUNNING)
+    cell.submit(spec(replicas=4, update=UpdatePolicy(max_unavailable=1), env={"V": "2"}))
+    acts = controllers.plan_all(cell.store)
+    assert [a.replace_update for a in acts] == [[[0, "web-0-m1"]]]
+    cell.apply(C.ReplaceTasks(job="web", tasks=acts[0].replace_update, reason="updated"))
+    assert controllers.plan_all(cell.store) == []  # waits for task 0 to run again
+    cell.apply(
+        C.ApplyPlan(
+            placements=[C.Placement("web", 0, "m1", "new0", 2).__dict__],
+        )
+    )
+    cell.update("web", 0, FAILED, exit_code=1, reason="exit: 1")
+    acts = controllers.plan_all(cell.store)
+    assert acts[0].rollout_status is not None
+    assert acts[0].rollout_status.startswith("halted: task 0 on version 2 failed")
+    cell.apply(C.SetRollout(job="web", version=2, status=acts[0].rollout_status))
+    assert controllers.plan_all(cell.store) == []
+    # Rollback returns to version 1's spec as version 3 and the rollout resumes.
+    r = cell.apply(C.Rollback(name="web"))
+    assert r["version"] == 3 and r["result"] == "rolled-back"
+    job = cell.store.jobs["web"]
+    assert job.spec.env == {} and job.rollout == "rolling"
+    assert cell.store.tasks[("web", 0)].state == PENDING  # the failed one restarts at once
+
+
+def test_rollback_without_previous_version_is_invalid() -> None:
+    cell = Cell()
+    cell.submit(spec())
+    assert cell.apply(C.Rollback(name="web"))["error"] == "invalid"
+    assert cell.apply(C.Rollback(name="nope"))["error"] == "not-found"
+
+
+def test_health_checked_tasks_count_as_unavailable_until_healthy() -> None:
+    cell = Cell()
+    cell.machine("m1", cpu=16, ram=64 * GiB)
+    hs = {"tcp": {"port": "p"}, "interval_ms": 1000}
+    s = spec(replicas=2, health=hs, requirements=Requirements(cpu=1, ram=GiB, ports=["p"]))
+    cell.submit(s)
+    for i in range(2):
+        cell.place("web", i, "m1")
+        cell.update("web", i, RUNNING, health="healthy")
+    s2 = JobSpec.from_dict({**s.to_dict(), "env": {"V": "2"}})
+    cell.submit(s2)
+    acts = controllers.plan_all(cell.store)
+    cell.apply(C.ReplaceTasks(job="web", tasks=acts[0].replace_update))
+    cell.apply(C.ApplyPlan(placements=[C.Placement("web", 0, "m1", "n0", 2).__dict__]))
+    cell.update("web", 0, RUNNING)  # running but health unknown yet
+    assert controllers.plan_all(cell.store) == []
+    cell.update("web", 0, RUNNING, health="healthy")
+    assert controllers.plan_all(cell.store)[0].replace_update == [[1, "web-1-m1"]]
+
+
+# ----- events, GC, batches, snapshots ----------------------------------------------------
+
+
+def test_events_record_the_lifecycle_in_order() -> None:
+    cell = Cell()
+    cell.machine("m1")
+    cell.submit(spec(replicas=1))
+    cell.place("web", 0, "m1")
+    cell.update("web", 0, RUNNING)
+    cell.update("web", 0, FAILED, exit_code=3)
+    cell.apply(C.KillJob(name="web"))
+    types = [e.type for e in cell.store.events]
+    assert types == ["machine-up", "submitted", "scheduled", "started", "failed", "killed"]
+    idx = [e.index for e in cell.store.events]
+    assert idx == sorted(idx) and len(set(idx)) == len(idx)
+    assert cell.store.events_since(idx[3], "web")[0].type == "started"
+
+
+def test_gc_removes_old_killed_jobs_with_nothing_running() -> None:
+    cell = Cell()
+    cell.machine("m1")
+    running_job(cell, "web", replicas=1)
+    cell.apply(C.KillJob(name="web", ts_ms=1000))
+    assert controllers.gc_candidates(cell.store, 10_000_000, 3_600_000) == []  # still stopping
+    cell.update("web", 0, KILLED)
+    assert controllers.gc_candidates(cell.store, 1000 + 3_599_999, 3_600_000) == []
+    assert controllers.gc_candidates(cell.store, 1000 + 3_600_000, 3_600_000) == ["web"]
+    assert cell.apply(C.GcJobs(names=["web"])) == {"removed": 1}
+    assert "web" not in cell.store.jobs and not cell.store.tasks
+
+
+def test_batch_applies_each_entry_with_its_own_result_and_request_id() -> None:
+    cell = Cell()
+    a = C.encode(C.SubmitJob(spec=spec(name="a").to_dict(), request_id="r1"))
+    b = C.encode(C.KillJob(name="nope"))
+    r = cell.apply(C.Batch(entries=[a, b]))
+    assert r["results"][0]["result"] == "created"
+    assert r["results"][1]["error"] == "not-found"
+    again = cell.apply(C.Batch(entries=[a]))
+    assert again["results"][0]["duplicate"] is True
+
+
+def test_snapshot_keeps_quotas_events_fence_and_history() -> None:
+    cell = Cell()
+    cell.machine("m1")
+    running_job(cell, "web", replicas=1)
+    cell.submit(spec(replicas=1, env={"V": "2"}))
+    cell.apply(C.SetQuota(user="u", band="batch", limit={"cpu": 1.0}))
+    cell.apply(C.LeaderElected(term=7))
+    other = Store()
+    other.load_snapshot(cell.store.snapshot_bytes())
+    assert other.digest() == cell.store.digest()
+    assert other.fence_term == 7 and other.jobs["web"].history[1].env == {}
+    doc = msgpack.unpackb(cell.store.snapshot_bytes(), raw=False)
+    assert doc["format"] == 2
