@@ -15,6 +15,7 @@ import time
 import click
 import psutil
 
+from borgmaster.fsm import DataDirError
 from borgmaster.logsetup import log_options, setup_logging
 from borgmaster.server import Master, MasterConfig
 
@@ -69,6 +70,10 @@ def main() -> None:
 @click.option("--tls-dir", type=click.Path(file_okay=False), default=None, hidden=True)
 @click.option("--cell", default="borgcell", show_default=True, help="The cell's name.")
 @click.option("--machine-timeout", default=30.0, show_default=True, help="Seconds until lost.")
+@click.option("--fsync", is_flag=True, help="Sync the Raft journal to disk before acknowledging.")
+@click.option(
+    "--job-retention", default=3600.0, show_default=True, help="Seconds killed jobs are kept."
+)
 @click.option("-v", "--verbose", is_flag=True, help="Same as --log-level debug.")
 @log_options
 def run(
@@ -82,6 +87,8 @@ def run(
     tls_dir: str | None,
     cell: str,
     machine_timeout: float,
+    fsync: bool,
+    job_retention: float,
     verbose: bool,
     log_level: str,
     log_format: str,
@@ -115,6 +122,8 @@ def run(
         raft_secret=secret,
         cell=cell,
         machine_timeout_s=machine_timeout,
+        fsync=fsync,
+        job_retention_s=job_retention,
     )
     serve(cfg)
 
@@ -123,7 +132,7 @@ def serve(cfg: MasterConfig) -> None:
     try:
         master = Master(cfg)
         master.start()
-    except OSError as e:
+    except (OSError, DataDirError) as e:
         click.echo(f"borgmaster: {e}", err=True)
         sys.exit(1)
     stop = threading.Event()
@@ -179,7 +188,7 @@ def dev(
     try:
         master = Master(cfg)
         master.start()
-    except OSError as e:
+    except (OSError, DataDirError) as e:
         click.echo(f"borgmaster dev: {e}", err=True)
         sys.exit(1)
     host = socket.gethostname().split(".")[0].lower() or "localhost"

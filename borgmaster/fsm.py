@@ -51,6 +51,7 @@ class BorgFSM(SyncObj):  # type: ignore[misc]
         password: str | None = None,
         tuning: RaftTuning | None = None,
         on_state_changed: Any = None,
+        fsync: bool = False,
     ) -> None:
         t = tuning or RaftTuning()
         os.makedirs(data_dir, exist_ok=True)
@@ -75,6 +76,24 @@ class BorgFSM(SyncObj):  # type: ignore[misc]
             onStateChanged=on_state_changed,
         )
         super().__init__(self_addr, peers, conf)
+        if fsync:
+            self._fsync_journal()
+
+    def _fsync_journal(self) -> None:
+        """Flush the journal (msync of PySyncObj's mmap) after every append, so an entry is on
+        disk before this replica acknowledges it: a committed write survives power loss on a
+        majority. PySyncObj itself never syncs its journal."""
+        journal = self._SyncObj__raftLog  # PySyncObj keeps it name-mangled
+        add = journal.add
+        flush = getattr(journal, "flush", None)
+        if flush is None:
+            return
+
+        def add_and_sync(command: bytes, idx: int, term: int) -> None:
+            add(command, idx, term)
+            flush()
+
+        journal.add = add_and_sync
 
     @replicated  # type: ignore[misc]
     def apply(self, entry: bytes) -> dict[str, Any]:
@@ -120,3 +139,47 @@ def fail_reason_name(code: int) -> str:
         if not name.startswith("_") and getattr(FAIL_REASON, name) == code:
             return name.lower()
     return f"code-{code}"
+
+
+ID_FILE = "borgcell.id"
+
+
+class DataDirError(Exception):
+    """A data dir that belongs to another cell or replica, or is damaged: refuse to start."""
+
+
+def check_data_dir(data_dir: str, cell: str, replica: str) -> None:
+    """Refuse to start on a data dir that is not this replica's, instead of joining silently.
+
+    The first start writes `borgcell.id`; later starts compare it. Raft files without the id
+    file, or a snapshot that is not ours, are refused too."""
+    os.makedirs(data_dir, exist_ok=True)
+    id_path = os.path.join(data_dir, ID_FILE)
+    raft_files = [n for n in os.listdir(data_dir) if n.startswith("raft.")]
+    if os.path.exists(id_path):
+        try:
+            with open(id_path, "rb") as f:
+                doc = msgpack.unpackb(f.read(), raw=False)
+            got = (doc["cell"], doc["replica"])
+        except Exception:
+            raise DataDirError(f"{id_path}: unreadable (damaged data dir)") from None
+        if got != (cell, replica):
+            raise DataDirError(
+                f"{data_dir} belongs to replica '{got[1]}' of cell '{got[0]}', "
+                f"not replica '{replica}' of cell '{cell}'"
+            )
+    elif raft_files:
+        raise DataDirError(f"{data_dir} has Raft files but no {ID_FILE}: not a borgcell data dir")
+    snap = os.path.join(data_dir, "raft.snapshot")
+    if os.path.exists(snap):
+        with open(snap, "rb") as f:
+            head = f.read(len(DUMP_MAGIC))
+        if head != DUMP_MAGIC:
+            raise DataDirError(f"{snap}: not a borgcell snapshot (damaged or foreign data dir)")
+    if not os.path.exists(id_path):
+        tmp = id_path + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(msgpack.packb({"cell": cell, "replica": replica, "format": 1}))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, id_path)

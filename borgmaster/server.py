@@ -20,12 +20,12 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from pysyncobj import SyncObjException
 
 from borgmaster import commands as C
 from borgmaster import controllers
-from borgmaster.fsm import BorgFSM, RaftTuning, fail_reason_name
+from borgmaster.fsm import BorgFSM, RaftTuning, check_data_dir, fail_reason_name
 from borgmaster.model import Replica
+from borgmaster.proposer import Proposer
 from borgmaster.scheduler import (
     BestFitScheduler,
     MachineView,
@@ -69,6 +69,7 @@ class MasterConfig:
     tuning: RaftTuning = field(default_factory=RaftTuning)
     write_timeout_s: float = 10.0
     job_retention_s: float = 3600.0
+    fsync: bool = False
 
 
 class Master:
@@ -85,6 +86,7 @@ class Master:
         self.usage: dict[tuple[str, int], Any] = {}
         self._fenced_term = 0  # the term whose LeaderElected this replica has committed
         self._threads: list[threading.Thread] = []
+        check_data_dir(cfg.data_dir, cfg.cell, cfg.id)
         self.fsm = BorgFSM(
             cfg.raft,
             cfg.peers,
@@ -93,7 +95,9 @@ class Master:
             password=cfg.raft_secret,
             tuning=cfg.tuning,
             on_state_changed=self._on_raft_state,
+            fsync=cfg.fsync,
         )
+        self.proposer = Proposer(self.fsm)
         self.grpc_server: grpc.Server | None = None
         self.http_server: Any = None
         self.metrics: Any = None
@@ -149,23 +153,23 @@ class Master:
         return st["leader"] is not None and st["last_applied"] >= st["leader_commit_idx"]
 
     def propose(self, cmd: C.Command, timeout: float | None = None) -> dict[str, Any]:
-        """Commit a command through Raft and return the state machine's result."""
+        """Commit a command through Raft (group-committed with concurrent writes) and return
+        the state machine's result."""
         if not cmd.ts_ms:
             cmd.ts_ms = now_ms()
+        fut = self.proposer.submit(C.encode(cmd))
+        return self._await(fut, timeout)
+
+    def _await(self, fut: Any, timeout: float | None) -> dict[str, Any]:
         try:
-            res = self.fsm.apply(
-                C.encode(cmd), sync=True, timeout=timeout or self.cfg.write_timeout_s
-            )
-        except SyncObjException as e:
-            reason = e.errorCode
-            if reason == "Timeout":
-                raise ProposeError("unavailable", "timed out waiting for the write to commit")
+            res, reason = fut.result(timeout or self.cfg.write_timeout_s)
+        except TimeoutError:
+            raise ProposeError("unavailable", "timed out waiting for the write to commit")
+        if reason != 0 or res is None:
             name = fail_reason_name(reason) if isinstance(reason, int) else str(reason)
             leader = self.leader_grpc()
             hint = f" (leader: {leader})" if leader else " (no leader elected)"
             raise ProposeError("unavailable", f"write not committed: {name}{hint}")
-        if res is None:
-            raise ProposeError("unavailable", "write not committed")
         if "error" in res:
             raise ProposeError(res["error"], res["message"])
         return dict(res)
@@ -196,9 +200,10 @@ class Master:
             )
         log.info("membership: %s %s", "removed" if remove else "added", raft)
 
-    def barrier(self) -> None:
-        """Linearizable read: commit a no-op so this replica has applied every prior write."""
-        self.propose(C.Noop())
+    def barrier(self, timeout: float = 5.0) -> None:
+        """Linearizable read: wait for a (shared) no-op to commit, so this replica has applied
+        every write acknowledged before the read began."""
+        self._await(self.proposer.barrier(), timeout)
 
     def role(self) -> str:
         return ROLE_NAMES.get(self.fsm.getStatus()["state"], "unknown")
@@ -293,6 +298,7 @@ class Master:
             self.grpc_server.stop(grace=0.5).wait(2)
         if self.http_server is not None:
             self.http_server.shutdown()
+        self.proposer.stop()
         self.fsm.destroy()
         log.info("master %s stopped", self.cfg.id)
 
