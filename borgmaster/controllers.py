@@ -24,6 +24,9 @@ from borgmaster.store import ACTIVE_STATES, Store
 
 # A new-version task that has restarted this often is crash-looping: halt the rollout.
 ROLLOUT_MAX_RESTARTS = 3
+# A new-version task counts as available only after running unchanged this long (like
+# Kubernetes' minReadySeconds), so a task that starts and dies at once cannot fake progress.
+MIN_READY_MS = 1000
 
 
 @dataclass
@@ -37,12 +40,18 @@ class JobActions:
     rollout_status: str | None = None  # set when it should change
 
 
-def available(store: Store, job: Job, t: Task) -> bool:
-    """Running, and healthy when the task's spec has a health check."""
+def available(store: Store, job: Job, t: Task, now_ms: int | None = None) -> bool:
+    """Running, and healthy when the task's spec has a health check. With `now_ms`, a task of
+    the job's current version must also have run unchanged for MIN_READY_MS without a
+    restart while a rollout is in progress."""
     if t.state != RUNNING:
         return False
     spec = job.spec_for(t.version)
-    return spec.health is None or t.health == "healthy"
+    if spec.health is not None and t.health != "healthy":
+        return False
+    if now_ms is not None and job.rollout == "rolling" and t.version == job.version:
+        return t.restarts == 0 and now_ms - t.updated_ms >= MIN_READY_MS
+    return True
 
 
 def _halt_reason(job: Job, tasks: list[Task]) -> str:
@@ -61,14 +70,14 @@ def _halt_reason(job: Job, tasks: list[Task]) -> str:
     return ""
 
 
-def plan_job(store: Store, job: Job) -> JobActions | None:
+def plan_job(store: Store, job: Job, now_ms: int | None = None) -> JobActions | None:
     """Rolling-update and drain replacements for one job, within its max_unavailable."""
     if job.killed or job.state in (SUCCEEDED, KILLED):
         return None
     tasks = store.job_tasks(job.name)
     out = JobActions(job=job.name, version=job.version)
     max_unavailable = max(1, job.spec.update.max_unavailable)
-    unavailable = sum(1 for t in tasks if not available(store, job, t))
+    unavailable = sum(1 for t in tasks if not available(store, job, t, now_ms))
     budget = max_unavailable - unavailable
 
     draining = [
@@ -79,8 +88,8 @@ def plan_job(store: Store, job: Job) -> JobActions | None:
         and m.state == MACHINE_DRAINING
     ]
     # Tasks that are already unavailable cost nothing to move; available ones spend budget.
-    for t in sorted(draining, key=lambda t: (available(store, job, t), t.index)):
-        if available(store, job, t):
+    for t in sorted(draining, key=lambda t: (available(store, job, t, now_ms), t.index)):
+        if available(store, job, t, now_ms):
             if budget <= 0:
                 continue
             budget -= 1
@@ -99,8 +108,8 @@ def plan_job(store: Store, job: Job) -> JobActions | None:
                 for t in tasks
                 if t.version != job.version and t.state in ACTIVE_STATES and t.index not in moving
             ]
-            for t in sorted(outdated, key=lambda t: (available(store, job, t), t.index)):
-                if available(store, job, t):
+            for t in sorted(outdated, key=lambda t: (available(store, job, t, now_ms), t.index)):
+                if available(store, job, t, now_ms):
                     if budget <= 0:
                         continue
                     budget -= 1
@@ -110,10 +119,18 @@ def plan_job(store: Store, job: Job) -> JobActions | None:
     return None
 
 
-def plan_all(store: Store) -> list[JobActions]:
+def plan_all(store: Store, now_ms: int | None = None) -> list[JobActions]:
+    """Decisions for every job that may need one: jobs mid-rollout and jobs with tasks on a
+    draining machine. Cheap when nothing is rolling or draining (no scan of all tasks)."""
+    names = {n for n, j in store.jobs.items() if j.rollout == "rolling"}
+    for m in store.machines.values():
+        if m.state == MACHINE_DRAINING:
+            for key in store.tasks_by_machine.get(m.name, ()):
+                if store.tasks[key].state in ACTIVE_STATES:
+                    names.add(key[0])
     out = []
-    for name in sorted(store.jobs):
-        a = plan_job(store, store.jobs[name])
+    for name in sorted(names):
+        a = plan_job(store, store.jobs[name], now_ms)
         if a is not None:
             out.append(a)
     return out

@@ -1,18 +1,62 @@
-"""HTTP side of a replica: /healthz, /readyz, /metrics and a small read-only web UI."""
+"""HTTP side of a replica: /healthz, /readyz, /metrics, and the cell's web UI.
+
+The UI is server-rendered HTML from this replica's local store (any replica serves it; a
+follower's view lags the leader by at most its apply delay), plus one small script
+(`ui/app.js`) that re-fetches each page's content every few seconds for a live view. No build
+step and nothing loaded from outside the master, so it works in an air-gapped cell.
+
+Pages: `/` (replicas, machines, jobs, recent events), `/jobs/NAME` (tasks, "why pending?",
+events), `/jobs/NAME/logs/INDEX` (a task's output, read from its Borglet over gRPC). JSON:
+`/api/cell` and `/api/jobs/NAME` carry the same data for scripts and the page header.
+
+The view builders (`*_view`) are pure reads of the store made under its lock; the I/O they
+need besides (other replicas' Raft status, Borglet usage, logs) lives in `UIBackend`.
+"""
 
 from __future__ import annotations
 
 import html
+import json
+import logging
+import string
 import threading
+import time
+import urllib.request
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
+import grpc
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
-from borgmaster.store import ACTIVE_STATES
+from borgmaster.model import RUNNING, band_of
+from borgmaster.store import ACTIVE_STATES, Store, needs_placement
+from proto.borg.v1 import borg_pb2 as pb
+from proto.borg.v1 import borg_pb2_grpc
 
 if TYPE_CHECKING:
     from borgmaster.server import Master
+
+log = logging.getLogger("borgmaster.http")
+
+UI_DIR = Path(__file__).parent / "ui"
+STATIC_TYPES = {
+    ".css": "text/css; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".svg": "image/svg+xml",
+}
+REFRESH_S = 2  # live refresh period of the pages
+MAX_ROWS = 500  # rows per table before "... and N more" (pages stay fast on big cells)
+MAX_USAGE_MACHINES = 64  # beyond this, "used" bars are left out rather than scrape every Borglet
+LOG_TAIL_BYTES = 65536
+HTML_TYPE = "text/html; charset=utf-8"
+TEXT_TYPE = "text/plain; charset=utf-8"
+JSON_TYPE = "application/json"
 
 
 def _split(addr: str) -> tuple[str, int]:
@@ -20,80 +64,747 @@ def _split(addr: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+# ----- views: pure reads of the store (call with store.lock held) ---------------------------
+
+
+@dataclass
+class ReplicaView:
+    id: str
+    raft: str
+    grpc: str
+    http: str
+    role: str
+    term: int = 0
+    commit_index: int = 0
+    applied_index: int = 0
+    leader: str = ""  # Raft address of the leader this replica knows
+    is_self: bool = False
+
+
+@dataclass
+class MachineRow:
+    name: str
+    state: str
+    address: str
+    http: str
+    capacity: dict[str, float]
+    allocated: dict[str, float]
+    used: dict[str, float] = field(default_factory=dict)  # from the Borglet; empty: unknown
+    attrs: dict[str, str] = field(default_factory=dict)
+    taints: list[str] = field(default_factory=list)
+    tasks: int = 0
+
+
+@dataclass
+class JobRow:
+    name: str
+    user: str
+    priority: int
+    band: str
+    kind: str
+    state: str
+    running: int
+    replicas: int
+    pending: int
+    version: int
+    why_pending: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TaskRow:
+    index: int
+    state: str
+    machine: str
+    version: int
+    restarts: int
+    exit_code: int | None
+    reason: str
+    incarnation: str
+    updated_ms: int
+    waiting: bool  # needs a machine (pending, or lost and to be replaced)
+
+
+@dataclass
+class EventRow:
+    index: int
+    ts_ms: int
+    type: str
+    job: str
+    task_index: int
+    machine: str
+    message: str
+
+
+@dataclass
+class JobDetail:
+    job: JobRow
+    command: list[str]
+    requirements: dict[str, Any]
+    restart: dict[str, Any]
+    tasks: list[TaskRow]
+    events: list[EventRow]
+    # "why pending?": each distinct reason with how many waiting tasks give it.
+    why_pending: list[tuple[str, int]]
+
+
+def _res(r: Any) -> dict[str, float]:
+    return {k: float(getattr(r, k)) for k in ("cpu", "ram", "disk", "gpu")}
+
+
+def job_row(store: Store, name: str) -> JobRow:
+    j = store.jobs[name]
+    tasks = store.job_tasks(name)
+    waiting = [t for t in tasks if needs_placement(t, j)]
+    return JobRow(
+        name=name,
+        user=j.spec.user,
+        priority=j.spec.priority,
+        band=band_of(j.spec.priority),
+        kind=j.spec.kind,
+        state=j.state,
+        running=sum(1 for t in tasks if t.state == RUNNING),
+        replicas=j.spec.replicas,
+        pending=len(waiting),
+        version=j.version,
+        why_pending=sorted({t.reason for t in waiting if t.reason}),
+    )
+
+
+def job_rows(store: Store) -> list[JobRow]:
+    return [job_row(store, name) for name in sorted(store.jobs)]
+
+
+def machine_rows(store: Store) -> list[MachineRow]:
+    out = []
+    for name in sorted(store.machines):
+        m = store.machines[name]
+        n = sum(
+            1
+            for k in store.tasks_by_machine.get(name, ())
+            if k in store.tasks and store.tasks[k].state in ACTIVE_STATES
+        )
+        out.append(
+            MachineRow(
+                name=name,
+                state=m.state,
+                address=m.address,
+                http=m.http,
+                capacity=_res(m.capacity),
+                allocated=_res(store.used(name)),
+                attrs=dict(sorted(m.attrs.items())),
+                taints=[
+                    f"{t.get('key', '')}={t.get('value', '')}:{t.get('effect', '')}"
+                    for t in m.taints
+                ],
+                tasks=n,
+            )
+        )
+    return out
+
+
+def event_rows(store: Store, job: str = "", limit: int = 50) -> list[EventRow]:
+    """The newest `limit` events (of `job` when given), newest first."""
+    out: list[EventRow] = []
+    events: Iterable[Any] = getattr(store, "events", [])
+    for e in reversed(list(events)):
+        if job and getattr(e, "job", "") != job:
+            continue
+        out.append(
+            EventRow(
+                index=int(getattr(e, "index", 0)),
+                ts_ms=int(getattr(e, "ts_ms", 0)),
+                type=str(getattr(e, "type", "")),
+                job=str(getattr(e, "job", "")),
+                task_index=int(getattr(e, "task_index", -1)),
+                machine=str(getattr(e, "machine", "")),
+                message=str(getattr(e, "message", "")),
+            )
+        )
+        if len(out) >= limit:
+            break
+    return out
+
+
+def job_detail(store: Store, name: str) -> JobDetail | None:
+    j = store.jobs.get(name)
+    if j is None:
+        return None
+    row = job_row(store, name)
+    tasks = []
+    why: dict[str, int] = {}
+    for t in store.job_tasks(name):
+        waiting = needs_placement(t, j)
+        if waiting:
+            reason = t.reason or "waiting for the next scheduler pass"
+            why[reason] = why.get(reason, 0) + 1
+        tasks.append(
+            TaskRow(
+                index=t.index,
+                state=t.state,
+                machine=t.machine,
+                version=t.version,
+                restarts=t.restarts,
+                exit_code=t.exit_code,
+                reason=t.reason,
+                incarnation=t.incarnation,
+                updated_ms=t.updated_ms,
+                waiting=waiting,
+            )
+        )
+    spec = j.spec
+    return JobDetail(
+        job=row,
+        command=list(spec.command),
+        requirements=asdict(spec.requirements),
+        restart=asdict(spec.restart),
+        tasks=tasks,
+        events=event_rows(store, name),
+        why_pending=sorted(why.items(), key=lambda kv: (-kv[1], kv[0])),
+    )
+
+
+# ----- I/O the pages need besides the store -------------------------------------------------
+
+
+class UIBackend:
+    """Other replicas' Raft status, Borglet usage and task logs, with short caches so that
+    many open browser tabs cost the cell little."""
+
+    def __init__(self, master: Master) -> None:
+        self.m = master
+        self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ui")
+        self._lock = threading.Lock()
+        self._replicas: tuple[float, list[ReplicaView]] | None = None
+        # machine -> (monotonic time, cpu seconds total, usage)
+        self._usage: dict[str, tuple[float, float | None, dict[str, float]]] = {}
+
+    def me(self) -> ReplicaView:
+        i = self.m.replica_info()
+        return ReplicaView(
+            id=i.id,
+            raft=i.raft,
+            grpc=i.grpc,
+            http=i.http,
+            role=i.role,
+            term=i.term,
+            commit_index=i.commit_index,
+            applied_index=i.applied_index,
+            leader=i.leader,
+            is_self=True,
+        )
+
+    def leader_id(self, leader_raft: str) -> str:
+        with self.m.store.lock:
+            for r in self.m.store.replicas.values():
+                if r.raft == leader_raft:
+                    return r.id
+        return leader_raft
+
+    def replicas(self) -> list[ReplicaView]:
+        """Every replica of the cell, this one from its own Raft status, the others asked."""
+        with self._lock:
+            if self._replicas and time.monotonic() - self._replicas[0] < 1.0:
+                return self._replicas[1]
+        me = self.me()
+        with self.m.store.lock:
+            known = {r.raft: r for r in self.m.store.replicas.values()}
+        rafts = sorted({self.m.cfg.raft, *self.m.cfg.peers, *known})
+
+        def ask(raft: str) -> ReplicaView:
+            if raft == me.raft:
+                return me
+            r = known.get(raft)
+            if r is None or not r.grpc:
+                return ReplicaView(id="?", raft=raft, grpc="", http="", role="unknown")
+            try:
+                with grpc.insecure_channel(r.grpc) as ch:
+                    i = borg_pb2_grpc.BorgmasterStub(ch).ReplicaStatus(
+                        pb.ReplicaStatusRequest(), timeout=0.7
+                    )
+                return ReplicaView(
+                    id=i.id or r.id,
+                    raft=i.raft or raft,
+                    grpc=i.grpc or r.grpc,
+                    http=i.http or r.http,
+                    role=i.role,
+                    term=i.term,
+                    commit_index=i.commit_index,
+                    applied_index=i.applied_index,
+                    leader=i.leader,
+                )
+            except grpc.RpcError:
+                return ReplicaView(id=r.id, raft=raft, grpc=r.grpc, http=r.http, role="unreachable")
+
+        out = sorted(self.pool.map(ask, rafts), key=lambda v: (v.id, v.raft))
+        with self._lock:
+            self._replicas = (time.monotonic(), out)
+        return out
+
+    def fill_usage(self, machines: list[MachineRow]) -> None:
+        """Set each up machine's `used` from its Borglet's /metrics (cached ~1.5 s)."""
+        todo = [m for m in machines if m.http and m.state != "lost"]
+        if len(todo) > MAX_USAGE_MACHINES:
+            return
+        now = time.monotonic()
+        stale = []
+        with self._lock:
+            for m in todo:
+                c = self._usage.get(m.name)
+                if c is not None and now - c[0] < 1.5:
+                    m.used = dict(c[2])
+                else:
+                    stale.append(m)
+        for m, res in zip(stale, self.pool.map(self._scrape, stale), strict=True):
+            if res is not None:
+                m.used = res
+
+    def _scrape(self, m: MachineRow) -> dict[str, float] | None:
+        try:
+            with urllib.request.urlopen(f"http://{m.http}/metrics", timeout=0.7) as r:
+                text = r.read().decode()
+        except (OSError, ValueError):
+            return None
+        now = time.monotonic()
+        used: dict[str, float] = {}
+        cpu_total: float | None = None
+        mem = 0.0
+        for fam in text_string_to_metric_families(text):
+            for s in fam.samples:
+                if s.name == "borg_machine_used" and "resource" in s.labels:
+                    used[s.labels["resource"]] = float(s.value)
+                elif s.name == "borg_task_memory_bytes":
+                    mem += float(s.value)
+                elif s.name == "borg_task_cpu_seconds_total":
+                    cpu_total = (cpu_total or 0.0) + float(s.value)
+        if "ram" not in used:
+            used["ram"] = mem
+        with self._lock:
+            prev = self._usage.get(m.name)
+            if "cpu" not in used and cpu_total is not None and prev is not None:
+                dt = now - prev[0]
+                if prev[1] is not None and dt > 0 and cpu_total >= prev[1]:
+                    used["cpu"] = (cpu_total - prev[1]) / dt
+            self._usage[m.name] = (now, cpu_total, used)
+        return used
+
+    def read_logs(self, address: str, job: str, index: int, stderr: bool) -> bytes:
+        """The last LOG_TAIL_BYTES of a task's stdout/stderr, from its Borglet."""
+        with grpc.insecure_channel(address) as ch:
+            stream = borg_pb2_grpc.BorgletStub(ch).ReadLogs(
+                pb.ReadLogsRequest(
+                    job=job, index=index, stderr=stderr, follow=False, tail_bytes=LOG_TAIL_BYTES
+                ),
+                timeout=3.0,
+            )
+            return b"".join(c.data for c in stream)[-LOG_TAIL_BYTES:]
+
+
+# ----- rendering ---------------------------------------------------------------------------
+
+e = html.escape
+
+
+def _layout() -> string.Template:
+    return string.Template((UI_DIR / "layout.html").read_text())
+
+
+LAYOUT = _layout()
+
+
+def page(title: str, crumbs: str, main: str, me: ReplicaView, leader_id: str) -> str:
+    replica = f"replica {me.id} ({me.role}, term {me.term}) · leader {leader_id or 'none'}"
+    return LAYOUT.substitute(
+        title=e(title),
+        crumbs=crumbs,
+        main=main,
+        replica=e(replica),
+        replica_id=e(me.id),
+        refresh=REFRESH_S,
+    )
+
+
+def _state(s: str) -> str:
+    return f"<span class='state {e(s)}'>{e(s)}</span>"
+
+
+def _ms(ts_ms: int) -> str:
+    if not ts_ms:
+        return ""
+    return time.strftime("%H:%M:%S", time.localtime(ts_ms / 1000))
+
+
+def _fmt(resource: str, v: float) -> str:
+    if resource in ("ram", "disk"):
+        for unit, size in (("Ti", 2**40), ("Gi", 2**30), ("Mi", 2**20), ("Ki", 2**10)):
+            if abs(v) >= size:
+                return f"{v / size:.1f} {unit}"
+        return f"{v:.0f} B"
+    if resource == "cpu":
+        return f"{v:.2f} cores"
+    return f"{v:.0f}"
+
+
+def _bar(resource: str, m: MachineRow) -> str:
+    cap = m.capacity.get(resource, 0.0)
+    alloc = m.allocated.get(resource, 0.0)
+    used = m.used.get(resource)
+
+    def pct(v: float) -> float:
+        return 0.0 if cap <= 0 else max(0.0, min(100.0, 100.0 * v / cap))
+
+    inner = f"<span class='alloc' style='width:{pct(alloc):.1f}%'></span>"
+    label = f"{_fmt(resource, alloc)} / {_fmt(resource, cap)} allocated"
+    if used is not None:
+        inner += f"<span class='used' style='width:{pct(used):.1f}%'></span>"
+        label += f", {_fmt(resource, used)} used"
+    return (
+        f"<span class='bar' data-resource='{resource}' title='{e(label)}'>{inner}</span>"
+        f"<span class='barlabel'>{e(label)}</span>"
+    )
+
+
+def _more(n: int) -> str:
+    return f"<p class='muted'>… and {n - MAX_ROWS} more</p>" if n > MAX_ROWS else ""
+
+
+def render_replicas(reps: list[ReplicaView], leader_raft: str) -> str:
+    rows = []
+    for r in reps:
+        ui = f"<a href='http://{e(r.http)}/'>{e(r.http)}</a>" if r.http else ""
+        me = " <span class='muted'>(this replica)</span>" if r.is_self else ""
+        lead = "★" if r.raft == leader_raft and leader_raft else ""
+        rows.append(
+            f"<tr data-replica='{e(r.id)}'><td>{e(r.id)}{me}</td><td>{_state(r.role)}</td>"
+            f"<td class='num'>{r.term}</td><td class='num'>{r.commit_index}</td>"
+            f"<td class='num'>{r.applied_index}</td><td>{e(r.raft)}</td><td>{e(r.grpc)}</td>"
+            f"<td>{ui}</td><td>{lead}</td></tr>"
+        )
+    return (
+        "<table id='replicas'><tr><th>replica</th><th>role</th><th class='num'>term</th>"
+        "<th class='num'>commit</th><th class='num'>applied</th><th>raft</th><th>grpc</th>"
+        f"<th>ui</th><th>leader</th></tr>{''.join(rows)}</table>"
+    )
+
+
+def render_machines(ms: list[MachineRow]) -> str:
+    rows = []
+    for m in ms[:MAX_ROWS]:
+        attrs = " ".join(f"<code>{e(k)}={e(v)}</code>" for k, v in m.attrs.items())
+        taints = " ".join(f"<code>{e(t)}</code>" for t in m.taints)
+        rows.append(
+            f"<tr data-machine='{e(m.name)}'><td>{e(m.name)}</td><td>{_state(m.state)}</td>"
+            f"<td>{_bar('cpu', m)}</td><td>{_bar('ram', m)}</td>"
+            f"<td class='num'>{m.tasks}</td><td class='attrs'>{attrs} {taints}</td></tr>"
+        )
+    legend = (
+        "<p class='legend muted'>bars:<i style='background:var(--alloc)'></i>allocated"
+        "<i style='background:var(--used)'></i>used (reported by the Borglet)</p>"
+    )
+    return (
+        f"{legend}<table id='machines'><tr><th>machine</th><th>state</th><th>cpu</th>"
+        f"<th>ram</th><th class='num'>tasks</th><th>attributes / taints</th></tr>"
+        f"{''.join(rows)}</table>{_more(len(ms))}"
+    )
+
+
+def render_jobs(js: list[JobRow]) -> str:
+    rows = []
+    for j in js[:MAX_ROWS]:
+        why = "; ".join(j.why_pending)
+        rows.append(
+            f"<tr data-job='{e(j.name)}'><td><a href='/jobs/{quote(j.name)}'>{e(j.name)}</a></td>"
+            f"<td>{_state(j.state)}</td><td class='num running'>{j.running}/{j.replicas}</td>"
+            f"<td class='num'>{j.priority}</td><td>{e(j.band)}</td><td>{e(j.kind)}</td>"
+            f"<td>{e(j.user)}</td><td class='num'>{j.version}</td>"
+            f"<td class='why'>{e(why)}</td></tr>"
+        )
+    if not rows:
+        return (
+            "<p class='muted' id='jobs'>No jobs yet: submit one with <code>borgcfg up</code>.</p>"
+        )
+    return (
+        "<table id='jobs'><tr><th>job</th><th>state</th><th class='num'>running</th>"
+        "<th class='num'>priority</th><th>band</th><th>kind</th><th>user</th>"
+        f"<th class='num'>version</th><th>why pending?</th></tr>{''.join(rows)}</table>"
+        f"{_more(len(js))}"
+    )
+
+
+def render_events(evs: list[EventRow], with_job: bool = True) -> str:
+    if not evs:
+        return "<p class='muted'>No events recorded.</p>"
+    rows = []
+    for ev in evs:
+        task = f"{ev.job}/{ev.task_index}" if ev.task_index >= 0 else ev.job
+        where = f"<a href='/jobs/{quote(ev.job)}'>{e(task)}</a>" if with_job and ev.job else e(task)
+        rows.append(
+            f"<tr><td>{_ms(ev.ts_ms)}</td><td>{e(ev.type)}</td><td>{where}</td>"
+            f"<td>{e(ev.machine)}</td><td>{e(ev.message)}</td></tr>"
+        )
+    return (
+        "<table class='events'><tr><th>time</th><th>event</th><th>task</th><th>machine</th>"
+        f"<th>detail</th></tr>{''.join(rows)}</table>"
+    )
+
+
+def render_overview(
+    reps: list[ReplicaView],
+    me: ReplicaView,
+    machines: list[MachineRow],
+    jobs: list[JobRow],
+    events: list[EventRow],
+) -> str:
+    leader = next((r.id for r in reps if r.role == "leader"), "none")
+    up = sum(1 for m in machines if m.state == "up")
+    cap = {r: sum(m.capacity[r] for m in machines if m.state != "lost") for r in ("cpu", "ram")}
+    alloc = {r: sum(m.allocated[r] for m in machines) for r in ("cpu", "ram")}
+    running = sum(j.running for j in jobs)
+    pending = sum(j.pending for j in jobs)
+    cards = [
+        (leader, f"leader of {len(reps)} replicas"),
+        (f"{up}/{len(machines)}", "machines up"),
+        (f"{sum(1 for j in jobs if j.state == 'running')}/{len(jobs)}", "jobs running"),
+        (str(running), "tasks running"),
+        (str(pending), "tasks pending"),
+        (f"{alloc['cpu']:.1f}/{cap['cpu']:.1f}", "cpu cores allocated"),
+        (f"{_fmt('ram', alloc['ram'])}/{_fmt('ram', cap['ram'])}", "ram allocated"),
+    ]
+    card_html = "".join(
+        f"<div class='card'><b>{e(v)}</b><span>{e(k)}</span></div>" for v, k in cards
+    )
+    return (
+        f"<h1>Cell</h1><section class='cards'>{card_html}</section>"
+        f"<h2>Replicas</h2>{render_replicas(reps, me.leader)}"
+        f"<h2>Machines</h2>{render_machines(machines)}"
+        f"<h2>Jobs</h2>{render_jobs(jobs)}"
+        f"<h2>Recent events</h2>{render_events(events[:20])}"
+    )
+
+
+def render_job(d: JobDetail) -> str:
+    j = d.job
+    req = d.requirements
+    spec = (
+        f"<dl class='spec'><dt>state</dt><dd>{_state(j.state)}</dd>"
+        f"<dt>running</dt><dd id='running'>{j.running}/{j.replicas}</dd>"
+        f"<dt>user</dt><dd>{e(j.user)}</dd>"
+        f"<dt>priority</dt><dd>{j.priority} ({e(j.band)})</dd><dt>kind</dt><dd>{e(j.kind)}</dd>"
+        f"<dt>version</dt><dd>{j.version}</dd>"
+        f"<dt>command</dt><dd><code>{e(json.dumps(d.command))}</code></dd>"
+        f"<dt>requirements</dt><dd>cpu {req.get('cpu')} · ram {_fmt('ram', req.get('ram', 0))}"
+        f" · disk {_fmt('disk', req.get('disk', 0))} · gpu {req.get('gpu')}</dd>"
+        f"<dt>restart</dt><dd>{e(str(d.restart.get('policy', '')))}, "
+        f"max {d.restart.get('max_restarts')}</dd></dl>"
+    )
+    if d.why_pending:
+        items = "".join(
+            f"<li><b>{n}</b> task{'s' if n > 1 else ''}: {e(r)}</li>" for r, n in d.why_pending
+        )
+        why = f"<div class='panel' id='why'><ul>{items}</ul></div>"
+    else:
+        why = "<div class='panel ok' id='why'>Every task has a machine.</div>"
+    rows = []
+    base = f"/jobs/{quote(j.name)}"
+    for t in d.tasks[: MAX_ROWS * 2]:
+        logs = ""
+        if t.machine:
+            logs = (
+                f"<a href='{base}/logs/{t.index}'>stdout</a> · "
+                f"<a href='{base}/logs/{t.index}?stderr=1'>stderr</a>"
+            )
+        ec = "" if t.exit_code is None else str(t.exit_code)
+        reason = f"<span class='why'>{e(t.reason)}</span>" if t.waiting else e(t.reason)
+        rows.append(
+            f"<tr data-task='{t.index}'><td class='num'>{t.index}</td><td>{_state(t.state)}</td>"
+            f"<td>{e(t.machine)}</td><td class='num'>{t.version}</td>"
+            f"<td class='num'>{t.restarts}</td><td class='num'>{ec}</td><td>{reason}</td>"
+            f"<td>{_ms(t.updated_ms)}</td><td>{logs}</td></tr>"
+        )
+    tasks = (
+        "<table id='tasks'><tr><th class='num'>task</th><th>state</th><th>machine</th>"
+        "<th class='num'>version</th><th class='num'>restarts</th><th class='num'>exit</th>"
+        f"<th>reason</th><th>updated</th><th>logs</th></tr>{''.join(rows)}</table>"
+    )
+    return (
+        f"<h1>Job {e(j.name)}</h1>{spec}<h2>Why pending?</h2>{why}<h2>Tasks</h2>{tasks}"
+        f"<h2>Recent events</h2>{render_events(d.events, with_job=False)}"
+    )
+
+
+def render_logs(job: str, index: int, stderr: bool, machine: str, text: str, err: str) -> str:
+    stream = "stderr" if stderr else "stdout"
+    other = "" if stderr else "?stderr=1"
+    other_name = "stdout" if stderr else "stderr"
+    base = f"/jobs/{quote(job)}/logs/{index}"
+    body = (
+        f"<p class='error'>{e(err)}</p>"
+        if err
+        else f"<pre class='log' id='log'>{e(text) or '(empty)'}</pre>"
+    )
+    return (
+        f"<h1>{e(job)}/{index} {stream}</h1>"
+        f"<p>on <b>{e(machine or 'no machine')}</b> · last {LOG_TAIL_BYTES // 1024} KiB · "
+        f"<a href='{base}{other}'>{other_name}</a> · <a href='{base}{'?stderr=1' if stderr else ''}"
+        f"{'&' if stderr else '?'}raw=1'>raw</a></p>{body}"
+    )
+
+
+# ----- the server --------------------------------------------------------------------------
+
+
+@dataclass
+class Response:
+    code: int
+    body: bytes
+    ctype: str = TEXT_TYPE
+
+
+class UI:
+    """Routes of the HTTP port; each returns a Response (no exceptions escape)."""
+
+    def __init__(self, master: Master) -> None:
+        self.m = master
+        self.io = UIBackend(master)
+
+    def handle(self, raw_path: str) -> Response:
+        u = urlsplit(raw_path)
+        path = unquote(u.path)
+        q = {k: v[-1] for k, v in parse_qs(u.query).items()}
+        m = self.m
+        if path == "/healthz":
+            return Response(200, b"ok\n")
+        if path == "/readyz":
+            if m.ready():
+                return Response(200, b"ready\n")
+            return Response(503, b"not ready: no leader known or log not applied\n")
+        if path == "/metrics":
+            return Response(200, generate_latest(m.metrics.registry), CONTENT_TYPE_LATEST)
+        if path == "/favicon.ico":
+            return self.static("favicon.svg")
+        if path.startswith("/ui/"):
+            return self.static(path[len("/ui/") :])
+        if path == "/api/cell":
+            return self.api_cell(q.get("replica_only") == "1")
+        if path.startswith("/api/jobs/"):
+            return self.api_job(path[len("/api/jobs/") :])
+        partial = q.get("partial") == "1"
+        if path in ("/", "/index.html"):
+            return self.overview(partial)
+        parts = path.strip("/").split("/")
+        if len(parts) == 2 and parts[0] == "jobs":
+            return self.job(parts[1], partial)
+        if len(parts) == 4 and parts[0] == "jobs" and parts[2] == "logs" and parts[3].isdigit():
+            stderr = q.get("stderr") == "1"
+            return self.logs(parts[1], int(parts[3]), stderr, q.get("raw") == "1", partial)
+        return Response(404, b"not found\n")
+
+    def static(self, name: str) -> Response:
+        p = UI_DIR / name
+        ctype = STATIC_TYPES.get(p.suffix)
+        if "/" in name or ctype is None or not p.is_file():
+            return Response(404, b"not found\n")
+        return Response(200, p.read_bytes(), ctype)
+
+    def _page(self, title: str, crumbs: str, main: str, partial: bool) -> Response:
+        if partial:
+            return Response(200, main.encode(), HTML_TYPE)
+        me = self.io.me()
+        body = page(title, crumbs, main, me, self.io.leader_id(me.leader) if me.leader else "")
+        return Response(200, body.encode(), HTML_TYPE)
+
+    def overview(self, partial: bool) -> Response:
+        store = self.m.store
+        with store.lock:
+            machines = machine_rows(store)
+            jobs = job_rows(store)
+            events = event_rows(store, limit=20)
+        self.io.fill_usage(machines)
+        reps = self.io.replicas()
+        main = render_overview(reps, self.io.me(), machines, jobs, events)
+        return self._page("cell", "", main, partial)
+
+    def job(self, name: str, partial: bool) -> Response:
+        with self.m.store.lock:
+            d = job_detail(self.m.store, name)
+        if d is None:
+            return Response(404, f"no job named {name!r}\n".encode())
+        crumbs = f"/ <a href='/jobs/{quote(name)}'>{e(name)}</a>"
+        return self._page(f"job {name}", crumbs, render_job(d), partial)
+
+    def logs(self, name: str, index: int, stderr: bool, raw: bool, partial: bool) -> Response:
+        store = self.m.store
+        with store.lock:
+            t = store.tasks.get((name, index))
+            machine = t.machine if t is not None else ""
+            mach = store.machines.get(machine) if machine else None
+            address = mach.address if mach is not None else ""
+        if t is None:
+            return Response(404, f"no task {name}/{index}\n".encode())
+        text, err = "", ""
+        if not address:
+            err = f"task {name}/{index} has no machine (state {t.state}): no logs to read"
+        else:
+            try:
+                text = self.io.read_logs(address, name, index, stderr).decode(errors="replace")
+            except grpc.RpcError as ex:
+                err = f"cannot read logs from {machine}: {ex.details() or ex.code().name}"
+        if raw:
+            return Response(200 if not err else 502, (err or text).encode())
+        crumbs = (
+            f"/ <a href='/jobs/{quote(name)}'>{e(name)}</a> / {index} / "
+            f"{'stderr' if stderr else 'stdout'}"
+        )
+        main = render_logs(name, index, stderr, machine, text, err)
+        return self._page(f"{name}/{index} logs", crumbs, main, partial)
+
+    def api_cell(self, replica_only: bool) -> Response:
+        me = self.io.me()
+        doc: dict[str, Any] = {
+            "replica": asdict(me),
+            "leader": me.leader,
+            "leader_id": self.io.leader_id(me.leader) if me.leader else "",
+        }
+        if not replica_only:
+            with self.m.store.lock:
+                machines = machine_rows(self.m.store)
+                jobs = job_rows(self.m.store)
+            self.io.fill_usage(machines)
+            doc["replicas"] = [asdict(r) for r in self.io.replicas()]
+            doc["machines"] = [asdict(m) for m in machines]
+            doc["jobs"] = [asdict(j) for j in jobs]
+        return Response(200, json.dumps(doc).encode(), JSON_TYPE)
+
+    def api_job(self, name: str) -> Response:
+        with self.m.store.lock:
+            d = job_detail(self.m.store, name)
+        if d is None:
+            return Response(
+                404, json.dumps({"error": f"no job named {name!r}"}).encode(), JSON_TYPE
+            )
+        return Response(200, json.dumps(asdict(d)).encode(), JSON_TYPE)
+
+
 def start_http(master: Master) -> ThreadingHTTPServer:
+    ui = UI(master)
+
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, format: str, *args: object) -> None:  # quiet access log
             return
 
-        def _send(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8") -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
         def do_GET(self) -> None:
-            path = self.path.split("?", 1)[0]
-            if path == "/healthz":
-                self._send(200, b"ok\n")
-            elif path == "/readyz":
-                if master.ready():
-                    self._send(200, b"ready\n")
-                else:
-                    self._send(503, b"not ready: no leader known or log not applied\n")
-            elif path == "/metrics":
-                self._send(200, generate_latest(master.metrics.registry), CONTENT_TYPE_LATEST)
-            elif path == "/":
-                self._send(200, render_ui(master).encode(), "text/html; charset=utf-8")
-            else:
-                self._send(404, b"not found\n")
+            try:
+                r = ui.handle(self.path)
+            except Exception as ex:  # one bad page must not take the port down
+                log.exception("GET %s failed", self.path)
+                r = Response(500, f"internal error: {type(ex).__name__}: {ex}\n".encode())
+            self.send_response(r.code)
+            self.send_header("Content-Type", r.ctype)
+            self.send_header("Content-Length", str(len(r.body)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(r.body)
 
     server = ThreadingHTTPServer(_split(master.cfg.http), Handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
     return server
-
-
-def render_ui(master: Master) -> str:
-    """The cell at a glance: jobs with their task counts and pending reasons, and machines."""
-    e = html.escape
-    store = master.store
-    rows_j = []
-    rows_m = []
-    with store.lock:
-        for name in sorted(store.jobs):
-            j = store.jobs[name]
-            tasks = store.job_tasks(name)
-            running = sum(1 for t in tasks if t.state == "running")
-            why = sorted({t.reason for t in tasks if t.state == "pending" and t.reason})
-            rows_j.append(
-                f"<tr><td>{e(name)}</td><td>{e(j.spec.user)}</td><td>{j.spec.priority}</td>"
-                f"<td class='{e(j.state)}'>{e(j.state)}</td><td>{running}/{j.spec.replicas}</td>"
-                f"<td>{j.version}</td><td>{e('; '.join(why))}</td></tr>"
-            )
-        for name in sorted(store.machines):
-            m = store.machines[name]
-            u = store.used(name)
-            n = sum(
-                1
-                for k in store.tasks_by_machine.get(name, ())
-                if store.tasks[k].state in ACTIVE_STATES
-            )
-            rows_m.append(
-                f"<tr><td>{e(name)}</td><td class='{e(m.state)}'>{e(m.state)}</td>"
-                f"<td>{u.cpu:.2f}/{m.capacity.cpu:.2f}</td>"
-                f"<td>{u.ram // 2**20}/{m.capacity.ram // 2**20} MiB</td><td>{n}</td></tr>"
-            )
-    info = master.replica_info()
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>borgcell</title>
-<meta http-equiv="refresh" content="5">
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px 8px}}.running,.up{{color:green}}
-.pending,.draining{{color:#b80}}.failed,.lost{{color:red}}.killed{{color:#888}}</style></head>
-<body><h1>borgcell</h1>
-<p>replica <b>{e(info.id)}</b> ({e(info.role)}, term {info.term}, applied {info.applied_index}),
-leader {e(info.leader or "none")}</p>
-<h2>Jobs</h2><table><tr><th>name</th><th>user</th><th>priority</th><th>state</th>
-<th>running</th><th>version</th><th>why pending</th></tr>{"".join(rows_j)}</table>
-<h2>Machines</h2><table><tr><th>name</th><th>state</th><th>cpu</th><th>ram</th><th>tasks</th>
-</tr>{"".join(rows_m)}</table></body></html>"""

@@ -24,6 +24,7 @@ from grpc_reflection.v1alpha import reflection
 from borgmaster import commands as C
 from borgmaster import controllers
 from borgmaster.fsm import BorgFSM, RaftTuning, check_data_dir, fail_reason_name
+from borgmaster.metrics import placement_latencies, waiting_since_ms
 from borgmaster.model import Replica
 from borgmaster.proposer import Proposer
 from borgmaster.scheduler import (
@@ -34,12 +35,14 @@ from borgmaster.scheduler import (
     Snapshot,
     TaskRequest,
 )
-from borgmaster.store import ACTIVE_STATES, Store, pending_tasks
+from borgmaster.store import ACTIVE_STATES, Store
 from proto.borg.v1 import borg_pb2, borg_pb2_grpc
 
 log = logging.getLogger("borgmaster")
 
 ROLE_NAMES = {0: "follower", 1: "candidate", 2: "leader"}
+# Leader loops wait this long after a change before a pass, so bursts share one pass.
+LOOP_MIN_INTERVAL_S = 0.005
 
 
 class ProposeError(Exception):
@@ -85,6 +88,8 @@ class Master:
         # Last usage report per task from its Borglet (leader memory; not replicated).
         self.usage: dict[tuple[str, int], Any] = {}
         self._fenced_term = 0  # the term whose LeaderElected this replica has committed
+        self._sched_capacity = -1  # store.capacity_generation at the last scheduler pass
+        self._sched_tried: set[tuple[str, int]] = set()  # pending tasks that found no machine
         self._threads: list[threading.Thread] = []
         check_data_dir(cfg.data_dir, cfg.cell, cfg.id)
         self.fsm = BorgFSM(
@@ -326,12 +331,14 @@ class Master:
             gen = self.store.wait_changed(seen, timeout=1.0)
             if not self.is_leader() or gen == seen:
                 continue
+            self._stop.wait(LOOP_MIN_INTERVAL_S)  # let a burst of writes land in one pass
+            gen = self.store.generation
             term = self.fenced_term()
             if not term:
                 continue
             seen = gen
             try:
-                self.schedule_once(term)
+                self.schedule_once(term, retry_all=False)
             except ProposeError as e:
                 log.warning("plan not committed: %s", e.message)
 
@@ -343,12 +350,14 @@ class Master:
             gen = self.store.wait_changed(seen, timeout=1.0)
             if not self.is_leader():
                 continue
+            self._stop.wait(LOOP_MIN_INTERVAL_S)
+            gen = self.store.generation
             term = self.fenced_term()
             if not term:
                 continue
             seen = gen
             with self.store.lock:
-                actions = controllers.plan_all(self.store)
+                actions = controllers.plan_all(self.store, now_ms())
             for a in actions:
                 try:
                     if a.rollout_status is not None:
@@ -391,74 +400,88 @@ class Master:
                     except ProposeError as e:
                         log.warning("gc not committed: %s", e.message)
 
-    def snapshot(self) -> tuple[Snapshot, dict[tuple[str, int], str]]:
-        """What the scheduler sees (caller holds the store lock), and current pending reasons."""
-        pending = [
-            TaskRequest(job=t.job, index=t.index, version=j.version, spec=j.spec)
-            for t in pending_tasks(self.store)
-            if (j := self.store.jobs[t.job])
-        ]
+    def snapshot(
+        self, only: set[tuple[str, int]] | None = None
+    ) -> tuple[Snapshot, dict[tuple[str, int], str]]:
+        """What the scheduler sees (caller holds the store lock), and current pending reasons.
+        `only` limits the pending tasks to those keys."""
+        store = self.store
+        keys = store.pending if only is None else (store.pending & only)
+        pending = []
+        reasons = {}
+        for key in sorted(keys):
+            t = store.tasks[key]
+            j = store.jobs[t.job]
+            pending.append(TaskRequest(job=t.job, index=t.index, version=j.version, spec=j.spec))
+            reasons[key] = t.reason
         running = [
             PlacedTask(
                 job=t.job,
                 index=t.index,
                 machine=t.machine,
-                priority=self.store.jobs[t.job].spec.priority,
-                requirements=self.store.task_spec(t).requirements,
+                priority=store.jobs[t.job].spec.priority,
+                requirements=store.task_spec(t).requirements,
                 incarnation=t.incarnation,
             )
-            for t in self.store.tasks.values()
-            if t.state in ACTIVE_STATES and t.machine
+            for keys_on in store.tasks_by_machine.values()
+            for k in keys_on
+            if (t := store.tasks[k]).state in ACTIVE_STATES
         ]
         machines = [
             MachineView(
                 name=m.name,
                 capacity=m.capacity,
-                used=self.store.used(m.name),
+                used=store.used(m.name),
                 attrs=dict(m.attrs),
                 taints=list(m.taints),
                 state=m.state,
             )
-            for m in self.store.machines.values()
+            for m in store.machines.values()
         ]
-        reasons = {t.key: t.reason for t in pending_tasks(self.store)}
         return Snapshot(machines=machines, pending=pending, running=running), reasons
 
-    def schedule_once(self, term: int = 0) -> int:
-        """One scheduler pass: snapshot, plan, commit. Returns how many tasks it placed."""
+    def schedule_once(self, term: int = 0, retry_all: bool = True) -> int:
+        """One scheduler pass: snapshot, plan, commit. Returns how many tasks it placed.
+
+        Tasks that found no machine are retried only when capacity may have appeared
+        (`store.capacity_generation` moved); otherwise a pass looks at new arrivals only, so
+        a steady stream of submissions does not re-score a large unplaceable backlog."""
         with self.store.lock:
-            if not any(True for _ in pending_tasks(self.store)):
+            if not self.store.pending:
+                self._sched_tried = set()
                 return 0
-            snap, reasons = self.snapshot()
-            submitted = {
-                (t.job, t.index): self.store.tasks[(t.job, t.index)].submitted_ms
+            if self._sched_capacity != self.store.capacity_generation:
+                retry_all = True
+            self._sched_capacity = self.store.capacity_generation
+            only = None if retry_all else (self.store.pending - self._sched_tried)
+            if only is not None and not only:
+                return 0
+            snap, reasons = self.snapshot(only)
+            waiting = {
+                (t.job, t.index): waiting_since_ms(self.store.tasks[(t.job, t.index)])
                 for t in snap.pending
             }
+            tried = self._sched_tried & self.store.pending
         t0 = time.monotonic()
         plan = self.scheduler.schedule(snap, _new_id)
         elapsed = time.monotonic() - t0
+        self._sched_tried = tried | {(j, i) for j, i, _ in plan.failures}
         failures = [[j, i, r] for j, i, r in plan.failures if reasons.get((j, i)) != r]
         if not plan.placements and not failures and not plan.preemptions:
             return 0
-        res = self.propose(
-            C.ApplyPlan(
-                placements=[p.__dict__ for p in plan.placements],
-                failures=failures,
-                preemptions=[p.__dict__ for p in plan.preemptions],
-                term=term,
-            )
+        cmd = C.ApplyPlan(
+            placements=[p.__dict__ for p in plan.placements],
+            failures=failures,
+            preemptions=[p.__dict__ for p in plan.preemptions],
+            term=term,
         )
+        res = self.propose(cmd)  # stamps cmd.ts_ms
         if self.metrics is not None:
             self.metrics.on_plan(len(plan.placements), res.get("placed", 0), elapsed)
-            if res.get("preempted"):
-                _call(self.metrics, "on_preempted", res["preempted"])
-            now = now_ms()
-            lat = [
-                max(0.0, (now - submitted.get((p.job, p.index), now)) / 1000)
-                for p in plan.placements
-            ]
-            if lat and res.get("placed"):
-                _call(self.metrics, "on_placed", lat[: res["placed"]])
+            self.metrics.on_preempted(int(res.get("preempted", 0)))
+            with self.store.lock:
+                lat = placement_latencies(self.store, plan.placements, waiting, cmd.ts_ms)
+            self.metrics.on_placed(lat)
         if plan.placements:
             log.info(
                 "scheduler placed %d of %d pending tasks in %.1f ms",

@@ -91,6 +91,11 @@ class Store:
         # Bumped on every state change; per machine, on changes to its desired task set.
         self.generation = 0
         self.machine_generation: dict[str, int] = {}
+        # Tasks waiting for a machine, kept as an index so a scheduler pass costs O(pending),
+        # not O(all tasks); and a counter bumped whenever capacity may have been freed or
+        # added, so the scheduler can retry old pending tasks only when that can help.
+        self.pending: set[tuple[str, int]] = set()
+        self.capacity_generation = 0
         self._ts = 0  # the timestamp of the command being applied (for events)
 
     # ----- reads -------------------------------------------------------------------------
@@ -241,6 +246,16 @@ class Store:
         )
         self.next_event += 1
 
+    def _reindex(self, t: Task) -> None:
+        job = self.jobs.get(t.job)
+        if job is not None and self.tasks.get(t.key) is t and needs_placement(t, job):
+            self.pending.add(t.key)
+        else:
+            self.pending.discard(t.key)
+
+    def _freed(self) -> None:
+        self.capacity_generation += 1
+
     def _touch_machine(self, machine: str) -> None:
         if machine:
             self.machine_generation[machine] = self.generation + 1
@@ -257,10 +272,13 @@ class Store:
     def _new_task(self, job: Job, index: int, ts: int) -> Task:
         t = Task(job=job.name, index=index, version=job.version, submitted_ms=ts, updated_ms=ts)
         self.tasks[t.key] = t
+        self._reindex(t)
         return t
 
     def _reset_task(self, t: Task, version: int, ts: int, reason: str = "") -> None:
         """Send a task back to the queue (new version, preempted, drained...)."""
+        if t.state in ACTIVE_STATES:
+            self._freed()
         self._set_task_machine(t, "")
         t.state = PENDING
         t.version = version
@@ -272,10 +290,14 @@ class Store:
         t.ports = {}
         t.submitted_ms = ts
         t.updated_ms = ts
+        self._reindex(t)
 
     def _drop_task(self, t: Task) -> None:
+        if t.state in ACTIVE_STATES:
+            self._freed()
         self._set_task_machine(t, "")
         self.tasks.pop(t.key, None)
+        self.pending.discard(t.key)
 
     def _prune_history(self, job: Job) -> None:
         """Keep the specs tasks still run, and the previous version for rollback."""
@@ -395,6 +417,7 @@ class Store:
                 t.state = KILLED
                 t.reason = "job-killed"
                 t.updated_ms = cmd.ts_ms
+            self._reindex(t)
         self._recompute_job(job)
         self._event("killed", job.name, message=f"{to_stop} tasks to stop")
         return {"name": job.name, "tasks_to_stop": to_stop}
@@ -467,6 +490,8 @@ class Store:
             m.registered_ms = cmd.ts_ms
         if m.state == MACHINE_LOST:
             m.state = MACHINE_UP
+        if old is None or old.state == MACHINE_LOST or old.capacity != m.capacity:
+            self._freed()
         if old is None or old.state == MACHINE_LOST:
             self._event("machine-up", machine=m.name, message=m.address)
         self.machines[m.name] = m
@@ -485,6 +510,8 @@ class Store:
             1 for k in self.tasks_by_machine.get(m.name, ()) if self.tasks[k].state in ACTIVE_STATES
         )
         if m.state != cmd.state:
+            if cmd.state == MACHINE_UP:
+                self._freed()
             m.state = cmd.state
             self._event("drained" if cmd.state == MACHINE_DRAINING else "undrained", machine=m.name)
         return {"ok": True, "state": m.state, "tasks_to_move": to_move}
@@ -505,6 +532,7 @@ class Store:
                 t.health = ""
                 if not job.killed and t.version != job.version:
                     t.version = job.version  # it restarts elsewhere on the current version
+                self._reindex(t)
                 lost += 1
                 self._recompute_job(job)
         self._touch_machine(m.name)
@@ -570,6 +598,7 @@ class Store:
                     t.health = ""
                     t.restarts = 0
                     t.updated_ms = cmd.ts_ms
+                    self._reindex(t)
                     placed += 1
                     self._event("scheduled", t.job, t.index, m.name)
                     self._recompute_job(job)
@@ -623,6 +652,7 @@ class Store:
                 self._event("started", t.job, t.index, t.machine)
             if state in TERMINAL_TASK_STATES:
                 self._touch_machine(t.machine)
+                self._freed()
                 detail = f"exit {t.exit_code}" if t.exit_code is not None else ""
                 if t.reason:
                     detail = f"{detail} ({t.reason})" if detail else t.reason
@@ -696,6 +726,10 @@ class Store:
             self.request_ids = request_ids
             self.applied_index = int(doc["applied_index"])
             self.generation += 1
+            self.pending = set()
+            for t in self.tasks.values():
+                self._reindex(t)
+            self._freed()
             for name in self.machines:
                 self._touch_machine(name)
             self.changed.notify_all()
@@ -717,7 +751,6 @@ def needs_placement(t: Task, job: Job) -> bool:
 
 
 def pending_tasks(store: Store) -> Iterable[Task]:
-    for t in store.tasks.values():
-        job = store.jobs.get(t.job)
-        if job is not None and needs_placement(t, job):
-            yield t
+    """Tasks waiting for a machine (from the store's index)."""
+    for key in store.pending:
+        yield store.tasks[key]

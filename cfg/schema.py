@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from borgmaster.model import (
+    BANDS,
     BATCH,
     SERVICE,
     Constraint,
@@ -69,6 +70,7 @@ JOB_KEYS = (
     "user",
     "run_as",
     "priority",
+    "band",
     "kind",
     "replicas",
     "command",
@@ -285,7 +287,7 @@ class _Validator:
         if g.get("run_as", "") != "":
             run_as = self.pattern(g["run_as"], ("run_as",), ACCOUNT_RE, "unix account name")
 
-        priority = self.integer(g.get("priority", 100), ("priority",), 0, MAX_PRIORITY)
+        priority = self.priority(g)
         kind = self.enum(g.get("kind", SERVICE), ("kind",), KINDS)
         replicas = self.integer(g.get("replicas", 1), ("replicas",), 1, MAX_REPLICAS)
         if "command" not in g:
@@ -329,6 +331,30 @@ class _Validator:
             update=update,
             kill_timeout_ms=kill_timeout_ms,
         )
+
+    def priority(self, g: dict[str, Any]) -> int:
+        """`priority`, checked against the optional `band` it claims to be in.
+
+        `band` is not stored (the band is a function of the priority); it exists so that a
+        template can declare intent (`borg.service` is production) and a priority edited
+        into a different band is caught here instead of silently changing what the job may
+        preempt and which quota it is charged to. With `band` alone, the priority is the
+        band's lowest.
+        """
+        band = None
+        if "band" in g:
+            name = self.enum(g["band"], ("band",), [b[0] for b in BANDS])
+            band = next(b for b in BANDS if b[0] == name)
+        default = band[1] if band is not None else 100
+        priority = self.integer(g.get("priority", default), ("priority",), 0, MAX_PRIORITY)
+        if band is not None and not band[1] <= priority <= band[2]:
+            name, lo, hi = band
+            self.fail(
+                ("priority",),
+                f"{priority} is outside band {name!r} ({lo}-{hi}); "
+                f"set a priority in {lo}-{hi} or change band",
+            )
+        return priority
 
     def env(self, v: object) -> dict[str, str]:
         path: Path = ("env",)

@@ -103,3 +103,22 @@ def format_duration(ms: int) -> str:
         if count:
             parts.append(f"{count}{suffix}")
     return "".join(parts)
+
+
+def human_size(n: int | float) -> str:
+    """`n` bytes for a table, to 3 significant figures: 20186000000 -> "18.8Gi", 0 -> "0".
+
+    Unlike `format_size` this rounds (it is for people reading `status`, not for configs).
+    """
+    n = max(0, int(n))
+    if n < 1024:
+        return str(n)
+    value = float(n)
+    for suffix in ("Ki", "Mi", "Gi", "Ti", "Pi"):
+        value /= 1024
+        if value < 1024 or suffix == "Pi":
+            if value >= 100:
+                return f"{value:.0f}{suffix}"
+            text = f"{value:.1f}" if value >= 10 else f"{value:.2f}"
+            return text.rstrip("0").rstrip(".") + suffix
+    raise AssertionError("unreachable")

@@ -346,3 +346,21 @@ def remove_empty_top_cgroups() -> None:
     ]:
         with contextlib.suppress(OSError):
             os.rmdir(top)
+
+
+def task_index_copies(job: str) -> dict[str, int]:
+    """How many live processes each task index of `job` has (tasks and their children share
+    the environment, so only processes whose parent is not one of them are counted)."""
+    procs: dict[int, tuple[int, str]] = {}
+    for p in psutil.process_iter(["pid", "ppid"]):
+        try:
+            env = p.environ()
+            if env.get("BORG_JOB") == job and p.status() != psutil.STATUS_ZOMBIE:
+                procs[p.pid] = (p.info["ppid"], env.get("BORG_TASK_INDEX", "?"))
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    out: dict[str, int] = {}
+    for ppid, index in procs.values():
+        if ppid not in procs:
+            out[index] = out.get(index, 0) + 1
+    return out

@@ -3,6 +3,7 @@ file, line and column."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -126,7 +127,8 @@ def test_jsonnet_list_error_names_job_index(tmp_path: Path) -> None:
         tmp_path, "j.jsonnet", "[{name: 'a', command: 'x'}, {name: 'b', command: 'x', gpu: 1}]"
     )
     assert str(errors(f)) == f"{f}: [1]: unknown key 'gpu' (valid keys: name, user, run_as, " + (
-        "priority, kind, replicas, command, env, requirements, restart, health, constraints, "
+        "priority, band, kind, replicas, command, env, requirements, restart, health, "
+        "constraints, "
         "tolerations, spread, update, kill_timeout)"
     )
 
@@ -272,3 +274,66 @@ def test_load_objects(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as exc:
         load_objects(g)
     assert str(exc.value) == f"{g}: [0]: expected a job object, got 1"
+
+
+# -- borg.libsonnet helpers -----------------------------------------------------------------
+
+
+def test_templates_derive_priority_from_band(tmp_path: Path) -> None:
+    f = write(
+        tmp_path,
+        "b.jsonnet",
+        "local borg = import 'borg.libsonnet';\n"
+        "[borg.service { name: 'a', command: 'x' },\n"
+        " borg.service { name: 'b', command: 'x', band: 'monitoring' },\n"
+        " borg.service { name: 'c', command: 'x', priority: 250 },\n"
+        " borg.batch { name: 'd', command: 'x' } + borg.band('free')]",
+    )
+    assert [s.priority for s in load_file(f)] == [200, 300, 250, 0]
+
+
+def test_band_alone_sets_the_bands_lowest_priority(tmp_path: Path) -> None:
+    f = write(tmp_path, "b.yaml", "name: a\ncommand: x\nband: monitoring\n")
+    [spec] = load_file(f)
+    assert spec.priority == 300
+
+
+def test_library_helpers(tmp_path: Path) -> None:
+    f = write(
+        tmp_path,
+        "h.jsonnet",
+        "local borg = import 'borg.libsonnet';\n"
+        "borg.httpServer('web', './serve', path='/ok') + borg.replicated(3)\n"
+        "+ borg.resources(cpu=0.5, ram=borg.Gi(2)) + borg.gpu(2) + borg.spreadAcross('rack')\n"
+        "+ borg.constraint('rack', '!=', 'r1') + borg.constraint('ssd', 'exists')\n"
+        "+ borg.env({A: '1'}) + borg.env({B: '2'})",
+    )
+    [s] = load_file(f)
+    assert (s.name, s.kind, s.priority, s.replicas) == ("web", "service", 200, 3)
+    assert s.requirements.ports == ["http"]
+    assert s.health is not None and s.health["http"] == {"port": "http", "path": "/ok"}
+    assert (s.requirements.cpu, s.requirements.ram, s.requirements.gpu) == (0.5, 2 << 30, 2)
+    assert [(t.key, t.value) for t in s.tolerations] == [("gpu", None)]
+    assert s.spread == "rack"
+    assert [(c.attr, c.op, c.value) for c in s.constraints] == [
+        ("rack", "!=", "r1"),
+        ("ssd", "exists", None),
+    ]
+    assert s.env == {"A": "1", "B": "2"}
+
+
+def test_api_example_takes_a_tla(tmp_path: Path) -> None:
+    [spec] = load_file(str(EXAMPLES / "api.jsonnet"), tla_str={"env": "prod"})
+    assert spec.name == "api-prod"
+    assert spec.env == {"DEPLOY_ENV": "prod"}
+    assert spec.health is not None and spec.health["initial_delay_ms"] == 2000
+
+
+def test_every_config_block_in_docs_validates(tmp_path: Path) -> None:
+    """docs/config.md promises that each jsonnet/yaml block is a complete, valid config."""
+    doc = (EXAMPLES.parent / "docs" / "config.md").read_text()
+    blocks = re.findall(r"```(jsonnet|yaml)\n(.*?)```", doc, re.S)
+    assert len(blocks) >= 8
+    for i, (lang, text) in enumerate(blocks):
+        f = write(tmp_path, f"doc{i}.{lang}", text)
+        assert load_file(f), f"block {i} of docs/config.md evaluates to no jobs"

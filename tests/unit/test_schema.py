@@ -145,10 +145,19 @@ BAD_JOBS: list[tuple[object, str]] = [
         job(run_as="../root"),
         "run_as: '../root' is not a valid unix account name (must match ^[a-z_][a-z0-9_-]{0,31}$)",
     ),
+    (
+        job(band="production", priority=50),
+        "priority: 50 is outside band 'production' (200-299); set a priority in 200-299 or "
+        "change band",
+    ),
+    (
+        job(band="prod"),
+        "band: expected one of 'free', 'batch', 'production', 'monitoring', got 'prod'",
+    ),
     (job(kind="servce"), "kind: expected one of 'service', 'batch', got 'servce'"),
     (
         job(sandbox="/tmp"),
-        "unknown key 'sandbox' (valid keys: name, user, run_as, priority, kind, replicas, "
+        "unknown key 'sandbox' (valid keys: name, user, run_as, priority, band, kind, replicas, "
         "command, env, requirements, restart, health, constraints, tolerations, spread, update, "
         "kill_timeout)",
     ),
@@ -261,6 +270,19 @@ BAD_FILES: list[tuple[str, str, str]] = [
         "local borg = import 'borg.libsonnet';\n"
         "borg.service { name: 'a', command: 'x', replica: 2 }",
         "{f}: unknown key 'replica', did you mean 'replicas'?",
+    ),
+    (
+        "bad.yaml",
+        "name: x\ncommand: y\nband: batch\npriority: 250\n",
+        "{f}:4: priority: 250 is outside band 'batch' (100-199); set a priority in 100-199 or "
+        "change band",
+    ),
+    (
+        "bad.jsonnet",
+        "local borg = import 'borg.libsonnet';\n"
+        "borg.service { name: 'a', command: 'x', priority: 50 }",
+        "{f}: priority: 50 is outside band 'production' (200-299); set a priority in 200-299 or "
+        "change band",
     ),
     ("bad.yaml", "name: x\ncommand: y\nram: 1\nram: 2\n", "{f}:4:1: duplicate key 'ram'"),
     ("bad.yaml", "42\n", "{f}:1: top level must be a job object or a list of jobs, got 42"),

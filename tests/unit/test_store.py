@@ -269,7 +269,11 @@ def test_apply_plan_rejects_overcommit_against_existing_tasks() -> None:
     cell.machine("m1", cpu=8, ram=int(1.5 * GiB))
     cell.submit(spec(replicas=2))
     assert cell.place("web", 0, "m1") == {"placed": 1, "rejected": 0, "preempted": 0}
-    assert cell.place("web", 1, "m1") == {"placed": 0, "rejected": 1, "preempted": 0}  # ram is short
+    assert cell.place("web", 1, "m1") == {
+        "placed": 0,
+        "rejected": 1,
+        "preempted": 0,
+    }  # ram is short
     assert cell.store.tasks[("web", 1)].state == PENDING
 
 

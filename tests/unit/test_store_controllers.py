@@ -256,3 +256,49 @@ def test_snapshot_keeps_quotas_events_fence_and_history() -> None:
     assert other.fence_term == 7 and other.jobs["web"].history[1].env == {}
     doc = msgpack.unpackb(cell.store.snapshot_bytes(), raw=False)
     assert doc["format"] == 2
+
+
+def test_pending_index_matches_a_full_scan_through_a_lifecycle() -> None:
+    from borgmaster.store import needs_placement
+
+    cell = Cell()
+
+    def check() -> None:
+        scan = {
+            k for k, t in cell.store.tasks.items() if needs_placement(t, cell.store.jobs[t.job])
+        }
+        assert cell.store.pending == scan
+
+    cell.machine("m1")
+    cell.submit(spec(replicas=3))
+    check()
+    cell.place("web", 0, "m1")
+    cell.update("web", 0, RUNNING)
+    check()
+    cell.submit(spec(replicas=2, env={"V": "2"}))
+    check()
+    cell.apply(C.MachineLost(name="m1"))
+    check()
+    cell.apply(C.KillJob(name="web"))
+    check()
+    cell.submit(spec(replicas=2))
+    check()
+    gen = cell.store.capacity_generation
+    cell.machine("m2")
+    assert cell.store.capacity_generation > gen
+
+
+def test_new_version_task_must_stay_up_min_ready_before_the_rollout_moves_on() -> None:
+    cell = Cell()
+    cell.machine("m1", cpu=16, ram=64 * GiB)
+    running_job(cell, "web", replicas=2)
+    cell.submit(spec(replicas=2, env={"V": "2"}))
+    acts = controllers.plan_all(cell.store, now_ms=0)
+    cell.apply(C.ReplaceTasks(job="web", tasks=acts[0].replace_update))
+    cell.apply(C.ApplyPlan(placements=[C.Placement("web", 0, "m1", "n0", 2).__dict__]))
+    cell.update("web", 0, RUNNING)  # at ts 7
+    ready_at = 7 + controllers.MIN_READY_MS
+    assert controllers.plan_all(cell.store, now_ms=ready_at - 1) == []
+    assert controllers.plan_all(cell.store, now_ms=ready_at)[0].replace_update == [[1, "web-1-m1"]]
+    cell.update("web", 0, RUNNING, restarts=1)  # crashed and came back: not ready any more
+    assert controllers.plan_all(cell.store, now_ms=ready_at * 10) == []

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cfg.units import format_duration, format_size, parse_duration_ms, parse_size
+from cfg.units import format_duration, format_size, human_size, parse_duration_ms, parse_size
 
 
 @pytest.mark.parametrize(
@@ -138,3 +138,22 @@ def test_size_round_trip(n: int) -> None:
 @given(st.integers(min_value=0, max_value=10**12))
 def test_duration_round_trip(ms: int) -> None:
     assert parse_duration_ms(format_duration(ms)) == ms
+
+
+@pytest.mark.parametrize(
+    ("n", "text"),
+    [
+        (0, "0"),
+        (1000, "1000"),
+        (1024, "1Ki"),
+        (1536, "1.5Ki"),
+        (64 << 20, "64Mi"),
+        (20186000000, "18.8Gi"),
+        (int(1.25 * 2**30), "1.25Gi"),
+        (300 << 30, "300Gi"),
+        (5 << 50, "5Pi"),
+        (-3, "0"),
+    ],
+)
+def test_human_size(n: int, text: str) -> None:
+    assert human_size(n) == text

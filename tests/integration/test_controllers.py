@@ -1,0 +1,249 @@
+"""Controllers on a real cell: lost machines, rolling updates, rollback, drain, batch jobs,
+and a leader failover in the middle of a rollout. Three masters, two Borglets."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from proto.borg.v1 import borg_pb2 as pb
+from proto.borg.v1 import borg_pb2_grpc
+from tests.cluster import Cell, task_index_copies, wait_for
+from tests.conftest import cgroups_usable
+
+pytestmark = [pytest.mark.e2e]
+
+MACHINE_TIMEOUT = 3.0
+
+
+@pytest.fixture(scope="module")
+def cell2() -> Iterator[Cell]:
+    why = cgroups_usable()
+    if why:
+        pytest.skip(why)
+    c = Cell()
+    try:
+        c.start(masters=3, borglets=2, machine_timeout=MACHINE_TIMEOUT)
+        yield c
+    except Exception:
+        print(c.dump_logs())
+        raise
+    finally:
+        c.close()
+
+
+@pytest.fixture(autouse=True)
+def _logs_on_failure(request: pytest.FixtureRequest, cell2: Cell) -> Iterator[None]:
+    yield
+    rep = getattr(request.node, "rep_call", None)
+    if rep is not None and rep.failed:
+        print(cell2.dump_logs())
+
+
+class Sampler:
+    """Samples a job's running tasks (and their processes) every 100 ms in the background."""
+
+    def __init__(self, cell: Cell, job: str) -> None:
+        self.cell = cell
+        self.job = job
+        self.running: list[int] = []
+        self.max_copies = 0  # most live processes seen for any one task index
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _stub(self) -> Any:
+        addr = self.cell.leader().info["grpc"]
+        return borg_pb2_grpc.BorgmasterStub(grpc.insecure_channel(addr))
+
+    def _run(self) -> None:
+        stub = self._stub()
+        while not self._stop.wait(0.1):
+            try:
+                j = stub.GetJob(
+                    pb.GetJobRequest(name=self.job, options=pb.ReadOptions(stale=True)), timeout=2
+                )
+            except grpc.RpcError:
+                stub = self._stub()  # leader changed
+                continue
+            self.running.append(sum(1 for t in j.tasks if t.state == "running"))
+            per_index = task_index_copies(self.job)
+            if per_index:
+                self.max_copies = max(self.max_copies, max(per_index.values()))
+
+    def __enter__(self) -> Sampler:
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._t.join(5)
+
+
+def write(tmp_path: Path, name: str, text: str) -> str:
+    p = tmp_path / name
+    p.write_text(text)
+    return str(p)
+
+
+def service(name: str, replicas: int, greeting: str, extra: str = "") -> str:
+    return (
+        f"name: {name}\nreplicas: {replicas}\nrun_as: nobody\n"
+        f"command: 'echo {greeting}; exec sleep 1000'\n"
+        f"requirements: {{cpu: 0.05, ram: 16Mi}}\nupdate: {{max_unavailable: 1}}\n"
+        f"kill_timeout: 2s\n{extra}"
+    )
+
+
+def all_on_version(cell: Cell, job: str, version: int, n: int) -> bool:
+    j = cell.job(job)
+    ok = [t for t in j["tasks"] if t["state"] == "running" and t["version"] == version]
+    return len(ok) == n
+
+
+def test_rolling_update_keeps_three_of_four_running_then_rollback(
+    cell2: Cell, tmp_path: Path
+) -> None:
+    v1 = write(tmp_path, "r1.yaml", service("roll", 4, "v1"))
+    assert cell2.borgcfg("up", v1, "--wait", "--timeout", "30").returncode == 0
+    v2 = write(tmp_path, "r2.yaml", service("roll", 4, "v2"))
+    with Sampler(cell2, "roll") as s:
+        assert cell2.borgcfg("up", v2).returncode == 0
+        wait_for(lambda: all_on_version(cell2, "roll", 2, 4), 60, what="all on version 2")
+    assert min(s.running) >= 3, s.running
+    assert s.max_copies <= 1
+    assert cell2.job("roll")["version"] == 2
+
+    # A broken version halts the rollout with a reason; rollback restores the last one.
+    bad = write(
+        tmp_path,
+        "r3.yaml",
+        service("roll", 4, "v3").replace("exec sleep 1000", "exit 3")
+        + "restart: {policy: on-failure, max_restarts: 1, backoff: 100ms}\n",
+    )
+    with Sampler(cell2, "roll") as s:
+        assert cell2.borgcfg("up", bad).returncode == 0
+        try:
+            wait_for(lambda: _rollout(cell2, "roll").startswith("halted"), 60, what="halt")
+        except TimeoutError:
+            print(cell2.job("roll"))
+            raise
+        assert min(s.running) >= 3, s.running
+    assert "task" in _rollout(cell2, "roll")
+    r = cell2.borgcfg("rollback", "roll")
+    assert r.returncode == 0, r.stderr
+    wait_for(lambda: all_on_version(cell2, "roll", 4, 4), 60, what="rolled back (version 4)")
+    assert _rollout(cell2, "roll") == ""
+    assert cell2.borgcfg("down", "roll", "--wait").returncode == 0
+
+
+def _rollout(cell: Cell, job: str) -> str:
+    stub = borg_pb2_grpc.BorgmasterStub(grpc.insecure_channel(cell.leader().info["grpc"]))
+    return str(stub.GetJob(pb.GetJobRequest(name=job), timeout=5).rollout)
+
+
+def test_batch_job_of_ten_succeeds_and_a_failing_one_fails(cell2: Cell, tmp_path: Path) -> None:
+    ok = write(
+        tmp_path,
+        "b.yaml",
+        "name: ten\nkind: batch\nreplicas: 10\nrun_as: nobody\ncommand: 'exit 0'\n"
+        "requirements: {cpu: 0.01, ram: 8Mi}\n",
+    )
+    assert cell2.borgcfg("up", ok, "--wait", "--timeout", "60").returncode == 0
+    assert cell2.job("ten")["state"] == "succeeded"
+    bad = write(
+        tmp_path,
+        "f.yaml",
+        "name: onefails\nkind: batch\nreplicas: 3\nrun_as: nobody\n"
+        "command: 'exit $(( BORG_TASK_INDEX == 1 ))'\nrestart: {policy: never}\n"
+        "requirements: {cpu: 0.01, ram: 8Mi}\n",
+    )
+    r = cell2.borgcfg("up", bad, "--wait", "--timeout", "60")
+    assert r.returncode == 1
+    j = cell2.job("onefails")
+    assert j["state"] == "failed"
+    assert [t["exit_code"] for t in j["tasks"]] == [0, 1, 0]
+
+
+def test_drain_moves_every_task_off_and_nothing_new_lands(cell2: Cell, tmp_path: Path) -> None:
+    cfg = write(tmp_path, "d.yaml", service("drainme", 4, "hi"))
+    assert cell2.borgcfg("up", cfg, "--wait", "--timeout", "30").returncode == 0
+    target = cell2.borglets[0].info["name"]
+    r = cell2.borgcfg("drain", target)
+    assert r.returncode == 0, r.stderr
+
+    def off() -> bool:
+        j = cell2.job("drainme")
+        return all(t["state"] == "running" and t["machine"] != target for t in j["tasks"])
+
+    wait_for(off, 60, what="tasks moved off the drained machine")
+    other = write(tmp_path, "o.yaml", service("afterdrain", 2, "x"))
+    assert cell2.borgcfg("up", other, "--wait", "--timeout", "30").returncode == 0
+    assert all(t["machine"] != target for t in cell2.job("afterdrain")["tasks"])
+    ms = {m["name"]: m for m in cell2.borgcfg_json("machines")}
+    assert ms[target]["state"] == "draining"
+    assert cell2.borgcfg("undrain", target).returncode == 0
+    wait_for(
+        lambda: {m["name"]: m for m in cell2.borgcfg_json("machines")}[target]["state"] == "up",
+        10,
+    )
+    for job in ("drainme", "afterdrain"):
+        assert cell2.borgcfg("down", job, "--wait").returncode == 0
+
+
+def test_leader_failover_mid_rollout_runs_no_index_twice(cell2: Cell, tmp_path: Path) -> None:
+    v1 = write(tmp_path, "f1.yaml", service("fo", 4, "v1"))
+    assert cell2.borgcfg("up", v1, "--wait", "--timeout", "30").returncode == 0
+    v2 = write(tmp_path, "f2.yaml", service("fo", 4, "v2"))
+    with Sampler(cell2, "fo") as s:
+        assert cell2.borgcfg("up", v2).returncode == 0
+        wait_for(
+            lambda: any(t["version"] == 2 for t in cell2.job("fo")["tasks"]), 30, what="rolling"
+        )
+        old = cell2.leader()
+        old.kill()
+        wait_for(lambda: all_on_version(cell2, "fo", 2, 4), 60, what="rollout finished")
+        old.start()
+        wait_for(lambda: cell2.http_get(old.info["http"], "/readyz")[0] == 200, 30)
+    assert s.max_copies <= 1
+    assert cell2.borgcfg("down", "fo", "--wait").returncode == 0
+
+
+def test_sigkilled_borglet_machine_is_lost_and_tasks_move_then_stale_copies_go(
+    cell2: Cell, tmp_path: Path
+) -> None:
+    cfg = write(tmp_path, "l.yaml", service("lostjob", 4, "hi"))
+    assert cell2.borgcfg("up", cfg, "--wait", "--timeout", "30").returncode == 0
+    victim = next(
+        b
+        for b in cell2.borglets
+        if any(t["machine"] == b.info["name"] for t in cell2.job("lostjob")["tasks"])
+    )
+    name = victim.info["name"]
+    victim.kill()
+    t0 = time.monotonic()
+
+    def moved() -> bool:
+        j = cell2.job("lostjob")
+        return all(t["state"] == "running" and t["machine"] != name for t in j["tasks"])
+
+    wait_for(moved, MACHINE_TIMEOUT + 15, what="tasks replaced elsewhere")
+    assert time.monotonic() - t0 <= MACHINE_TIMEOUT + 5 + 5  # + a margin for this 2-core box
+    ms = {m["name"]: m for m in cell2.borgcfg_json("machines")}
+    assert ms[name]["state"] == "lost"
+    victim.start()
+
+    def one_copy_each() -> bool:
+        per = task_index_copies("lostjob")
+        return sorted(per) == ["0", "1", "2", "3"] and set(per.values()) == {1}
+
+    wait_for(one_copy_each, 15, what="stale copies gone")
+    wait_for(
+        lambda: {m["name"]: m for m in cell2.borgcfg_json("machines")}[name]["state"] == "up", 15
+    )
+    assert cell2.borgcfg("down", "lostjob", "--wait").returncode == 0
