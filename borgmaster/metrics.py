@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry, Histogram, disable_created_metrics
 from prometheus_client import Counter as PCounter
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from borgmaster.model import (
@@ -156,6 +156,18 @@ class _CellCollector(Collector):
             "Last Raft log index applied to this replica's state.",
             st["last_applied"],
         )
+        prop = getattr(self.m, "proposer", None)
+        if prop is not None:
+            yield CounterMetricFamily(
+                "borg_raft_proposals",
+                "Raft entries this replica proposed (each may carry a batch of writes).",
+                value=float(prop.batches),
+            )
+            yield CounterMetricFamily(
+                "borg_raft_proposed_commands",
+                "Commands this replica proposed, counted inside batches.",
+                value=float(prop.entries),
+            )
         if not is_leader:
             return
         store = self.m.store
