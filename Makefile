@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit proto bench clean
+.PHONY: run test lint typecheck unit proto bench bench-raft bench-borglet bench-scheduler clean
 
 $(STAMP): pyproject.toml setup.cfg
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -33,6 +33,16 @@ proto: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
+
+bench-raft: $(STAMP)
+	$(BIN)/python -m bench.raft
+
+bench-borglet: $(STAMP)
+	$(BIN)/python -m bench.borglet
+
+bench-scheduler: $(STAMP)
+	$(BIN)/python -m bench.scheduler --machines 10000 --tasks 100000 --json
+	$(BIN)/python -m bench.fauxmaster --trace ../shared/traces/google2011 --until 0 --json
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -4,15 +4,22 @@ The sync loop is a long-poll: each call reports every local task's observed stat
 back the full desired set for this machine (level-triggered, so a lost reply or a restarted
 master costs nothing but a round). A local event - a task exiting, a kill finishing - cancels
 the call in flight so the master hears about it at once instead of at the next heartbeat.
+
+Nothing here polls processes: each task's shim (borglet/shim.py) is watched through a pidfd,
+so an exit wakes one thread at once and a steady state costs (almost) no CPU. What the Borglet
+knows about its tasks is written to ``<data-dir>/state.json`` before the master hears of it,
+so a Borglet that crashed or was stopped re-adopts its running tasks when it comes back
+(state file + shim pid and start time + the task's cgroup).
 """
 
 from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import logging
 import os
-import socket
+import select
 import stat
 import threading
 import time
@@ -22,13 +29,43 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import grpc
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 
+from borglet.health import (
+    EXEC,
+    HTTP,
+    HealthCheck,
+    HealthTracker,
+    probe_exec,
+    probe_http,
+    probe_tcp,
+)
 from borglet.metrics import BorgletCollector
-from borglet.runtime.cgroups import CgroupDriver, Limits, detect
-from borglet.runtime.process import ProcessRuntime, SpawnSpec, TaskProcess, UserError
-from borglet.state import ACTIVE, Desired, Kill, Start, TaskKey, TaskStates
+from borglet.ports import PortAllocator
+from borglet.runtime.cgroups import CgroupDriver, CgroupError, CgroupStats, Limits, detect
+from borglet.runtime.process import (
+    DEFAULT_PATH,
+    ExecError,
+    ExitStatus,
+    ProcessRuntime,
+    SpawnSpec,
+    TaskProcess,
+    UserError,
+    resolve_user,
+)
+from borglet.state import (
+    ACTIVE,
+    DONE,
+    STOPPING,
+    Desired,
+    Kill,
+    LocalTask,
+    Start,
+    TaskKey,
+    TaskStates,
+)
 from borgmaster.convert import dict_from
+from borgmaster.model import JobSpec
 from cfg.errors import ConfigError
 from cfg.schema import validate_job
 from proto.borg.v1 import borg_pb2 as pb
@@ -37,11 +74,29 @@ from proto.borg.v1 import borg_pb2_grpc
 log = logging.getLogger("borglet")
 
 SYNC_WAIT_MS = 1000
-TASK_PIDS_MAX = 4096
+WARM_SHIMS = 2
+"""Shims started ahead of need: a start then costs a fork and an exec, not an interpreter
+start-up (~20 ms, far more on a busy machine)."""
+STATE_FILE = "state.json"
+STATE_VERSION = 1
+REPORT_DEBOUNCE_S = 0.01
+"""After a local event, wait this long before reporting, so a burst (100 tasks starting)
+becomes one report instead of a hundred."""
+LOST_SHIM_REASON = "supervisor-lost"
 
 
 def now_ms() -> int:
+    """CLOCK_MONOTONIC in ms: the same clock in every process of one boot, so the times in the
+    state file stay meaningful for the next Borglet (until a reboot, see boot_id)."""
     return int(time.monotonic() * 1000)
+
+
+def boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
 
 
 @dataclass
@@ -62,6 +117,22 @@ class BorgletConfig:
     kill_tasks_on_exit: bool = False
     cgroup_root: str = "/sys/fs/cgroup"
     cgroup_parent: str = ""
+    reserve_cpu: float = 0.0
+    reserve_memory: int = 0
+    port_range: tuple[int, int] = (20000, 32000)
+    log_max_size: int = 10 << 20
+    log_keep: int = 3
+    task_pids_max: int = 4096
+    usage_interval_s: float = 5.0
+
+    @property
+    def offered_cpu(self) -> float:
+        """Cores offered to the cell: the machine's minus what is reserved for the system."""
+        return max(0.0, self.cpu - self.reserve_cpu)
+
+    @property
+    def offered_memory(self) -> int:
+        return max(0, self.memory - self.reserve_memory)
 
 
 def task_id_of(key: TaskKey) -> str:
@@ -74,35 +145,63 @@ def _split(addr: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("0.0.0.0", 0))
-        return int(s.getsockname()[1])
-
-
 class Borglet:
     def __init__(self, cfg: BorgletConfig, driver: CgroupDriver | None = None) -> None:
         self.cfg = cfg
         parent = cfg.cgroup_parent or f"borgcell/{cfg.name}"
         self.driver = driver if driver is not None else detect(cfg.cgroup_root, parent)
-        self.runtime = ProcessRuntime(self.driver, allow_root=cfg.allow_root)
+        self.runtime = ProcessRuntime(
+            self.driver,
+            allow_root=cfg.allow_root,
+            control_root=os.path.join(cfg.data_dir, "run"),
+            log_max_size=cfg.log_max_size,
+            log_keep=cfg.log_keep,
+            warm_shims=WARM_SHIMS,
+        )
         self.states = TaskStates()
         self.procs: dict[TaskKey, TaskProcess] = {}
         self.desired: dict[TaskKey, Desired] = {}
         self.lock = threading.RLock()
         self.wake = threading.Event()
         self._stop = threading.Event()
+        self._timer_wake = threading.Event()
+        self._health_wake = threading.Event()
         self._master_idx = 0
         self._known_generation = -1
         self.connected = False
         self.unreachable_dir = ""
         self.cell = "borgcell"  # the cell's name, as the master reports it
+        self.ports = PortAllocator(*cfg.port_range)
+        self.usage: dict[TaskKey, CgroupStats] = {}
+        self.health: dict[TaskKey, HealthTracker] = {}
+        self.first_seen: dict[TaskKey, float] = {}
+        self._spec_cache: dict[tuple[str, int, str, int], JobSpec] = {}
+        # Counters for /metrics that outlive one incarnation of a task (monotonic per job/index).
         self.oom_kills: dict[tuple[str, int], int] = {}
+        self.restarts_total: dict[tuple[str, int], int] = {}
+        self._dirty = False
+        self._state_lock = threading.Lock()
+        self._watch_lock = threading.Lock()
+        self._watch_new: list[tuple[int, TaskKey]] = []
+        self._watch_r, self._watch_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self.grpc_server: grpc.Server | None = None
         self.http_server: ThreadingHTTPServer | None = None
         self._threads: list[threading.Thread] = []
         self.registry = CollectorRegistry()
         self.registry.register(BorgletCollector(self))
+        self.start_latency = Histogram(
+            "borg_task_start_latency_seconds",
+            "From the desired state reaching the Borglet to the task's process running.",
+            buckets=(0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0),
+            registry=self.registry,
+        )
+
+    @property
+    def state_path(self) -> str:
+        return os.path.join(self.cfg.data_dir, STATE_FILE)
+
+    def sandbox_of(self, job: str, index: int) -> str:
+        return os.path.join(self.cfg.data_dir, "tasks", f"{job}.{index}")
 
     # ----- lifecycle ----------------------------------------------------------------------
 
@@ -110,6 +209,8 @@ class Borglet:
         tasks_dir = os.path.join(self.cfg.data_dir, "tasks")
         os.makedirs(tasks_dir, exist_ok=True)
         os.chmod(tasks_dir, 0o711)
+        run_dir = os.path.join(self.cfg.data_dir, "run")
+        os.makedirs(run_dir, mode=0o700, exist_ok=True)
         self.unreachable_dir = _first_closed_dir(tasks_dir)
         if self.unreachable_dir:
             log.error(
@@ -121,7 +222,8 @@ class Borglet:
             )
         if self.driver is not None:
             self.driver.setup()
-            self._remove_leftovers()
+        self._recover()
+        self.runtime.prefill()
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
         borg_pb2_grpc.add_BorgletServicer_to_server(_LogsServicer(self), server)
         if server.add_insecure_port(self.cfg.grpc) == 0:
@@ -129,33 +231,43 @@ class Borglet:
         server.start()
         self.grpc_server = server
         self.http_server = self._start_http()
-        for fn, name in ((self._sync_loop, "sync"), (self._reaper_loop, "reaper")):
+        for fn, name in (
+            (self._sync_loop, "sync"),
+            (self._timer_loop, "timer"),
+            (self._watch_loop, "watch"),
+            (self._usage_loop, "usage"),
+            (self._health_loop, "health"),
+        ):
             th = threading.Thread(target=fn, name=name, daemon=True)
             th.start()
             self._threads.append(th)
         log.info(
-            "borglet %s up: cpu %g, memory %d MiB, cgroups %s, masters %s",
+            "borglet %s up: cpu %g (reserved %g), memory %d MiB (reserved %d MiB), cgroups %s, "
+            "masters %s",
             self.cfg.name,
-            self.cfg.cpu,
-            self.cfg.memory // 2**20,
+            self.cfg.offered_cpu,
+            self.cfg.reserve_cpu,
+            self.cfg.offered_memory // 2**20,
+            self.cfg.reserve_memory // 2**20,
             f"v{self.driver.version}" if self.driver else "none",
             ",".join(self.cfg.masters),
         )
 
-    def _remove_leftovers(self) -> None:
-        """Tasks of a previous run of this Borglet are not re-adopted yet: stop them cleanly
-        (the master's desired set restarts what is still wanted) rather than run twice."""
-        assert self.driver is not None
-        for name in self.driver.list():
-            log.info("stopping leftover task cgroup %s", name)
-            self.runtime.stop(name, None, grace_s=2.0)
-
     def stop(self) -> None:
+        """Stop the agent. Tasks keep running (a new Borglet re-adopts them) unless the
+        Borglet was started with --kill-tasks-on-exit (the dev cell)."""
         self._stop.set()
-        self.wake.set()
+        for ev in (self.wake, self._timer_wake, self._health_wake):
+            ev.set()
+        with contextlib.suppress(OSError):
+            os.write(self._watch_w, b"x")
         if self.cfg.kill_tasks_on_exit:
             with self.lock:
                 keys = list(self.procs)
+                for k in keys:
+                    t = self.states.tasks.get(k)
+                    if t is not None and t.phase == ACTIVE:
+                        t.phase = STOPPING
             threads = [
                 threading.Thread(target=self._kill_task, args=(k,), daemon=True) for k in keys
             ]
@@ -178,24 +290,144 @@ class Borglet:
                             os.rmdir(top)
         for th in self._threads:
             th.join(timeout=5)
+        self._flush_state(force=True)
+        self.runtime.close()
         if self.grpc_server is not None:
             self.grpc_server.stop(grace=0.5).wait(2)
         if self.http_server is not None:
             self.http_server.shutdown()
         log.info("borglet %s stopped", self.cfg.name)
 
+    # ----- state file and re-adoption -------------------------------------------------------
+
+    def _mark_dirty(self) -> None:
+        self._dirty = True
+
+    def _flush_state(self, force: bool = False) -> None:
+        """Write the task table atomically (temp file + rename) when it changed."""
+        if not (self._dirty or force):
+            return
+        with self._state_lock:
+            with self.lock:
+                self._dirty = False
+                doc = {
+                    "version": STATE_VERSION,
+                    "boot_id": boot_id(),
+                    "tasks": [t.to_dict() for t in self.states.tasks.values()],
+                }
+            tmp = self.state_path + ".tmp"
+            try:
+                with open(tmp, "w") as f:
+                    json.dump(doc, f, separators=(",", ":"))
+                os.replace(tmp, self.state_path)
+            except OSError as e:
+                self._dirty = True
+                log.error("cannot write %s: %s", self.state_path, e)
+
+    def _load_state(self) -> list[LocalTask]:
+        try:
+            with open(self.state_path) as f:
+                doc = json.load(f)
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError) as e:
+            log.error("ignoring unreadable state file %s: %s", self.state_path, e)
+            return []
+        same_boot = doc.get("boot_id") == boot_id()
+        out = []
+        for d in doc.get("tasks", []):
+            try:
+                t = LocalTask.from_dict(d)
+            except (KeyError, TypeError, ValueError) as e:
+                log.error("ignoring unreadable task in state file: %s", e)
+                continue
+            if not same_boot:  # monotonic times are from another boot
+                t.next_start_ms = t.started_ms = 0
+            out.append(t)
+        return out
+
+    def _recover(self) -> None:
+        """Re-adopt the tasks of an earlier run of this Borglet; clean up what is not ours.
+
+        A task whose shim still runs is adopted as it is (same pids); one whose shim finished
+        while we were away is reported with the exit status its shim recorded; one whose shim
+        vanished without a status is reported failed (`supervisor-lost`). Cgroups of tasks the
+        state file does not know are removed when empty and stopped otherwise (nobody could
+        report on them).
+        """
+        known: set[str] = set()
+        adopted: list[TaskKey] = []
+        finished: list[TaskKey] = []
+        restop: list[TaskKey] = []
+        for t in self._load_state():
+            self.states.tasks[t.key] = t
+            tid = task_id_of(t.key)
+            known.add(tid)
+            if t.phase not in (ACTIVE, STOPPING):
+                continue
+            control = self.runtime.control_dir(tid)
+            proc = self.runtime.adopt(tid, control)
+            if proc is None:
+                self.procs[t.key] = TaskProcess(tid, control, 0, "", t.pid)
+                finished.append(t.key)
+                continue
+            self.procs[t.key] = proc
+            t.pid = proc.pid
+            self._track_health(t)
+            adopted.append(t.key)
+            if t.phase == STOPPING:
+                restop.append(t.key)
+            log.info("re-adopted task %s/%d (pid %d)", t.job, t.index, proc.pid)
+        if self.driver is not None:
+            for name in self.driver.list():
+                if name in known and any(task_id_of(k) == name for k in adopted):
+                    continue
+                if name in known and any(task_id_of(k) == name for k in finished):
+                    continue  # handled below, with its exit status
+                if self.driver.pids(name):
+                    log.warning("stopping processes of unknown task cgroup %s", name)
+                    self.runtime.stop(name, None, grace_s=2.0)
+                else:
+                    with contextlib.suppress(CgroupError):
+                        self.driver.remove(name)
+        run_dir = os.path.join(self.cfg.data_dir, "run")
+        with contextlib.suppress(OSError):
+            for name in os.listdir(run_dir):
+                if name not in known:
+                    self.runtime.forget(TaskProcess(name, os.path.join(run_dir, name), 0, "", 0))
+        for key in adopted:
+            self._watch(key, self.procs[key])
+        for key in finished:
+            self._handle_exit(key)
+        for key in restop:
+            threading.Thread(target=self._kill_task, args=(key,), daemon=True).start()
+        self._mark_dirty()
+        self._flush_state()
+
     # ----- talking to the master ----------------------------------------------------------
 
     def _request(self, wait_ms: int) -> tuple[pb.SyncRequest, set[TaskKey]]:
+        self._flush_state()  # the master never hears of a task the state file does not know
         with self.lock:
-            reports = [t.report() for t in self.states.tasks.values()]
+            reports = []
+            for key, t in self.states.tasks.items():
+                r = t.report()
+                u = self.usage.get(key)
+                if u is not None and t.phase in (ACTIVE, STOPPING):
+                    r["cpu_seconds"] = u.cpu_seconds
+                    r["memory_bytes"] = u.memory_bytes
+                    r["memory_peak_bytes"] = u.memory_peak_bytes
+                reports.append(r)
         keys = {(r["job"], r["index"], r["incarnation"]) for r in reports}
         req = pb.SyncRequest(
             machine=self.cfg.name,
             address=self.cfg.grpc,
             http=self.cfg.http,
             capacity=pb.Resources(
-                cpu=self.cfg.cpu, ram=self.cfg.memory, disk=self.cfg.disk, gpu=self.cfg.gpu
+                cpu=self.cfg.offered_cpu,
+                ram=self.cfg.offered_memory,
+                disk=self.cfg.disk,
+                gpu=self.cfg.gpu,
             ),
             attrs=self.cfg.attrs,
             taints=[pb.Taint(**t) for t in self.cfg.taints],
@@ -217,13 +449,16 @@ class Borglet:
             self.wake.clear()
             req, reported = self._request(SYNC_WAIT_MS if self.connected else 0)
             fut = stub.Sync.future(req, timeout=SYNC_WAIT_MS / 1000 + 10)
-            while not fut.done() and not self._stop.is_set():
-                if self.wake.wait(0.05) and not fut.done():
-                    fut.cancel()
-                    break
+            # The reply and local events both set `wake`: one wait, no polling.
+            fut.add_done_callback(lambda _f: self.wake.set())
+            self.wake.wait()
             if self._stop.is_set():
                 fut.cancel()
                 break
+            if not fut.done():
+                fut.cancel()  # a local event: report it now
+                self._stop.wait(REPORT_DEBOUNCE_S)
+                continue
             try:
                 resp = fut.result()
             except grpc.FutureCancelledError:
@@ -256,13 +491,21 @@ class Borglet:
         self._master_idx += 1
 
     def _apply_desired(self, resp: pb.SyncResponse, reported: set[TaskKey]) -> None:
+        received = time.monotonic()
         desired: dict[TaskKey, Desired] = {}
+        specs: dict[tuple[str, int, str, int], JobSpec] = {}
         for d in resp.tasks:
-            try:
-                spec = validate_job(dict_from(d.spec))
-            except ConfigError as e:
-                log.error("master sent an invalid spec for %s/%d: %s", d.job, d.index, e)
-                continue
+            # The spec of one incarnation at one version never changes: validate it once,
+            # not at every sync (100 tasks x 1 sync/s would be most of the Borglet's CPU).
+            ck = (d.job, d.index, d.incarnation, d.version)
+            spec_or_none = self._spec_cache.get(ck)
+            if spec_or_none is None:
+                try:
+                    spec_or_none = validate_job(dict_from(d.spec))
+                except ConfigError as e:
+                    log.error("master sent an invalid spec for %s/%d: %s", d.job, d.index, e)
+                    continue
+            spec = specs[ck] = spec_or_none
             des = Desired(
                 job=d.job,
                 index=d.index,
@@ -272,11 +515,22 @@ class Borglet:
                 ports=dict(d.ports),
             )
             desired[des.key] = des
+        self._spec_cache = specs
         with self.lock:
             self.desired = desired
             self.cell = resp.cell or self.cell
             self._known_generation = resp.generation
-            self.states.forget_reported(reported, set(desired))
+            for key in desired:
+                if key not in self.states.tasks:
+                    self.first_seen.setdefault(key, received)
+            for key in [k for k in self.first_seen if k not in desired]:
+                del self.first_seen[key]
+            gone = self.states.forget_reported(reported, set(desired))
+            for key in gone:
+                self.usage.pop(key, None)
+                self.health.pop(key, None)
+            if gone:
+                self._mark_dirty()
         self.converge()
 
     # ----- carrying out the state machine ---------------------------------------------------
@@ -284,11 +538,34 @@ class Borglet:
     def converge(self) -> None:
         with self.lock:
             actions = self.states.reconcile(list(self.desired.values()), now_ms())
+            if actions:
+                self._mark_dirty()
         for a in actions:
             if isinstance(a, Start):
-                self._start_task(a.key)
+                threading.Thread(target=self._start_task, args=(a.key,), daemon=True).start()
             elif isinstance(a, Kill):
                 threading.Thread(target=self._kill_task, args=(a.key,), daemon=True).start()
+
+    def _ports_for(self, key: TaskKey, names: list[str], given: dict[str, int]) -> dict[str, int]:
+        """The task's ports: the master's, else the ones it had (restarts keep their ports),
+        else new ones from --port-range that no other live task holds."""
+        with self.lock:
+            t = self.states.tasks[key]
+            in_use = {
+                p
+                for k, o in self.states.tasks.items()
+                if k != key and o.phase != DONE
+                for p in o.ports.values()
+            }
+            ports = {n: p for n, p in given.items() if n in names}
+            for n in names:
+                if n not in ports and n in t.ports and t.ports[n] not in in_use:
+                    ports[n] = t.ports[n]
+            missing = [n for n in names if n not in ports]
+            if missing:
+                ports.update(self.ports.allocate(missing, in_use | set(ports.values())))
+            t.ports = ports
+            return dict(ports)
 
     def _start_task(self, key: TaskKey) -> None:
         with self.lock:
@@ -298,9 +575,20 @@ class Borglet:
                 return
         spec = d.spec
         task_id = task_id_of(key)
-        ports = dict(d.ports)
-        for p in spec.requirements.ports:
-            ports.setdefault(p, _free_port())
+        user = spec.run_as or self.cfg.task_user
+        try:
+            resolve_user(user, self.cfg.allow_root)
+            if self.unreachable_dir and user != "root":
+                raise UserError(
+                    f"sandbox not reachable by {user}: {self.unreachable_dir} is not searchable"
+                )
+            ports = self._ports_for(key, list(spec.requirements.ports), d.ports)
+        except UserError as e:
+            self._permanent_failure(key, f"run_as: {e}")
+            return
+        except ValueError as e:
+            self._permanent_failure(key, f"ports: {e}")
+            return
         env = dict(spec.env)
         env.update(
             {
@@ -312,37 +600,69 @@ class Borglet:
             }
         )
         for i, p in enumerate(spec.requirements.ports):
-            env[f"BORG_PORT_{p.upper()}"] = str(ports[p])
+            env[f"BORG_PORT_{p.upper().replace('-', '_')}"] = str(ports[p])
             if i == 0:
                 env["BORG_PORT"] = str(ports[p])
-        sandbox = os.path.join(self.cfg.data_dir, "tasks", f"{d.job}.{d.index}")
-        user = spec.run_as or self.cfg.task_user
         try:
-            if self.unreachable_dir and user != "root":
-                raise UserError(
-                    f"sandbox not reachable by {user}: {self.unreachable_dir} is not searchable"
-                )
             proc = self.runtime.start(
                 SpawnSpec(
                     task_id=task_id,
                     argv=list(spec.command),
                     env=env,
-                    sandbox=sandbox,
+                    sandbox=self.sandbox_of(d.job, d.index),
                     user=user,
-                    limits=Limits(cpu=spec.requirements.cpu, memory=spec.requirements.ram),
+                    limits=Limits(
+                        cpu=spec.requirements.cpu,
+                        memory=spec.requirements.ram,
+                        pids=self.cfg.task_pids_max,
+                    ),
                 )
             )
-        except (UserError, OSError, ValueError) as e:
+        except UserError as e:
+            self._permanent_failure(key, f"run_as: {e}")
+            return
+        except ExecError as e:
+            self._permanent_failure(key, str(e), e.code)
+            return
+        except (OSError, ValueError, CgroupError) as e:
             log.warning("task %s/%d could not start: %s", d.job, d.index, e)
             with self.lock:
-                self.states.start_failed(key, f"start-failed: {e}")
+                self.states.launch_failed(key, f"start-failed: {e}", now_ms())
+                self._mark_dirty()
+            self._timer_wake.set()
             self.wake.set()
             return
         with self.lock:
             self.procs[key] = proc
-            self.states.started(key, now_ms())
-            restarts = self.states.tasks[key].restarts
-        log.info("task %s/%d started (pid %d, restarts %d)", d.job, d.index, proc.pid, restarts)
+            self.states.started(key, now_ms(), proc.pid, proc.shim_pid, proc.shim_start)
+            t = self.states.tasks[key]
+            self._track_health(t)
+            restarts = t.restarts
+            seen = self.first_seen.pop(key, None)
+            self._mark_dirty()
+        latency = ""
+        if seen is not None:
+            took = time.monotonic() - seen
+            self.start_latency.observe(took)
+            latency = f", {took * 1000:.1f} ms after desired"
+        self._watch(key, proc)
+        log.info(
+            "task %s/%d started (pid %d, restarts %d%s)",
+            d.job,
+            d.index,
+            proc.pid,
+            restarts,
+            latency,
+        )
+        self.wake.set()
+
+    def _permanent_failure(self, key: TaskKey, reason: str, code: int | None = None) -> None:
+        """The task can never run here as specified: failed, no restart, no storm."""
+        log.warning("task %s/%d failed: %s", key[0], key[1], reason)
+        with self.lock:
+            self.states.start_failed(key, reason, code)
+            self.first_seen.pop(key, None)
+            self._mark_dirty()
         self.wake.set()
 
     def _kill_task(self, key: TaskKey) -> None:
@@ -351,49 +671,230 @@ class Borglet:
             t = self.states.tasks.get(key)
             grace = t.spec.kill_timeout_ms / 1000 if t is not None else 10.0
         self.runtime.stop(task_id_of(key), proc, grace_s=grace)
-        with self.lock:
-            self.procs.pop(key, None)
-            self.states.killed(key)
-        log.info("task %s/%d killed", key[0], key[1])
+        if proc is None:
+            with self.lock:
+                self.states.killed(key)
+                self._mark_dirty()
+        else:
+            self._handle_exit(key, from_watcher=False)
+        log.info("task %s/%d stopped", key[0], key[1])
         self.wake.set()
 
-    def _reaper_loop(self) -> None:
-        """Notice exited processes and restart backoffs that have run out."""
-        while not self._stop.wait(0.1):
-            exited: list[tuple[TaskKey, TaskProcess, int]] = []
-            with self.lock:
-                for key, proc in list(self.procs.items()):
-                    t = self.states.tasks.get(key)
-                    if t is None or t.phase != ACTIVE:
-                        continue
-                    rc = proc.poll()
-                    if rc is not None:
-                        exited.append((key, proc, rc))
-                        del self.procs[key]
-            for key, proc, rc in exited:
-                task_id = task_id_of(key)
-                oom = self.runtime.oom_killed(task_id)
-                if oom:
-                    k = (key[0], key[1])
-                    self.oom_kills[k] = self.oom_kills.get(k, 0) + 1
-                # Whatever the main process left behind in its cgroup goes with it.
-                self.runtime.stop(task_id, proc, grace_s=0)
-                with self.lock:
-                    self.states.exited(key, rc, oom, now_ms())
-                    t = self.states.tasks[key]
-                log.info(
-                    "task %s/%d exited: code %s%s -> %s",
-                    key[0],
-                    key[1],
-                    t.exit_code,
-                    f" ({t.reason})" if t.reason else "",
-                    t.observed_state() if t.phase == "done" else f"restart #{t.restarts}",
-                )
-                self.wake.set()
+    def _handle_exit(self, key: TaskKey, from_watcher: bool = False) -> None:
+        """A task's shim has exited: collect the status, clean up, apply the restart policy.
+
+        Whoever takes the process out of `procs` handles it, exactly once. While we are
+        stopping a task ourselves the killer does it, after the whole cgroup is gone (so a
+        restart never finds the old processes still in the cgroup).
+        """
+        with self.lock:
+            t = self.states.tasks.get(key)
+            if from_watcher and t is not None and t.phase == STOPPING:
+                return
+            proc = self.procs.pop(key, None)
+        if proc is None:
+            return
+        task_id = task_id_of(key)
+        status = proc.status()
+        lost = status is None
+        if status is None:
+            status = ExitStatus(code=137, signal=9)
+        try:
+            st = self.runtime.stats(task_id)
+        except CgroupError:
+            st = CgroupStats(0.0, 0, 0)
+        oom = st.oom_kills > 0
+        # Whatever the main process left behind in its cgroup goes with it.
+        self.runtime.stop(task_id, proc, grace_s=0)
+        self.runtime.forget(proc)
+        with self.lock:
+            t = self.states.tasks.get(key)
+            before = t.restarts if t is not None else 0
+            self.states.exited(
+                key, status.returncode(), oom, now_ms(), pids_limit=st.pids_limit_hits > 0
+            )
+            t = self.states.tasks.get(key)
+            if t is None:
+                return
+            if t.restarts > before:
+                k = (key[0], key[1])
+                self.restarts_total[k] = self.restarts_total.get(k, 0) + t.restarts - before
+            if lost and t.reason.startswith("signal"):
+                t.reason = LOST_SHIM_REASON
+            if oom:
+                k = (key[0], key[1])
+                self.oom_kills[k] = self.oom_kills.get(k, 0) + 1
+            self.health.pop(key, None)
+            self.usage.pop(key, None)
+            self._mark_dirty()
+            log.info(
+                "task %s/%d exited: code %s%s -> %s",
+                key[0],
+                key[1],
+                t.exit_code,
+                f" ({t.reason})" if t.reason else "",
+                t.observed_state() if t.phase == DONE else f"restart #{t.restarts}",
+            )
+        self._timer_wake.set()
+        self.wake.set()
+
+    # ----- watching shims ------------------------------------------------------------------
+
+    def _watch(self, key: TaskKey, proc: TaskProcess) -> None:
+        """Have the watch thread wake up when the task's shim exits."""
+        fd = proc.open_pidfd()
+        if fd < 0:
+            threading.Thread(target=self._handle_exit, args=(key, True), daemon=True).start()
+            return
+        with self._watch_lock:
+            self._watch_new.append((fd, key))
+        with contextlib.suppress(OSError):
+            os.write(self._watch_w, b"x")
+
+    def _watch_loop(self) -> None:
+        poller = select.poll()
+        poller.register(self._watch_r, select.POLLIN)
+        fds: dict[int, TaskKey] = {}
+        while not self._stop.is_set():
+            with self._watch_lock:
+                new, self._watch_new = self._watch_new, []
+            for fd, key in new:
+                fds[fd] = key
+                poller.register(fd, select.POLLIN)
+            try:
+                events = poller.poll()
+            except InterruptedError:
+                continue
+            for fd, _ in events:
+                if fd == self._watch_r:
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(self._watch_r, 4096)
+                    continue
+                key = fds.pop(fd)
+                poller.unregister(fd)
+                os.close(fd)
+                threading.Thread(target=self._handle_exit, args=(key, True), daemon=True).start()
+        for fd in fds:
+            os.close(fd)
+
+    # ----- timers: restart backoffs, state file ---------------------------------------------
+
+    def _timer_loop(self) -> None:
+        while not self._stop.is_set():
             with self.lock:
                 nxt = self.states.next_wakeup_ms()
-            if nxt is not None and nxt <= now_ms():
+            now = now_ms()
+            if nxt is not None and nxt <= now:
                 self.converge()
+                continue
+            self._flush_state()
+            timeout = 5.0 if nxt is None else max(0.005, (nxt - now) / 1000)
+            self._timer_wake.wait(min(timeout, 5.0))
+            self._timer_wake.clear()
+
+    # ----- usage ----------------------------------------------------------------------------
+
+    def _usage_loop(self) -> None:
+        """Refresh per-task usage from the cgroup files every --usage-interval (bounded cost:
+        a few small reads per running task), and notice tasks stuck at pids.max."""
+        while not self._stop.wait(self.cfg.usage_interval_s):
+            self.refresh_usage()
+
+    def refresh_usage(self) -> None:
+        with self.lock:
+            keys = [k for k, t in self.states.tasks.items() if t.phase == ACTIVE]
+        changed = False
+        for key in keys:
+            try:
+                st = self.runtime.stats(task_id_of(key))
+            except CgroupError:
+                continue
+            with self.lock:
+                prev = self.usage.get(key)
+                self.usage[key] = st
+                t = self.states.tasks.get(key)
+                if t is None or t.phase != ACTIVE:
+                    continue
+                if st.pids_limit_hits > (prev.pids_limit_hits if prev else 0):
+                    if t.reason != "pids-limit":
+                        log.warning("task %s/%d hit its pids limit", key[0], key[1])
+                        changed = True
+                    self.states.pids_limit_hit(key)
+        if changed:
+            self.wake.set()
+
+    # ----- health checks --------------------------------------------------------------------
+
+    def _track_health(self, t: LocalTask) -> None:
+        check = HealthCheck.from_spec(t.spec.health)
+        if check is not None:
+            self.health[t.key] = HealthTracker.starting(check, t.started_ms)
+            self._health_wake.set()
+
+    def _health_loop(self) -> None:
+        pool = futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="probe")
+        try:
+            while not self._stop.is_set():
+                now = now_ms()
+                due: list[tuple[TaskKey, HealthTracker, LocalTask]] = []
+                nxt = now + 5000
+                with self.lock:
+                    for key, tr in self.health.items():
+                        t = self.states.tasks.get(key)
+                        if t is None or t.phase != ACTIVE:
+                            continue
+                        if tr.due(now):
+                            tr.begin(now)
+                            due.append((key, tr, t))
+                        if not tr.in_flight:
+                            nxt = min(nxt, tr.next_ms)
+                for key, tr, t in due:
+                    pool.submit(self._probe, key, tr, t)
+                self._health_wake.wait(max(0.005, (nxt - now_ms()) / 1000))
+                self._health_wake.clear()
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def _probe(self, key: TaskKey, tr: HealthTracker, t: LocalTask) -> None:
+        check = tr.check
+        timeout = check.timeout_ms / 1000
+        try:
+            if check.kind == EXEC:
+                user = resolve_user(t.spec.run_as or self.cfg.task_user, self.cfg.allow_root)
+                env = dict(t.spec.env)
+                env.setdefault("PATH", DEFAULT_PATH)
+                for name, port in t.ports.items():
+                    env[f"BORG_PORT_{name.upper().replace('-', '_')}"] = str(port)
+                ok = probe_exec(check.argv, env, self.sandbox_of(t.job, t.index), user, timeout)
+            else:
+                port = t.ports.get(check.port, 0)
+                if check.kind == HTTP:
+                    ok = port > 0 and probe_http(port, check.path, timeout)
+                else:
+                    ok = port > 0 and probe_tcp(port, timeout)
+        except Exception as e:  # a probe must never kill the health thread
+            log.warning("health check of %s/%d failed to run: %s", key[0], key[1], e)
+            ok = False
+        kill = None
+        with self.lock:
+            if self.health.get(key) is not tr:
+                return  # the task restarted or went away meanwhile
+            went_bad = tr.record(ok)
+            self.states.set_health(key, tr.status)
+            if went_bad:
+                log.warning(
+                    "task %s/%d unhealthy after %d failed %s checks",
+                    key[0],
+                    key[1],
+                    tr.failures,
+                    check.kind,
+                )
+                kill = self.states.unhealthy(key)
+                self._mark_dirty()
+        self._health_wake.set()
+        if kill is not None:
+            threading.Thread(target=self._kill_task, args=(key,), daemon=True).start()
+        self.wake.set()
 
     # ----- HTTP ---------------------------------------------------------------------------
 
@@ -424,7 +925,7 @@ class Borglet:
         return server
 
     def find_sandbox(self, job: str, index: int) -> str | None:
-        path = os.path.join(self.cfg.data_dir, "tasks", f"{job}.{index}")
+        path = self.sandbox_of(job, index)
         return path if os.path.isdir(path) else None
 
 
@@ -438,6 +939,46 @@ def _first_closed_dir(path: str) -> str:
         if parent == p:
             return ""
         p = parent
+
+
+FOLLOW_POLL_S = 0.2
+
+
+def follow_file(path: str, tail_bytes: int, follow: bool, active: Any) -> Any:
+    """Yield the file's bytes; with `follow`, keep yielding what is appended, across
+    rotations (the file renamed to path.1 and a new one created: the old one is read to its
+    end first) and truncations, while `active()` is true."""
+    f = open(path, "rb")  # noqa: SIM115 - reopened on rotation
+    try:
+        ino = os.fstat(f.fileno()).st_ino
+        if tail_bytes > 0:
+            size = os.fstat(f.fileno()).st_size
+            f.seek(max(0, size - tail_bytes))
+        while active():
+            chunk = f.read(64 * 1024)
+            if chunk:
+                yield chunk
+                continue
+            if not follow:
+                return
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                st = None
+            if st is not None and st.st_ino != ino:
+                rest = f.read()
+                if rest:
+                    yield rest
+                f.close()
+                f = open(path, "rb")  # noqa: SIM115
+                ino = os.fstat(f.fileno()).st_ino
+                continue
+            if st is not None and st.st_size < f.tell():
+                f.seek(0)  # truncated in place
+                continue
+            time.sleep(FOLLOW_POLL_S)
+    finally:
+        f.close()
 
 
 class _LogsServicer(borg_pb2_grpc.BorgletServicer):
@@ -454,15 +995,5 @@ class _LogsServicer(borg_pb2_grpc.BorgletServicer):
         path = os.path.join(sandbox, "stderr" if request.stderr else "stdout")
         if not os.path.isfile(path):
             context.abort(grpc.StatusCode.NOT_FOUND, f"no {os.path.basename(path)} log yet")
-        with open(path, "rb") as f:
-            if request.tail_bytes > 0:
-                size = os.fstat(f.fileno()).st_size
-                f.seek(max(0, size - request.tail_bytes))
-            while context.is_active():
-                chunk = f.read(64 * 1024)
-                if chunk:
-                    yield pb.LogChunk(data=chunk)
-                    continue
-                if not request.follow:
-                    return
-                time.sleep(0.2)
+        for chunk in follow_file(path, request.tail_bytes, request.follow, context.is_active):
+            yield pb.LogChunk(data=chunk)

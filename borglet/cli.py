@@ -13,6 +13,7 @@ import click
 import psutil
 
 from borglet.agent import Borglet, BorgletConfig
+from borglet.ports import parse_range
 from borgmaster.logsetup import log_options, setup_logging
 from cfg.units import parse_size
 
@@ -61,6 +62,49 @@ def main() -> None:
 @click.option("--tls-dir", type=click.Path(file_okay=False), default=None, hidden=True)
 @click.option("--cgroup-root", default="/sys/fs/cgroup", show_default=True)
 @click.option("--kill-tasks-on-exit", is_flag=True, help="Stop every task when exiting (dev).")
+@click.option(
+    "--reserve-cpu",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Cores kept for the system (subtracted from the capacity offered).",
+)
+@click.option(
+    "--reserve-memory", default="0", show_default=True, help="Memory kept for the system, e.g. 1Gi."
+)
+@click.option(
+    "--port-range",
+    default="20000-32000",
+    show_default=True,
+    help="LOW-HIGH: ports handed to tasks' requirements.ports.",
+)
+@click.option(
+    "--log-max-size",
+    default="10Mi",
+    show_default=True,
+    help="Rotate a task's stdout/stderr at this size.",
+)
+@click.option(
+    "--log-keep",
+    type=click.IntRange(0, 100),
+    default=3,
+    show_default=True,
+    help="Rotated log files kept per stream.",
+)
+@click.option(
+    "--task-pids-max",
+    type=click.IntRange(8, 1 << 22),
+    default=4096,
+    show_default=True,
+    help="pids.max of every task cgroup.",
+)
+@click.option(
+    "--usage-interval",
+    type=click.FloatRange(0.1, 3600),
+    default=5.0,
+    show_default=True,
+    help="Seconds between usage reads for the master.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Same as --log-level debug.")
 @log_options
 def run(
@@ -79,6 +123,13 @@ def run(
     tls_dir: str | None,
     cgroup_root: str,
     kill_tasks_on_exit: bool,
+    reserve_cpu: float,
+    reserve_memory: str,
+    port_range: str,
+    log_max_size: str,
+    log_keep: int,
+    task_pids_max: int,
+    usage_interval: float,
     verbose: bool,
     log_level: str,
     log_format: str,
@@ -88,8 +139,15 @@ def run(
     try:
         mem = parse_size(memory) if memory else int(psutil.virtual_memory().total * 0.8)
         dsk = parse_size(disk) if disk else None
+        reserve_mem = parse_size(reserve_memory)
+        log_max = parse_size(log_max_size)
+        ports = parse_range(port_range)
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
+    if reserve_cpu < 0:
+        raise click.BadParameter("must be >= 0", param_hint="--reserve-cpu")
+    if log_max < 4096:
+        raise click.BadParameter("must be at least 4Ki", param_hint="--log-max-size")
     os.makedirs(data_dir, exist_ok=True)
     if dsk is None:
         dsk = psutil.disk_usage(data_dir).free
@@ -108,6 +166,13 @@ def run(
         allow_root=allow_root_tasks,
         kill_tasks_on_exit=kill_tasks_on_exit,
         cgroup_root=cgroup_root,
+        reserve_cpu=reserve_cpu,
+        reserve_memory=reserve_mem,
+        port_range=ports,
+        log_max_size=log_max,
+        log_keep=log_keep,
+        task_pids_max=task_pids_max,
+        usage_interval_s=usage_interval,
     )
     borglet = Borglet(cfg)
     try:

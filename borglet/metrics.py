@@ -1,7 +1,8 @@
 """Prometheus metrics of a Borglet, read from the task cgroups at scrape time.
 
 Values come from the cgroup files (cheap reads, no process walks), so a scrape costs a few
-small file reads per running task.
+small file reads per running task. The start-latency histogram lives on the agent (it is
+observed when a task starts) and is registered in the same registry.
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ from typing import TYPE_CHECKING
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from borglet.state import ACTIVE
+from borglet.state import ACTIVE, DONE, STOPPING
 
 if TYPE_CHECKING:
     from borglet.agent import Borglet
+
+LABELS = ["job", "index"]
 
 
 def task_id_of(key: tuple[str, int, str]) -> str:
@@ -30,27 +33,56 @@ class BorgletCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         b = self.b
         cpu = CounterMetricFamily(
-            "borg_task_cpu_seconds", "CPU time used by a task's cgroup.", labels=["job", "index"]
+            "borg_task_cpu_seconds", "CPU time used by a task's cgroup.", labels=LABELS
         )
         mem = GaugeMetricFamily(
-            "borg_task_memory_bytes", "Memory charged to a task's cgroup.", labels=["job", "index"]
+            "borg_task_memory_bytes", "Memory charged to a task's cgroup.", labels=LABELS
+        )
+        peak = GaugeMetricFamily(
+            "borg_task_memory_peak_bytes",
+            "Peak memory charged to a task's cgroup (this run).",
+            labels=LABELS,
         )
         restarts = CounterMetricFamily(
-            "borg_task_restarts", "Restarts of a task on this machine.", labels=["job", "index"]
+            "borg_task_restarts",
+            "Restarts of a task (job, index) on this machine, over all its incarnations.",
+            labels=LABELS,
         )
         ooms = CounterMetricFamily(
-            "borg_task_oom_kills", "Kernel OOM kills of a task.", labels=["job", "index"]
+            "borg_task_oom_kills", "Kernel OOM kills of a task.", labels=LABELS
+        )
+        healthy = GaugeMetricFamily(
+            "borg_task_healthy",
+            "1 when the task's health check passes, 0 when it is unhealthy (absent: no check "
+            "or no verdict yet).",
+            labels=LABELS,
         )
         with b.lock:
-            tasks = [(k, t.restarts, t.phase) for k, t in b.states.tasks.items()]
+            for key, t in b.states.tasks.items():
+                if t.health and t.phase != DONE:
+                    value = 1.0 if t.health == "healthy" else 0.0
+                    healthy.add_metric([key[0], str(key[1])], value)
+            tasks = [
+                (k, t.restarts, t.phase, t.spec.requirements.cpu, t.spec.requirements.ram)
+                for k, t in b.states.tasks.items()
+            ]
             oom = dict(b.oom_kills)
-        used_cpu = 0.0
+            restarts_total = dict(b.restarts_total)
+        used_cpu_s = 0.0
         used_mem = 0
-        for key, nrestarts, phase in tasks:
+        alloc_cpu = 0.0
+        alloc_mem = 0
+        seen = {(t[0][0], t[0][1]) for t in tasks}
+        for k in sorted(seen | set(restarts_total) | set(oom)):
+            labels = [k[0], str(k[1])]
+            restarts.add_metric(labels, restarts_total.get(k, 0))
+            ooms.add_metric(labels, oom.get(k, 0))
+        for key, _, phase, req_cpu, req_ram in tasks:
             labels = [key[0], str(key[1])]
-            restarts.add_metric(labels, nrestarts)
-            ooms.add_metric(labels, oom.get((key[0], key[1]), 0))
-            if phase != ACTIVE:
+            if phase != DONE:
+                alloc_cpu += req_cpu
+                alloc_mem += req_ram
+            if phase not in (ACTIVE, STOPPING):
                 continue
             try:
                 st = b.runtime.stats(task_id_of(key))
@@ -58,22 +90,43 @@ class BorgletCollector(Collector):
                 continue
             cpu.add_metric(labels, st.cpu_seconds)
             mem.add_metric(labels, st.memory_bytes)
-            used_cpu += st.cpu_seconds
+            peak.add_metric(labels, st.memory_peak_bytes)
+            used_cpu_s += st.cpu_seconds
             used_mem += st.memory_bytes
         yield cpu
         yield mem
+        yield peak
         yield restarts
         yield ooms
+        yield healthy
         cap = GaugeMetricFamily(
-            "borg_machine_capacity", "Capacity offered to the cell.", labels=["resource"]
+            "borg_machine_capacity",
+            "Capacity offered to the cell (the machine minus --reserve-*).",
+            labels=["resource"],
         )
-        cap.add_metric(["cpu"], b.cfg.cpu)
-        cap.add_metric(["ram"], b.cfg.memory)
+        cap.add_metric(["cpu"], b.cfg.offered_cpu)
+        cap.add_metric(["ram"], b.cfg.offered_memory)
         yield cap
+        alloc = GaugeMetricFamily(
+            "borg_machine_allocated",
+            "Resources requested by the tasks placed on this machine.",
+            labels=["resource"],
+        )
+        alloc.add_metric(["cpu"], alloc_cpu)
+        alloc.add_metric(["ram"], alloc_mem)
+        yield alloc
+        used = GaugeMetricFamily(
+            "borg_machine_used",
+            "Resources used by running tasks (cpu: seconds consumed by current runs).",
+            labels=["resource"],
+        )
+        used.add_metric(["cpu_seconds"], used_cpu_s)
+        used.add_metric(["ram"], used_mem)
+        yield used
         yield GaugeMetricFamily(
             "borg_machine_tasks_running",
             "Tasks with a live process on this machine.",
-            value=sum(1 for _, _, p in tasks if p == ACTIVE),
+            value=sum(1 for t in tasks if t[2] == ACTIVE),
         )
         yield GaugeMetricFamily(
             "borg_borglet_connected", "1 when the last sync succeeded.", value=float(b.connected)

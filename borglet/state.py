@@ -18,6 +18,13 @@ from borgmaster.model import BATCH, FAILED, KILLED, RUNNING, SUCCEEDED, JobSpec
 MAX_BACKOFF_MS = 300_000
 STABLE_RUN_MS = 60_000
 
+# Health as reported to the master ("" = no check, or no verdict yet).
+HEALTHY = "healthy"
+UNHEALTHY = "unhealthy"
+# Reasons this module gives.
+REASON_UNHEALTHY = "unhealthy"
+REASON_PIDS_LIMIT = "pids-limit"
+
 TaskKey = tuple[str, int, str]  # job, index, incarnation
 
 # Local phases of a task on this machine.
@@ -56,6 +63,14 @@ class LocalTask:
     next_start_ms: int = 0
     started_ms: int = 0
     consecutive_failures: int = 0
+    version: int = 0
+    health: str = ""
+    oom_kills: int = 0  # over all runs of this task on this machine
+    ports: dict[str, int] = field(default_factory=dict)
+    pid: int = 0  # the task's main process while ACTIVE
+    shim_pid: int = 0
+    shim_start: str = ""  # the shim's start time: with shim_pid, identifies it after a restart
+    stop_reason: str = ""  # why we are stopping it ourselves (e.g. unhealthy -> restart)
 
     @property
     def job(self) -> str:
@@ -82,7 +97,65 @@ class LocalTask:
             "exit_code": -1 if self.exit_code is None else self.exit_code,
             "reason": self.reason,
             "restarts": self.restarts,
+            "health": self.health if self.phase != DONE else "",
+            "pid": self.pid if self.phase in (ACTIVE, STOPPING) else 0,
+            "oom_kills": self.oom_kills,
+            "ports": dict(self.ports),
         }
+
+    def to_dict(self) -> dict[str, Any]:
+        """For the Borglet's state file: everything needed to re-adopt and report the task."""
+        return {
+            "job": self.job,
+            "index": self.index,
+            "incarnation": self.incarnation,
+            "spec": self.spec.to_dict(),
+            "phase": self.phase,
+            "restarts": self.restarts,
+            "exit_code": self.exit_code,
+            "reason": self.reason,
+            "result": self.result,
+            "next_start_ms": self.next_start_ms,
+            "started_ms": self.started_ms,
+            "consecutive_failures": self.consecutive_failures,
+            "version": self.version,
+            "oom_kills": self.oom_kills,
+            "ports": dict(self.ports),
+            "pid": self.pid,
+            "shim_pid": self.shim_pid,
+            "shim_start": self.shim_start,
+            "stop_reason": self.stop_reason,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LocalTask:
+        """Inverse of to_dict; a task caught mid-launch comes back as waiting to start."""
+        t = cls(
+            key=(str(d["job"]), int(d["index"]), str(d["incarnation"])),
+            spec=JobSpec.from_dict(d["spec"]),
+        )
+        for name in (
+            "phase",
+            "restarts",
+            "exit_code",
+            "reason",
+            "result",
+            "next_start_ms",
+            "started_ms",
+            "consecutive_failures",
+            "version",
+            "oom_kills",
+            "pid",
+            "shim_pid",
+            "shim_start",
+            "stop_reason",
+        ):
+            if name in d:
+                setattr(t, name, d[name])
+        t.ports = {str(k): int(v) for k, v in (d.get("ports") or {}).items()}
+        if t.phase == LAUNCHING:
+            t.phase = STARTING
+        return t
 
 
 @dataclass
@@ -127,7 +200,9 @@ class TaskStates:
         for key, d in want.items():
             t = self.tasks.get(key)
             if t is None:
-                t = self.tasks[key] = LocalTask(key=key, spec=d.spec, next_start_ms=now_ms)
+                t = self.tasks[key] = LocalTask(
+                    key=key, spec=d.spec, next_start_ms=now_ms, version=d.version
+                )
             if t.phase == STARTING and t.next_start_ms <= now_ms:
                 t.phase = LAUNCHING  # so a concurrent reconcile cannot start it twice
                 actions.append(Start(key))
@@ -145,11 +220,43 @@ class TaskStates:
             # LAUNCHING: killed by the next reconcile, once the spawn has finished.
         return actions
 
-    def started(self, key: TaskKey, now_ms: int) -> None:
+    def started(
+        self, key: TaskKey, now_ms: int, pid: int = 0, shim_pid: int = 0, shim_start: str = ""
+    ) -> None:
         t = self.tasks[key]
         t.phase = ACTIVE
         t.started_ms = now_ms
         t.reason = ""
+        t.health = ""
+        t.stop_reason = ""
+        t.pid, t.shim_pid, t.shim_start = pid, shim_pid, shim_start
+
+    def unhealthy(self, key: TaskKey) -> Kill | None:
+        """A running task failed its health check `failure_threshold` times in a row.
+
+        Service tasks are killed and then restarted per their policy (the kill counts as a
+        failed run, reason `unhealthy`); batch tasks only report it.
+        """
+        t = self.tasks.get(key)
+        if t is None or t.phase != ACTIVE:
+            return None
+        t.health = UNHEALTHY
+        if t.spec.kind == BATCH:
+            return None
+        t.phase = STOPPING
+        t.stop_reason = REASON_UNHEALTHY
+        return Kill(key)
+
+    def set_health(self, key: TaskKey, health: str) -> None:
+        t = self.tasks.get(key)
+        if t is not None and t.phase == ACTIVE:
+            t.health = health
+
+    def pids_limit_hit(self, key: TaskKey) -> None:
+        """The task tried to fork past pids.max (a fork bomb, or a leak): say so while it runs."""
+        t = self.tasks.get(key)
+        if t is not None and t.phase == ACTIVE:
+            t.reason = REASON_PIDS_LIMIT
 
     def launch_aborted(self, key: TaskKey) -> None:
         """A Start was not carried out (the task stopped being wanted meanwhile)."""
@@ -157,26 +264,53 @@ class TaskStates:
         if t is not None and t.phase == LAUNCHING:
             t.phase = STARTING
 
-    def start_failed(self, key: TaskKey, message: str) -> None:
-        """The process could not be started at all (no such user, bad limits): give up."""
+    def start_failed(self, key: TaskKey, message: str, exit_code: int | None = None) -> None:
+        """The process could not be started at all (no such user, command not found):
+        permanent, so give up rather than restart into the same failure."""
         t = self.tasks[key]
         t.phase = DONE
         t.result = FAILED
         t.reason = message
+        if exit_code is not None:
+            t.exit_code = exit_code
 
-    def exited(self, key: TaskKey, returncode: int, oom: bool, now_ms: int) -> None:
-        """A process ended on its own: finish the task or schedule a restart per its policy."""
+    def launch_failed(self, key: TaskKey, message: str, now_ms: int) -> None:
+        """The machine could not start the process (a transient failure, unlike a missing
+        command): count it as a failed run, so the restart policy and its backoff apply."""
         t = self.tasks.get(key)
         if t is None:
             return
+        if t.phase == LAUNCHING:
+            t.phase = ACTIVE
+            t.started_ms = now_ms
+        self.exited(key, 126, False, now_ms)
+        t.reason = message
+
+    def exited(
+        self, key: TaskKey, returncode: int, oom: bool, now_ms: int, pids_limit: bool = False
+    ) -> None:
+        """A process ended (on its own, or because we stopped it): finish the task or
+        schedule a restart per its policy."""
+        t = self.tasks.get(key)
+        if t is None or t.phase == DONE:
+            return
         t.exit_code = exit_code_of(returncode)
         t.reason = describe_exit(returncode, oom)
-        if t.phase == STOPPING:
+        t.pid = 0
+        if oom:
+            t.oom_kills += 1
+        elif pids_limit and returncode != 0:
+            t.reason = REASON_PIDS_LIMIT
+        unhealthy = t.stop_reason == REASON_UNHEALTHY
+        t.stop_reason = ""
+        if t.phase == STOPPING and not unhealthy:
             t.phase = DONE
             t.result = KILLED
-            t.reason = "killed"
+            t.reason = "oom" if oom else "killed"
             return
-        ok = returncode == 0 and not oom
+        if unhealthy:
+            t.reason = REASON_UNHEALTHY
+        ok = returncode == 0 and not oom and not unhealthy
         policy = t.spec.restart
         if t.spec.kind == BATCH and ok:
             self._finish(t, SUCCEEDED)
@@ -199,15 +333,17 @@ class TaskStates:
     def killed(self, key: TaskKey) -> None:
         """A kill we asked for has completed."""
         t = self.tasks.get(key)
-        if t is None:
+        if t is None or t.phase == DONE:
             return
         t.phase = DONE
         t.result = KILLED
         t.reason = t.reason if t.reason == "oom" else "killed"
+        t.pid = 0
 
     def _finish(self, t: LocalTask, result: str) -> None:
         t.phase = DONE
         t.result = result
+        t.health = ""
 
     def forget_reported(self, reported: set[TaskKey], desired: set[TaskKey]) -> list[TaskKey]:
         """Drop finished tasks the master has heard about and no longer wants."""

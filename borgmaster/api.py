@@ -303,16 +303,19 @@ class MasterServicer(borg_pb2_grpc.BorgmasterServicer):
                         updates.append(_update(t.job, t.index, t.incarnation, "killed", None, ""))
                     continue
                 ec = None if o.exit_code == -1 else o.exit_code
-                if (o.state, o.restarts, ec, o.reason, o.health) != (
+                ports = dict(o.ports)
+                if (o.state, o.restarts, ec, o.reason, o.health, ports) != (
                     t.state,
                     t.restarts,
                     t.exit_code,
                     t.reason,
                     t.health,
+                    t.ports,
                 ):
                     u = _update(t.job, t.index, t.incarnation, o.state, ec, o.reason)
                     u["restarts"] = o.restarts
                     u["health"] = o.health
+                    u["ports"] = ports
                     updates.append(u)
         if updates:
             self.m.propose(C.TaskUpdates(machine=name, updates=updates, ts_ms=now_ms()))

@@ -623,6 +623,11 @@ class Store:
                 and isinstance(u.get("restarts", 0), int)
                 and isinstance(u.get("reason", ""), str)
                 and isinstance(u.get("health", ""), str)
+                and isinstance(u.get("ports", {}), dict)
+                and all(
+                    isinstance(k, str) and isinstance(v, int)
+                    for k, v in u.get("ports", {}).items()
+                )
             )
             if not ok:
                 return err("invalid", f"malformed task update {u!r:.200}")
@@ -647,6 +652,8 @@ class Store:
             t.exit_code = None if ec is None or ec < -255 else int(ec)
             t.reason = str(u.get("reason", ""))
             t.health = str(u.get("health", ""))
+            if "ports" in u:
+                t.ports = dict(u["ports"])
             t.updated_ms = cmd.ts_ms
             if state == RUNNING and before == ASSIGNED:
                 self._event("started", t.job, t.index, t.machine)

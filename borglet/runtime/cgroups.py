@@ -74,6 +74,9 @@ class CgroupStats:
     cpu_seconds: float
     memory_bytes: int
     oom_kills: int
+    memory_peak_bytes: int = 0
+    pids_limit_hits: int = 0
+    """Times a fork failed because the cgroup was at pids.max (pids.events "max")."""
 
 
 def validate_name(name: str) -> None:
@@ -388,7 +391,14 @@ class CgroupV1(CgroupDriver):
             kills = oom["oom_kill"]
         else:  # kernels before 4.13 have no counter: any failure to charge counts as one
             kills = 1 if _read_int(os.path.join(mem, "memory.failcnt")) > 0 else 0
-        return CgroupStats(cpu_seconds=cpu_ns / 1e9, memory_bytes=usage, oom_kills=kills)
+        pids_events = _read_keyed(os.path.join(self._cg("pids", name), "pids.events"))
+        return CgroupStats(
+            cpu_seconds=cpu_ns / 1e9,
+            memory_bytes=usage,
+            oom_kills=kills,
+            memory_peak_bytes=_read_int(os.path.join(mem, "memory.max_usage_in_bytes")),
+            pids_limit_hits=pids_events.get("max", 0),
+        )
 
     def kill(self, name: str, sig: int) -> None:
         """SIGKILL freezes first so no process can fork a child we would miss, then thaws."""
@@ -510,6 +520,8 @@ class CgroupV2(CgroupDriver):
             cpu_seconds=usec / 1e6,
             memory_bytes=_read_int(os.path.join(d, "memory.current")),
             oom_kills=events.get("oom_kill", 0),
+            memory_peak_bytes=_read_int(os.path.join(d, "memory.peak")),  # 5.19+
+            pids_limit_hits=_read_keyed(os.path.join(d, "pids.events")).get("max", 0),
         )
 
     def kill(self, name: str, sig: int) -> None:

@@ -1,8 +1,12 @@
-"""Spawn tasks into their cgroup as their unix user, and stop them without leaving anything.
+"""Spawn tasks through their shim, find them again after a restart, stop them without leaving
+anything behind.
 
-A task is started through ``borglet/shim.py``: the Borglet (root) prepares the sandbox, the log
-files and the cgroup, then runs the shim, which joins the cgroup, drops privileges and execs
-the command. So the task is confined before its first instruction and before it can fork.
+A task is started through ``borglet/shim.py``, a small supervisor that stays outside the task's
+cgroup: the Borglet (root) prepares the sandbox, the cgroup and a root-only control directory,
+then runs the shim, which forks the task (the child joins the cgroup, drops privileges and
+execs), pumps its output into rotated log files and records how it ended. Because the shim,
+not the Borglet, is the task's parent, a Borglet can die and come back: it finds the shim again
+by pid (+ start time, so a reused pid is never mistaken for it) and reads the exit status file.
 
 Stopping works on the cgroup, not the process tree: daemonized or re-parented children are
 still in the cgroup and get signalled too.
@@ -11,14 +15,17 @@ still in the cgroup and get signalled too.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
+import marshal
 import os
 import pwd
+import select
+import shutil
 import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -28,14 +35,28 @@ log = logging.getLogger(__name__)
 
 SHIM_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "shim.py")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-SPEC_NAME = ".shim.json"
 KILL_WAIT_S = 5.0
 """How long to wait for a cgroup to empty after SIGKILL (a D-state process can take a while)."""
-_POLL_S = 0.02
+READY_TIMEOUT_S = 30.0
+"""How long a shim may take to report the task started (interpreter start on a loaded host)."""
+_POLL_S = 0.01
 
 
 class UserError(Exception):
     """The task cannot run as the requested account (unknown, or root without permission)."""
+
+
+class ExecError(Exception):
+    """The command never ran (not found, not executable, cannot join its cgroup...).
+
+    Permanent: restarting would fail the same way, so the task is failed, not restarted.
+    The message is the reason reported to the master, e.g. ``exec: not found``; ``code`` the
+    exit code a shell would give (127 not found, 126 anything else).
+    """
+
+    def __init__(self, message: str, code: int = 126) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass
@@ -52,16 +73,93 @@ class SpawnSpec:
 
 
 @dataclass
-class TaskProcess:
-    """A started task: the shim's pid, which becomes the task's pid at exec."""
+class ExitStatus:
+    """How a task ended, as its shim recorded it."""
 
+    code: int  # shell convention: 128 + N when killed by signal N
+    signal: int = 0
+    error: str = ""  # set when the command never ran (e.g. "exec: not found")
+
+    def returncode(self) -> int:
+        """Popen style: negative signal number when killed by a signal."""
+        return -self.signal if self.signal else self.code
+
+
+@dataclass
+class TaskProcess:
+    """A started (or re-adopted) task: its shim and its main process."""
+
+    task_id: str
+    control: str
+    shim_pid: int
+    shim_start: str
     pid: int
-    popen: subprocess.Popen[bytes]
-    started_at: float
+    popen: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+
+    def shim_alive(self) -> bool:
+        if self.popen is not None:
+            return self.popen.poll() is None
+        return proc_alive(self.shim_pid, self.shim_start)
+
+    def status(self) -> ExitStatus | None:
+        """The recorded exit status, None while there is none (yet)."""
+        return read_status(os.path.join(self.control, "status"))
 
     def poll(self) -> int | None:
-        """Exit status once exited (negative = killed by that signal), like Popen."""
-        return self.popen.poll()
+        """None while running, else the exit status Popen-style (negative = signal)."""
+        if self.shim_alive():
+            return None
+        st = self.status()
+        return st.returncode() if st is not None else -signal.SIGKILL
+
+    def open_pidfd(self) -> int:
+        """A pidfd of the shim (poll()-able for its exit), or -1 when it is already gone."""
+        try:
+            fd = os.pidfd_open(self.shim_pid)
+        except OSError:
+            return -1
+        if self.popen is None and not proc_alive(self.shim_pid, self.shim_start):
+            os.close(fd)  # the pid was reused after we looked: not our shim
+            return -1
+        return fd
+
+
+def read_status(path: str) -> ExitStatus | None:
+    try:
+        with open(path) as f:
+            text = f.read()
+    except FileNotFoundError:
+        return None
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        k, _, v = line.partition(" ")
+        fields[k] = v
+    try:
+        return ExitStatus(
+            code=int(fields.get("code", "-1")),
+            signal=int(fields.get("signal", "0")),
+            error=fields.get("error", ""),
+        )
+    except ValueError:
+        return ExitStatus(code=-1, error=f"unreadable status file {path}")
+
+
+def proc_start_time(pid: int) -> str | None:
+    """Start time of a live (non-zombie) process, None when there is none."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    fields = data[data.rindex(b")") + 2 :].split()
+    if fields[0] in (b"Z", b"X"):
+        return None
+    return fields[19].decode()
+
+
+def proc_alive(pid: int, start: str) -> bool:
+    return pid > 0 and proc_start_time(pid) == start
 
 
 def resolve_user(name: str, allow_root: bool) -> tuple[int, int, list[int]]:
@@ -79,44 +177,53 @@ def resolve_user(name: str, allow_root: bool) -> tuple[int, int, list[int]]:
     return pw.pw_uid, pw.pw_gid, groups
 
 
-def _open_log(path: str, uid: int, gid: int, as_root: bool) -> int:
-    """Open a log file for appending, refusing links planted by the (untrusted) task user.
-
-    O_APPEND keeps writes at the end even after an external copy-and-truncate rotation.
-    """
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
-            raise OSError(f"{path} is not a regular file with one link")
-        if as_root:
-            os.fchown(fd, uid, gid)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _write_spec(path: str, spec: dict[str, object]) -> None:
-    """Write the shim spec as a fresh 0600 file (any planted file or link is replaced)."""
+def _write_private(path: str, data: bytes) -> None:
+    """Write a fresh 0600 file (any planted file or link is replaced)."""
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(spec, f)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
 
 
 class ProcessRuntime:
-    """Starts, stops and measures task processes; the cgroup driver does the isolation."""
+    """Starts, adopts, stops and measures task processes; the cgroup driver does the isolation."""
 
-    def __init__(self, driver: CgroupDriver | None, allow_root: bool = False) -> None:
+    def __init__(
+        self,
+        driver: CgroupDriver | None,
+        allow_root: bool = False,
+        control_root: str = "",
+        log_max_size: int = 10 << 20,
+        log_keep: int = 3,
+        python: str = sys.executable,
+        warm_shims: int = 0,
+    ) -> None:
         self.driver = driver
         self.allow_root = allow_root
+        self.control_root = control_root
+        self.log_max_size = log_max_size
+        self.log_keep = log_keep
+        self.python = python
+        self.warm_shims = warm_shims
+        self._warm: list[tuple[subprocess.Popen[bytes], int]] = []
+        self._warm_lock = threading.Lock()
+        self._closed = False
         if driver is None:
             log.warning("no usable cgroup hierarchy: tasks run without cpu/memory/pids limits")
 
+    def control_dir(self, task_id: str, sandbox: str = "") -> str:
+        """Root-only directory with the shim's spec, pid and status files of one task."""
+        validate_name(task_id)
+        root = self.control_root or os.path.join(os.path.dirname(sandbox), ".control")
+        return os.path.join(root, task_id)
+
     def start(self, spec: SpawnSpec) -> TaskProcess:
-        """Prepare sandbox, logs and cgroup, then run the shim that becomes the task."""
+        """Prepare sandbox and cgroup, run the shim, return once the command has been exec'd.
+
+        Raises UserError (bad account), ExecError (the command never ran: permanent),
+        CgroupError or OSError (the machine could not start it).
+        """
         validate_name(spec.task_id)
         if not spec.argv:
             raise ValueError("argv is empty")
@@ -130,6 +237,10 @@ class ProcessRuntime:
         os.chmod(sandbox, 0o750)
         if as_root:
             os.chown(sandbox, uid, gid)
+        control = self.control_dir(spec.task_id, sandbox)
+        shutil.rmtree(control, ignore_errors=True)  # a previous run's status is not ours
+        os.makedirs(control, mode=0o700)
+        os.chmod(os.path.dirname(control), 0o700)
 
         env = dict(spec.env)
         env.setdefault("PATH", DEFAULT_PATH)
@@ -144,7 +255,6 @@ class ProcessRuntime:
             self.driver.create(spec.task_id, spec.limits)
             procs_files = self.driver.procs_files(spec.task_id)
 
-        specfile = os.path.join(sandbox, SPEC_NAME)
         shim_spec: dict[str, object] = {
             "argv": list(spec.argv),
             "env": env,
@@ -153,50 +263,157 @@ class ProcessRuntime:
             "gid": gid,
             "groups": groups,
             "procs_files": procs_files,
+            "rlimits": dict(spec.rlimits),
+            "stdout": os.path.join(sandbox, "stdout"),
+            "stderr": os.path.join(sandbox, "stderr"),
+            "log_max_size": self.log_max_size,
+            "log_keep": self.log_keep,
         }
-        if spec.rlimits:
-            shim_spec["rlimits"] = dict(spec.rlimits)
-        out_fd = err_fd = -1
+        ready_r = -1
         try:
-            _write_spec(specfile, shim_spec)
-            out_fd = _open_log(os.path.join(sandbox, "stdout"), uid, gid, as_root)
-            err_fd = _open_log(os.path.join(sandbox, "stderr"), uid, gid, as_root)
+            _write_private(os.path.join(control, "spec"), marshal.dumps(shim_spec))
+            popen, ready_r = self._shim(control)
+            line = _read_ready(ready_r, READY_TIMEOUT_S)
+        except BaseException:
+            if self.driver is not None:
+                with contextlib.suppress(CgroupError):
+                    self.driver.remove(spec.task_id)
+            raise
+        finally:
+            if ready_r >= 0:
+                os.close(ready_r)
+            self.prefill()
+        shim_start = proc_start_time(popen.pid) or ""
+        kind, _, rest = line.partition(" ")
+        if kind != "ok":
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                popen.wait(timeout=KILL_WAIT_S)
+            if self.driver is not None:
+                with contextlib.suppress(CgroupError):
+                    self.stop(spec.task_id, None, grace_s=0)
+            if kind == "err":
+                code_s, _, msg = rest.partition(" ")
+                code = int(code_s) if code_s.isdigit() else 126
+                raise ExecError(msg.strip() or "exec: failed", code)
+            raise OSError(f"shim for {spec.task_id} did not report: {self._shim_log(control)}")
+        return TaskProcess(
+            task_id=spec.task_id,
+            control=control,
+            shim_pid=popen.pid,
+            shim_start=shim_start,
+            pid=int(rest),
+            popen=popen,
+            started_at=time.time(),
+        )
+
+    def _spawn_shim(self, control: str) -> tuple[subprocess.Popen[bytes], int]:
+        """Run a shim for `control` ("-": a warm one that waits for it on stdin)."""
+        ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+        try:
             popen = subprocess.Popen(
-                [sys.executable, "-I", "-S", SHIM_PATH, specfile],
-                stdin=subprocess.DEVNULL,
-                stdout=out_fd,
-                stderr=err_fd,
+                [self.python, "-I", "-S", SHIM_PATH, control, str(ready_w)],
+                stdin=subprocess.PIPE if control == "-" else subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                pass_fds=(ready_w,),
                 start_new_session=True,
                 close_fds=True,
                 env={},
                 cwd="/",
             )
         except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(specfile)
-            if self.driver is not None:
-                with contextlib.suppress(CgroupError):
-                    self.driver.remove(spec.task_id)
+            os.close(ready_r)
             raise
         finally:
-            for fd in (out_fd, err_fd):
-                if fd >= 0:
-                    os.close(fd)
-        return TaskProcess(pid=popen.pid, popen=popen, started_at=time.time())
+            os.close(ready_w)
+        return popen, ready_r
+
+    def _shim(self, control: str) -> tuple[subprocess.Popen[bytes], int]:
+        """A warm shim handed `control` if one is ready, else a fresh one."""
+        while True:
+            with self._warm_lock:
+                warm = self._warm.pop() if self._warm else None
+            if warm is None or self.warm_shims <= 0:
+                return self._spawn_shim(control)
+            popen, ready_r = warm
+            assert popen.stdin is not None
+            try:
+                popen.stdin.write(control.encode() + b"\n")
+                popen.stdin.close()
+                return popen, ready_r
+            except OSError:  # it died while waiting: try the next one
+                os.close(ready_r)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    popen.wait(timeout=1)
+
+    def prefill(self) -> None:
+        """Keep `warm_shims` shims started ahead of need (Popen itself is cheap; the
+        interpreter start happens in the child, off the caller's path)."""
+        while True:
+            with self._warm_lock:
+                if self._closed or len(self._warm) >= self.warm_shims:
+                    return
+            try:
+                warm = self._spawn_shim("-")
+            except OSError as e:
+                log.warning("cannot start a warm shim: %s", e)
+                return
+            with self._warm_lock:
+                self._warm.append(warm)
+
+    def close(self) -> None:
+        """Let the warm shims go (EOF on their stdin makes them exit)."""
+        with self._warm_lock:
+            self._closed = True
+            warm, self._warm = self._warm, []
+        for popen, ready_r in warm:
+            os.close(ready_r)
+            if popen.stdin is not None:
+                with contextlib.suppress(OSError):
+                    popen.stdin.close()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                popen.wait(timeout=2)
+
+    def _shim_log(self, control: str) -> str:
+        try:
+            with open(os.path.join(control, "shim.log"), errors="replace") as f:
+                return f.read().strip()[-500:] or "no output"
+        except OSError:
+            return "no output"
+
+    def adopt(self, task_id: str, control: str) -> TaskProcess | None:
+        """Find the shim of a task started by an earlier Borglet; None when it is gone."""
+        validate_name(task_id)
+        try:
+            with open(os.path.join(control, "pid")) as f:
+                pid_s, shim_s, start = f.read().split()
+            pid, shim_pid = int(pid_s), int(shim_s)
+        except (OSError, ValueError):
+            return None
+        if not proc_alive(shim_pid, start):
+            return None
+        return TaskProcess(task_id, control, shim_pid, start, pid, None, time.time())
+
+    def exit_status(self, proc: TaskProcess) -> ExitStatus:
+        """How a task whose shim is gone ended (a shim killed itself leaves no status)."""
+        st = proc.status()
+        if st is not None:
+            return st
+        return ExitStatus(code=128 + signal.SIGKILL, signal=signal.SIGKILL)
 
     def stop(self, task_id: str, proc: TaskProcess | None, grace_s: float) -> None:
-        """SIGTERM everything, wait up to grace_s, SIGKILL what is left, reap, remove cgroup."""
+        """SIGTERM everything, wait up to grace_s, SIGKILL what is left, remove the cgroup."""
         validate_name(task_id)
         self._signal(task_id, proc, signal.SIGTERM)
         if not self._wait_gone(task_id, proc, grace_s):
             self._signal(task_id, proc, signal.SIGKILL)
             if not self._wait_gone(task_id, proc, KILL_WAIT_S):
                 log.warning("task %s: processes survive SIGKILL after %.0fs", task_id, KILL_WAIT_S)
-        if proc is not None:
+        if proc is not None and proc.popen is not None:
             try:
                 proc.popen.wait(timeout=KILL_WAIT_S)
             except subprocess.TimeoutExpired:
-                log.warning("task %s: pid %d not reaped", task_id, proc.pid)
+                log.warning("task %s: shim pid %d not reaped", task_id, proc.shim_pid)
         if self.driver is not None:
             deadline = time.monotonic() + KILL_WAIT_S
             while not self.driver.remove(task_id):
@@ -206,25 +423,21 @@ class ProcessRuntime:
                 time.sleep(_POLL_S)
 
     def _signal(self, task_id: str, proc: TaskProcess | None, sig: int) -> None:
-        """Signal the cgroup and the task's process group (the group covers the window before
-        the shim joins the cgroup, and hosts without a driver)."""
-        if self.driver is not None and self.driver.exists(task_id):
-            self.driver.kill(task_id, sig)
-        # poll() is None means not yet reaped, so the pid (= pgid) cannot have been reused.
-        if proc is not None and proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, sig)
-        elif proc is not None and self.driver is None:
-            # Leader gone; the group lives on while members do, so its id is still theirs.
+        """Signal the task cgroup; without a driver, the task's session (it called setsid)."""
+        if self.driver is not None:
+            if self.driver.exists(task_id):
+                self.driver.kill(task_id, sig)
+            return
+        if proc is not None and proc.pid > 0:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, sig)
 
     def _alive(self, task_id: str, proc: TaskProcess | None) -> bool:
-        if proc is not None and proc.poll() is None:
+        if proc is not None and proc.shim_alive():
             return True
         if self.driver is not None:
             return self.driver.exists(task_id) and bool(self.driver.pids(task_id))
-        if proc is not None:
+        if proc is not None and proc.pid > 0:
             try:
                 os.killpg(proc.pid, 0)
             except (ProcessLookupError, PermissionError):
@@ -254,3 +467,25 @@ class ProcessRuntime:
         """Remove an (empty) task cgroup, e.g. after reporting a task that exited."""
         if self.driver is not None and not self.driver.remove(task_id):
             raise CgroupError(f"cgroup of task {task_id} still has processes")
+
+    def forget(self, proc: TaskProcess) -> None:
+        """Delete a finished task's control directory (its status has been reported)."""
+        shutil.rmtree(proc.control, ignore_errors=True)
+
+
+def _read_ready(fd: int, timeout: float) -> str:
+    """The shim's one-line report; '' when it exited or timed out without one."""
+    deadline = time.monotonic() + timeout
+    data = b""
+    while b"\n" not in data:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        r, _, _ = select.select([fd], [], [], left)
+        if not r:
+            break
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode(errors="replace").split("\n", 1)[0]

@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 from borglet.runtime.cgroups import CgroupDriver, Limits, detect
-from borglet.runtime.process import ProcessRuntime, SpawnSpec, TaskProcess, UserError
+from borglet.runtime.process import ExecError, ProcessRuntime, SpawnSpec, TaskProcess, UserError
 
 pytestmark = pytest.mark.cgroups
 
@@ -205,14 +205,10 @@ def test_stop_kills_daemonized_children(env: Env, script: str) -> None:
 
 
 @needs_cgroups
-def test_failed_exec_reports_127(env: Env) -> None:
+def test_missing_command_is_an_exec_error_at_start(env: Env) -> None:
     name = "bad.0.x"
-    proc = env.start(name, ["no-such-command-xyz"], Limits(cpu=0.5, memory=64 * MI))
-    wait_for(lambda: proc.poll() is not None, 5, "the shim to exit")
-    assert proc.poll() == 127
-    with open(os.path.join(env.base, name, "stderr")) as f:
-        assert f.read().startswith("borglet-shim: exec no-such-command-xyz:")
-    env.runtime.stop(name, proc, grace_s=0.1)
+    with pytest.raises(ExecError, match=r"^exec: not found$"):
+        env.start(name, ["no-such-command-xyz"], Limits(cpu=0.5, memory=64 * MI))
     assert not env.driver.exists(name)
 
 
@@ -246,3 +242,27 @@ def test_v2_driver_on_real_host(env: Env) -> None:
     assert env.runtime.stats(name).memory_bytes > 0
     env.runtime.stop(name, proc, grace_s=1)
     assert not env.driver.exists(name)
+
+
+@needs_cgroups
+def test_warm_shim_starts_task_and_unused_ones_exit_on_close(env: Env) -> None:
+    runtime = ProcessRuntime(env.driver, control_root=os.path.join(env.base, "run"), warm_shims=2)
+    runtime.prefill()
+    warm = [p.pid for p, _ in runtime._warm]
+    assert len(warm) == 2
+    spec = SpawnSpec(
+        "warm.0.x",
+        ["sh", "-c", "exit 5"],
+        {},
+        os.path.join(env.base, "warm.0.x"),
+        "nobody",
+        Limits(cpu=0.5, memory=64 * MI),
+    )
+    proc = runtime.start(spec)
+    assert proc.shim_pid in warm  # a warm one took it, and the pool was refilled
+    wait_for(lambda: proc.poll() is not None, 5, "the task to exit")
+    assert proc.poll() == 5
+    runtime.stop("warm.0.x", proc, grace_s=0.1)
+    idle = [p for p, _ in runtime._warm]
+    runtime.close()
+    assert all(p.poll() == 0 for p in idle)

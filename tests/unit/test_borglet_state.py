@@ -14,6 +14,7 @@ from borglet.state import (
     STOPPING,
     Desired,
     Kill,
+    LocalTask,
     Start,
     TaskStates,
     exit_code_of,
@@ -340,8 +341,13 @@ def test_report_shape() -> None:
         "exit_code": -1,
         "reason": "",
         "restarts": 0,
+        "health": "",
+        "pid": 0,
+        "oom_kills": 0,
+        "ports": {},
     }
-    ts.started(d.key, 0)
+    ts.started(d.key, 0, pid=42)
+    assert ts.tasks[d.key].report()["pid"] == 42
     ts.exited(d.key, -9, True, 10)
     r = ts.tasks[d.key].report()
     assert (r["state"], r["exit_code"], r["reason"], r["restarts"]) == (RUNNING, 137, "oom", 1)
@@ -358,4 +364,109 @@ def test_report_shape() -> None:
         "exit_code": 2,
         "reason": "exit: 2",
         "restarts": 0,
+        "health": "",
+        "pid": 0,
+        "oom_kills": 0,
+        "ports": {},
     }
+
+
+# ----- health, permanent failures, pids limit, persistence ------------------------------------
+
+
+def test_unhealthy_service_is_killed_then_restarted_as_a_failure() -> None:
+    d = desired(policy="on-failure", backoff_ms=100)
+    ts = running(d)
+    assert ts.unhealthy(d.key) == Kill(d.key)
+    t = ts.tasks[d.key]
+    assert (t.phase, t.health) == (STOPPING, "unhealthy")
+    ts.exited(d.key, -15, False, 50)  # our SIGTERM
+    assert (t.phase, t.restarts, t.reason, t.next_start_ms) == (STARTING, 1, "unhealthy", 150)
+    assert ts.reconcile([d], 150) == [Start(d.key)]
+    ts.started(d.key, 150)
+    assert (t.health, t.reason) == ("", "")
+
+
+def test_unhealthy_with_policy_never_fails() -> None:
+    d = desired(policy="never")
+    ts = running(d)
+    ts.unhealthy(d.key)
+    ts.exited(d.key, -15, False, 50)
+    t = ts.tasks[d.key]
+    assert (t.phase, t.result, t.reason) == (DONE, FAILED, "unhealthy")
+
+
+def test_unhealthy_batch_task_is_only_reported() -> None:
+    d = desired(kind=BATCH)
+    ts = running(d)
+    assert ts.unhealthy(d.key) is None
+    assert (ts.tasks[d.key].phase, ts.tasks[d.key].health) == (ACTIVE, "unhealthy")
+
+
+def test_start_failed_is_permanent_with_exit_code() -> None:
+    d = desired(policy="always")
+    ts = TaskStates()
+    ts.reconcile([d], 0)
+    ts.start_failed(d.key, "exec: not found", 127)
+    t = ts.tasks[d.key]
+    assert (t.phase, t.result, t.reason, t.exit_code, t.restarts) == (
+        DONE,
+        FAILED,
+        "exec: not found",
+        127,
+        0,
+    )
+    assert ts.reconcile([d], 10_000) == []  # no restart storm
+    assert ts.next_wakeup_ms() is None
+
+
+def test_launch_failed_counts_as_failed_run_with_backoff() -> None:
+    d = desired(backoff_ms=500)
+    ts = TaskStates()
+    ts.reconcile([d], 0)
+    ts.launch_failed(d.key, "start-failed: boom", 10)
+    t = ts.tasks[d.key]
+    assert (t.phase, t.restarts, t.reason, t.next_start_ms) == (
+        STARTING,
+        1,
+        "start-failed: boom",
+        510,
+    )
+
+
+def test_pids_limit_is_reported_while_running_and_at_exit() -> None:
+    d = desired(policy="never")
+    ts = running(d)
+    ts.pids_limit_hit(d.key)
+    assert ts.tasks[d.key].report()["reason"] == "pids-limit"
+    ts.exited(d.key, 1, False, 10, pids_limit=True)
+    assert (ts.tasks[d.key].result, ts.tasks[d.key].reason) == (FAILED, "pids-limit")
+
+
+def test_oom_kills_accumulate_over_restarts() -> None:
+    d = desired(backoff_ms=1)
+    ts = running(d)
+    ts.exited(d.key, -9, True, 10)
+    ts.reconcile([d], 100)
+    ts.started(d.key, 100)
+    ts.exited(d.key, -9, True, 110)
+    assert ts.tasks[d.key].oom_kills == 2
+
+
+def test_local_task_round_trips_through_state_file_dict() -> None:
+    d = desired(policy="always")
+    ts = running(d, 5)
+    t = ts.tasks[d.key]
+    t.ports = {"http": 20001}
+    t.pid, t.shim_pid, t.shim_start, t.restarts = 11, 10, "12345", 2
+    back = LocalTask.from_dict(t.to_dict())
+    assert back == t
+
+
+def test_task_caught_mid_launch_comes_back_waiting_to_start() -> None:
+    d = desired()
+    ts = TaskStates()
+    ts.reconcile([d], 0)
+    assert ts.tasks[d.key].phase == LAUNCHING
+    back = LocalTask.from_dict(ts.tasks[d.key].to_dict())
+    assert back.phase == STARTING

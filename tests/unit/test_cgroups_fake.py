@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import marshal
 import os
 import signal
 import subprocess
@@ -105,10 +105,13 @@ def test_v1_stats(tmp_path: Path) -> None:
     (tmp_path / "memory/p/t/memory.oom_control").write_text(
         "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n"
     )
+    (tmp_path / "memory/p/t/memory.max_usage_in_bytes").write_text("2097152\n")
+    (tmp_path / "pids/p/t/pids.events").write_text("max 5\n")
     st = drv.stats("t")
     assert st.cpu_seconds == pytest.approx(2.5)
     assert st.memory_bytes == MI
     assert st.oom_kills == 2
+    assert (st.memory_peak_bytes, st.pids_limit_hits) == (2 * MI, 5)
 
 
 def test_v1_oom_fallback_to_failcnt(tmp_path: Path) -> None:
@@ -223,10 +226,13 @@ def test_v2_stats(tmp_path: Path) -> None:
     )
     (d / "memory.current").write_text("4096\n")
     (d / "memory.events").write_text("low 0\nhigh 0\nmax 12\noom 1\noom_kill 1\n")
+    (d / "memory.peak").write_text("8192\n")
+    (d / "pids.events").write_text("max 3\n")
     st = drv.stats("t")
     assert st.cpu_seconds == pytest.approx(1.5)
     assert st.memory_bytes == 4096
     assert st.oom_kills == 1
+    assert (st.memory_peak_bytes, st.pids_limit_hits) == (8192, 3)
 
 
 def test_v2_kill_uses_cgroup_kill(tmp_path: Path) -> None:
@@ -294,18 +300,30 @@ def test_detect_none(tmp_path: Path) -> None:
 # --- shim (no privileges needed: runs as the current user, no cgroup) ----------------------
 
 
-def _run_shim(tmp_path: Path, spec: dict[str, object]) -> subprocess.CompletedProcess[str]:
-    specfile = tmp_path / "spec.json"
-    fd = os.open(specfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(spec, f)
-    return subprocess.run(
-        [sys.executable, "-I", "-S", SHIM_PATH, str(specfile)],
+def _run_shim(
+    tmp_path: Path, spec: dict[str, object]
+) -> tuple[str, dict[str, str], subprocess.CompletedProcess[bytes]]:
+    """Run the shim to completion: (its ready line, its status file, the process)."""
+    control = tmp_path / "ctl"
+    control.mkdir(mode=0o700)
+    fd = os.open(control / "spec", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(marshal.dumps(spec))
+    r, w = os.pipe()
+    p = subprocess.run(
+        [sys.executable, "-I", "-S", SHIM_PATH, str(control), str(w)],
+        pass_fds=(w,),
         capture_output=True,
-        text=True,
         env={},
         timeout=10,
     )
+    os.close(w)
+    with os.fdopen(r) as f:
+        ready = f.read().strip()
+    status = dict(
+        line.split(" ", 1) for line in (control / "status").read_text().splitlines() if line
+    )
+    return ready, status, p
 
 
 def _base_spec(tmp_path: Path, argv: list[str], procs: list[str]) -> dict[str, object]:
@@ -318,28 +336,53 @@ def _base_spec(tmp_path: Path, argv: list[str], procs: list[str]) -> dict[str, o
         "groups": os.getgroups(),
         "procs_files": procs,
         "rlimits": {"nofile": 256},
+        "stdout": str(tmp_path / "stdout"),
+        "stderr": str(tmp_path / "stderr"),
+        "log_max_size": 0,
+        "log_keep": 0,
     }
 
 
-def test_shim_joins_cgroup_and_execs(tmp_path: Path) -> None:
+def test_shim_joins_cgroup_execs_and_records_exit(tmp_path: Path) -> None:
     procs = tmp_path / "cgroup.procs"
-    script = 'echo "$$ $X $(pwd) $(ulimit -n) $(umask)"'
-    r = _run_shim(tmp_path, _base_spec(tmp_path, ["sh", "-c", script], [str(procs)]))
-    assert r.returncode == 0, r.stderr
-    pid, x, cwd, nofile, umask = r.stdout.split()
-    assert procs.read_text() == pid  # exec keeps the pid: the task is the joined process
+    procs.write_text("")
+    script = 'echo "$$ $X $(pwd) $(ulimit -n) $(umask)"; echo err >&2; exit 7'
+    ready, status, p = _run_shim(tmp_path, _base_spec(tmp_path, ["sh", "-c", script], [str(procs)]))
+    assert p.returncode == 0, p.stderr
+    pid, x, cwd, nofile, umask = (tmp_path / "stdout").read_text().split()
+    assert ready == f"ok {pid}"
+    assert procs.read_text() == pid  # the task joined before exec; the shim did not
     assert (x, cwd, nofile, umask) == ("1", str(tmp_path), "256", "0022")
-    assert not (tmp_path / "spec.json").exists()
+    assert (tmp_path / "stderr").read_text() == "err\n"
+    assert status == {"code": "7", "signal": "0"}
+    pid_file = (tmp_path / "ctl" / "pid").read_text().split()
+    assert pid_file[0] == pid
 
 
-def test_shim_not_found_is_127(tmp_path: Path) -> None:
-    r = _run_shim(tmp_path, _base_spec(tmp_path, ["no-such-command-xyz"], []))
-    assert r.returncode == 127
-    assert r.stderr.startswith("borglet-shim: exec no-such-command-xyz:")
-    assert len(r.stderr.strip().splitlines()) == 1
+def test_shim_records_death_by_signal(tmp_path: Path) -> None:
+    _, status, _ = _run_shim(tmp_path, _base_spec(tmp_path, ["sh", "-c", "kill -9 $$"], []))
+    assert status == {"code": "137", "signal": "9"}
+
+
+def test_shim_not_found_is_127_and_reported_at_once(tmp_path: Path) -> None:
+    ready, status, _ = _run_shim(tmp_path, _base_spec(tmp_path, ["no-such-command-xyz"], []))
+    assert ready == "err 127 exec: not found"
+    assert status == {"code": "127", "signal": "0", "error": "exec: not found"}
 
 
 def test_shim_other_failure_is_126(tmp_path: Path) -> None:
-    r = _run_shim(tmp_path, _base_spec(tmp_path, ["true"], [str(tmp_path / "no/such/procs")]))
-    assert r.returncode == 126
-    assert r.stderr.startswith("borglet-shim: joining cgroup")
+    spec = _base_spec(tmp_path, ["true"], [str(tmp_path / "no/such/procs")])
+    ready, status, _ = _run_shim(tmp_path, spec)
+    assert ready.startswith("err 126 cgroup: ")
+    assert status["code"] == "126"
+
+
+def test_shim_rotates_logs_by_size(tmp_path: Path) -> None:
+    spec = _base_spec(tmp_path, ["sh", "-c", "head -c 300000 /dev/zero"], [])
+    spec.update(log_max_size=100_000, log_keep=2)
+    _, status, _ = _run_shim(tmp_path, spec)
+    assert status["code"] == "0"
+    sizes = {f: (tmp_path / f).stat().st_size for f in ("stdout", "stdout.1", "stdout.2")}
+    assert sizes["stdout.1"] == sizes["stdout.2"] == 100_000
+    assert sizes["stdout"] <= 100_000
+    assert not (tmp_path / "stdout.3").exists()

@@ -254,7 +254,14 @@ class CellStatusResponse(_message.Message):
     def __init__(self, replicas: _Optional[_Iterable[_Union[ReplicaInfo, _Mapping]]] = ...) -> None: ...
 
 class ObservedTask(_message.Message):
-    __slots__ = ("job", "index", "incarnation", "state", "exit_code", "reason", "restarts", "health", "cpu_seconds", "memory_bytes", "memory_peak_bytes", "pid", "oom_kills")
+    __slots__ = ("job", "index", "incarnation", "state", "exit_code", "reason", "restarts", "health", "cpu_seconds", "memory_bytes", "memory_peak_bytes", "pid", "oom_kills", "ports")
+    class PortsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     JOB_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
@@ -268,6 +275,7 @@ class ObservedTask(_message.Message):
     MEMORY_PEAK_BYTES_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     OOM_KILLS_FIELD_NUMBER: _ClassVar[int]
+    PORTS_FIELD_NUMBER: _ClassVar[int]
     job: str
     index: int
     incarnation: str
@@ -281,7 +289,8 @@ class ObservedTask(_message.Message):
     memory_peak_bytes: int
     pid: int
     oom_kills: int
-    def __init__(self, job: _Optional[str] = ..., index: _Optional[int] = ..., incarnation: _Optional[str] = ..., state: _Optional[str] = ..., exit_code: _Optional[int] = ..., reason: _Optional[str] = ..., restarts: _Optional[int] = ..., health: _Optional[str] = ..., cpu_seconds: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., memory_peak_bytes: _Optional[int] = ..., pid: _Optional[int] = ..., oom_kills: _Optional[int] = ...) -> None: ...
+    ports: _containers.ScalarMap[str, int]
+    def __init__(self, job: _Optional[str] = ..., index: _Optional[int] = ..., incarnation: _Optional[str] = ..., state: _Optional[str] = ..., exit_code: _Optional[int] = ..., reason: _Optional[str] = ..., restarts: _Optional[int] = ..., health: _Optional[str] = ..., cpu_seconds: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., memory_peak_bytes: _Optional[int] = ..., pid: _Optional[int] = ..., oom_kills: _Optional[int] = ..., ports: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class SyncRequest(_message.Message):
     __slots__ = ("machine", "address", "http", "capacity", "attrs", "taints", "tasks", "known_generation", "wait_ms")
