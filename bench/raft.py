@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import threading
 import time
 import uuid
@@ -30,7 +29,7 @@ from tests.cluster import Cell, wait_for
 
 def pct(xs: list[float], p: float) -> float:
     xs = sorted(xs)
-    k = max(0, min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1)))))
+    k = max(0, min(len(xs) - 1, round(p / 100 * (len(xs) - 1))))
     return round(xs[k] * 1000, 2)
 
 

@@ -72,6 +72,13 @@ def main() -> None:
 @click.option("--machine-timeout", default=30.0, show_default=True, help="Seconds until lost.")
 @click.option("--fsync", is_flag=True, help="Sync the Raft journal to disk before acknowledging.")
 @click.option(
+    "--scheduler-policy",
+    type=click.Choice(["hybrid", "best", "spread"]),
+    default="hybrid",
+    show_default=True,
+    help="Scoring: hybrid (fewest stranded resources), best fit, or spread (E-PVM).",
+)
+@click.option(
     "--job-retention", default=3600.0, show_default=True, help="Seconds killed jobs are kept."
 )
 @click.option("-v", "--verbose", is_flag=True, help="Same as --log-level debug.")
@@ -88,6 +95,7 @@ def run(
     cell: str,
     machine_timeout: float,
     fsync: bool,
+    scheduler_policy: str,
     job_retention: float,
     verbose: bool,
     log_level: str,
@@ -123,6 +131,7 @@ def run(
         cell=cell,
         machine_timeout_s=machine_timeout,
         fsync=fsync,
+        scheduler_policy=scheduler_policy,
         job_retention_s=job_retention,
     )
     serve(cfg)

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from borgmaster.model import (
+    BATCH,
     FAILED,
-    KILLED,
     MACHINE_DRAINING,
     RUNNING,
     SUCCEEDED,
@@ -72,7 +72,7 @@ def _halt_reason(job: Job, tasks: list[Task]) -> str:
 
 def plan_job(store: Store, job: Job, now_ms: int | None = None) -> JobActions | None:
     """Rolling-update and drain replacements for one job, within its max_unavailable."""
-    if job.killed or job.state in (SUCCEEDED, KILLED):
+    if job.killed:
         return None
     tasks = store.job_tasks(job.name)
     out = JobActions(job=job.name, version=job.version)
@@ -96,12 +96,15 @@ def plan_job(store: Store, job: Job, now_ms: int | None = None) -> JobActions | 
         out.replace_drain.append([t.index, t.incarnation])
     moving = {int(i) for i, _ in out.replace_drain}
 
-    if job.rollout.startswith("halted"):
-        pass
-    elif any(t.version != job.version for t in tasks):
+    if job.rollout == "rolling":
         halt = _halt_reason(job, tasks)
-        if halt:
+        if job.spec.kind == BATCH and job.state in (SUCCEEDED, FAILED):
+            out.rollout_status = ""  # a finished batch job has nothing left to roll
+        elif halt:
             out.rollout_status = halt
+        elif all(t.version == job.version for t in tasks):
+            if all(available(store, job, t, now_ms) or t.state == SUCCEEDED for t in tasks):
+                out.rollout_status = ""  # done: every task on the new version and ready
         else:
             outdated = [
                 t

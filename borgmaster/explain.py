@@ -17,8 +17,11 @@ def explain_task(
 ) -> tuple[dict[str, int], int]:
     fn = getattr(scheduler, "explain", None)
     if fn is not None:
-        got, n = fn(snap, job, index)
-        return dict(got), int(n)
+        try:
+            got, n = fn(snap, job, index)
+            return dict(got), int(n)
+        except KeyError:
+            pass  # not pending (running, finished): the basic counts still say what fits now
     rejected: dict[str, int] = {}
     feasible = 0
     req = spec.requirements

@@ -107,6 +107,8 @@ class JobSpec:
     constraints: list[Constraint] = field(default_factory=list)
     tolerations: list[Toleration] = field(default_factory=list)
     spread: str | None = None
+    # At most one task of the job per machine (the trace's "different machine" restriction).
+    distinct_machines: bool = False
     update: UpdatePolicy = field(default_factory=UpdatePolicy)
     kill_timeout_ms: int = 10_000
 

@@ -28,7 +28,7 @@ from borgmaster.metrics import placement_latencies, waiting_since_ms
 from borgmaster.model import Replica
 from borgmaster.proposer import Proposer
 from borgmaster.scheduler import (
-    BestFitScheduler,
+    BorgScheduler,
     MachineView,
     PlacedTask,
     Scheduler,
@@ -73,6 +73,7 @@ class MasterConfig:
     write_timeout_s: float = 10.0
     job_retention_s: float = 3600.0
     fsync: bool = False
+    scheduler_policy: str = "hybrid"
 
 
 class Master:
@@ -81,7 +82,7 @@ class Master:
     def __init__(self, cfg: MasterConfig, scheduler: Scheduler | None = None) -> None:
         self.cfg = cfg
         self.store = Store()
-        self.scheduler: Scheduler = scheduler or BestFitScheduler()
+        self.scheduler: Scheduler = scheduler or BorgScheduler(policy=cfg.scheduler_policy)
         self._stop = threading.Event()
         self._leader_since: float | None = None
         self.last_seen: dict[str, float] = {}  # machine -> monotonic time of its last Sync

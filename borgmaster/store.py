@@ -380,7 +380,6 @@ class Store:
             for t in self.job_tasks(spec.name):
                 if t.version != job.version and t.state not in ACTIVE_STATES:
                     self._reset_task(t, job.version, ts, reason="updated")
-            self._maybe_finish_rollout(job)
         self._prune_history(job)
         self._recompute_job(job)
         self._event(how, spec.name, message=f"version {job.version}, {spec.replicas} tasks")
@@ -444,24 +443,21 @@ class Store:
         if job is None or job.version != cmd.version or job.killed:
             return err("not-found", f"job '{cmd.job}' version {cmd.version} is not current")
         if job.rollout != cmd.status:
+            before = job.rollout
             job.rollout = cmd.status
             if cmd.status.startswith("halted"):
                 self._event("rollout-halted", job.name, message=cmd.status)
+            elif cmd.status == "" and before == "rolling":
+                self._event("rolled", job.name, message=f"all tasks on version {job.version}")
         return {"ok": True}
-
-    def _maybe_finish_rollout(self, job: Job) -> None:
-        if job.rollout != "rolling":
-            return
-        if all(t.version == job.version for t in self.job_tasks(job.name)):
-            job.rollout = ""
-            self._event("rolled", job.name, message=f"all tasks on version {job.version}")
 
     def _set_quota(self, cmd: C.SetQuota) -> Result:
         if cmd.band not in ("batch", "production", "monitoring", "free"):
             return err("invalid", f"band: '{cmd.band}' is not a priority band")
         limit = Resources.from_dict(cmd.limit)
         self.quotas[(cmd.user, cmd.band)] = limit
-        self._event("quota-set", message=f"{cmd.user}/{cmd.band}: {limit}")
+        shown = ", ".join(f"{r} {_fmt_amount(r, getattr(limit, r))}" for r in QUOTA_RESOURCES)
+        self._event("quota-set", message=f"{cmd.user}/{cmd.band}: {shown}")
         return {"ok": True}
 
     def _gc_jobs(self, cmd: C.GcJobs) -> Result:
@@ -606,7 +602,11 @@ class Store:
             rejected += 1
         for job_name, index, reason in cmd.failures:
             t = self.tasks.get((job_name, index))
-            if t is not None and t.state in (PENDING, LOST) and t.reason != reason:
+            if t is None or t.state not in (PENDING, LOST):
+                continue
+            if t.reason.startswith("preempted"):
+                reason = f"preempted ({reason})"  # keep why it left, say why it still waits
+            if t.reason != reason:
                 t.reason = reason
         return {"placed": placed, "rejected": rejected, "preempted": preempted}
 
@@ -625,8 +625,7 @@ class Store:
                 and isinstance(u.get("health", ""), str)
                 and isinstance(u.get("ports", {}), dict)
                 and all(
-                    isinstance(k, str) and isinstance(v, int)
-                    for k, v in u.get("ports", {}).items()
+                    isinstance(k, str) and isinstance(v, int) for k, v in u.get("ports", {}).items()
                 )
             )
             if not ok:
@@ -645,10 +644,11 @@ class Store:
             before = t.state
             t.state = state
             restarts = int(u.get("restarts", t.restarts))
-            if restarts > t.restarts and state == RUNNING:
-                self._event("restarted", t.job, t.index, t.machine, f"restart #{restarts}")
-            t.restarts = restarts
             ec = u.get("exit_code")
+            if restarts > t.restarts and state == RUNNING:
+                why = str(u.get("reason", "")) or (f"exit {ec}" if ec is not None else "")
+                self._event("died", t.job, t.index, t.machine, f"{why}; restart #{restarts}")
+            t.restarts = restarts
             t.exit_code = None if ec is None or ec < -255 else int(ec)
             t.reason = str(u.get("reason", ""))
             t.health = str(u.get("health", ""))
@@ -685,7 +685,6 @@ class Store:
             job.state = RUNNING
         else:
             job.state = PENDING
-        self._maybe_finish_rollout(job)
 
     # ----- snapshots ---------------------------------------------------------------------
 

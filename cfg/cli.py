@@ -848,7 +848,7 @@ def event_json(e: pb.Event) -> dict[str, Any]:
         "ts_ms": e.ts_ms,
         "type": e.type,
         "job": e.job or None,
-        "task_index": e.task_index if e.job else None,
+        "task_index": e.task_index if e.job and e.task_index >= 0 else None,
         "machine": e.machine or None,
         "message": e.message,
     }
@@ -870,10 +870,10 @@ EVENT_STYLE = {
 def event_line(e: pb.Event) -> str:
     ts = time.strftime("%H:%M:%S", time.localtime(e.ts_ms / 1000)) if e.ts_ms else "--:--:--"
     what = e.job if e.job else ""
-    if e.job and e.type not in ("submitted", "updated", "killed", "rolled"):
+    if e.job and e.task_index >= 0:
         what = f"{e.job}/{e.task_index}"
     style = EVENT_STYLE.get(e.type, "")
-    typ = f"[{style}]{e.type:<10}[/]" if style else f"{e.type:<10}"
+    typ = f"[{style}]{e.type:<14}[/]" if style else f"{e.type:<14}"
     parts = [ts, typ, escape(what)]
     if e.machine:
         parts.append(f"on {escape(e.machine)}")

@@ -81,6 +81,7 @@ JOB_KEYS = (
     "constraints",
     "tolerations",
     "spread",
+    "distinct_machines",
     "update",
     "kill_timeout",
 )
@@ -308,6 +309,9 @@ class _Validator:
         spread = None
         if "spread" in g:
             spread = self.pattern(g["spread"], ("spread",), ATTR_RE, "attribute name")
+        distinct = g.get("distinct_machines", False)
+        if not isinstance(distinct, bool):
+            self.fail(("distinct_machines",), f"expected true or false, got {describe(distinct)}")
         update = self.update(g.get("update", {}))
         kill_timeout_ms = DEFAULT_KILL_TIMEOUT_MS
         if "kill_timeout" in g:
@@ -328,6 +332,7 @@ class _Validator:
             constraints=constraints,
             tolerations=tolerations,
             spread=spread,
+            distinct_machines=distinct,
             update=update,
             kill_timeout_ms=kill_timeout_ms,
         )
@@ -588,6 +593,8 @@ def spec_to_config(spec: JobSpec) -> dict[str, Any]:
     out["tolerations"] = tolerations
     if spec.spread is not None:
         out["spread"] = spec.spread
+    if spec.distinct_machines:
+        out["distinct_machines"] = True
     out["update"] = {
         "max_unavailable": spec.update.max_unavailable,
         "max_surge": spec.update.max_surge,

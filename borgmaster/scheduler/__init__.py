@@ -8,6 +8,7 @@ lets the same code run in unit tests, in the trace-replay benchmark and on the l
 from __future__ import annotations
 
 from borgmaster.scheduler.bestfit import BestFitScheduler
+from borgmaster.scheduler.borg import BorgScheduler, explain, format_reason
 from borgmaster.scheduler.core import (
     MachineView,
     PlacedTask,
@@ -20,6 +21,7 @@ from borgmaster.scheduler.core import (
 
 __all__ = [
     "BestFitScheduler",
+    "BorgScheduler",
     "MachineView",
     "PlacedTask",
     "Plan",
@@ -27,4 +29,6 @@ __all__ = [
     "Scheduler",
     "Snapshot",
     "TaskRequest",
+    "explain",
+    "format_reason",
 ]

@@ -138,7 +138,7 @@ def test_rolling_update_keeps_three_of_four_running_then_rollback(
     r = cell2.borgcfg("rollback", "roll")
     assert r.returncode == 0, r.stderr
     wait_for(lambda: all_on_version(cell2, "roll", 4, 4), 60, what="rolled back (version 4)")
-    assert _rollout(cell2, "roll") == ""
+    wait_for(lambda: _rollout(cell2, "roll") == "", 15, what="rollout marked done")
     assert cell2.borgcfg("down", "roll", "--wait").returncode == 0
 
 

@@ -50,6 +50,13 @@ SAMPLES: list[C.Command] = [
     C.MachineLost(ts_ms=7, name="m1"),
     C.RegisterReplica(ts_ms=8, replica=Replica(id="a", raft="h:1", grpc="h:2").to_dict()),
     C.SetMachineState(ts_ms=9, name="m1", state="draining"),
+    C.LeaderElected(ts_ms=10, term=4, replica="a"),
+    C.ReplaceTasks(ts_ms=11, job="hello", tasks=[[0, "inc-1"]], reason="updated", term=4),
+    C.SetRollout(ts_ms=12, job="hello", version=2, status="halted: x", term=4),
+    C.Rollback(ts_ms=13, name="hello", user="u"),
+    C.SetQuota(ts_ms=14, user="u", band="batch", limit={"cpu": 1.0, "ram": 1, "disk": 0, "gpu": 0}),
+    C.GcJobs(ts_ms=15, names=["hello"], term=4),
+    C.Batch(ts_ms=16, entries=[C.encode(C.Noop()), C.encode(C.KillJob(name="x"))]),
 ]
 
 

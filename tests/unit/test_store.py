@@ -134,6 +134,9 @@ def test_changed_command_bumps_version_and_rolls_placed_tasks_gradually() -> Non
     assert r == {"replaced": 1}
     assert {t.version for t in cell.store.job_tasks("web")} == {2}
     assert cell.store.desired_for("m1") == []
+    # The rollout ends only when the controller has seen every new task run (SetRollout "").
+    assert job.rollout == "rolling"
+    assert cell.apply(C.SetRollout(job="web", version=2, status="")) == {"ok": True}
     assert job.rollout == ""
     assert [e.type for e in cell.store.events][-2:] == ["updated", "rolled"]
 

@@ -302,3 +302,37 @@ def test_new_version_task_must_stay_up_min_ready_before_the_rollout_moves_on() -
     assert controllers.plan_all(cell.store, now_ms=ready_at)[0].replace_update == [[1, "web-1-m1"]]
     cell.update("web", 0, RUNNING, restarts=1)  # crashed and came back: not ready any more
     assert controllers.plan_all(cell.store, now_ms=ready_at * 10) == []
+
+
+def test_rollout_ends_only_when_the_last_new_tasks_run_and_halts_if_they_crash() -> None:
+    cell = Cell()
+    cell.machine("m1", cpu=16, ram=64 * GiB)
+    running_job(cell, "solo", replicas=1)
+    cell.submit(spec(name="solo", replicas=1, env={"V": "2"}))
+    acts = controllers.plan_all(cell.store, now_ms=0)
+    cell.apply(C.ReplaceTasks(job="solo", tasks=acts[0].replace_update))
+    job = cell.store.jobs["solo"]
+    assert job.rollout == "rolling"
+    assert controllers.plan_all(cell.store, now_ms=10**9) == []  # pending: not done yet
+    cell.apply(C.ApplyPlan(placements=[C.Placement("solo", 0, "m1", "n0", 2).__dict__]))
+    cell.update("solo", 0, FAILED, exit_code=3)
+    [a] = controllers.plan_all(cell.store, now_ms=10**9)
+    assert a.rollout_status is not None and a.rollout_status.startswith("halted: task 0")
+    cell.apply(C.SetRollout(job="solo", version=2, status=a.rollout_status))
+    assert [e.type for e in cell.store.events][-1] == "rollout-halted"
+
+
+def test_rollout_completes_via_controller_once_new_tasks_are_ready() -> None:
+    cell = Cell()
+    cell.machine("m1", cpu=16, ram=64 * GiB)
+    running_job(cell, "web", replicas=1)
+    cell.submit(spec(name="web", replicas=1, env={"V": "2"}))
+    acts = controllers.plan_all(cell.store, now_ms=0)
+    cell.apply(C.ReplaceTasks(job="web", tasks=acts[0].replace_update))
+    cell.apply(C.ApplyPlan(placements=[C.Placement("web", 0, "m1", "n0", 2).__dict__]))
+    cell.update("web", 0, RUNNING)
+    [a] = controllers.plan_all(cell.store, now_ms=10**9)
+    assert a.rollout_status == "" and not a.replace_update
+    cell.apply(C.SetRollout(job="web", version=2, status=""))
+    assert [e.type for e in cell.store.events][-1] == "rolled"
+    assert controllers.plan_all(cell.store, now_ms=10**9) == []

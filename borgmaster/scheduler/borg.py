@@ -1,0 +1,702 @@
+"""BorgScheduler: feasibility, scoring, priorities and preemption, fast enough for a whole cell.
+
+One `schedule()` call is one pass over a read-only `Snapshot`; it returns a `Plan` and keeps no
+state between calls, so the same snapshot and seed always give the same plan. The pass:
+
+1. Builds per-machine resource vectors (numpy, one row per resource) once, and from then on
+   updates them incrementally as it places tasks ("incremental free-resource vectors").
+2. Serves pending tasks from high to low priority, round-robin among the jobs of one priority
+   (so one huge job cannot starve the others of its priority).
+3. Groups tasks into equivalence classes (same job, version and requirements): a class scans
+   machines once, in a random order fixed by the seed, keeps the feasible machines it found as
+   scored candidates, and every task of the class picks the best candidate.
+4. Scans only until `sample_size` feasible machines are found ("relaxed randomization"), and
+   scans further only when the candidates run out, so a placement costs about the same in a
+   1k and a 50k machine cell.
+5. Caches each candidate's score with the machine's version and re-scores only candidates whose
+   machine changed since ("score caching").
+6. When no machine fits, looks for the machine where evicting the fewest, lowest-priority
+   preemptible tasks makes room (SPEC.md bands), evicts them in the plan and places the task.
+
+Each trick can be switched off in the constructor to measure it (bench/scheduler.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from borgmaster.commands import Placement
+from borgmaster.model import MACHINE_UP, JobSpec
+from borgmaster.scheduler.core import Plan, Preemption, Snapshot, TaskRequest
+from borgmaster.scheduler.filters import (
+    DISTINCT,
+    EPS,
+    RESOURCES,
+    AttrIndex,
+    constraint_name,
+    distinct_machines,
+    first_blocking_taint,
+    spread_limit,
+    state_counts,
+    static_signature,
+)
+from borgmaster.scheduler.preempt import (
+    PROD_LOW,
+    Candidate,
+    choose_victims,
+    victim_ceiling,
+    victims_cost,
+)
+from borgmaster.scheduler.scores import (
+    POLICIES,
+    combine,
+    combine_one,
+    fit_score,
+    fit_scores,
+    spread_scores,
+)
+
+NO_FEASIBLE = "no-feasible-machine"
+CPU, RAM, DISK, GPU, PORTS = range(5)
+NEG = -np.inf
+
+
+def format_reason(rejected: dict[str, int], machines: int) -> str:
+    """`no-feasible-machine: ram 9812, constraint rack!=r1 120, draining 3`: machines rejected
+    per filter, largest count first (ties by name)."""
+    if machines == 0:
+        return f"{NO_FEASIBLE}: no machines in the cell"
+    parts = [f"{k} {v}" for k, v in sorted(rejected.items(), key=lambda kv: (-kv[1], kv[0]))]
+    return f"{NO_FEASIBLE}: " + ", ".join(parts)
+
+
+def _req_vector(spec: JobSpec) -> np.ndarray:
+    r = spec.requirements
+    return np.array([r.cpu, r.ram, r.disk, r.gpu, len(r.ports)], dtype=np.float64)
+
+
+@dataclass
+class _JobState:
+    """What one job holds in the cell during a pass: tasks per machine, per failure domain and
+    per spread value (running tasks from the snapshot plus tasks placed by this pass)."""
+
+    name: str
+    spec: JobSpec
+    distinct: bool
+    used_mask: np.ndarray | None  # machines holding a task of the job (distinct jobs only)
+    dom: np.ndarray  # per machine: failure-domain code
+    dom_is_machine: bool  # no machine has the domain attribute: each machine is its own domain
+    dom_counts: dict[int, int] = field(default_factory=dict)
+    spread_codes: np.ndarray | None = None  # hard spread: per machine, code of its value
+    spread_lim: int = 0
+    spread_counts: dict[int, int] = field(default_factory=dict)
+    spread_full: set[int] = field(default_factory=set)
+    classes: list[_Class] = field(default_factory=list)
+
+
+@dataclass
+class _Class:
+    """An equivalence class: tasks that share feasibility and scores, and their candidates."""
+
+    job: _JobState
+    spec: JobSpec
+    req: np.ndarray
+    dims: list[int]  # resources it asks for (> 0)
+    static: np.ndarray  # machines passing state, taint and constraint filters
+    slack: np.ndarray | None  # per resource and machine, capacity beyond 100% it may use
+    offset: int  # where in the pass's machine permutation its scan starts
+    scanned: int = 0
+    found: int = 0
+    size: int = 0
+    cidx: np.ndarray = field(default_factory=lambda: np.empty(16, dtype=np.int64))
+    cver: np.ndarray = field(default_factory=lambda: np.empty(16, dtype=np.int64))
+    cscore: np.ndarray = field(default_factory=lambda: np.empty(16, dtype=np.float64))
+    live: int = 0  # candidates with a finite score
+    reql: list[float] = field(default_factory=list)  # req as plain floats
+    failed: str | None = None
+
+
+class BorgScheduler:
+    """The Borg-grade scheduler behind the `Scheduler` protocol.
+
+    policy: "hybrid" (Borg's default, least stranded resources), "best" (best fit) or
+        "spread" (E-PVM-style worst fit).
+    seed: fixes the random machine order (relaxed randomization and tie-breaks).
+    eqclass, sample, score_cache, incremental: the speed tricks, each switchable for benchmarks.
+    sample_size: feasible machines to score per equivalence class before picking.
+    preemption: whether tasks may evict lower-priority ones (SPEC.md bands).
+    fit_weight, spread_weight: weights of the fit score and of soft spread across domains.
+    failure_domain: machine attribute used for soft spread when a job has no `spread`
+        (machines without it are each their own domain).
+    max_ports: named ports a machine can hand out (the `ports` filter).
+    preempt_candidates: machines examined, in random order, when looking for victims.
+    nonprod_overcommit: e.g. {"cpu": 1.25, "ram": 1.1}: tasks below production priority may
+        be placed until a machine's allocations reach capacity times this factor, standing in
+        for Borg's reclamation (non-prod tasks scheduled against reclaimed resources). The
+        store's plan re-check knows nothing of it, so the master must leave it unset (1.0).
+    """
+
+    def __init__(
+        self,
+        policy: str = "hybrid",
+        seed: int = 0,
+        *,
+        eqclass: bool = True,
+        sample: bool = True,
+        score_cache: bool = True,
+        incremental: bool = True,
+        sample_size: int = 200,
+        preemption: bool = True,
+        fit_weight: float = 1.0,
+        spread_weight: float = 0.25,
+        failure_domain: str = "rack",
+        max_ports: int = 1000,
+        preempt_candidates: int = 64,
+        nonprod_overcommit: dict[str, float] | None = None,
+    ) -> None:
+        if policy not in POLICIES:
+            raise ValueError(f"unknown scheduling policy {policy!r} (one of {', '.join(POLICIES)})")
+        self.policy = policy
+        self.seed = seed
+        self.eqclass = eqclass
+        self.sample = sample
+        self.score_cache = score_cache
+        self.incremental = incremental
+        self.sample_size = max(1, sample_size)
+        self.preemption = preemption
+        self.fit_weight = fit_weight
+        self.spread_weight = spread_weight
+        self.failure_domain = failure_domain
+        self.max_ports = max_ports
+        self.preempt_candidates = max(1, preempt_candidates)
+        self.nonprod_overcommit = dict(nonprod_overcommit or {})
+        for r, f in self.nonprod_overcommit.items():
+            if r not in RESOURCES or f < 1.0:
+                raise ValueError(f"overcommit {r}={f}: need a resource name and a factor >= 1")
+
+    def schedule(self, snapshot: Snapshot, new_id: Callable[[], str]) -> Plan:
+        """Place what can be placed (evicting lower-priority tasks where allowed)."""
+        return _Pass(self, snapshot).run(new_id)
+
+    def explain(self, snapshot: Snapshot, job: str, index: int) -> tuple[dict[str, int], int]:
+        """Why task job/index is pending: machines rejected per filter, and how many fit.
+
+        Counts each machine once, under the first filter that rejects it (state, taints,
+        constraints, distinct-machines, spread, then cpu, ram, disk, gpu, ports). Raises
+        KeyError if the task is not among the snapshot's pending tasks.
+        """
+        for t in snapshot.pending:
+            if t.job == job and t.index == index:
+                return _Pass(self, snapshot).explain(t)
+        raise KeyError(f"{job}/{index} is not pending")
+
+
+def explain(
+    snapshot: Snapshot, job: str, index: int, scheduler: BorgScheduler | None = None
+) -> tuple[dict[str, int], int]:
+    """`BorgScheduler.explain` with default options (for the master's ExplainTask RPC)."""
+    return (scheduler or BorgScheduler()).explain(snapshot, job, index)
+
+
+class _Pass:
+    """One scheduling pass: the cell as numpy vectors, job states and equivalence classes."""
+
+    def __init__(self, s: BorgScheduler, snap: Snapshot) -> None:
+        self.s = s
+        self.snap = snap
+        ms = snap.machines
+        n = self.n = len(ms)
+        self.names = [m.name for m in ms]
+        self.index = {name: i for i, name in enumerate(self.names)}
+        cap = np.zeros((5, n), dtype=np.float64)
+        used = np.zeros((5, n), dtype=np.float64)
+        for i, m in enumerate(ms):
+            c, u = m.capacity, m.used
+            cap[0, i], cap[1, i], cap[2, i], cap[3, i] = c.cpu, c.ram, c.disk, c.gpu
+            used[0, i], used[1, i], used[2, i], used[3, i] = u.cpu, u.ram, u.disk, u.gpu
+        cap[PORTS, :] = s.max_ports
+        # Placed tasks: preemption candidates, spread/distinct counts, ports in use.
+        run = snap.running
+        self.r_m = np.array([self.index.get(t.machine, -1) for t in run], dtype=np.int64)
+        self.r_prio = np.array([t.priority for t in run], dtype=np.int64)
+        self.r_req = np.zeros((5, len(run)), dtype=np.float64)
+        for k, t in enumerate(run):
+            rq = t.requirements
+            self.r_req[:, k] = (rq.cpu, rq.ram, rq.disk, rq.gpu, len(rq.ports))
+        self.r_alive = self.r_m >= 0
+        if len(run):
+            live = self.r_alive
+            np.add.at(used[PORTS], self.r_m[live], self.r_req[PORTS, live])
+        self.run_by_job: dict[str, list[int]] = {}
+        for k, t in enumerate(run):
+            self.run_by_job.setdefault(t.job, []).append(k)
+        self.run_by_machine: dict[int, list[int]] | None = None
+        self.cap = cap
+        self.capl: list[list[float]] = cap.tolist()
+        self.free = cap - used
+        self.base_free = self.free.copy()
+        self.placed_m: list[int] = []
+        self.placed_req: list[np.ndarray] = []
+        self.up = np.array([m.state == MACHINE_UP for m in ms], dtype=bool)
+        # Machines not up, by state (rejected whatever the task), and up machines with taints.
+        self.down = state_counts([m.state for m in ms])
+        self.tainted = [i for i, m in enumerate(ms) if m.taints and m.state == MACHINE_UP]
+        self.attrs = AttrIndex([m.attrs for m in ms])
+        self.mver = np.zeros(n, dtype=np.int64)
+        self.rng = np.random.default_rng(s.seed)
+        self.perm = self.rng.permutation(n).astype(np.int64)
+        self.perm2 = np.concatenate([self.perm, self.perm])
+        self.rank = np.empty(n, dtype=np.int64)
+        self.rank[self.perm] = np.arange(n, dtype=np.int64)
+        self.static_cache: dict[tuple[Any, ...], np.ndarray] = {}
+        self.dom_cache: dict[str, tuple[np.ndarray, bool]] = {}
+        self.jobs: dict[str, _JobState] = {}
+        self.classes: dict[tuple[Any, ...], _Class] = {}
+        self.pre_cache: dict[int, np.ndarray] = {}
+        self.k = self.s.sample_size if self.s.sample else max(1, n)
+        self.slack: np.ndarray | None = None
+        if any(f > 1.0 for f in s.nonprod_overcommit.values()):
+            self.slack = np.zeros((5, n), dtype=np.float64)
+            for r, f in s.nonprod_overcommit.items():
+                d = RESOURCES.index(r)
+                self.slack[d] = cap[d] * (f - 1.0)
+
+    # --- cell state -------------------------------------------------------------------------
+
+    def cur_free(self) -> np.ndarray:
+        """Free resources now. Incremental mode keeps `free` up to date on every placement;
+        otherwise it is recomputed from the snapshot and this pass's placements each time."""
+        if self.s.incremental or not self.placed_m:
+            return self.free
+        f = self.base_free.copy()
+        np.subtract.at(f.T, np.array(self.placed_m), np.array(self.placed_req))
+        return f
+
+    def static_mask(self, spec: JobSpec) -> np.ndarray:
+        """Machines passing state, taint and constraint filters; shared by equal signatures."""
+        sig = static_signature(spec)
+        got = self.static_cache.get(sig)
+        if got is None:
+            got = self.up.copy()
+            for i in self.tainted:
+                if first_blocking_taint(self.snap.machines[i].taints, spec.tolerations):
+                    got[i] = False
+            for c in spec.constraints:
+                got &= self.attrs.constraint_mask(c)
+            self.static_cache[sig] = got
+        return got
+
+    def domains(self, attr: str) -> tuple[np.ndarray, bool]:
+        got = self.dom_cache.get(attr)
+        if got is None:
+            codes, values = self.attrs.codes(attr)
+            present = self.attrs.present(attr)
+            own = len(values) + np.arange(self.n, dtype=np.int64)
+            got = self.dom_cache[attr] = (np.where(present, codes, own), not bool(present.any()))
+        return got
+
+    def job_state(self, spec: JobSpec) -> _JobState:
+        js = self.jobs.get(spec.name)
+        if js is not None:
+            return js
+        dom, dom_is_machine = self.domains(spec.spread or self.s.failure_domain)
+        distinct = distinct_machines(spec)
+        js = _JobState(
+            name=spec.name,
+            spec=spec,
+            distinct=distinct,
+            used_mask=np.zeros(self.n, dtype=bool) if distinct else None,
+            dom=dom,
+            dom_is_machine=dom_is_machine,
+        )
+        if spec.spread:
+            codes, _ = self.attrs.codes(spec.spread)
+            static = self.static_mask(spec)
+            values = int(np.unique(codes[static]).size) if static.any() else 1
+            js.spread_codes = codes
+            js.spread_lim = spread_limit(spec.replicas, values)
+        for k in self.run_by_job.get(spec.name, []):
+            if self.r_alive[k]:
+                self._count(js, int(self.r_m[k]), +1)
+        self.jobs[spec.name] = js
+        return js
+
+    def _count(self, js: _JobState, m: int, delta: int) -> None:
+        """A task of the job arrives on (+1) or leaves (-1) machine m."""
+        if js.used_mask is not None:
+            js.used_mask[m] = delta > 0
+        d = int(js.dom[m])
+        js.dom_counts[d] = js.dom_counts.get(d, 0) + delta
+        if not js.dom_is_machine:
+            self._invalidate(js, js.dom, d)
+        if js.spread_codes is not None:
+            v = int(js.spread_codes[m])
+            c = js.spread_counts[v] = js.spread_counts.get(v, 0) + delta
+            was_full = v in js.spread_full
+            if c >= js.spread_lim:
+                js.spread_full.add(v)
+            else:
+                js.spread_full.discard(v)
+            if was_full != (v in js.spread_full):
+                self._invalidate(js, js.spread_codes, v)
+
+    def _invalidate(self, js: _JobState, codes: np.ndarray, value: int) -> None:
+        """Mark the job's candidates on machines with codes[m] == value for re-scoring."""
+        for c in js.classes:
+            if c.size:
+                hit = codes[c.cidx[: c.size]] == value
+                c.cver[: c.size][hit] = -1
+
+    # --- equivalence classes -------------------------------------------------------------
+
+    def class_of(self, t: TaskRequest) -> _Class:
+        spec = t.spec
+        r = spec.requirements
+        key: tuple[Any, ...] = (t.job, t.version, r.cpu, r.ram, r.disk, r.gpu, len(r.ports))
+        if not self.s.eqclass:
+            key = (t.job, t.index, t.version)
+        c = self.classes.get(key)
+        if c is None:
+            js = self.job_state(spec)
+            req = _req_vector(spec)
+            c = _Class(
+                job=js,
+                spec=spec,
+                req=req,
+                dims=[d for d in range(5) if req[d] > 0],
+                reql=req.tolist(),
+                static=self.static_mask(spec),
+                slack=self.slack if spec.priority < PROD_LOW else None,
+                offset=int(self.rng.integers(self.n)) if self.n else 0,
+            )
+            js.classes.append(c)
+            self.classes[key] = c
+        return c
+
+    def feasible(self, c: _Class, idx: np.ndarray, free: np.ndarray) -> np.ndarray:
+        ok = c.static[idx]
+        if c.slack is None:
+            for d in c.dims:
+                ok &= free[d, idx] >= c.req[d] - EPS
+        else:
+            for d in c.dims:
+                ok &= free[d, idx] + c.slack[d, idx] >= c.req[d] - EPS
+        js = c.job
+        if js.used_mask is not None:
+            ok &= ~js.used_mask[idx]
+        if js.spread_full and js.spread_codes is not None:
+            ok &= ~np.isin(js.spread_codes[idx], np.fromiter(js.spread_full, dtype=np.int64))
+        return ok
+
+    def score(self, c: _Class, idx: np.ndarray, free: np.ndarray) -> np.ndarray:
+        fc, fr = free[CPU, idx], free[RAM, idx]
+        cc, cr = self.cap[CPU, idx], self.cap[RAM, idx]
+        if c.slack is not None:
+            fc, fr = fc + c.slack[CPU, idx], fr + c.slack[RAM, idx]
+            cc, cr = cc + c.slack[CPU, idx], cr + c.slack[RAM, idx]
+        fit = fit_scores(self.s.policy, fc, fr, cc, cr, float(c.req[CPU]), float(c.req[RAM]))
+        if self.s.spread_weight <= 0:
+            return fit
+        counts = c.job.dom_counts
+        if counts:
+            get = counts.get
+            n = np.fromiter((get(d, 0) for d in c.job.dom[idx].tolist()), np.float64, len(idx))
+        else:
+            n = np.zeros(len(idx), dtype=np.float64)
+        return combine(fit, spread_scores(n), self.s.fit_weight, self.s.spread_weight)
+
+    def one(self, c: _Class, m: int, free: np.ndarray) -> float:
+        """Feasibility and score of one machine in plain floats (NEG if infeasible): the
+        cheap path for the one or two candidates a placement changes."""
+        if not c.static[m]:
+            return NEG
+        col = free[:, m].tolist()
+        slack = c.slack
+        req = c.reql
+        for d in c.dims:
+            have = col[d] if slack is None else col[d] + float(slack[d, m])
+            if have < req[d] - EPS:
+                return NEG
+        js = c.job
+        if js.used_mask is not None and js.used_mask[m]:
+            return NEG
+        codes = js.spread_codes
+        if js.spread_full and codes is not None and int(codes[m]) in js.spread_full:
+            return NEG
+        fc, fr, cc, cr = col[CPU], col[RAM], self.capl[CPU][m], self.capl[RAM][m]
+        if slack is not None:
+            s0, s1 = float(slack[CPU, m]), float(slack[RAM, m])
+            fc, fr, cc, cr = fc + s0, fr + s1, cc + s0, cr + s1
+        fit = fit_score(self.s.policy, fc, fr, cc, cr, req[CPU], req[RAM])
+        if self.s.spread_weight <= 0:
+            return fit
+        n = float(js.dom_counts.get(int(js.dom[m]), 0)) if js.dom_counts else 0.0
+        return combine_one(fit, n, self.s.fit_weight, self.s.spread_weight)
+
+    def refresh(self, c: _Class, free: np.ndarray) -> None:
+        """Re-check and re-score candidates whose machine changed (all of them without the
+        score cache)."""
+        size = c.size
+        if not size:
+            return
+        if self.s.score_cache:
+            stale = np.flatnonzero(self.mver[c.cidx[:size]] != c.cver[:size])
+            if not stale.size:
+                return
+        else:
+            stale = np.arange(size)
+        if stale.size <= 8:
+            for j in stale.tolist():
+                m = int(c.cidx[j])
+                old = c.cscore[j] > NEG
+                new = self.one(c, m, free)
+                c.cscore[j] = new
+                c.cver[j] = self.mver[m]
+                c.live += int(new > NEG) - int(old)
+        else:
+            idx = c.cidx[stale]
+            ok = self.feasible(c, idx, free)
+            sc = np.full(len(idx), NEG)
+            if ok.any():
+                sc[ok] = self.score(c, idx[ok], free)
+            c.live += int(np.count_nonzero(ok)) - int(np.count_nonzero(c.cscore[stale] > NEG))
+            c.cscore[stale] = sc
+            c.cver[stale] = self.mver[idx]
+        if size > 32 and c.live * 2 < size:
+            keep = np.flatnonzero(c.cscore[:size] > NEG)
+            n = len(keep)
+            c.cidx[:n] = c.cidx[keep]
+            c.cver[:n] = c.cver[keep]
+            c.cscore[:n] = c.cscore[keep]
+            c.size = n
+
+    def scan(self, c: _Class, want: int, free: np.ndarray) -> None:
+        """Examine the next machines of the class's random order until `want` more feasible
+        ones are found (or every machine has been seen)."""
+        n = self.n
+        while want > 0 and c.scanned < n:
+            ratio = max(c.found / c.scanned, 1 / 64) if c.scanned else 1.0
+            chunk = min(n - c.scanned, max(256, int(want * 2 / ratio)))
+            start = c.offset + c.scanned
+            idx = self.perm2[start : start + chunk]
+            c.scanned += chunk
+            good = idx[self.feasible(c, idx, free)]
+            if not good.size:
+                continue
+            c.found += len(good)
+            want -= len(good)
+            self._append(c, good, self.score(c, good, free))
+
+    def _append(self, c: _Class, idx: np.ndarray, sc: np.ndarray) -> None:
+        need = c.size + len(idx)
+        if need > len(c.cidx):
+            cap = max(need, 2 * len(c.cidx))
+            for name in ("cidx", "cver", "cscore"):
+                old = getattr(c, name)
+                new = np.empty(cap, dtype=old.dtype)
+                new[: c.size] = old[: c.size]
+                setattr(c, name, new)
+        c.cidx[c.size : need] = idx
+        c.cver[c.size : need] = self.mver[idx]
+        c.cscore[c.size : need] = sc
+        c.size = need
+        c.live += len(idx)
+
+    def pick(self, c: _Class) -> int | None:
+        """The best feasible machine for the next task of class c, or None."""
+        free = self.cur_free()
+        self.refresh(c, free)
+        if c.live < self.k and c.scanned < self.n:
+            self.scan(c, self.k - c.live, free)
+        if not c.live:
+            return None
+        sc = c.cscore[: c.size]
+        best = sc[int(sc.argmax())]
+        hits = np.flatnonzero(sc == best)
+        if len(hits) == 1:
+            return int(c.cidx[hits[0]])
+        ms = c.cidx[hits]
+        return int(ms[np.argmin(self.rank[ms])])
+
+    def place(self, c: _Class, m: int) -> None:
+        self.free[:, m] -= c.req
+        if not self.s.incremental:
+            self.placed_m.append(m)
+            self.placed_req.append(c.req)
+        self.mver[m] += 1
+        self._count(c.job, m, +1)
+
+    # --- preemption ----------------------------------------------------------------------
+
+    def preemptible(self, ceiling: int) -> np.ndarray:
+        """Per machine, resources held by live placed tasks with priority below `ceiling`."""
+        got = self.pre_cache.get(ceiling)
+        if got is None:
+            got = np.zeros((5, self.n), dtype=np.float64)
+            sel = self.r_alive & (self.r_prio < ceiling)
+            if sel.any():
+                np.add.at(got.T, self.r_m[sel], self.r_req[:, sel].T)
+            self.pre_cache[ceiling] = got
+        return got
+
+    def preempt_for(self, c: _Class, prio: int) -> tuple[int, list[int]] | None:
+        """A machine and the placed tasks (indexes into snapshot.running) to evict there."""
+        ceiling = victim_ceiling(prio)
+        if not len(self.r_prio) or not bool((self.r_alive & (self.r_prio < ceiling)).any()):
+            return None
+        pre = self.preemptible(ceiling)
+        free = self.cur_free()
+        everything = np.arange(self.n, dtype=np.int64)
+        base = c.static.copy()
+        js = c.job
+        if js.used_mask is not None:
+            base &= ~js.used_mask
+        if js.spread_full and js.spread_codes is not None:
+            base &= ~np.isin(js.spread_codes, np.fromiter(js.spread_full, dtype=np.int64))
+        slack = c.slack if c.slack is not None else np.zeros_like(free)
+        for d in c.dims:
+            base &= free[d] + slack[d] + pre[d] >= c.req[d] - EPS
+        ms = everything[base]
+        if not ms.size:
+            return None
+        ms = ms[np.argsort((self.rank[ms] - self.rank[self.perm[c.offset]]) % self.n)]
+        if self.run_by_machine is None:
+            self.run_by_machine = {}
+            for k in range(len(self.r_m)):
+                self.run_by_machine.setdefault(int(self.r_m[k]), []).append(k)
+        best: tuple[tuple[int, int, int], int, int, list[int]] | None = None
+        for m in ms[: self.s.preempt_candidates].tolist():
+            short = [float(c.req[d] - free[d, m] - slack[d, m]) for d in c.dims]
+            cands = [
+                Candidate(k, int(self.r_prio[k]), tuple(float(self.r_req[d, k]) for d in c.dims))
+                for k in self.run_by_machine.get(m, [])
+                if self.r_alive[k] and self.r_prio[k] < ceiling
+            ]
+            victims = choose_victims(short, cands)
+            if victims is None:
+                continue
+            key = (victims_cost(victims), int(self.rank[m]))
+            if best is None or key < (best[0], best[1]):
+                best = (key[0], key[1], m, [v.key for v in victims])
+        if best is None:
+            return None
+        return best[2], best[3]
+
+    def evict(self, victims: list[int]) -> None:
+        for k in victims:
+            m = int(self.r_m[k])
+            self.r_alive[k] = False
+            self.free[:, m] += self.r_req[:, k]
+            if not self.s.incremental:
+                self.placed_m.append(m)
+                self.placed_req.append(-self.r_req[:, k])
+            self.mver[m] += 1
+            prio = int(self.r_prio[k])
+            for ceiling, arr in self.pre_cache.items():
+                if prio < ceiling:
+                    arr[:, m] -= self.r_req[:, k]
+            js = self.jobs.get(self.snap.running[k].job)
+            if js is not None:
+                self._count(js, m, -1)
+
+    # --- "why pending?" ------------------------------------------------------------------
+
+    def rejections(self, c: _Class) -> tuple[dict[str, int], int]:
+        """Machines rejected per filter (each under its first failing filter), and feasible."""
+        out: dict[str, int] = dict(self.down)
+
+        def add(name: str, k: int) -> None:
+            if k:
+                out[name] = out.get(name, 0) + k
+
+        remaining = self.up.copy()
+        for i in self.tainted:
+            name = first_blocking_taint(self.snap.machines[i].taints, c.spec.tolerations)
+            if name:
+                add(name, 1)
+                remaining[i] = False
+        for con in c.spec.constraints:
+            ok = self.attrs.constraint_mask(con)
+            add(constraint_name(con), int(np.count_nonzero(remaining & ~ok)))
+            remaining &= ok
+        js = c.job
+        if js.used_mask is not None:
+            add(DISTINCT, int(np.count_nonzero(remaining & js.used_mask)))
+            remaining &= ~js.used_mask
+        if js.spread_full and js.spread_codes is not None:
+            full = np.isin(js.spread_codes, np.fromiter(js.spread_full, dtype=np.int64))
+            add(f"spread {c.spec.spread}", int(np.count_nonzero(remaining & full)))
+            remaining &= ~full
+        free = self.cur_free()
+        for d in c.dims:
+            have = free[d] if c.slack is None else free[d] + c.slack[d]
+            short = have < c.req[d] - EPS
+            add(RESOURCES[d], int(np.count_nonzero(remaining & short)))
+            remaining &= ~short
+        return out, int(np.count_nonzero(remaining))
+
+    def explain(self, t: TaskRequest) -> tuple[dict[str, int], int]:
+        return self.rejections(self.class_of(t))
+
+    # --- the pass ------------------------------------------------------------------------
+
+    def run(self, new_id: Callable[[], str]) -> Plan:
+        plan = Plan()
+        for t in _queue(self.snap.pending):
+            c = self.class_of(t)
+            if c.failed is not None:
+                plan.failures.append((t.job, t.index, c.failed))
+                continue
+            m = self.pick(c)
+            if m is None and self.s.preemption:
+                got = self.preempt_for(c, t.priority)
+                if got is not None:
+                    m, victims = got
+                    for k in victims:
+                        v = self.snap.running[k]
+                        plan.preemptions.append(
+                            Preemption(
+                                job=v.job,
+                                index=v.index,
+                                incarnation=v.incarnation,
+                                machine=self.names[m],
+                            )
+                        )
+                    self.evict(victims)
+            if m is None:
+                rejected, _ = self.rejections(c)
+                c.failed = format_reason(rejected, self.n)
+                plan.failures.append((t.job, t.index, c.failed))
+                continue
+            self.place(c, m)
+            plan.placements.append(
+                Placement(
+                    job=t.job,
+                    index=t.index,
+                    machine=self.names[m],
+                    incarnation=new_id(),
+                    version=t.version,
+                )
+            )
+        return plan
+
+
+def _queue(pending: Sequence[TaskRequest]) -> list[TaskRequest]:
+    """High to low priority; within a priority, round-robin over jobs (by name), each job's
+    tasks by index."""
+    by_prio: dict[int, dict[str, list[TaskRequest]]] = {}
+    for t in pending:
+        by_prio.setdefault(t.priority, {}).setdefault(t.job, []).append(t)
+    out: list[TaskRequest] = []
+    for prio in sorted(by_prio, reverse=True):
+        jobs = [sorted(ts, key=lambda t: t.index) for _, ts in sorted(by_prio[prio].items())]
+        i = 0
+        while jobs:
+            out.extend(ts[i] for ts in jobs)
+            i += 1
+            jobs = [ts for ts in jobs if len(ts) > i]
+    return out

@@ -1,0 +1,114 @@
+"""Scheduling on a real cell: preemption by priority band, constraints, spread."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.cluster import Cell, wait_for
+from tests.conftest import cgroups_usable
+
+pytestmark = [pytest.mark.e2e]
+
+
+@pytest.fixture(scope="module")
+def cell() -> Iterator[Cell]:
+    why = cgroups_usable()
+    if why:
+        pytest.skip(why)
+    c = Cell()
+    try:
+        c.start(masters=1, borglets=0)
+        c.add_borglet(cpu=1.0, memory="1Gi", attrs={"rack": "r1"})
+        c.add_borglet(cpu=1.0, memory="1Gi", attrs={"rack": "r2"})
+        c.wait_machines(2)
+        yield c
+    except Exception:
+        print(c.dump_logs())
+        raise
+    finally:
+        c.close()
+
+
+@pytest.fixture(autouse=True)
+def _logs_on_failure(request: pytest.FixtureRequest, cell: Cell) -> Iterator[None]:
+    yield
+    rep = getattr(request.node, "rep_call", None)
+    if rep is not None and rep.failed:
+        print(cell.dump_logs())
+
+
+def write(tmp_path: Path, name: str, text: str) -> str:
+    p = tmp_path / name
+    p.write_text(text)
+    return str(p)
+
+
+def job(name: str, replicas: int, cpu: float, priority: int, extra: str = "") -> str:
+    return (
+        f"name: {name}\nreplicas: {replicas}\npriority: {priority}\nrun_as: nobody\n"
+        f"command: 'exec sleep 1000'\nkill_timeout: 1s\n"
+        f"requirements: {{cpu: {cpu}, ram: 32Mi}}\n{extra}"
+    )
+
+
+def states(cell: Cell, name: str) -> list[tuple[str, str]]:
+    return [(t["state"], t["reason"]) for t in cell.job(name)["tasks"]]
+
+
+def test_production_preempts_batch_which_returns_when_room_appears(
+    cell: Cell, tmp_path: Path
+) -> None:
+    batch = write(tmp_path, "batch.yaml", job("filler", 4, 0.5, 100))
+    assert cell.borgcfg("up", batch, "--wait", "--timeout", "30").returncode == 0
+    prod = write(tmp_path, "prod.yaml", job("prodjob", 2, 0.5, 200))
+    r = cell.borgcfg("up", prod, "--wait", "--timeout", "30")
+    assert r.returncode == 0, r.stderr
+    st = states(cell, "filler")
+    assert sum(1 for s, _ in st if s == "running") == 2, st
+    waiting = [reason for s, reason in st if s == "pending"]
+    assert len(waiting) == 2 and all(r.startswith("preempted") for r in waiting), st
+    # Production and monitoring never preempt each other: a monitoring job that needs both
+    # machines whole can take the batch tasks' room but not production's, so part of it waits.
+    mon = write(tmp_path, "mon.yaml", job("monjob", 2, 1.0, 300))
+    assert cell.borgcfg("up", mon).returncode == 0
+    wait_for(
+        lambda: any(r.startswith("no-feasible-machine") for _, r in states(cell, "monjob")),
+        15,
+        what="monitoring task pending with a reason",
+    )
+    assert all(s == "running" for s, _ in states(cell, "prodjob"))
+    assert cell.borgcfg("down", "monjob", "--wait").returncode == 0
+    assert cell.borgcfg("down", "prodjob", "--wait").returncode == 0
+    wait_for(
+        lambda: all(s == "running" for s, _ in states(cell, "filler")),
+        30,
+        what="preempted batch tasks running again",
+    )
+    assert cell.borgcfg("down", "filler", "--wait").returncode == 0
+
+
+def test_constraint_and_spread_place_on_the_right_racks(cell: Cell, tmp_path: Path) -> None:
+    pinned = write(
+        tmp_path,
+        "pin.yaml",
+        job("pinned", 2, 0.1, 100, "constraints: [{attr: rack, op: '==', value: r2}]\n"),
+    )
+    assert cell.borgcfg("up", pinned, "--wait", "--timeout", "30").returncode == 0
+    machines = {m["name"]: m["attrs"].get("rack") for m in cell.borgcfg_json("machines")}
+    assert {machines[t["machine"]] for t in cell.job("pinned")["tasks"]} == {"r2"}
+    spread = write(tmp_path, "spread.yaml", job("spready", 2, 0.1, 100, "spread: rack\n"))
+    assert cell.borgcfg("up", spread, "--wait", "--timeout", "30").returncode == 0
+    assert {machines[t["machine"]] for t in cell.job("spready")["tasks"]} == {"r1", "r2"}
+    nowhere = write(
+        tmp_path,
+        "nowhere.yaml",
+        job("nowhere", 1, 0.1, 100, "constraints: [{attr: rack, op: '==', value: r9}]\n"),
+    )
+    assert cell.borgcfg("up", nowhere).returncode == 0
+    why = wait_for(lambda: cell.job("nowhere")["tasks"][0]["reason"], 15, what="pending reason")
+    assert why.startswith("no-feasible-machine") and "rack" in why
+    for name in ("pinned", "spready", "nowhere"):
+        assert cell.borgcfg("down", name, "--wait").returncode == 0
