@@ -199,7 +199,9 @@ class MasterServicer(borg_pb2_grpc.BorgmasterServicer):
         me = self.m.replica_info()
         with self.m.store.lock:
             known = {r.raft: r for r in self.m.store.replicas.values()}
-        rafts = sorted({self.m.cfg.raft, *self.m.cfg.peers, *known})
+        # The live Raft membership (it changes with `cell add/remove`); the store's replica
+        # table only maps those addresses to ids and gRPC addresses.
+        rafts = sorted({self.m.cfg.raft, *(n.address for n in self.m.fsm.otherNodes)})
         out = []
         for raft in rafts:
             if raft == self.m.cfg.raft:
@@ -435,7 +437,8 @@ class MasterServicer(borg_pb2_grpc.BorgmasterServicer):
             self.m.change_membership(request.raft, remove=request.remove)
         except ProposeError as e:
             _abort(context, e.code, e.message)
-        return self.CellStatus(pb.CellStatusRequest(), context)
+        cell = self.CellStatus(pb.CellStatusRequest(), context)
+        return pb.ChangeMembershipResponse(replicas=cell.replicas)
 
 
 def _update(

@@ -108,7 +108,9 @@ def run(
     for p in peers:
         _check_addr(p, "--peer")
     if len(peers) + 1 not in (1, 3, 5):
-        raise click.UsageError(f"a cell has 1, 3 or 5 replicas, not {len(peers) + 1}")
+        # Allowed (a replica joining with `borgcfg cell add` lists every member), but an even
+        # count tolerates no more failures than one replica fewer.
+        log.warning("%d replicas: a cell normally has 1, 3 or 5", len(peers) + 1)
     secret = None
     if raft_secret_file:
         with open(raft_secret_file) as f:
@@ -141,7 +143,7 @@ def serve(cfg: MasterConfig) -> None:
     try:
         master = Master(cfg)
         master.start()
-    except (OSError, DataDirError) as e:
+    except (OSError, DataDirError, ImportError) as e:
         click.echo(f"borgmaster: {e}", err=True)
         sys.exit(1)
     stop = threading.Event()

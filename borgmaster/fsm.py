@@ -172,10 +172,20 @@ def check_data_dir(data_dir: str, cell: str, replica: str) -> None:
         raise DataDirError(f"{data_dir} has Raft files but no {ID_FILE}: not a borgcell data dir")
     snap = os.path.join(data_dir, "raft.snapshot")
     if os.path.exists(snap):
-        with open(snap, "rb") as f:
-            head = f.read(len(DUMP_MAGIC))
-        if head != DUMP_MAGIC:
-            raise DataDirError(f"{snap}: not a borgcell snapshot (damaged or foreign data dir)")
+        # Decode it fully: PySyncObj only logs a snapshot it cannot load and starts empty.
+        try:
+            with open(snap, "rb") as f:
+                data = f.read()
+            if not data.startswith(DUMP_MAGIC):
+                raise ValueError("bad header")
+            doc = msgpack.unpackb(data[len(DUMP_MAGIC) :], raw=False, strict_map_key=False)
+            if not isinstance(doc, dict) or not {"state", "last", "prev", "cluster"} <= set(doc):
+                raise ValueError("missing fields")
+            Store().load_snapshot(doc["state"])
+        except Exception as e:
+            raise DataDirError(
+                f"{snap}: not a readable borgcell snapshot ({e}); damaged or foreign data dir"
+            ) from None
     if not os.path.exists(id_path):
         tmp = id_path + ".tmp"
         with open(tmp, "wb") as f:

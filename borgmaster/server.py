@@ -288,25 +288,38 @@ class Master:
         return run
 
     def stop(self) -> None:
-        """Graceful stop: hand leadership over if we hold it, close servers and Raft files."""
+        """Graceful stop: stop taking requests, hand leadership to an up-to-date follower if
+        we hold it (so the cell does not wait out an election), then close Raft's files."""
         self._stop.set()
         with self.store.changed:
             self.store.changed.notify_all()
-        if self.is_leader() and self.cfg.peers:
-            try:
-                self.fsm.transferLeadership(sync=False)
-                deadline = time.monotonic() + 2.0
-                while self.is_leader() and time.monotonic() < deadline:
-                    time.sleep(0.02)
-            except Exception:
-                log.warning("leadership transfer failed; stepping down by exiting")
         if self.grpc_server is not None:
             self.grpc_server.stop(grace=0.5).wait(2)
+        self.proposer.stop()
+        if self.is_leader() and self.fsm.otherNodes:
+            self._hand_over_leadership(deadline_s=2.0)
         if self.http_server is not None:
             self.http_server.shutdown()
-        self.proposer.stop()
         self.fsm.destroy()
         log.info("master %s stopped", self.cfg.id)
+
+    def _hand_over_leadership(self, deadline_s: float) -> None:
+        """PySyncObj refuses a transfer while the target lags by even one entry: retry until
+        leadership has moved or the deadline passes."""
+        deadline = time.monotonic() + deadline_s
+        while self.is_leader() and time.monotonic() < deadline:
+            try:
+                self.fsm.transferLeadership(callback=lambda res, err: None)
+            except Exception as e:
+                log.warning("leadership transfer failed: %s", e)
+                return
+            until = time.monotonic() + 0.1
+            while self.is_leader() and time.monotonic() < until:
+                time.sleep(0.01)
+        if self.is_leader():
+            log.warning("leadership not handed over within %.1f s; exiting anyway", deadline_s)
+        else:
+            log.info("leadership handed over")
 
     # ----- leader loops -------------------------------------------------------------------
 

@@ -364,3 +364,47 @@ def task_index_copies(job: str) -> dict[str, int]:
         if ppid not in procs:
             out[index] = out.get(index, 0) + 1
     return out
+
+
+def add_master_with_args(
+    cell: Cell,
+    index: int,
+    raft: str,
+    peers: list[str],
+    extra: list[str] | None = None,
+    machine_timeout: float = 30.0,
+    start: bool = True,
+) -> Proc:
+    """Like `Cell.add_master`, but with an explicit peer list and extra `borgmaster run`
+    arguments (a Raft secret, a replica joining an existing cell with every member as peer).
+    With `start=False` the process is only prepared (the test starts it and checks its exit)."""
+    grpc_addr = f"127.0.0.1:{free_port()}"
+    http_addr = f"127.0.0.1:{free_port()}"
+    data = os.path.join(cell.base, f"m{index}")
+    argv = [
+        sys.executable,
+        "-m",
+        "borgmaster.cli",
+        "run",
+        "--id",
+        f"m{index}",
+        "--raft",
+        raft,
+        "--grpc",
+        grpc_addr,
+        "--http",
+        http_addr,
+        "--data-dir",
+        data,
+        "--machine-timeout",
+        str(machine_timeout),
+    ]
+    for r in peers:
+        argv += ["--peer", r]
+    argv += extra or []
+    p = Proc(f"m{index}", argv, os.path.join(cell.base, f"m{index}.log"))
+    p.info = {"raft": raft, "grpc": grpc_addr, "http": http_addr, "data": data}
+    if start:
+        p.start()
+    cell.masters.append(p)
+    return p

@@ -1,0 +1,127 @@
+"""Membership: a 4th replica joins a running 3-replica cell (`borgcfg cell add`), catches up,
+and is removed again (`borgcfg cell remove`); `borgcfg cell` shows both changes.
+
+PySyncObj's procedure (dynamicMembershipChange): start the new replica with EVERY current
+member as a peer, then ask the leader to add it (addNodeToCluster, one change at a time, each
+committed before the next); to remove, ask the leader (removeNodeFromCluster), then stop the
+removed process. The leader cannot remove itself.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import uuid
+
+import pytest
+
+from tests.cluster import Cell, Proc, add_master_with_args, free_port, wait_for
+from tests.fault.util import Stubs, list_rows, submit_until_acked
+
+pytestmark = pytest.mark.e2e
+
+
+def write_jobs(cell: Cell, stubs: Stubs, prefix: str, n: int) -> None:
+    addrs = [m.info["grpc"] for m in cell.masters if m.alive()]
+    for i in range(n):
+        a = submit_until_acked(
+            stubs, addrs, f"{prefix}{i}", uuid.uuid4().hex, time.monotonic() + 20
+        )
+        assert a.response is not None, a.errors
+
+
+def by_raft(cell: Cell, via: str) -> dict[str, dict[str, object]]:
+    return {r["raft"]: r for r in cell.cell_json_via(via)}
+
+
+def joining_proc(cell: Cell, index: int) -> Proc:
+    """A replica for `index` with every current member as peer (not started)."""
+    raft = f"127.0.0.1:{free_port()}"
+    grpc_addr = f"127.0.0.1:{free_port()}"
+    http_addr = f"127.0.0.1:{free_port()}"
+    data = os.path.join(cell.base, f"m{index}")
+    peers = [m.info["raft"] for m in cell.masters]
+    argv = [sys.executable, "-m", "tests.fault.join_replica", f"m{index}", raft, grpc_addr]
+    argv += [http_addr, data, *peers]
+    p = Proc(f"m{index}", argv, os.path.join(cell.base, f"m{index}.log"))
+    p.info = {"raft": raft, "grpc": grpc_addr, "http": http_addr, "data": data}
+    return p
+
+
+def test_borgmaster_run_accepts_a_joining_fourth_replica(cell: Cell) -> None:
+    peers = [m.info["raft"] for m in cell.masters]
+    p = add_master_with_args(cell, 3, f"127.0.0.1:{free_port()}", peers, start=False)
+    p.start()
+    wait_for(
+        lambda: not p.alive() or cell.http_get(p.info["http"], "/healthz")[0] == 200,
+        20,
+        what="4th replica serving or exited",
+    )
+    assert p.alive(), p.log()[-500:]
+
+
+def add_fourth(cell: Cell, stubs: Stubs) -> Proc:
+    """Start a 4th replica with every member as peer and `borgcfg cell add` it."""
+    new = joining_proc(cell, 3)
+    new.start()
+    cell.masters.append(new)  # closed with the cell
+    r = cell.borgcfg("cell", "add", new.info["raft"], "-o", "json")
+    assert r.returncode == 0, r.stderr
+    return new
+
+
+def same_jobs(stubs: Stubs, replica: Proc, leader: Proc) -> bool:
+    """The replica's local state (no barrier) has what the leader has."""
+    return list_rows(stubs, replica.info["grpc"], stale=True) == list_rows(
+        stubs, leader.info["grpc"]
+    )
+
+
+def test_fourth_replica_joins_catches_up_and_is_removed(cell: Cell, stubs: Stubs) -> None:
+    write_jobs(cell, stubs, "before", 10)
+    new = add_fourth(cell, stubs)
+    raft = new.info["raft"]
+
+    # It catches up: ready, and the same jobs as the leader.
+    wait_for(lambda: cell.http_get(new.info["http"], "/readyz")[0] == 200, 30, what="ready")
+    leader = cell.leader()
+    wait_for(lambda: same_jobs(stubs, new, leader), 20, what="new replica has every job")
+    # `borgcfg cell` shows four members, the new one following the leader.
+    via = cell.masters[0].info["grpc"]
+    wait_for(
+        lambda: by_raft(cell, via).get(raft, {}).get("role") == "follower",
+        20,
+        what="cell lists the new replica as follower",
+    )
+    reps = by_raft(cell, via)
+    assert len(reps) == 4, reps
+    assert reps[raft]["id"] == "m3"
+    # Writes commit with it in the cell and reach it.
+    write_jobs(cell, stubs, "with-four-", 5)
+    wait_for(lambda: same_jobs(stubs, new, leader), 20, what="new replica follows writes")
+
+    r = cell.borgcfg("cell", "remove", raft, "-o", "json")
+    assert r.returncode == 0, r.stderr
+    assert new.stop() == 0
+    # The removal took effect in Raft: with the 4th gone AND one original follower stopped,
+    # two of three members are a quorum (two of four would not be).
+    follower = next(m for m in cell.masters[:3] if m is not leader)
+    follower.kill()
+    write_jobs(cell, stubs, "after", 5)
+    live = [m for m in cell.masters[:3] if m.alive()]
+    rows = [list_rows(stubs, m.info["grpc"]) for m in live]
+    assert rows[0] == rows[1]
+    assert len(rows[0]) == 20
+
+
+def test_cell_listing_drops_a_removed_replica(cell: Cell, stubs: Stubs) -> None:
+    new = add_fourth(cell, stubs)
+    raft = new.info["raft"]
+    via = cell.masters[0].info["grpc"]
+    wait_for(lambda: raft in by_raft(cell, via), 20, what="cell lists the new replica")
+    r = cell.borgcfg("cell", "remove", raft, "-o", "json")
+    assert r.returncode == 0, r.stderr
+    new.stop()
+    wait_for(lambda: raft not in by_raft(cell, via), 10, what="listing without the replica")
+    assert len(by_raft(cell, via)) == 3
