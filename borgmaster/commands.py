@@ -8,7 +8,7 @@ proposed and travels inside it.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from enum import IntEnum
 from typing import Any, ClassVar
 
@@ -210,8 +210,22 @@ _BY_TYPE: dict[int, type[Command]] = {
 
 
 def encode(cmd: Command) -> bytes:
-    """Serialise a command: its type byte, then its fields as a msgpack map."""
-    return bytes([int(cmd.type)]) + msgpack.packb(asdict(cmd), use_bin_type=True)
+    """Serialise a command: its type byte, then its fields as a msgpack map.
+
+    Field values are plain data already (dicts, lists, scalars), so a shallow map is enough;
+    `dataclasses.asdict` would deep-copy every nested spec on the write path."""
+    body = {f.name: getattr(cmd, f.name) for f in _fields_of(type(cmd))}
+    return bytes([int(cmd.type)]) + msgpack.packb(body, use_bin_type=True)
+
+
+_FIELDS: dict[type, tuple[Any, ...]] = {}
+
+
+def _fields_of(cls: type) -> tuple[Any, ...]:
+    fs = _FIELDS.get(cls)
+    if fs is None:
+        fs = _FIELDS[cls] = fields(cls)
+    return fs
 
 
 def decode(entry: bytes) -> Command:

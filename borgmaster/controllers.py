@@ -125,7 +125,7 @@ def plan_job(store: Store, job: Job, now_ms: int | None = None) -> JobActions | 
 def plan_all(store: Store, now_ms: int | None = None) -> list[JobActions]:
     """Decisions for every job that may need one: jobs mid-rollout and jobs with tasks on a
     draining machine. Cheap when nothing is rolling or draining (no scan of all tasks)."""
-    names = {n for n, j in store.jobs.items() if j.rollout == "rolling"}
+    names = set(store.rolling)
     for m in store.machines.values():
         if m.state == MACHINE_DRAINING:
             for key in store.tasks_by_machine.get(m.name, ()):

@@ -9,6 +9,7 @@ Units: cpu in cores (float), ram/disk in bytes (int), durations in milliseconds 
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -113,7 +114,40 @@ class JobSpec:
     kill_timeout_ms: int = 10_000
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain data (hand-written: `dataclasses.asdict` is slow on the write path)."""
+        r, rs, u = self.requirements, self.restart, self.update
+        return {
+            "name": self.name,
+            "user": self.user,
+            "run_as": self.run_as,
+            "priority": self.priority,
+            "kind": self.kind,
+            "replicas": self.replicas,
+            "command": list(self.command),
+            "env": dict(self.env),
+            "requirements": {
+                "cpu": r.cpu,
+                "ram": r.ram,
+                "disk": r.disk,
+                "gpu": r.gpu,
+                "ports": list(r.ports),
+            },
+            "restart": {
+                "policy": rs.policy,
+                "max_restarts": rs.max_restarts,
+                "backoff_ms": rs.backoff_ms,
+            },
+            "health": copy.deepcopy(self.health),
+            "constraints": [
+                {"attr": c.attr, "op": c.op, "value": copy.deepcopy(c.value)}
+                for c in self.constraints
+            ],
+            "tolerations": [{"key": t.key, "value": t.value} for t in self.tolerations],
+            "spread": self.spread,
+            "distinct_machines": self.distinct_machines,
+            "update": {"max_unavailable": u.max_unavailable, "max_surge": u.max_surge},
+            "kill_timeout_ms": self.kill_timeout_ms,
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> JobSpec:

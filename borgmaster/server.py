@@ -43,6 +43,8 @@ log = logging.getLogger("borgmaster")
 ROLE_NAMES = {0: "follower", 1: "candidate", 2: "leader"}
 # Leader loops wait this long after a change before a pass, so bursts share one pass.
 LOOP_MIN_INTERVAL_S = 0.005
+# How often a follower's idle leader loops check whether it has become the leader.
+FOLLOWER_POLL_S = 0.05
 
 
 class ProposeError(Exception):
@@ -342,8 +344,11 @@ class Master:
     def _scheduler_loop(self) -> None:
         seen = -1
         while not self._stop.is_set():
+            if not self.is_leader():
+                self._stop.wait(FOLLOWER_POLL_S)  # followers only watch for promotion
+                continue
             gen = self.store.wait_changed(seen, timeout=1.0)
-            if not self.is_leader() or gen == seen:
+            if gen == seen:
                 continue
             self._stop.wait(LOOP_MIN_INTERVAL_S)  # let a burst of writes land in one pass
             gen = self.store.generation
@@ -361,9 +366,10 @@ class Master:
         seen = -1
         last_gc = 0.0
         while not self._stop.is_set():
-            gen = self.store.wait_changed(seen, timeout=1.0)
             if not self.is_leader():
+                self._stop.wait(FOLLOWER_POLL_S)
                 continue
+            gen = self.store.wait_changed(seen, timeout=1.0)
             self._stop.wait(LOOP_MIN_INTERVAL_S)
             gen = self.store.generation
             term = self.fenced_term()

@@ -96,6 +96,7 @@ class Store:
         # added, so the scheduler can retry old pending tasks only when that can help.
         self.pending: set[tuple[str, int]] = set()
         self.capacity_generation = 0
+        self.rolling: set[str] = set()  # jobs whose rollout is in progress
         self._ts = 0  # the timestamp of the command being applied (for events)
 
     # ----- reads -------------------------------------------------------------------------
@@ -365,6 +366,7 @@ class Store:
             job.previous_version = job.version
             job.version += 1
             job.rollout = "rolling"
+            self.rolling.add(job.name)
         job.spec = spec
         job.updated_ms = ts
         # Scale down: the highest indexes go first.
@@ -407,6 +409,7 @@ class Store:
         job.killed_ms = cmd.ts_ms
         job.updated_ms = cmd.ts_ms
         job.rollout = ""
+        self.rolling.discard(job.name)
         to_stop = 0
         for t in self.job_tasks(job.name):
             if t.state in ACTIVE_STATES:
@@ -445,6 +448,10 @@ class Store:
         if job.rollout != cmd.status:
             before = job.rollout
             job.rollout = cmd.status
+            if cmd.status == "rolling":
+                self.rolling.add(job.name)
+            else:
+                self.rolling.discard(job.name)
             if cmd.status.startswith("halted"):
                 self._event("rollout-halted", job.name, message=cmd.status)
             elif cmd.status == "" and before == "rolling":
@@ -471,6 +478,7 @@ class Store:
             for t in self.job_tasks(name):
                 self._drop_task(t)
             del self.jobs[name]
+            self.rolling.discard(name)
             removed += 1
         return {"removed": removed}
 
@@ -735,6 +743,7 @@ class Store:
             self.pending = set()
             for t in self.tasks.values():
                 self._reindex(t)
+            self.rolling = {n for n, j in self.jobs.items() if j.rollout == "rolling"}
             self._freed()
             for name in self.machines:
                 self._touch_machine(name)

@@ -268,6 +268,8 @@ def test_pending_index_matches_a_full_scan_through_a_lifecycle() -> None:
             k for k, t in cell.store.tasks.items() if needs_placement(t, cell.store.jobs[t.job])
         }
         assert cell.store.pending == scan
+        rolling = {n for n, j in cell.store.jobs.items() if j.rollout == "rolling"}
+        assert cell.store.rolling == rolling
 
     cell.machine("m1")
     cell.submit(spec(replicas=3))
