@@ -126,7 +126,7 @@ def bench_failover(cell: Cell, trials: int) -> dict[str, Any]:
         while not done:
             for s in stubs:
                 try:
-                    submit(s, f"fo-{trial}-{k}", timeout=1.0)
+                    submit(s, f"fo-{trial}-{k}", timeout=0.3)
                     done = True
                     break
                 except grpc.RpcError:

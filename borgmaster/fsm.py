@@ -32,8 +32,8 @@ class RaftTuning:
     and keeps elections short so a failover takes well under two seconds."""
 
     append_entries_period: float = 0.05
-    raft_min_timeout: float = 0.4
-    raft_max_timeout: float = 0.9
+    raft_min_timeout: float = 0.3
+    raft_max_timeout: float = 0.6
     leader_fallback_timeout: float = 1.5
     auto_tick_period: float = 0.01
     log_compaction_min_entries: int = 20_000
