@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -27,29 +28,40 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     setattr(item, "rep_" + rep.when, rep)
 
 
-@pytest.fixture(scope="module")
-def cell3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cell]:
-    """Three masters and one Borglet, shared by a module's tests."""
+def real_cell(setup: Callable[[Cell], object] | None = None, **start: Any) -> Iterator[Cell]:
+    """Body of a cell fixture: skip without root/cgroups, start the cell (`Cell.start(**start)`,
+    then `setup(cell)` for extra Borglets), print its logs if starting fails, always close it."""
     why = cgroups_usable()
     if why:
         pytest.skip(why)
-    cell = Cell(str(tmp_path_factory.mktemp("cell3")))
+    cell = Cell()
     try:
-        cell.start(masters=3, borglets=1, borglet_cpu=2.0, borglet_memory="2Gi")
+        cell.start(**start)
+        if setup is not None:
+            setup(cell)
     except Exception:
         print(cell.dump_logs())
         cell.close()
         raise
-    yield cell
-    cell.close()
+    try:
+        yield cell
+    finally:
+        cell.close()
 
 
-@pytest.fixture
-def dump_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Print the cell's logs when the test using it fails."""
+@pytest.fixture(scope="module")
+def cell3() -> Iterator[Cell]:
+    """Three masters and one Borglet, shared by a module's tests."""
+    yield from real_cell(masters=3, borglets=1, borglet_cpu=2.0, borglet_memory="2Gi")
+
+
+@pytest.fixture(autouse=True)
+def _cell_logs_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Print the logs of every cell a failed test used (only fixtures it already has)."""
     yield
     rep = getattr(request.node, "rep_call", None)
-    if rep is not None and rep.failed:
-        for name in ("cell3", "cell1"):
-            if name in request.fixturenames:
-                print(request.getfixturevalue(name).dump_logs())
+    if rep is None or not rep.failed:
+        return
+    for value in getattr(request.node, "funcargs", {}).values():
+        if isinstance(value, Cell):
+            print(value.dump_logs())

@@ -21,9 +21,6 @@ def cell(request: pytest.FixtureRequest) -> Iterator[Cell]:
         c.close()
         raise
     yield c
-    rep = getattr(request.node, "rep_call", None)
-    if rep is not None and rep.failed:
-        print(c.dump_logs())
     for m in c.masters:  # a test may leave a replica SIGSTOPped
         if m.popen is not None and m.popen.poll() is None:
             m.signal(18)  # SIGCONT

@@ -24,9 +24,9 @@ import pytest
 
 from borglet.runtime.cgroups import detect
 from tests.cluster import Cell, Proc, free_port, wait_for
-from tests.conftest import cgroups_usable
+from tests.conftest import real_cell
 
-pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("dump_on_failure")]
+pytestmark = [pytest.mark.e2e]
 
 LOG_MAX = 256 * 1024
 LOG_KEEP = 2
@@ -74,12 +74,8 @@ def borglet_argv(cell: Cell, name: str, data: str, grpc: str, http: str) -> list
 
 def borglet_cell(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cell]:
     """One master and one Borglet with every flag of the Borglet issue (module fixtures)."""
-    why = cgroups_usable()
-    if why:
-        pytest.skip(why)
-    cell = Cell(str(tmp_path_factory.mktemp("cell1")))
-    try:
-        cell.start(masters=1, borglets=0)
+
+    def add_borglet(cell: Cell) -> None:
         name = f"{cell.prefix}-b0"
         data = os.path.join(cell.base, "b0")
         grpc, http = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
@@ -90,12 +86,8 @@ def borglet_cell(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cell]:
         p.start()
         cell.borglets.append(p)
         cell.wait_machines(1)
-    except Exception:
-        print(cell.dump_logs())
-        cell.close()
-        raise
-    yield cell
-    cell.close()
+
+    yield from real_cell(add_borglet, masters=1, borglets=0)
 
 
 @pytest.fixture(scope="module")

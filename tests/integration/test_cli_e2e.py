@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from tests.cluster import REPO, Cell, free_port, wait_for
-from tests.conftest import cgroups_usable
+from tests.conftest import real_cell
 
-pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("dump_on_failure")]
+pytestmark = [pytest.mark.e2e]
 
 SLEEPER = "name: {name}\nreplicas: {n}\nrun_as: nobody\ncommand: '{cmd}'\n" + (
     "requirements: {{cpu: 0.1, ram: 32Mi}}\n"
@@ -28,18 +28,7 @@ SLEEPER = "name: {name}\nreplicas: {n}\nrun_as: nobody\ncommand: '{cmd}'\n" + (
 @pytest.fixture(scope="module")
 def cell1(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cell]:
     """One master and one Borglet, shared by this module's tests."""
-    why = cgroups_usable()
-    if why:
-        pytest.skip(why)
-    cell = Cell(str(tmp_path_factory.mktemp("cli")))
-    try:
-        cell.start(masters=1, borglets=1, borglet_cpu=2.0, borglet_memory="2Gi")
-    except Exception:
-        print(cell.dump_logs())
-        cell.close()
-        raise
-    yield cell
-    cell.close()
+    yield from real_cell(masters=1, borglets=1, borglet_cpu=2.0, borglet_memory="2Gi")
 
 
 def write(tmp_path: Path, name: str, text: str) -> str:

@@ -32,7 +32,7 @@ from borgmaster.convert import dict_from
 from cfg.client import Client
 from proto.borg.v1 import borg_pb2 as pb
 from tests.cluster import REPO, Cell, wait_for
-from tests.conftest import cgroups_usable
+from tests.conftest import real_cell
 
 pytestmark = [pytest.mark.e2e]
 
@@ -42,18 +42,7 @@ BORGLET_CPU = 2.0
 @pytest.fixture(scope="module")
 def cell() -> Iterator[Cell]:
     """Three masters and two 2-cpu Borglets, shared by this module's tests."""
-    why = cgroups_usable()
-    if why:
-        pytest.skip(why)
-    c = Cell()
-    try:
-        c.start(masters=3, borglets=2, borglet_cpu=BORGLET_CPU, borglet_memory="2Gi")
-        yield c
-    except Exception:
-        print(c.dump_logs())
-        raise
-    finally:
-        c.close()
+    yield from real_cell(masters=3, borglets=2, borglet_cpu=BORGLET_CPU, borglet_memory="2Gi")
 
 
 @pytest.fixture(scope="module")
@@ -62,14 +51,6 @@ def api(cell: Cell) -> Iterator[Client]:
     c = Client(cell.master_addrs.split(","))
     yield c
     c.close()
-
-
-@pytest.fixture(autouse=True)
-def _logs_on_failure(request: pytest.FixtureRequest, cell: Cell) -> Iterator[None]:
-    yield
-    rep = getattr(request.node, "rep_call", None)
-    if rep is not None and rep.failed:
-        print(cell.dump_logs())
 
 
 # ----- helpers -----------------------------------------------------------------------------

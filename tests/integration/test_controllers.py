@@ -15,7 +15,7 @@ import pytest
 from proto.borg.v1 import borg_pb2 as pb
 from proto.borg.v1 import borg_pb2_grpc
 from tests.cluster import Cell, task_index_copies, wait_for
-from tests.conftest import cgroups_usable
+from tests.conftest import real_cell
 
 pytestmark = [pytest.mark.e2e]
 
@@ -24,26 +24,7 @@ MACHINE_TIMEOUT = 3.0
 
 @pytest.fixture(scope="module")
 def cell2() -> Iterator[Cell]:
-    why = cgroups_usable()
-    if why:
-        pytest.skip(why)
-    c = Cell()
-    try:
-        c.start(masters=3, borglets=2, machine_timeout=MACHINE_TIMEOUT)
-        yield c
-    except Exception:
-        print(c.dump_logs())
-        raise
-    finally:
-        c.close()
-
-
-@pytest.fixture(autouse=True)
-def _logs_on_failure(request: pytest.FixtureRequest, cell2: Cell) -> Iterator[None]:
-    yield
-    rep = getattr(request.node, "rep_call", None)
-    if rep is not None and rep.failed:
-        print(cell2.dump_logs())
+    yield from real_cell(masters=3, borglets=2, machine_timeout=MACHINE_TIMEOUT)
 
 
 class Sampler:

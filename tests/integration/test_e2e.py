@@ -15,7 +15,7 @@ from proto.borg.v1 import borg_pb2 as pb
 from proto.borg.v1 import borg_pb2_grpc
 from tests.cluster import Cell, processes_with_env, wait_for
 
-pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("dump_on_failure")]
+pytestmark = [pytest.mark.e2e]
 
 
 def write(tmp_path: Path, name: str, text: str) -> str:

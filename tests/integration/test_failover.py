@@ -9,25 +9,14 @@ from pathlib import Path
 import pytest
 
 from tests.cluster import Cell, wait_for
-from tests.conftest import cgroups_usable
+from tests.conftest import real_cell
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
-def cell(tmp_path: Path) -> Iterator[Cell]:
-    why = cgroups_usable()
-    if why:
-        pytest.skip(why)
-    c = Cell()
-    try:
-        c.start(masters=3, borglets=1)
-        yield c
-    except Exception:
-        print(c.dump_logs())
-        raise
-    finally:
-        c.close()
+def cell() -> Iterator[Cell]:
+    yield from real_cell(masters=3, borglets=1)
 
 
 def test_leader_sigkill_fails_over_and_restarted_replica_catches_up(

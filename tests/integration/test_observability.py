@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.cluster import REPO, Cell, Proc, free_port, wait_for
 
-pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("dump_on_failure")]
+pytestmark = [pytest.mark.e2e]
 
 PROM_DIR = Path(REPO) / "docs" / "prometheus"
 NO_PROMTOOL = "promtool not installed (Debian: apt-get install prometheus)"

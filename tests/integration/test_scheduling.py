@@ -8,36 +8,19 @@ from pathlib import Path
 import pytest
 
 from tests.cluster import Cell, wait_for
-from tests.conftest import cgroups_usable
+from tests.conftest import real_cell
 
 pytestmark = [pytest.mark.e2e]
 
 
 @pytest.fixture(scope="module")
 def cell() -> Iterator[Cell]:
-    why = cgroups_usable()
-    if why:
-        pytest.skip(why)
-    c = Cell()
-    try:
-        c.start(masters=1, borglets=0)
+    def two_racks(c: Cell) -> None:
         c.add_borglet(cpu=1.0, memory="1Gi", attrs={"rack": "r1"})
         c.add_borglet(cpu=1.0, memory="1Gi", attrs={"rack": "r2"})
         c.wait_machines(2)
-        yield c
-    except Exception:
-        print(c.dump_logs())
-        raise
-    finally:
-        c.close()
 
-
-@pytest.fixture(autouse=True)
-def _logs_on_failure(request: pytest.FixtureRequest, cell: Cell) -> Iterator[None]:
-    yield
-    rep = getattr(request.node, "rep_call", None)
-    if rep is not None and rep.failed:
-        print(cell.dump_logs())
+    yield from real_cell(two_racks, masters=1, borglets=0)
 
 
 def write(tmp_path: Path, name: str, text: str) -> str:

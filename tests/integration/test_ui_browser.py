@@ -18,7 +18,7 @@ import pytest
 
 from tests.cluster import REPO, Cell, wait_for
 
-pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("dump_on_failure")]
+pytestmark = [pytest.mark.e2e]
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = [
