@@ -200,9 +200,15 @@ class LogFile:
         self.open()
 
     def open(self) -> None:
-        """Refuse links planted by the (untrusted) task user: O_NOFOLLOW, one hard link."""
-        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = os.open(self.path, flags, 0o640)
+        """Refuse links planted by the (untrusted) task user: O_NOFOLLOW, one hard link.
+
+        A new file is created under a temporary name, given to the task's account, then
+        renamed into place, so the log never exists even briefly as root's file."""
+        flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(self.path, flags)
+        except FileNotFoundError:
+            fd = self._create(flags)
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
             os.close(fd)
@@ -211,6 +217,23 @@ class LogFile:
             os.fchown(fd, self.uid, self.gid)
         self.size = os.lseek(fd, 0, os.SEEK_END)
         self.fd = fd
+
+    def _create(self, flags: int) -> int:
+        tmp = self.path + ".new"
+        for _ in range(3):
+            try:
+                os.unlink(tmp)  # a leftover, or something the task planted
+            except FileNotFoundError:
+                pass
+            try:
+                fd = os.open(tmp, flags | os.O_CREAT | os.O_EXCL, 0o640)
+            except FileExistsError:
+                continue
+            if os.geteuid() == 0:
+                os.fchown(fd, self.uid, self.gid)
+            os.rename(tmp, self.path)
+            return fd
+        raise OSError(f"cannot create {self.path}")
 
     def rotate(self) -> None:
         if self.keep <= 0:

@@ -36,6 +36,9 @@ class RaftTuning:
     raft_max_timeout: float = 0.6
     leader_fallback_timeout: float = 1.5
     auto_tick_period: float = 0.01
+    # PySyncObj retries a lost peer connection every 5 s by default: a replica that just
+    # restarted could then not vote for that long. Reconnect fast instead.
+    connection_retry_time: float = 0.3
     log_compaction_min_entries: int = 20_000
     log_compaction_min_time: int = 300
 
@@ -67,6 +70,7 @@ class BorgFSM(SyncObj):  # type: ignore[misc]
             raftMinTimeout=t.raft_min_timeout,
             raftMaxTimeout=t.raft_max_timeout,
             connectionTimeout=max(3.5, t.raft_max_timeout),
+            connectionRetryTime=t.connection_retry_time,
             leaderFallbackTimeout=t.leader_fallback_timeout,
             autoTickPeriod=t.auto_tick_period,
             logCompactionMinEntries=t.log_compaction_min_entries,
