@@ -15,19 +15,10 @@ import psutil
 from borglet.agent import Borglet, BorgletConfig
 from borglet.ports import parse_range
 from borgmaster.logsetup import log_options, setup_logging
+from cfg.options import key_values
 from cfg.units import parse_size
 
 log = logging.getLogger("borglet")
-
-
-def _kv(values: tuple[str, ...], flag: str) -> dict[str, str]:
-    out = {}
-    for v in values:
-        k, sep, val = v.partition("=")
-        if not sep or not k:
-            raise click.BadParameter(f"'{v}' is not KEY=VALUE", param_hint=flag)
-        out[k] = val
-    return out
 
 
 def _taints(values: tuple[str, ...]) -> list[dict[str, str]]:
@@ -160,7 +151,7 @@ def run(
         cpu=cpu if cpu is not None else float(psutil.cpu_count() or 1),
         memory=mem,
         disk=dsk,
-        attrs=_kv(attrs, "--attr"),
+        attrs=key_values(attrs, "--attr"),
         taints=_taints(taints),
         task_user=task_user,
         allow_root=allow_root_tasks,

@@ -29,6 +29,7 @@ from borgmaster.model import BANDS, TERMINAL_TASK_STATES, JobSpec
 from cfg.client import CellError, Client, Unreachable
 from cfg.errors import ConfigError
 from cfg.loader import load_file
+from cfg.options import key_values
 from cfg.schema import spec_to_config, validate_job
 from cfg.units import human_size, parse_size
 from proto.borg.v1 import borg_pb2 as pb
@@ -198,21 +199,11 @@ def main(ctx: click.Context, master: str, user: str, tls_dir: str | None) -> Non
 # ----- config commands ---------------------------------------------------------------------
 
 
-def _kv_opts(values: tuple[str, ...], flag: str) -> dict[str, str]:
-    out = {}
-    for v in values:
-        k, sep, val = v.partition("=")
-        if not sep or not k:
-            raise click.BadParameter(f"'{v}' is not KEY=VALUE", param_hint=flag)
-        out[k] = val
-    return out
-
-
 def _load(ctx: Ctx, file: str, ext_str: tuple[str, ...], tla_str: tuple[str, ...]) -> list[JobSpec]:
     return load_file(
         file,
-        ext_str=_kv_opts(ext_str, "--ext-str"),
-        tla_str=_kv_opts(tla_str, "--tla-str"),
+        ext_str=key_values(ext_str, "--ext-str"),
+        tla_str=key_values(tla_str, "--tla-str"),
         default_user=ctx.user,
     )
 
