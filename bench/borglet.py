@@ -21,7 +21,6 @@ import re
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -31,33 +30,9 @@ from bench.run import RESULTS, machine_info
 from borgmaster.convert import struct_from
 from proto.borg.v1 import borg_pb2 as pb
 from proto.borg.v1 import borg_pb2_grpc
-from tests.cluster import Cell, Proc, free_port, wait_for
+from tests.cluster import Cell, Proc, wait_for
 
 LATENCY_RE = re.compile(r"task (\S+)/(\d+) started \(.*, ([0-9.]+) ms after desired\)")
-
-
-def borglet_argv(cell: Cell, name: str, data: str, grpc: str, http: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "borglet.cli",
-        "run",
-        "--name",
-        name,
-        "--master",
-        cell.master_addrs,
-        "--grpc",
-        grpc,
-        "--http",
-        http,
-        "--data-dir",
-        data,
-        "--cpu",
-        "64",
-        "--memory",
-        "64Gi",
-        "--kill-tasks-on-exit",
-    ]
 
 
 def pct(values: list[float], q: float) -> float:
@@ -120,17 +95,10 @@ def main(argv: list[str] | None = None) -> int:
         print("bench-borglet: needs root (tasks run in cgroups as nobody)", file=sys.stderr)
         return 1
     cell = Cell()
-    tmp = Path(cell.base)
     b: Proc | None = None
     try:
         cell.start(masters=1, borglets=0)
-        name = f"{cell.prefix}-bench"
-        grpc_addr, http_addr = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
-        data = os.path.join(cell.base, "b0")
-        b = Proc(name, borglet_argv(cell, name, data, grpc_addr, http_addr), str(tmp / "b0.log"))
-        b.info = {"name": name, "grpc": grpc_addr, "http": http_addr}
-        b.start()
-        cell.borglets.append(b)
+        b = cell.add_borglet(cpu=64, memory="64Gi", extra=["--kill-tasks-on-exit"])
         cell.wait_machines(1)
         assert b.popen is not None
 

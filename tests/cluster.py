@@ -138,43 +138,22 @@ class Cell:
         return self
 
     def add_master(self, i: int, rafts: list[str], machine_timeout: float = 30.0) -> Proc:
-        grpc_addr = f"127.0.0.1:{free_port()}"
-        http_addr = f"127.0.0.1:{free_port()}"
-        data = os.path.join(self.base, f"m{i}")
-        argv = [
-            sys.executable,
-            "-m",
-            "borgmaster.cli",
-            "run",
-            "--id",
-            f"m{i}",
-            "--raft",
-            rafts[i],
-            "--grpc",
-            grpc_addr,
-            "--http",
-            http_addr,
-            "--data-dir",
-            data,
-            "--machine-timeout",
-            str(machine_timeout),
-        ]
-        for j, r in enumerate(rafts):
-            if j != i:
-                argv += ["--peer", r]
-        p = Proc(f"m{i}", argv, os.path.join(self.base, f"m{i}.log"))
-        p.info = {"raft": rafts[i], "grpc": grpc_addr, "http": http_addr, "data": data}
-        p.start()
-        self.masters.append(p)
-        return p
+        peers = [r for j, r in enumerate(rafts) if j != i]
+        return add_master_with_args(self, i, rafts[i], peers, machine_timeout=machine_timeout)
 
     def add_borglet(
-        self, cpu: float = 2.0, memory: str = "2Gi", attrs: dict[str, str] | None = None
+        self,
+        cpu: float = 2.0,
+        memory: str = "2Gi",
+        attrs: dict[str, str] | None = None,
+        extra: list[str] | None = None,
     ) -> Proc:
+        """Start a Borglet; `extra` adds `borglet run` flags. Its data dir is `info["data"]`."""
         i = len(self.borglets)
         name = f"{self.prefix}-b{i}"
         grpc_addr = f"127.0.0.1:{free_port()}"
         http_addr = f"127.0.0.1:{free_port()}"
+        data = os.path.join(self.base, f"b{i}")
         argv = [
             sys.executable,
             "-m",
@@ -189,7 +168,7 @@ class Cell:
             "--http",
             http_addr,
             "--data-dir",
-            os.path.join(self.base, f"b{i}"),
+            data,
             "--cpu",
             str(cpu),
             "--memory",
@@ -197,8 +176,9 @@ class Cell:
         ]
         for k, v in (attrs or {}).items():
             argv += ["--attr", f"{k}={v}"]
+        argv += extra or []
         p = Proc(name, argv, os.path.join(self.base, f"b{i}.log"))
-        p.info = {"name": name, "grpc": grpc_addr, "http": http_addr}
+        p.info = {"name": name, "grpc": grpc_addr, "http": http_addr, "data": data}
         p.start()
         self.borglets.append(p)
         return p

@@ -13,7 +13,6 @@ import itertools
 import json
 import os
 import signal
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,7 @@ import psutil
 import pytest
 
 from borglet.runtime.cgroups import detect
-from tests.cluster import Cell, Proc, free_port, wait_for
+from tests.cluster import Cell, Proc, wait_for
 from tests.conftest import real_cell
 
 pytestmark = [pytest.mark.e2e]
@@ -35,56 +34,30 @@ PORT_LO = 41000 + (os.getpid() % 50) * 200
 PORT_HI = PORT_LO + 199
 
 
-def borglet_argv(cell: Cell, name: str, data: str, grpc: str, http: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "borglet.cli",
-        "run",
-        "--name",
-        name,
-        "--master",
-        cell.master_addrs,
-        "--grpc",
-        grpc,
-        "--http",
-        http,
-        "--data-dir",
-        data,
-        "--cpu",
-        "4",
-        "--memory",
-        "4Gi",
-        "--reserve-cpu",
-        "0.5",
-        "--reserve-memory",
-        "512Mi",
-        "--port-range",
-        f"{PORT_LO}-{PORT_HI}",
-        "--log-max-size",
-        str(LOG_MAX),
-        "--log-keep",
-        str(LOG_KEEP),
-        "--task-pids-max",
-        str(PIDS_MAX),
-        "--usage-interval",
-        "0.3",
-    ]
+# Every flag of the Borglet issue, on top of the cell's usual ones.
+BORGLET_FLAGS = [
+    "--reserve-cpu",
+    "0.5",
+    "--reserve-memory",
+    "512Mi",
+    "--port-range",
+    f"{PORT_LO}-{PORT_HI}",
+    "--log-max-size",
+    str(LOG_MAX),
+    "--log-keep",
+    str(LOG_KEEP),
+    "--task-pids-max",
+    str(PIDS_MAX),
+    "--usage-interval",
+    "0.3",
+]
 
 
 def borglet_cell(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cell]:
     """One master and one Borglet with every flag of the Borglet issue (module fixtures)."""
 
     def add_borglet(cell: Cell) -> None:
-        name = f"{cell.prefix}-b0"
-        data = os.path.join(cell.base, "b0")
-        grpc, http = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
-        p = Proc(
-            name, borglet_argv(cell, name, data, grpc, http), os.path.join(cell.base, "b0.log")
-        )
-        p.info = {"name": name, "grpc": grpc, "http": http, "data": data}
-        p.start()
-        cell.borglets.append(p)
+        cell.add_borglet(cpu=4, memory="4Gi", extra=BORGLET_FLAGS)
         cell.wait_machines(1)
 
     yield from real_cell(add_borglet, masters=1, borglets=0)
