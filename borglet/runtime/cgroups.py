@@ -436,6 +436,19 @@ class CgroupV2(CgroupDriver):
 
     version = 2
 
+    def __init__(
+        self, root: str, parent: str, controllers: tuple[str, ...] = V2_CONTROLLERS
+    ) -> None:
+        """``controllers``: the ones this driver enables and writes limits for. `detect` only
+        picks v2 when all of cpu, memory and pids are available, so production always passes
+        the default; a subset serves the tests that exercise the driver on a real cgroup2
+        mount whose controllers are bound to v1 hierarchies (hybrid hosts, like CI)."""
+        super().__init__(root, parent)
+        unknown = set(controllers) - set(V2_CONTROLLERS)
+        if unknown:
+            raise CgroupError(f"unknown v2 controllers {sorted(unknown)}")
+        self.controllers = tuple(c for c in V2_CONTROLLERS if c in controllers)
+
     def _dir(self, name: str) -> str:
         return os.path.join(self.root, self.parent, name)
 
@@ -456,13 +469,13 @@ class CgroupV2(CgroupDriver):
         usual 'init' leaf trick. Anywhere else EBUSY is an error.
         """
         _mkdir(os.path.join(self.root, self.parent))
-        want = " ".join(f"+{c}" for c in V2_CONTROLLERS)
+        want = " ".join(f"+{c}" for c in self.controllers)
         path = self.root
         parts = self.parent.split("/")
         for i in range(len(parts) + 1):
             sc = os.path.join(path, "cgroup.subtree_control")
             enabled = set(_read(sc).split())
-            if not set(V2_CONTROLLERS) <= enabled:
+            if want and not set(self.controllers) <= enabled:
                 try:
                     _write(sc, want)
                 except CgroupError as e:
@@ -491,17 +504,21 @@ class CgroupV2(CgroupDriver):
         d = self._dir(name)
         _mkdir(d)
         fake = not on_cgroupfs(d)
-        quota = limits.cpu_quota_us()
-        _write(
-            os.path.join(d, "cpu.max"),
-            f"{quota if quota is not None else 'max'} {CPU_PERIOD_US}",
-        )
-        _write(os.path.join(d, "cpu.weight"), str(limits.cpu_weight()))
-        _write(os.path.join(d, "memory.max"), str(limits.memory) if limits.memory > 0 else "max")
-        swap = os.path.join(d, "memory.swap.max")
-        if fake or os.path.exists(swap):  # absent when swap accounting is off
-            _write(swap, "0")
-        _write(os.path.join(d, "pids.max"), str(limits.pids))
+        if "cpu" in self.controllers:
+            quota = limits.cpu_quota_us()
+            _write(
+                os.path.join(d, "cpu.max"),
+                f"{quota if quota is not None else 'max'} {CPU_PERIOD_US}",
+            )
+            _write(os.path.join(d, "cpu.weight"), str(limits.cpu_weight()))
+        if "memory" in self.controllers:
+            memory = str(limits.memory) if limits.memory > 0 else "max"
+            _write(os.path.join(d, "memory.max"), memory)
+            swap = os.path.join(d, "memory.swap.max")
+            if fake or os.path.exists(swap):  # absent when swap accounting is off
+                _write(swap, "0")
+        if "pids" in self.controllers:
+            _write(os.path.join(d, "pids.max"), str(limits.pids))
 
     def procs_files(self, name: str) -> list[str]:
         validate_name(name)

@@ -214,6 +214,21 @@ def test_v2_create_writes_limits(tmp_path: Path) -> None:
     assert drv.list() == ["hello.0.ab12cd", "unlimited"]
 
 
+def test_v2_with_a_controller_subset_writes_only_those_limits(tmp_path: Path) -> None:
+    """The subset mode the real-cgroup2 test uses on hybrid hosts (see test_cgroup2_mount)."""
+    root = make_v2(tmp_path)
+    drv = CgroupV2(str(root), "p", controllers=("pids",))
+    drv.setup()
+    assert read(root / "cgroup.subtree_control") == "+pids"
+    drv.create("t", Limits(cpu=0.5, memory=MI, pids=7))
+    d = root / "p/t"
+    assert read(d / "pids.max") == "7"
+    assert not (d / "cpu.max").exists()
+    assert not (d / "memory.max").exists()
+    with pytest.raises(CgroupError, match="unknown v2 controllers"):
+        CgroupV2(str(root), "p", controllers=("cpu", "io"))
+
+
 def test_v2_stats(tmp_path: Path) -> None:
     drv = CgroupV2(str(make_v2(tmp_path)), "p")
     drv.setup()
