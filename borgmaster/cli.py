@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import logging
 import os
@@ -139,6 +140,19 @@ def run(
     serve(cfg)
 
 
+def tune_gc() -> None:
+    """Make the cyclic GC cheaper for a long-lived process with a large, mostly acyclic heap.
+
+    Every write allocates a few dozen containers (decoded command, spec, job, task, event) on
+    every replica, so at the default gen-0 threshold (700) a collection ran every ~15 writes
+    and older generations were rescanned often: about a third of the apply path's CPU. The
+    state itself is freed by reference counting, so collecting cycles less often only delays
+    the rare cyclic garbage. `gc.freeze` moves what start-up built (modules, gRPC, Raft)
+    out of every later scan."""
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+
+
 def serve(cfg: MasterConfig) -> None:
     try:
         master = Master(cfg)
@@ -146,6 +160,7 @@ def serve(cfg: MasterConfig) -> None:
     except (OSError, DataDirError, ImportError) as e:
         click.echo(f"borgmaster: {e}", err=True)
         sys.exit(1)
+    tune_gc()
     stop = threading.Event()
     _wait_for_signal(stop)
     master.stop()

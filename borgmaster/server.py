@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent import futures
 from dataclasses import dataclass, field
 from typing import Any
@@ -92,7 +92,6 @@ class Master:
         self.usage: dict[tuple[str, int], Any] = {}
         self._fenced_term = 0  # the term whose LeaderElected this replica has committed
         self._sched_capacity = -1  # store.capacity_generation at the last scheduler pass
-        self._sched_tried: set[tuple[str, int]] = set()  # pending tasks that found no machine
         self._threads: list[threading.Thread] = []
         check_data_dir(cfg.data_dir, cfg.cell, cfg.id)
         self.fsm = BorgFSM(
@@ -320,8 +319,17 @@ class Master:
                 time.sleep(0.01)
         if self.is_leader():
             log.warning("leadership not handed over within %.1f s; exiting anyway", deadline_s)
-        else:
-            log.info("leadership handed over")
+            return
+        # Stepping down only means a candidate with a higher term exists: wait (within the
+        # same deadline) until this replica sees the new leader, so the log says who took
+        # over and the election is not left to run while nobody serves.
+        while time.monotonic() < deadline:
+            new = self.leader_raft()
+            if new and new != self.cfg.raft:
+                log.info("leadership handed over to %s", new)
+                return
+            time.sleep(0.01)
+        log.warning("stepped down, but no new leader was seen within %.1f s", deadline_s)
 
     # ----- leader loops -------------------------------------------------------------------
 
@@ -464,30 +472,40 @@ class Master:
         """One scheduler pass: snapshot, plan, commit. Returns how many tasks it placed.
 
         Tasks that found no machine are retried only when capacity may have appeared
-        (`store.capacity_generation` moved); otherwise a pass looks at new arrivals only, so
-        a steady stream of submissions does not re-score a large unplaceable backlog."""
-        with self.store.lock:
-            if not self.store.pending:
-                self._sched_tried = set()
+        (`store.capacity_generation` moved); otherwise a pass looks only at tasks that
+        (re)entered the queue since the last one (`store.take_new_pending`), so a steady
+        stream of submissions neither re-scores a large unplaceable backlog nor pays
+        O(pending) set arithmetic per pass, and a pass with nothing new writes nothing."""
+        store = self.store
+        with store.lock:
+            if not store.pending:
+                store.take_new_pending()
                 return 0
-            if self._sched_capacity != self.store.capacity_generation:
+            if self._sched_capacity != store.capacity_generation:
                 retry_all = True
-            self._sched_capacity = self.store.capacity_generation
-            only = None if retry_all else (self.store.pending - self._sched_tried)
-            if only is not None and not only:
+            self._sched_capacity = store.capacity_generation
+            only = store.take_new_pending()
+            if retry_all:
+                snap, reasons = self.snapshot(None)
+            elif not only:
                 return 0
-            snap, reasons = self.snapshot(only)
+            else:
+                snap, reasons = self.snapshot(only)
             waiting = {
-                (t.job, t.index): waiting_since_ms(self.store.tasks[(t.job, t.index)])
+                (t.job, t.index): waiting_since_ms(store.tasks[(t.job, t.index)])
                 for t in snap.pending
             }
-            tried = self._sched_tried & self.store.pending
         t0 = time.monotonic()
-        plan = self.scheduler.schedule(snap, _new_id)
+        try:
+            plan = self.scheduler.schedule(snap, _new_id)
+        except Exception:
+            self._requeue(snap)
+            raise
         elapsed = time.monotonic() - t0
-        self._sched_tried = tried | {(j, i) for j, i, _ in plan.failures}
+        failed = {(j, i) for j, i, _ in plan.failures}
         failures = [[j, i, r] for j, i, r in plan.failures if reasons.get((j, i)) != r]
         if not plan.placements and not failures and not plan.preemptions:
+            self._requeue(snap, failed)
             return 0
         cmd = C.ApplyPlan(
             placements=[p.__dict__ for p in plan.placements],
@@ -495,7 +513,14 @@ class Master:
             preemptions=[p.__dict__ for p in plan.preemptions],
             term=term,
         )
-        res = self.propose(cmd)  # stamps cmd.ts_ms
+        try:
+            res = self.propose(cmd)  # stamps cmd.ts_ms
+        except ProposeError:
+            self._requeue(snap)  # nothing committed: look at all of them again next pass
+            raise
+        # Tasks that found no machine wait for capacity; the rest (placements the store
+        # rejected, tasks the pass left alone) are looked at again next pass.
+        self._requeue(snap, failed)
         if self.metrics is not None:
             self.metrics.on_plan(len(plan.placements), res.get("placed", 0), elapsed)
             self.metrics.on_preempted(int(res.get("preempted", 0)))
@@ -510,6 +535,17 @@ class Master:
                 elapsed * 1000,
             )
         return int(res.get("placed", 0))
+
+    def _requeue(self, snap: Snapshot, failed: Iterable[tuple[str, int]] = ()) -> None:
+        """Put a pass's tasks that are still pending, except `failed`, back among the new
+        ones, so the next pass tries them again. O(tasks in the pass)."""
+        store = self.store
+        keys = {(t.job, t.index) for t in snap.pending}
+        keys.difference_update(failed)
+        if not keys:
+            return
+        with store.lock:
+            store.new_pending |= keys & store.pending
 
     def _liveness_loop(self) -> None:
         """Mark machines lost after `machine_timeout_s` without a Sync (leader only)."""

@@ -95,6 +95,11 @@ class Store:
         # not O(all tasks); and a counter bumped whenever capacity may have been freed or
         # added, so the scheduler can retry old pending tasks only when that can help.
         self.pending: set[tuple[str, int]] = set()
+        # The pending tasks the leader's scheduler has not looked at since they (re)entered
+        # the queue or changed; it takes them with `take_new_pending`, so a pass costs
+        # O(new arrivals) rather than O(all pending). Always a subset of `pending`; local
+        # bookkeeping for the scheduler, not replicated state (not in snapshots or digests).
+        self.new_pending: set[tuple[str, int]] = set()
         self.capacity_generation = 0
         self.rolling: set[str] = set()  # jobs whose rollout is in progress
         self._ts = 0  # the timestamp of the command being applied (for events)
@@ -251,8 +256,15 @@ class Store:
         job = self.jobs.get(t.job)
         if job is not None and self.tasks.get(t.key) is t and needs_placement(t, job):
             self.pending.add(t.key)
+            self.new_pending.add(t.key)
         else:
             self.pending.discard(t.key)
+            self.new_pending.discard(t.key)
+
+    def take_new_pending(self) -> set[tuple[str, int]]:
+        """Hand the scheduler the pending tasks it has not seen yet (caller holds `lock`)."""
+        new, self.new_pending = self.new_pending, set()
+        return new
 
     def _freed(self) -> None:
         self.capacity_generation += 1
@@ -299,6 +311,7 @@ class Store:
         self._set_task_machine(t, "")
         self.tasks.pop(t.key, None)
         self.pending.discard(t.key)
+        self.new_pending.discard(t.key)
 
     def _prune_history(self, job: Job) -> None:
         """Keep the specs tasks still run, and the previous version for rollback."""
@@ -361,6 +374,7 @@ class Store:
         """Change a live job's spec: scale at once, roll a new task template over gradually."""
         template_changed = job.spec.task_template() != spec.task_template()
         old_replicas = job.spec.replicas
+        old_priority = job.spec.priority
         if template_changed:
             job.history[job.version] = job.spec
             job.previous_version = job.version
@@ -382,6 +396,13 @@ class Store:
             for t in self.job_tasks(spec.name):
                 if t.version != job.version and t.state not in ACTIVE_STATES:
                     self._reset_task(t, job.version, ts, reason="updated")
+        if not template_changed and spec.priority != old_priority:
+            # Same tasks at a new priority (which decides what they may preempt): let the
+            # scheduler look again at the ones still waiting. A template change re-queues
+            # them through _reset_task instead.
+            for t in self.job_tasks(spec.name):
+                if t.key in self.pending:
+                    self.new_pending.add(t.key)
         self._prune_history(job)
         self._recompute_job(job)
         self._event(how, spec.name, message=f"version {job.version}, {spec.replicas} tasks")
@@ -741,6 +762,7 @@ class Store:
             self.applied_index = int(doc["applied_index"])
             self.generation += 1
             self.pending = set()
+            self.new_pending = set()
             for t in self.tasks.values():
                 self._reindex(t)
             self.rolling = {n for n, j in self.jobs.items() if j.rollout == "rolling"}
