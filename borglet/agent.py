@@ -56,6 +56,7 @@ from borglet.runtime.process import (
 from borglet.state import (
     ACTIVE,
     DONE,
+    LAUNCHING,
     STOPPING,
     Desired,
     Kill,
@@ -261,35 +262,12 @@ class Borglet:
             ev.set()
         with contextlib.suppress(OSError):
             os.write(self._watch_w, b"x")
-        if self.cfg.kill_tasks_on_exit:
-            with self.lock:
-                keys = list(self.procs)
-                for k in keys:
-                    t = self.states.tasks.get(k)
-                    if t is not None and t.phase == ACTIVE:
-                        t.phase = STOPPING
-            threads = [
-                threading.Thread(target=self._kill_task, args=(k,), daemon=True) for k in keys
-            ]
-            for th in threads:
-                th.start()
-            for th in threads:
-                th.join(timeout=30)
-            if self.driver is not None:
-                for name in self.driver.list():
-                    self.runtime.stop(name, None, grace_s=0)
-                with contextlib.suppress(Exception):
-                    self.driver.remove_parent()
-                if not self.cfg.cgroup_parent:
-                    # The shared top `borgcell/` goes too once the last Borglet here leaves.
-                    root = self.cfg.cgroup_root
-                    tops = [os.path.join(root, "borgcell")]
-                    tops += glob.glob(os.path.join(root, "*", "borgcell"))
-                    for top in tops:
-                        with contextlib.suppress(OSError):
-                            os.rmdir(top)
+        # Sync, timers, watcher and health checks end before anything is killed: the master
+        # must not hear of tasks the shutdown kills, and nothing may restart them meanwhile.
         for th in self._threads:
             th.join(timeout=5)
+        if self.cfg.kill_tasks_on_exit:
+            self._kill_all_for_exit()
         self._flush_state(force=True)
         self.runtime.close()
         if self.grpc_server is not None:
@@ -297,6 +275,53 @@ class Borglet:
         if self.http_server is not None:
             self.http_server.shutdown()
         log.info("borglet %s stopped", self.cfg.name)
+
+    def _kill_all_for_exit(self) -> None:
+        """--kill-tasks-on-exit: stop every task and forget the ones that were running.
+
+        Like a machine going down, not like a kill the master asked for: those tasks are
+        neither reported nor recorded as finished (a `killed` in the state file would reach
+        the master from the next Borglet on this data dir and end tasks of a live service
+        job). The next Borglet knows nothing of them and starts them again when the master
+        still wants them. Tasks the master was already stopping, and finished ones not yet
+        reported, keep their records so their results still reach the master."""
+        with self.lock:
+            keys = list(self.procs)
+            for_exit = set()
+            for k in keys:
+                t = self.states.tasks.get(k)
+                if t is not None and t.phase == ACTIVE:
+                    t.phase = STOPPING
+                    for_exit.add(k)
+        threads = [threading.Thread(target=self._kill_task, args=(k,), daemon=True) for k in keys]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(timeout=30)
+        if self.driver is not None:
+            # Whatever is left (a start that raced the shutdown) goes with the machine.
+            for name in self.driver.list():
+                self.runtime.stop(name, None, grace_s=0)
+            with contextlib.suppress(Exception):
+                self.driver.remove_parent()
+            if not self.cfg.cgroup_parent:
+                # The shared top `borgcell/` goes too once the last Borglet here leaves.
+                root = self.cfg.cgroup_root
+                tops = [os.path.join(root, "borgcell")]
+                tops += glob.glob(os.path.join(root, "*", "borgcell"))
+                for top in tops:
+                    with contextlib.suppress(OSError):
+                        os.rmdir(top)
+        with self.lock:
+            for k, t in list(self.states.tasks.items()):
+                if k in for_exit or t.phase in (ACTIVE, LAUNCHING):
+                    del self.states.tasks[k]
+                    self.procs.pop(k, None)
+                    self.health.pop(k, None)
+                    self.usage.pop(k, None)
+            self._mark_dirty()
+        if for_exit:
+            log.info("stopped %d task(s) for the exit; the master still wants them", len(for_exit))
 
     # ----- state file and re-adoption -------------------------------------------------------
 
@@ -548,7 +573,8 @@ class Borglet:
 
     def _ports_for(self, key: TaskKey, names: list[str], given: dict[str, int]) -> dict[str, int]:
         """The task's ports: the master's, else the ones it had (restarts keep their ports),
-        else new ones from --port-range that no other live task holds."""
+        unless another live task holds one or something else on the host bound it meanwhile;
+        new ones from --port-range otherwise (free on the host too, see borglet/ports.py)."""
         with self.lock:
             t = self.states.tasks[key]
             in_use = {
@@ -557,13 +583,18 @@ class Borglet:
                 if k != key and o.phase != DONE
                 for p in o.ports.values()
             }
-            ports = {n: p for n, p in given.items() if n in names}
-            for n in names:
-                if n not in ports and n in t.ports and t.ports[n] not in in_use:
-                    ports[n] = t.ports[n]
-            missing = [n for n in names if n not in ports]
-            if missing:
-                ports.update(self.ports.allocate(missing, in_use | set(ports.values())))
+            ports = self.ports.assign(names, [given, t.ports], in_use)
+            before = {**t.ports, **given}
+            for n, p in ports.items():
+                if n in before and before[n] != p:
+                    log.warning(
+                        "task %s/%d: its port %s %d is taken now, it gets %d",
+                        key[0],
+                        key[1],
+                        n,
+                        before[n],
+                        p,
+                    )
             t.ports = ports
             return dict(ports)
 

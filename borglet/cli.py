@@ -44,7 +44,11 @@ def main() -> None:
 @click.option("--http", "http_addr", required=True, help="HOST:PORT for /metrics and /healthz.")
 @click.option("--data-dir", required=True, type=click.Path(file_okay=False))
 @click.option("--cpu", type=float, default=None, help="Cores offered (default: all).")
-@click.option("--memory", default=None, help="Memory offered, e.g. 8Gi (default: 80% of RAM).")
+@click.option(
+    "--memory",
+    default=None,
+    help="Memory offered, e.g. 8Gi (default: all RAM; see --reserve-memory).",
+)
 @click.option("--disk", default=None, help="Disk offered (default: free space of --data-dir).")
 @click.option("--attr", "attrs", multiple=True, help="KEY=VALUE machine attribute.")
 @click.option("--taint", "taints", multiple=True, help="KEY=VALUE:NoSchedule")
@@ -128,7 +132,8 @@ def run(
     """Run the Borglet."""
     setup_logging("debug" if verbose else log_level, log_format)
     try:
-        mem = parse_size(memory) if memory else int(psutil.virtual_memory().total * 0.8)
+        # SPEC: capacity defaults to the real machine; --reserve-memory keeps headroom.
+        mem = parse_size(memory) if memory else int(psutil.virtual_memory().total)
         dsk = parse_size(disk) if disk else None
         reserve_mem = parse_size(reserve_memory)
         log_max = parse_size(log_max_size)

@@ -3,8 +3,9 @@ Borglet issue adds, real task processes.
 
 Covers: re-adoption after SIGTERM and SIGKILL (same pids, exit codes reported later), leftover
 cgroups, unix users (unknown / root refused), exec failures, restart policy with backoff,
-health checks (restart of an unhealthy task, healthy verdict). The hostile-task half is in
-test_borglet_hostile.py (same cell set-up, helpers from here).
+health checks (restart of an unhealthy task, healthy verdict), ports other programs on the
+host hold (never handed out; a restarting task whose port was taken gets a new one). The
+hostile-task half is in test_borglet_hostile.py (same cell set-up, helpers from here).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import itertools
 import json
 import os
 import signal
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -276,3 +278,83 @@ def test_unhealthy_service_is_restarted_and_healthy_one_reported(
     assert "unhealthy after 2 failed exec checks" in cell1.borglets[0].log()
     down(cell1, "sick")
     down(cell1, "fine")
+
+
+# ----- ports held by other programs on the host ----------------------------------------------
+
+
+def _hold(port: int) -> socket.socket | None:
+    """Listen on 127.0.0.1:port as a neighbour program would; None when it is taken."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do (TIME_WAIT is ok)
+    try:
+        s.bind(("127.0.0.1", port))
+        s.listen()
+    except OSError:
+        s.close()
+        return None
+    return s
+
+
+def test_port_held_on_the_host_is_not_handed_to_a_task(cell1: Cell, tmp_path: Path) -> None:
+    # Everything in the range but one port is held by "someone else" (the range sits in the
+    # ephemeral range, so a port may also be busy with some connection): wherever the
+    # allocator's cursor is, the task must get a port nobody holds.
+    held = [s for p in range(PORT_LO, PORT_HI + 1) if (s := _hold(p)) is not None]
+    try:
+        assert len(held) >= 2
+        free = held.pop()
+        want = free.getsockname()[1]
+        free.close()
+        held_ports = {s.getsockname()[1] for s in held}
+        up(
+            cell1,
+            tmp_path,
+            "probed",
+            "requirements: {ram: 16Mi, ports: [http]}\ncommand: 'exec sleep 1000'\n",
+            "--wait",
+            "--timeout",
+            "30",
+        )
+        t = task_where(cell1, "probed", lambda t: t["ports"].get("http"), what="port reported")
+        got = t["ports"]["http"]
+        assert got not in held_ports and PORT_LO <= got <= PORT_HI, (got, want)
+    finally:
+        for s in held:
+            s.close()
+    down(cell1, "probed")
+
+
+def test_restarted_task_gets_a_new_port_when_its_old_one_was_taken(
+    cell1: Cell, tmp_path: Path
+) -> None:
+    # The task itself never binds its port, so the test can take it while the task runs;
+    # then the task exits (file `go`) and is restarted, and must not keep the taken port.
+    up(
+        cell1,
+        tmp_path,
+        "moved",
+        "requirements: {ram: 16Mi, ports: [http]}\n"
+        "restart: {policy: always, backoff: 200ms}\n"
+        "command: 'while [ ! -e go ]; do sleep 0.05; done; exit 1'\n",
+        "--wait",
+        "--timeout",
+        "30",
+    )
+    t = task_where(cell1, "moved", lambda t: t["ports"].get("http"), what="port reported")
+    old = t["ports"]["http"]
+    holder = _hold(old)
+    assert holder is not None, f"port {old} of a task that does not bind it is not free"
+    try:
+        Path(sandbox(cell1, "moved"), "go").touch()
+        t = task_where(
+            cell1,
+            "moved",
+            lambda t: t["restarts"] >= 1 and t["ports"].get("http") not in (None, 0, old),
+            what="restarted task on a new port",
+        )
+        assert PORT_LO <= t["ports"]["http"] <= PORT_HI
+        assert f"its port http {old} is taken now" in cell1.borglets[0].log()
+    finally:
+        holder.close()
+    down(cell1, "moved")

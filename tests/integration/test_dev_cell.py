@@ -57,15 +57,11 @@ def borgcfg(master: str, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_dev_cell_runs_hello_and_cleans_up_on_sigterm(dev_dir: str) -> None:
-    why = cgroups_usable()
-    if why:
-        pytest.skip(why)
-    g, h = _dev_ports()
-    master = f"127.0.0.1:{g}"
-    log_path = os.path.join(dev_dir, "dev.log")
-    with open(log_path, "wb") as log:
-        dev = subprocess.Popen(
+def start_dev(dev_dir: str, g: int, h: int, *extra: str) -> subprocess.Popen[bytes]:
+    """`borgmaster dev` in its own session (so a test can Ctrl-C its whole process group),
+    output appended to dev_dir/dev.log."""
+    with open(os.path.join(dev_dir, "dev.log"), "ab") as log:
+        return subprocess.Popen(
             [
                 sys.executable,
                 "-m",
@@ -74,15 +70,26 @@ def test_dev_cell_runs_hello_and_cleans_up_on_sigterm(dev_dir: str) -> None:
                 "--data-dir",
                 dev_dir,
                 "--grpc",
-                master,
+                f"127.0.0.1:{g}",
                 "--http",
                 f"127.0.0.1:{h}",
+                *extra,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=REPO,
             start_new_session=True,
         )
+
+
+def test_dev_cell_runs_hello_and_cleans_up_on_sigterm(dev_dir: str) -> None:
+    why = cgroups_usable()
+    if why:
+        pytest.skip(why)
+    g, h = _dev_ports()
+    master = f"127.0.0.1:{g}"
+    log_path = os.path.join(dev_dir, "dev.log")
+    dev = start_dev(dev_dir, g, h)
     host = socket.gethostname().split(".")[0].lower() or "localhost"
     try:
         wait_for(
@@ -110,3 +117,59 @@ def test_dev_cell_runs_hello_and_cleans_up_on_sigterm(dev_dir: str) -> None:
         remove_empty_top_cgroups()
         with open(log_path, errors="replace") as f:
             print(f.read()[-5000:])
+
+
+def _hello_running(master: str) -> bool:
+    r = borgcfg(master, "status", "hello", "-o", "json")
+    return r.returncode == 0 and r.stdout.count('"state": "running"') == 3
+
+
+def test_dev_cell_restart_runs_the_service_job_again(dev_dir: str) -> None:
+    """`make run`, `up hello --wait`, Ctrl-C, `make run` again: hello runs again, like after a
+    machine reboot. Ctrl-C reaches the Borglets too (same process group) while the master
+    still runs; the tasks they kill on the way out must not be recorded as killed."""
+    why = cgroups_usable()
+    if why:
+        pytest.skip(why)
+    g, h = _dev_ports()
+    master = f"127.0.0.1:{g}"
+    log_path = os.path.join(dev_dir, "dev.log")
+    dev = start_dev(dev_dir, g, h, "--machines", "2")
+    try:
+        wait_for(
+            lambda: borgcfg(master, "machines", "-o", "json").stdout.count('"state": "up"') == 2,
+            30,
+            what="dev Borglets registered",
+        )
+        r = borgcfg(master, "up", os.path.join(REPO, "examples/hello.jsonnet"), "--wait")
+        assert r.returncode == 0, r.stderr
+        assert _hello_running(master)
+
+        os.killpg(dev.pid, signal.SIGINT)  # Ctrl-C
+        assert dev.wait(60) == 0
+        assert not processes_with_env("BORG_JOB", "hello")
+
+        dev = start_dev(dev_dir, g, h, "--machines", "2")
+        # Processes first: right after the restart the master still shows its last record
+        # (running), so only new task processes prove the Borglets started them again.
+        wait_for(
+            lambda: len(processes_with_env("BORG_JOB", "hello")) >= 2,
+            60,
+            what="hello's processes started again after the restart",
+        )
+        wait_for(lambda: _hello_running(master), 30, what="hello running again")
+        r = borgcfg(master, "status", "hello", "-o", "json")
+        assert '"killed"' not in r.stdout, r.stdout
+        r = borgcfg(master, "up", os.path.join(REPO, "examples/hello.jsonnet"), "--wait")
+        assert r.returncode == 0, r.stderr
+
+        dev.send_signal(signal.SIGTERM)
+        assert dev.wait(60) == 0
+        assert not processes_with_env("BORG_JOB", "hello")
+    finally:
+        if dev.poll() is None:
+            os.killpg(dev.pid, signal.SIGKILL)
+            dev.wait(10)
+        remove_empty_top_cgroups()
+        with open(log_path, errors="replace") as f:
+            print(f.read()[-8000:])
