@@ -24,12 +24,14 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from borglet.state import MAX_BACKOFF_MS
+from borgmaster.controllers import MIN_READY_MS
 from borgmaster.convert import dict_from
-from borgmaster.model import BANDS, TERMINAL_TASK_STATES, JobSpec
+from borgmaster.model import BANDS, RUNNING, TERMINAL_TASK_STATES, JobSpec
 from cfg.client import CellError, Client, Unreachable
 from cfg.errors import ConfigError
 from cfg.loader import load_file
-from cfg.options import key_values
+from cfg.options import host_port, key_values, master_addresses
 from cfg.schema import spec_to_config, validate_job
 from cfg.units import human_size, parse_size
 from proto.borg.v1 import borg_pb2 as pb
@@ -95,6 +97,63 @@ def cell_error_message(e: CellError) -> str:
     if e.code == grpc.StatusCode.UNIMPLEMENTED:
         return f"the cell does not support this command yet ({e.message})"
     return f"rejected: {e.message}"
+
+
+class UsageLine(click.UsageError):
+    """A usage error shown as the one line every borgcfg error is (`borgcfg: MESSAGE`, exit
+    2) instead of click's usage block, "Try --help" hint and "Error:" line."""
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"borgcfg: {self.message}", err=True)
+
+
+def one_line_usage(e: click.UsageError) -> click.UsageError:
+    """`e` as a `UsageLine`: click's message flattened to one line, prefixed with the
+    subcommand it is about (`logs: ...`, `quota set: ...`). Help shown for a bare group
+    (`borgcfg`, `borgcfg quota`) is left as it is."""
+    if isinstance(e, (UsageLine, click.exceptions.NoArgsIsHelpError)):
+        return e
+    if (
+        isinstance(e, click.BadParameter)
+        and e.param_hint is None
+        and isinstance(e.param, click.Argument)
+        and e.param.name
+    ):
+        # click names an argument with choices by its metavar ('{a|b|c}'); say BAND instead
+        e.param_hint = e.param.name.upper()
+    msg = " ".join(e.format_message().split()).rstrip(".")
+    if msg[:2].istitle():  # "Invalid value ...", "No such option ..." -> lower case
+        msg = msg[0].lower() + msg[1:]
+    path = e.ctx.command_path.split()[1:] if e.ctx is not None else []
+    if path:
+        msg = f"{' '.join(path)}: {msg}"
+    return UsageLine(msg, e.ctx)
+
+
+class Borgcfg(click.Group):
+    """The root group: every usage error, from any subcommand, becomes one line.
+
+    Parsing the root's own options happens in `make_context`; subcommands (and nested groups)
+    are parsed and run inside `invoke`. Shell completion runs before either, so it is
+    unaffected, and `--help` is not an error."""
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as e:
+            raise one_line_usage(e) from None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as e:
+            raise one_line_usage(e) from None
 
 
 def handles_errors(fn: F) -> F:
@@ -168,19 +227,26 @@ def login_name() -> str:
 class Ctx:
     """Per-invocation state: where the cell is and who is asking."""
 
-    def __init__(self, masters: str, user: str) -> None:
-        self.masters = [m.strip() for m in masters.split(",") if m.strip()]
+    def __init__(self, masters: str, user: str, masters_from: str = "--master") -> None:
+        self.master_arg = masters
+        self.masters_from = masters_from
         self.user = user
         self._client: Client | None = None
 
     @property
     def client(self) -> Client:
+        """Checked when first needed (so `validate` and `completion` work whatever
+        $BORG_MASTER holds), but before any connection: a malformed address is exit 2."""
         if self._client is None:
-            self._client = Client(self.masters)
+            try:
+                masters = master_addresses(self.master_arg, self.masters_from)
+            except click.UsageError as e:
+                raise UsageLine(e.message) from None  # about the global option, not the command
+            self._client = Client(masters)
         return self._client
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Borgcfg, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--master",
     envvar="BORG_MASTER",
@@ -193,7 +259,8 @@ class Ctx:
 @click.pass_context
 def main(ctx: click.Context, master: str, user: str, tls_dir: str | None) -> None:
     """borgcfg: run jobs on a borgcell cell."""
-    ctx.obj = Ctx(master, user)
+    from_env = ctx.get_parameter_source("master") == click.core.ParameterSource.ENVIRONMENT
+    ctx.obj = Ctx(master, user, "BORG_MASTER" if from_env else "--master")
 
 
 # ----- config commands ---------------------------------------------------------------------
@@ -251,15 +318,30 @@ def up(
     ext_str: tuple[str, ...],
     tla_str: tuple[str, ...],
 ) -> None:
-    """Create or update every job in FILE."""
+    """Create or update every job in FILE, in file order; stops at the first rejection."""
     specs = _load(ctx, file, ext_str, tla_str)
-    names = []
-    for s in specs:
-        res = ctx.client.submit(spec_to_config(s), ctx.user)
+    names: list[str] = []
+    for i, s in enumerate(specs):
+        try:
+            res = ctx.client.submit(spec_to_config(s), ctx.user)
+        except (CellError, Unreachable) as e:
+            if len(specs) == 1:
+                raise
+            why = cell_error_message(e) if isinstance(e, CellError) else str(e)
+            fail(
+                f"job '{s.name}': {why}; {partly_applied(names, [x.name for x in specs[i:]])}",
+                1 if isinstance(e, CellError) else 3,
+            )
         click.echo(f"job {res.name}: {res.result} (version {res.version})")
         names.append(res.name)
     if wait and names:
         wait_jobs(ctx, names, timeout, until="up")
+
+
+def partly_applied(applied: list[str], rest: list[str]) -> str:
+    """What a multi-job `up` that stopped part way left behind (jobs are not rolled back)."""
+    done = f"already applied: {', '.join(applied)}" if applied else "nothing was applied"
+    return f"{done}; not applied: {', '.join(rest)}"
 
 
 @main.command()
@@ -271,7 +353,8 @@ def up(
 def down(ctx: Ctx, job: str, wait: bool, timeout: float) -> None:
     """Kill JOB's tasks and mark it killed."""
     res = ctx.client.kill(job, ctx.user)
-    click.echo(f"job {res.name}: killed ({res.tasks_to_stop} tasks to stop)")
+    how = "already killed" if res.already else "killed"
+    click.echo(f"job {res.name}: {how} ({res.tasks_to_stop} tasks to stop)")
     if wait:
         wait_jobs(ctx, [job], timeout, until="down")
 
@@ -303,15 +386,66 @@ class JobProgress:
     counts: dict[str, int] = field(default_factory=dict)
     finished: bool = False
     failed: str = ""
+    # tasks of the current version that keep restarting: "web/0 (3 restarts, last: exit: 1)"
+    crash_looping: list[str] = field(default_factory=list)
 
     def detail(self) -> str:
         order = ["running", "pending", "assigned", "succeeded", "failed", "killed", "lost"]
         keys = [k for k in order if k in self.counts] + sorted(set(self.counts) - set(order))
-        return ", ".join(f"{self.counts[k]} {k}" for k in keys) or "no tasks"
+        parts = [f"{self.counts[k]} {k}" for k in keys]
+        if self.crash_looping:
+            parts.append(f"{len(self.crash_looping)} crash-looping")
+        return ", ".join(parts) or "no tasks"
 
 
-def job_progress(job: pb.Job | None, name: str, until: str) -> JobProgress:
-    """`until` is "up" (running on the job's version / finished) or "down" (all stopped)."""
+@dataclass
+class Readiness:
+    """What `--wait` needs from a service's spec to judge its tasks."""
+
+    health_check: bool = False
+    backoff_ms: int = 1000
+
+
+def readiness_of(job: pb.Job) -> Readiness:
+    try:
+        spec = validate_job(dict_from(job.spec), default_user=job.user or "unknown")
+    except ConfigError:  # cannot happen for a spec the cell accepted; judge without it
+        return Readiness()
+    return Readiness(spec.health is not None, spec.restart.backoff_ms)
+
+
+def task_ready(t: pb.Task, r: Readiness, now_ms: int) -> bool:
+    """Running, healthy if the job has a health check, and up unchanged for MIN_READY_MS: the
+    rollout controller's stability rule, so a task that starts and dies at once (and is
+    restarted by its Borglet) never counts as ready.
+
+    The Borglet reports a task restarting (`restarts` + 1, `updated_ms` moves) when its process
+    exits, and keeps reporting it running through the restart backoff; so a task that has
+    restarted must also outlast the longest backoff its Borglet may have waited (backoff
+    doubling per restart, capped), or a crash loop would look stable between two crashes.
+    """
+    if t.state != RUNNING or (r.health_check and t.health != "healthy"):
+        return False
+    need = MIN_READY_MS
+    if t.restarts > 0:
+        need += min(r.backoff_ms * 2 ** min(t.restarts - 1, 30), MAX_BACKOFF_MS)
+    return now_ms - t.updated_ms >= need
+
+
+def last_exit(t: pb.Task) -> str:
+    if t.reason:
+        return t.reason
+    return f"exit {t.exit_code}" if t.exit_code >= 0 else "unknown"
+
+
+def job_progress(
+    job: pb.Job | None, name: str, until: str, now_ms: int | None = None
+) -> JobProgress:
+    """`until` is "up" (running on the job's version / finished) or "down" (all stopped).
+
+    `now_ms` (epoch ms, default now) is compared with the master's task timestamps."""
+    if now_ms is None:
+        now_ms = int(time.time() * 1000)
     p = JobProgress(name)
     if job is None:
         p.finished = until == "down"
@@ -332,7 +466,16 @@ def job_progress(job: pb.Job | None, name: str, until: str) -> JobProgress:
         if job.state in ("failed", "killed"):
             p.failed = f"job {job.state}"
         return p
-    p.done = sum(1 for t in job.tasks if t.state == "running" and t.version == job.version)
+    r = readiness_of(job)
+    current = [t for t in job.tasks if t.version == job.version]
+    ready = {t.index for t in current if task_ready(t, r, now_ms)}
+    p.done = len(ready)
+    p.crash_looping = [
+        f"{job.name}/{t.index} ({t.restarts} restart{'s' if t.restarts != 1 else ''}, "
+        f"last: {last_exit(t)})"
+        for t in current
+        if t.restarts > 0 and t.state == RUNNING and t.index not in ready
+    ]
     if job.rollout.startswith("halted"):
         p.finished, p.failed = True, job.rollout
     elif job.state in ("failed", "killed"):
@@ -389,7 +532,9 @@ def wait_jobs(ctx: Ctx, names: list[str], timeout: float, until: str) -> None:
         err.print(f"{mark} {escape(n)}: {escape(what)} ({p.done}/{p.total}; {escape(p.detail())})")
     stuck = [n for n in names if not latest[n].finished]
     if stuck:
-        fail(f"timed out after {timeout:g}s waiting for {', '.join(stuck)}", 1)
+        looping = [t for n in stuck for t in latest[n].crash_looping]
+        why = f"; crash-looping: {', '.join(looping)}" if looping else ""
+        fail(f"timed out after {timeout:g}s waiting for {', '.join(stuck)}{why}", 1)
     if failed:
         fail(f"job(s) failed: {', '.join(failed)} (see borgcfg status, borgcfg why)", 1)
     err.print(f"done in {took:.1f}s")
@@ -763,7 +908,7 @@ def undrain(ctx: Ctx, machine: str, output: str) -> None:
 def parse_task_ref(ref: str) -> tuple[str, int]:
     name, sep, idx = ref.partition("/")
     if not sep or not name or not idx.isdigit():
-        raise click.BadParameter(f"'{ref}' is not JOB/INDEX (e.g. web/0)", param_hint="TASK")
+        raise click.UsageError(f"TASK must be JOB/INDEX (e.g. web/0), got '{ref}'")
     return name, int(idx)
 
 
@@ -889,20 +1034,32 @@ def events(ctx: Ctx, follow: bool, job: str, tail: int, output: str) -> None:
         ctx.client.discover()
     console = make_console()
     stream: Iterator[pb.Event] = ctx.client.watch_events(job=job, follow=follow, tail=tail)
+    shown = 0
     for e in stream:
         if output == "json":
             click.echo(json.dumps(event_json(e)))
         else:
             console.print(event_line(e))
         sys.stdout.flush()
+        shown += 1
+    # No events for --job: a typo or a job that never existed? One GetJob (only then) tells.
+    # With -f, waiting for a job that does not exist yet is legitimate.
+    if job and not shown and not follow and ctx.client.get_job(job) is None:
+        fail(f"job '{job}' does not exist", 1)
 
 
 # ----- quota -------------------------------------------------------------------------------
+# Limits travel as pb.Resources, whose fields have no presence: a resource not given is sent
+# as QUOTA_KEEP (the cell keeps its current limit, or leaves it unlimited when there was no
+# quota), `unlimited` as UNLIMITED. The merge is the cell's (one deterministic write), never
+# a read-modify-write here.
 
 
 def parse_quota_limits(items: tuple[str, ...]) -> pb.Resources:
-    """`cpu=8 ram=16Gi gpu=2 disk=100Gi` -> Resources; usage errors name the bad item."""
-    r = pb.Resources()
+    """`cpu=8 ram=16Gi gpu=2 disk=unlimited` -> Resources; usage errors name the bad item."""
+    from borgmaster.commands import QUOTA_KEEP, UNLIMITED
+
+    r = pb.Resources(cpu=QUOTA_KEEP, ram=QUOTA_KEEP, disk=QUOTA_KEEP, gpu=QUOTA_KEEP)
     seen = set()
     for item in items:
         k, sep, v = item.partition("=")
@@ -913,6 +1070,9 @@ def parse_quota_limits(items: tuple[str, ...]) -> pb.Resources:
         if k in seen:
             raise click.BadParameter(f"'{k}' given twice", param_hint="LIMITS")
         seen.add(k)
+        if v == "unlimited":
+            setattr(r, k, UNLIMITED)
+            continue
         try:
             if k == "cpu":
                 cpu = float(v)
@@ -927,7 +1087,9 @@ def parse_quota_limits(items: tuple[str, ...]) -> pb.Resources:
                 setattr(r, k, parse_size(v))
         except ValueError:
             want = "a number of cores" if k == "cpu" else "a count" if k == "gpu" else "a size"
-            raise click.BadParameter(f"{k}: '{v}' is not {want}", param_hint="LIMITS") from None
+            raise click.BadParameter(
+                f"{k}: '{v}' is not {want} or 'unlimited'", param_hint="LIMITS"
+            ) from None
     if not seen:
         raise click.BadParameter(
             "give at least one of cpu=, ram=, disk=, gpu=", param_hint="LIMITS"
@@ -935,8 +1097,30 @@ def parse_quota_limits(items: tuple[str, ...]) -> pb.Resources:
     return r
 
 
+def _limit_text(resource: str, amount: float) -> str:
+    """One limit for people: `unlimited`, cores, a human size or a count."""
+    if amount < 0:
+        return "unlimited"
+    if resource in ("ram", "disk"):
+        return human_size(int(amount))
+    return f"{amount:g}"
+
+
+def _limit_json(r: pb.Resources) -> dict[str, Any]:
+    """Like `_res_json`, with the string "unlimited" for a resource that has no limit."""
+    return {
+        k: ("unlimited" if v < 0 else v)
+        for k, v in (("cpu", r.cpu), ("ram", r.ram), ("disk", r.disk), ("gpu", r.gpu))
+    }
+
+
 def quota_json(q: pb.Quota) -> dict[str, Any]:
-    return {"user": q.user, "band": q.band, "limit": _res_json(q.limit), "used": _res_json(q.used)}
+    return {
+        "user": q.user,
+        "band": q.band,
+        "limit": _limit_json(q.limit),
+        "used": _res_json(q.used),
+    }
 
 
 @main.group()
@@ -952,15 +1136,19 @@ def quota() -> None:
 @click.pass_obj
 @handles_errors
 def quota_set(ctx: Ctx, user: str, band: str, limits: tuple[str, ...], output: str) -> None:
-    """Set USER's limit in BAND: LIMITS are cpu=CORES ram=SIZE disk=SIZE gpu=N."""
+    """Set USER's limits in BAND: LIMITS are cpu=CORES ram=SIZE disk=SIZE gpu=N (or
+    RESOURCE=unlimited). A resource left out keeps its current limit (unlimited if USER had
+    no quota in BAND)."""
     res = ctx.client.set_quota(user, band, parse_quota_limits(limits))
     if output == "json":
         emit_json(quota_json(res.quota))
         return
     q = res.quota
     click.echo(
-        f"quota {q.user}/{q.band}: cpu {q.limit.cpu:g}, ram {human_size(q.limit.ram)}, "
-        f"disk {human_size(q.limit.disk)}, gpu {q.limit.gpu}"
+        f"quota {q.user}/{q.band}: "
+        + ", ".join(
+            f"{k} {_limit_text(k, getattr(q.limit, k))}" for k in ("cpu", "ram", "disk", "gpu")
+        )
     )
 
 
@@ -984,10 +1172,10 @@ def quota_list(ctx: Ctx, user: str, output: str) -> None:
         t.add_row(
             escape(q.user),
             escape(q.band),
-            f"{u.cpu:g}/{lim.cpu:g}",
-            f"{human_size(u.ram)}/{human_size(lim.ram)}",
-            f"{human_size(u.disk)}/{human_size(lim.disk)}",
-            f"{u.gpu}/{lim.gpu}",
+            f"{u.cpu:g}/{_limit_text('cpu', lim.cpu)}",
+            f"{human_size(u.ram)}/{_limit_text('ram', lim.ram)}",
+            f"{human_size(u.disk)}/{_limit_text('disk', lim.disk)}",
+            f"{u.gpu}/{_limit_text('gpu', lim.gpu)}",
         )
     show(make_console(), t)
 
@@ -1050,9 +1238,10 @@ def _cell_show(ctx: Ctx, output: str) -> None:
 
 
 def _membership(ctx: Ctx, raft: str, remove: bool, output: str) -> None:
-    host, sep, port = raft.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise click.BadParameter(f"'{raft}' is not HOST:PORT", param_hint="RAFT_ADDR")
+    try:
+        host_port(raft)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="RAFT_ADDR") from None
     reps = ctx.client.change_membership(raft, remove)
     if output != "json":
         click.echo(f"{'removed' if remove else 'added'} replica {raft}")

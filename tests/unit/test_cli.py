@@ -667,7 +667,7 @@ def test_quota_set_and_list(fake: tuple[FakeMaster, str]) -> None:
     fm, addr = fake
     r = run(addr, "quota", "set", "alice", "production", "cpu=8", "ram=16Gi", "gpu=1")
     assert r.exit_code == 0, r.stderr
-    assert r.stdout == "quota alice/production: cpu 8, ram 16Gi, disk 0, gpu 1\n"
+    assert r.stdout == "quota alice/production: cpu 8, ram 16Gi, disk unlimited, gpu 1\n"
     q = fm.quotas[("alice", "production")]
     assert (q.limit.cpu, q.limit.ram, q.limit.gpu) == (8, 16 << 30, 1)
     [j] = json.loads(run(addr, "quota", "list", "-o", "json").stdout)
