@@ -115,6 +115,7 @@ class MasterServicer(borg_pb2_grpc.BorgmasterServicer):
         cmd = C.SubmitJob(
             spec=spec.to_dict(),
             must_exist=must_exist,
+            user=request.user,
             request_id=request.options.request_id or uuid.uuid4().hex,
         )
         res = self._write(cmd, context, method)
@@ -124,10 +125,13 @@ class MasterServicer(borg_pb2_grpc.BorgmasterServicer):
     def KillJob(self, request: pb.KillJobRequest, context: grpc.ServicerContext) -> Any:
         if not request.name:
             _abort(context, "invalid", "name: required")
-        cmd = C.KillJob(name=request.name, request_id=request.options.request_id)
+        cmd = C.KillJob(name=request.name, user=request.user, request_id=request.options.request_id)
         res = self._write(cmd, context, "KillJob")
-        log.info("job %s killed (%s tasks to stop)", res["name"], res["tasks_to_stop"])
-        return pb.KillJobResponse(name=res["name"], tasks_to_stop=res["tasks_to_stop"])
+        how = "was already killed" if res.get("already") else "killed"
+        log.info("job %s %s (%s tasks to stop)", res["name"], how, res["tasks_to_stop"])
+        return pb.KillJobResponse(
+            name=res["name"], tasks_to_stop=res["tasks_to_stop"], already=bool(res.get("already"))
+        )
 
     def GetJob(self, request: pb.GetJobRequest, context: grpc.ServicerContext) -> Any:
         self._read_barrier(request.options, context)
@@ -291,6 +295,9 @@ class MasterServicer(borg_pb2_grpc.BorgmasterServicer):
         observed = {(o.job, o.index, o.incarnation): o for o in request.tasks}
         for ob in request.tasks:
             self.m.usage[(ob.job, ob.index)] = ob
+        live = [(o.job, int(o.index), o.incarnation, o.state) for o in request.tasks]
+        if self.m.copies.observe(name, live):
+            self.m.release_held()
         updates: list[dict[str, Any]] = []
         with self.m.store.lock:
             store = self.m.store
@@ -386,23 +393,42 @@ class MasterServicer(borg_pb2_grpc.BorgmasterServicer):
             )
 
     def SetQuota(self, request: pb.SetQuotaRequest, context: grpc.ServicerContext) -> Any:
+        """Set the limits given; each limit field is an amount (>= 0), -1 (UNLIMITED) or
+        -2 (QUOTA_KEEP: not given, keep the current limit; unlimited when there is none).
+        The merge is the store's, so the reply shows the quota as it now stands."""
         q = request.quota
         if not q.user or not q.band:
             _abort(context, "invalid", "quota: user and band are required")
-        if q.limit.cpu < 0 or q.limit.ram < 0 or q.limit.gpu < 0:
-            _abort(context, "invalid", "quota: limits must not be negative")
-        limit = resources_from(q.limit)
+        limit: dict[str, Any] = {}
+        for k in ("cpu", "ram", "disk", "gpu"):
+            v = getattr(q.limit, k)
+            if v == C.QUOTA_KEEP:
+                continue
+            if v < 0 and v != C.UNLIMITED:
+                _abort(
+                    context,
+                    "invalid",
+                    f"quota: {k} must be >= 0, -1 (unlimited) or -2 (keep), not {v:g}",
+                )
+            limit[k] = float(v) if k == "cpu" else int(v)
         cmd = C.SetQuota(
             user=q.user,
             band=q.band,
-            limit=limit.to_dict(),
+            limit=limit,
             request_id=request.options.request_id,
         )
-        self._write(cmd, context, "SetQuota")
+        res = self._write(cmd, context, "SetQuota")
         with self.m.store.lock:
             used = self.m.store.quota_used(q.user, q.band)
+            now = self.m.store.quotas.get((q.user, q.band))
+        merged = res.get("limit") or (now.to_dict() if now is not None else {})
         return pb.SetQuotaResponse(
-            quota=pb.Quota(user=q.user, band=q.band, limit=q.limit, used=resources_pb(used))
+            quota=pb.Quota(
+                user=q.user,
+                band=q.band,
+                limit=resources_pb(Resources.from_dict(merged)),
+                used=resources_pb(used),
+            )
         )
 
     def ListQuotas(self, request: pb.ListQuotasRequest, context: grpc.ServicerContext) -> Any:

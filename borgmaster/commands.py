@@ -61,12 +61,16 @@ class SubmitJob(Command):
     type: ClassVar[CommandType] = CommandType.SUBMIT_JOB
     spec: dict[str, Any] = field(default_factory=dict)  # JobSpec.to_dict()
     must_exist: bool = False
+    # Who is acting (the request's user). A live job is updated only by its owner; "" (an
+    # API client that names nobody, or an entry from before this field) is not checked.
+    user: str = ""
 
 
 @dataclass
 class KillJob(Command):
     type: ClassVar[CommandType] = CommandType.KILL_JOB
     name: str = ""
+    user: str = ""  # who is acting; as for SubmitJob, "" is not checked
 
 
 @dataclass
@@ -162,12 +166,24 @@ class Rollback(Command):
     user: str = ""
 
 
+# A quota limit of UNLIMITED (any negative amount) does not limit that resource.
+UNLIMITED = -1
+# On the wire only (SetQuotaRequest.quota.limit, whose fields have no presence): "this
+# resource was not given: keep its current limit". Never stored.
+QUOTA_KEEP = -2
+
+
 @dataclass
 class SetQuota(Command):
+    """Set some of a user's limits in a band. `limit` holds only the resources given (an
+    amount, or UNLIMITED); the store keeps the current limit of every resource left out,
+    or UNLIMITED when the user had no quota there. Entries from before partial limits
+    carry all four resources, so they still replace the whole quota."""
+
     type: ClassVar[CommandType] = CommandType.SET_QUOTA
     user: str = ""
     band: str = ""
-    limit: dict[str, Any] = field(default_factory=dict)  # Resources.to_dict()
+    limit: dict[str, Any] = field(default_factory=dict)  # a subset of Resources.to_dict()
 
 
 @dataclass

@@ -9,8 +9,10 @@ a journal PySyncObj's log compaction drops entries whose snapshot lived only in 
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,7 +61,15 @@ class BorgFSM(SyncObj):  # type: ignore[misc]
         t = tuning or RaftTuning()
         os.makedirs(data_dir, exist_ok=True)
         self._store = store
+        bind = bind_address(self_addr)
+        # Fail at start, with the reason, when the port is taken: PySyncObj would otherwise
+        # retry the bind every second forever while the replica sits leaderless.
+        probe_bind(bind, "raft")
         conf = SyncObjConf(
+            # Exactly the --raft host: without it PySyncObj listens on 0.0.0.0, which would
+            # expose the unauthenticated (pickle) Raft port of a loopback-only replica.
+            bindAddress=bind,
+            maxBindRetries=1,
             journalFile=os.path.join(data_dir, "raft.journal"),
             fullDumpFile=os.path.join(data_dir, "raft.snapshot"),
             serializer=self._serialize,
@@ -80,6 +90,14 @@ class BorgFSM(SyncObj):  # type: ignore[misc]
             onStateChanged=on_state_changed,
         )
         super().__init__(self_addr, peers, conf)
+        try:
+            self.waitBinded()
+        except Exception:
+            # Lost a race for the port after the probe: the tick thread has given up, so
+            # close the journal here, then say why.
+            self._doDestroy()
+            probe_bind(bind, "raft")
+            raise OSError(f"raft address {self_addr}: cannot bind") from None
         if fsync:
             self._fsync_journal()
 
@@ -136,6 +154,36 @@ class BorgFSM(SyncObj):  # type: ignore[misc]
         except Exception as e:
             raise ValueError(f"{filename}: corrupt borgcell snapshot: {e}") from None
         return (last, prev, cluster)
+
+
+def bind_address(addr: str) -> str:
+    """HOST:PORT as PySyncObj's bindAddress wants it (no brackets around an IPv6 host)."""
+    host, _, port = addr.rpartition(":")
+    return f"{host.strip('[]')}:{port}"
+
+
+def probe_bind(addr: str, what: str) -> None:
+    """Bind (and release) `addr` the way the real listener will, so a port in use or a host
+    that is not ours fails start-up with one line naming the address, not a traceback or a
+    replica that retries silently forever."""
+    host, _, port = addr.rpartition(":")
+    host = host.strip("[]")
+    try:
+        infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+    except (OSError, ValueError) as e:
+        raise OSError(f"{what} address {addr}: cannot resolve host ({e})") from None
+    family, _, _, _, sockaddr = infos[0]
+    s = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(sockaddr)
+        s.listen(1)
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            raise OSError(f"{what} address {addr} is in use") from None
+        raise OSError(f"{what} address {addr}: cannot bind ({e.strerror or e})") from None
+    finally:
+        s.close()
 
 
 def fail_reason_name(code: int) -> str:

@@ -23,9 +23,10 @@ from grpc_reflection.v1alpha import reflection
 
 from borgmaster import commands as C
 from borgmaster import controllers
-from borgmaster.fsm import BorgFSM, RaftTuning, check_data_dir, fail_reason_name
+from borgmaster.copies import LiveCopies
+from borgmaster.fsm import BorgFSM, RaftTuning, check_data_dir, fail_reason_name, probe_bind
 from borgmaster.metrics import placement_latencies, waiting_since_ms
-from borgmaster.model import Replica
+from borgmaster.model import MACHINE_LOST, Replica
 from borgmaster.proposer import Proposer
 from borgmaster.scheduler import (
     BorgScheduler,
@@ -92,6 +93,10 @@ class Master:
         self.usage: dict[tuple[str, int], Any] = {}
         self._fenced_term = 0  # the term whose LeaderElected this replica has committed
         self._sched_capacity = -1  # store.capacity_generation at the last scheduler pass
+        # Copies the Borglets report alive, and pending tasks held back because another
+        # incarnation of their index still runs somewhere (see copies.py).
+        self.copies = LiveCopies()
+        self._held: set[tuple[str, int]] = set()
         self._threads: list[threading.Thread] = []
         check_data_dir(cfg.data_dir, cfg.cell, cfg.id)
         self.fsm = BorgFSM(
@@ -118,6 +123,8 @@ class Master:
             log.info("became leader (term %s)", self.fsm.raftCurrentTerm)
         elif old == 2:
             self._leader_since = None
+            self.copies.clear()
+            self._held = set()
             log.info("lost leadership, now %s", ROLE_NAMES.get(new, new))
 
     def is_leader(self) -> bool:
@@ -253,11 +260,28 @@ class Master:
             reflection.SERVICE_NAME,
         )
         reflection.enable_server_reflection(names, server)
-        if server.add_insecure_port(self.cfg.grpc) == 0:
-            raise OSError(f"cannot bind gRPC to {self.cfg.grpc}")
-        server.start()
-        self.grpc_server = server
-        self.http_server = start_http(self)
+        try:
+            # A port in use is a clear one-line start-up failure (and Raft, already bound, is
+            # released), not a RuntimeError traceback from grpcio.
+            probe_bind(self.cfg.grpc, "grpc")
+            probe_bind(self.cfg.http, "http")
+            try:
+                bound = server.add_insecure_port(self.cfg.grpc)
+            except RuntimeError:
+                bound = 0
+            if bound == 0:
+                probe_bind(self.cfg.grpc, "grpc")
+                raise OSError(f"grpc address {self.cfg.grpc}: cannot bind")
+            server.start()
+            self.grpc_server = server
+            try:
+                self.http_server = start_http(self)
+            except OSError:
+                probe_bind(self.cfg.http, "http")
+                raise
+        except OSError:
+            self._abort_start(server)
+            raise
         for fn, name in (
             (self._scheduler_loop, "scheduler"),
             (self._controller_loop, "controllers"),
@@ -275,6 +299,18 @@ class Master:
             self.cfg.http,
             ",".join(self.cfg.peers) or "-",
         )
+
+    def _abort_start(self, server: grpc.Server) -> None:
+        """Undo a start that failed half-way, so the process can exit at once and a caller
+        that retries in the same process finds the Raft port and journal released."""
+        self._stop.set()
+        server.stop(grace=None)
+        self.grpc_server = None
+        self.proposer.stop()
+        try:
+            self.fsm.destroy_synchronous()
+        except Exception as e:  # best effort: the start already failed with its reason
+            log.debug("raft shutdown after a failed start: %s", e)
 
     def _guard(self, fn: Callable[[], None]) -> Callable[[], None]:
         def run() -> None:
@@ -491,10 +527,13 @@ class Master:
                 return 0
             else:
                 snap, reasons = self.snapshot(only)
+            snap, held = self._hold_back(snap, reasons)
             waiting = {
                 (t.job, t.index): waiting_since_ms(store.tasks[(t.job, t.index)])
                 for t in snap.pending
             }
+        if not snap.pending and not held:
+            return 0
         t0 = time.monotonic()
         try:
             plan = self.scheduler.schedule(snap, _new_id)
@@ -504,6 +543,7 @@ class Master:
         elapsed = time.monotonic() - t0
         failed = {(j, i) for j, i, _ in plan.failures}
         failures = [[j, i, r] for j, i, r in plan.failures if reasons.get((j, i)) != r]
+        failures += held
         if not plan.placements and not failures and not plan.preemptions:
             self._requeue(snap, failed)
             return 0
@@ -535,6 +575,43 @@ class Master:
                 elapsed * 1000,
             )
         return int(res.get("placed", 0))
+
+    def _hold_back(
+        self, snap: Snapshot, reasons: dict[tuple[str, int], str]
+    ) -> tuple[Snapshot, list[list[Any]]]:
+        """Take out of the pass every pending task whose index still has a live copy on a
+        machine that is not lost; they wait in `_held` until a Sync shows that copy gone.
+        Returns the rest, and the pending reasons to record for the held ones."""
+        if not snap.pending:
+            return snap, []
+        lost = {m.name for m in snap.machines if m.state == MACHINE_LOST}
+        keep: list[TaskRequest] = []
+        held: list[list[Any]] = []
+        for tr in snap.pending:
+            key = (tr.job, tr.index)
+            where = self.copies.elsewhere(key, lost)
+            if not where:
+                keep.append(tr)
+                continue
+            self._held.add(key)
+            why = f"waiting for its previous copy on {where} to stop"
+            if reasons.get(key) != why:
+                held.append([tr.job, tr.index, why])
+        if len(keep) == len(snap.pending):
+            return snap, held
+        return Snapshot(machines=snap.machines, pending=keep, running=snap.running), held
+
+    def release_held(self) -> None:
+        """A copy went away (or its machine was lost): let the scheduler look again at the
+        tasks it held back, now rather than at the next unrelated change."""
+        store = self.store
+        with store.changed:
+            if not self._held:
+                return
+            store.new_pending |= self._held & store.pending
+            self._held = set()
+            store.generation += 1  # local wake-up counter, not replicated state
+            store.changed.notify_all()
 
     def _requeue(self, snap: Snapshot, failed: Iterable[tuple[str, int]] = ()) -> None:
         """Put a pass's tasks that are still pending, except `failed`, back among the new
@@ -570,6 +647,9 @@ class Master:
                         self.propose(C.MachineLost(name=name, term=term))
                     except ProposeError as e:
                         log.warning("could not mark %s lost: %s", name, e.message)
+                        continue
+                    self.copies.forget(name)
+                    self.release_held()
 
 
 def _call(obj: Any, method: str, *args: Any) -> None:

@@ -9,6 +9,7 @@ event stream and the leader loops wake up when the state moves instead of pollin
 from __future__ import annotations
 
 import hashlib
+import math
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Iterable
@@ -53,6 +54,8 @@ OBSERVED_STATES = frozenset({RUNNING, SUCCEEDED, FAILED, KILLED})
 # Commands that come from leader loops and are fenced by term.
 FENCED = (C.ApplyPlan, C.ReplaceTasks, C.MachineLost, C.SetRollout, C.GcJobs)
 QUOTA_RESOURCES = ("cpu", "ram", "gpu")
+# What `quota set` may limit (disk is recorded and shown, but not admitted against).
+QUOTA_FIELDS = ("cpu", "ram", "disk", "gpu")
 
 Result = dict[str, Any]
 
@@ -60,6 +63,10 @@ Result = dict[str, Any]
 def err(code: str, message: str) -> Result:
     """Errors are values: a replicated method that raises is retried forever by PySyncObj."""
     return {"error": code, "message": message}
+
+
+def _fmt_limit(resource: str, amount: float) -> str:
+    return "unlimited" if amount < 0 else _fmt_amount(resource, amount)
 
 
 def _fmt_amount(resource: str, amount: float) -> str:
@@ -334,6 +341,8 @@ class Store:
         for r in QUOTA_RESOURCES:
             want = getattr(used, r) + getattr(req, r) * spec.replicas
             cap = getattr(limit, r)
+            if cap < 0:
+                continue  # UNLIMITED
             if want > cap + 1e-9:
                 over.append(f"{r} {_fmt_amount(r, want - cap)}")
         if over:
@@ -347,6 +356,8 @@ class Store:
         live = old is not None and not old.killed
         if not live and cmd.must_exist:
             return err("not-found", f"job '{spec.name}' does not exist")
+        if live and old is not None and cmd.user and old.spec.user and cmd.user != old.spec.user:
+            return err("permission-denied", _not_owner(spec.name, old.spec.user, cmd.user))
         if live and old is not None and old.spec.user and spec.user != old.spec.user:
             return err(
                 "permission-denied",
@@ -393,9 +404,23 @@ class Store:
         if template_changed:
             # Tasks not running anywhere move to the new version at once; placed ones are
             # replaced by the rollout controller, max_unavailable at a time.
+            # A placed task whose spec already has the new template (a rollback after a
+            # halted rollout: the tasks the rollout never reached) is re-versioned where it
+            # runs instead of being replaced. One that restarted is left to the controller,
+            # which would otherwise never count it available on the new version.
+            template = spec.task_template()
+            same: dict[int, bool] = {}
             for t in self.job_tasks(spec.name):
-                if t.version != job.version and t.state not in ACTIVE_STATES:
+                if t.version == job.version:
+                    continue
+                if t.state not in ACTIVE_STATES:
                     self._reset_task(t, job.version, ts, reason="updated")
+                    continue
+                if t.version not in same:
+                    same[t.version] = job.spec_for(t.version).task_template() == template
+                if same[t.version] and t.restarts == 0:
+                    t.version = job.version
+                    self._touch_machine(t.machine)
         if not template_changed and spec.priority != old_priority:
             # Same tasks at a new priority (which decides what they may preempt): let the
             # scheduler look again at the ones still waiting. A template change re-queues
@@ -424,8 +449,15 @@ class Store:
 
     def _kill(self, cmd: C.KillJob) -> Result:
         job = self.jobs.get(cmd.name)
-        if job is None or job.killed:
+        if job is None:
             return err("not-found", f"job '{cmd.name}' does not exist")
+        if cmd.user and job.spec.user and cmd.user != job.spec.user:
+            return err("permission-denied", _not_owner(job.name, job.spec.user, cmd.user))
+        if job.killed:
+            # Idempotent: `down` of a job still listed as killed (a retry, a second
+            # operator) succeeds and reports what is still stopping; no event, no change.
+            still = sum(1 for t in self.job_tasks(job.name) if t.state in ACTIVE_STATES)
+            return {"name": job.name, "tasks_to_stop": still, "already": True}
         job.killed = True
         job.killed_ms = cmd.ts_ms
         job.updated_ms = cmd.ts_ms
@@ -482,11 +514,32 @@ class Store:
     def _set_quota(self, cmd: C.SetQuota) -> Result:
         if cmd.band not in ("batch", "production", "monitoring", "free"):
             return err("invalid", f"band: '{cmd.band}' is not a priority band")
-        limit = Resources.from_dict(cmd.limit)
+        given = {k: v for k, v in cmd.limit.items() if k in QUOTA_FIELDS}
+        if set(cmd.limit) - set(QUOTA_FIELDS):
+            bad = sorted(set(cmd.limit) - set(QUOTA_FIELDS), key=str)
+            return err("invalid", f"limit: unknown resource(s) {bad}")
+        for k, v in given.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                return err("invalid", f"limit: {k} must be a number, not {v!r}")
+        # Merge here, not in the client: a resource left out keeps its current limit (or is
+        # unlimited when there was none), so `quota set alice production cpu=2` after
+        # `cpu=1 ram=1Gi` changes cpu only; and two admins' writes cannot lose each other's.
+        current = self.quotas.get((cmd.user, cmd.band))
+        merged: dict[str, Any] = {}
+        for k in QUOTA_FIELDS:
+            if k in given:
+                v = given[k]
+                merged[k] = C.UNLIMITED if v < 0 else v
+            else:
+                merged[k] = getattr(current, k) if current is not None else C.UNLIMITED
+        merged["cpu"] = float(merged["cpu"])
+        for k in ("ram", "disk", "gpu"):
+            merged[k] = int(merged[k])
+        limit = Resources.from_dict(merged)
         self.quotas[(cmd.user, cmd.band)] = limit
-        shown = ", ".join(f"{r} {_fmt_amount(r, getattr(limit, r))}" for r in QUOTA_RESOURCES)
+        shown = ", ".join(f"{r} {_fmt_limit(r, getattr(limit, r))}" for r in QUOTA_RESOURCES)
         self._event("quota-set", message=f"{cmd.user}/{cmd.band}: {shown}")
-        return {"ok": True}
+        return {"ok": True, "limit": limit.to_dict()}
 
     def _gc_jobs(self, cmd: C.GcJobs) -> Result:
         removed = 0
@@ -776,6 +829,10 @@ class Store:
         with self.changed:
             self.changed.wait_for(lambda: self.generation != since_generation, timeout)
             return self.generation
+
+
+def _not_owner(job: str, owner: str, acting: str) -> str:
+    return f"job '{job}' belongs to {owner} (acting user {acting})"
 
 
 def needs_placement(t: Task, job: Job) -> bool:

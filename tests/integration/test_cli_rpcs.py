@@ -135,9 +135,10 @@ def types(evs: list[dict[str, Any]]) -> list[str]:
 
 
 def down(api: Client, *jobs: str) -> None:
-    """Clean up (in process: `down` itself is tested with the CLI once, below)."""
+    """Clean up (in process: `down` itself is tested with the CLI once, below). No acting
+    user, so jobs of any owner go (ownership is only checked for a named user)."""
     for job in jobs:
-        api.kill(job, "tester")
+        api.kill(job, "")
 
 
 class Follower:
@@ -328,7 +329,7 @@ def test_quota_set_list_and_admission_rejects_with_the_overage(
     cell: Cell, api: Client, tmp_path: Path
 ) -> None:
     r = ok(cli(cell, "quota", "set", "qalice", "production", "cpu=1", "ram=1Gi"))
-    assert r.stdout == "quota qalice/production: cpu 1, ram 1Gi, disk 0, gpu 0\n"
+    assert r.stdout == "quota qalice/production: cpu 1, ram 1Gi, disk unlimited, gpu unlimited\n"
     prod = "priority: 200\n"
 
     # 3 x 0.5 cpu asks 1.5 of 1: rejected, one line, exit 1, nothing created
@@ -349,12 +350,12 @@ def test_quota_set_list_and_admission_rejects_with_the_overage(
     assert q == {
         "user": "qalice",
         "band": "production",
-        "limit": {"cpu": 1.0, "ram": 1 << 30, "disk": 0, "gpu": 0},
+        "limit": {"cpu": 1.0, "ram": 1 << 30, "disk": "unlimited", "gpu": "unlimited"},
         "used": {"cpu": 0.5, "ram": 32 << 20, "disk": 0, "gpu": 0},
     }
     table = ok(cli(cell, "quota", "list")).stdout.splitlines()
     assert table[0].split() == ["USER", "BAND", "CPU", "RAM", "DISK", "GPU"]
-    assert ["qalice", "production", "0.5/1", "32Mi/1Gi", "0/0", "0/0"] in [
+    assert ["qalice", "production", "0.5/1", "32Mi/1Gi", "0/unlimited", "0/unlimited"] in [
         ln.split() for ln in table[1:]
     ], table
     # what is already used counts: 0.5 + 0.75 > 1

@@ -211,11 +211,12 @@ def test_kill_unknown_job_returns_error_value() -> None:
     assert "nope" in r["message"]
 
 
-def test_kill_twice_is_not_found() -> None:
+def test_kill_twice_succeeds_and_says_already() -> None:
     cell = Cell()
     cell.submit(spec())
     cell.apply(C.KillJob(name="web"))
-    assert cell.apply(C.KillJob(name="web"))["error"] == "not-found"
+    assert cell.apply(C.KillJob(name="web")) == {"name": "web", "tasks_to_stop": 0, "already": True}
+    assert cell.apply(C.KillJob(name="nosuch"))["error"] == "not-found"
 
 
 def test_kill_marks_pending_killed_and_waits_for_borglet_on_assigned() -> None:

@@ -11,6 +11,7 @@ from google.protobuf import json_format
 
 from borgmaster import commands as C
 from borgmaster.convert import dict_from, struct_from
+from borgmaster.copies import LiveCopies
 from borgmaster.scheduler import BorgScheduler
 from borgmaster.server import Master
 from borgmaster.store import Store, needs_placement
@@ -136,6 +137,8 @@ class FakeMaster:
         m.scheduler = BorgScheduler()
         m.metrics = None
         m._sched_capacity = -1
+        m.copies = LiveCopies()
+        m._held = set()
         self.plans: list[C.ApplyPlan] = []
 
         def propose(cmd: C.Command, timeout: float | None = None) -> dict[str, Any]:
@@ -164,6 +167,28 @@ def test_a_pass_looks_only_at_new_tasks_and_writes_nothing_when_none_are_new() -
     f.cell.machine("m1", cpu=16.0, ram=64 << 30)
     assert f.m.schedule_once(term=0, retry_all=False) == 5
     assert f.cell.store.pending == set() and f.cell.store.new_pending == set()
+    check_invariants(f.cell.store)
+
+
+def test_a_task_whose_old_copy_still_runs_is_held_until_that_copy_is_gone() -> None:
+    """At most one copy per index: a replacement waits for its predecessor to stop."""
+    f = FakeMaster()
+    f.cell.machine("m1", cpu=16.0, ram=64 << 30)
+    f.cell.submit(spec(name="a", replicas=2))
+    # The Borglet of m1 still reports an old incarnation of a/0 (being stopped).
+    f.m.copies.observe("m1", [("a", 0, "old", "running")])
+    assert f.m.schedule_once(term=0, retry_all=False) == 1  # only a/1
+    t0 = f.cell.store.tasks[("a", 0)]
+    assert t0.state == "pending"
+    assert t0.reason == "waiting for its previous copy on m1 to stop"
+    assert f.m.schedule_once(term=0, retry_all=False) == 0  # still held, nothing written
+    plans = len(f.plans)
+    assert f.m.schedule_once(term=0, retry_all=False) == 0 and len(f.plans) == plans
+    # The next Sync shows the old copy killed: released and placed.
+    assert f.m.copies.observe("m1", [("a", 0, "old", "killed")])
+    f.m.release_held()
+    assert f.m.schedule_once(term=0, retry_all=False) == 1
+    assert f.cell.store.tasks[("a", 0)].state == "assigned"
     check_invariants(f.cell.store)
 
 

@@ -44,12 +44,14 @@ class KillJobRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., user: _Optional[str] = ..., options: _Optional[_Union[WriteOptions, _Mapping]] = ...) -> None: ...
 
 class KillJobResponse(_message.Message):
-    __slots__ = ("name", "tasks_to_stop")
+    __slots__ = ("name", "tasks_to_stop", "already")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TASKS_TO_STOP_FIELD_NUMBER: _ClassVar[int]
+    ALREADY_FIELD_NUMBER: _ClassVar[int]
     name: str
     tasks_to_stop: int
-    def __init__(self, name: _Optional[str] = ..., tasks_to_stop: _Optional[int] = ...) -> None: ...
+    already: bool
+    def __init__(self, name: _Optional[str] = ..., tasks_to_stop: _Optional[int] = ..., already: _Optional[bool] = ...) -> None: ...
 
 class ReadOptions(_message.Message):
     __slots__ = ("stale",)

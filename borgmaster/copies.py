@@ -1,0 +1,66 @@
+"""Live task copies as the Borglets last reported them: at most one copy of a task index runs.
+
+Replacing a task (rolling update, preemption, drain, rollback) resets it to pending at once
+in the replicated state, while its old incarnation is still being stopped by its Borglet
+(SIGTERM, up to ``kill_timeout``). Placing the new incarnation straight away would let two
+copies of one index run side by side for that long: on another machine, or on the same one.
+Borg and Kubernetes' StatefulSets avoid that by waiting; so do we.
+
+The leader keeps, per machine, the set of task copies each Borglet's last Sync called alive
+(every Sync carries the Borglet's full list). The scheduler holds back a pending task while
+another incarnation of its index is alive on a machine that is not lost, and takes it up again
+as soon as a Sync shows that copy gone. A lost machine's copies no longer count: the liveness
+controller has declared them dead (and kills them by incarnation if the machine returns).
+
+This is leader-local, not replicated: a new leader learns the sets from the Borglets' next
+Syncs (each reconnects within a second), and the liveness controller waits a machine
+timeout before treating silent machines as lost.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+
+from borgmaster.model import TERMINAL_TASK_STATES
+
+TaskIndex = tuple[str, int]
+
+
+class LiveCopies:
+    """Per machine: task index -> incarnation of each copy its Borglet reports alive."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_machine: dict[str, dict[TaskIndex, str]] = {}
+
+    def observe(self, machine: str, tasks: Iterable[tuple[str, int, str, str]]) -> bool:
+        """Record a Borglet's full report (job, index, incarnation, state). True when a copy
+        that was alive before is gone now, so held-back tasks may be placeable."""
+        alive = {
+            (job, index): incarnation
+            for job, index, incarnation, state in tasks
+            if state not in TERMINAL_TASK_STATES
+        }
+        with self._lock:
+            before = self._by_machine.get(machine, {})
+            self._by_machine[machine] = alive
+        return any(alive.get(k) != inc for k, inc in before.items())
+
+    def forget(self, machine: str) -> bool:
+        """Drop a machine's copies (it was declared lost); True if it had any."""
+        with self._lock:
+            return bool(self._by_machine.pop(machine, None))
+
+    def clear(self) -> None:
+        """A replica that stops leading forgets everything; the next leader relearns."""
+        with self._lock:
+            self._by_machine.clear()
+
+    def elsewhere(self, index: TaskIndex, ignore: set[str]) -> str:
+        """A machine (not in `ignore`) that still runs a copy of `index`, else ''."""
+        with self._lock:
+            for machine, alive in self._by_machine.items():
+                if machine not in ignore and index in alive:
+                    return machine
+        return ""

@@ -1,0 +1,185 @@
+"""Store.apply for the QA-pass fixes: ownership by the acting user, idempotent kill, quota
+limits merged in the store (omitted limits kept, unlimited by default)."""
+
+from __future__ import annotations
+
+import pytest
+
+from borgmaster import commands as C
+from borgmaster.model import ASSIGNED, KILLED, Requirements, Resources
+from borgmaster.store import Store
+from tests.unit.test_store import Cell, GiB, spec
+
+PROD = 200  # a production-band priority
+
+# ----- ownership ---------------------------------------------------------------------------
+
+
+def test_update_by_another_acting_user_is_rejected_and_changes_nothing() -> None:
+    cell = Cell()
+    cell.submit(spec(user="alice"), user="alice")
+    before = cell.store.digest()
+    # bob submits a config that names alice as the owner: the spec agrees, the actor does not
+    r = cell.submit(spec(user="alice", replicas=5), user="bob")
+    assert r == {
+        "error": "permission-denied",
+        "message": "job 'web' belongs to alice (acting user bob)",
+    }
+    assert cell.store.digest() == before
+    # the owner may, and so may a client that names no acting user (not checked)
+    assert cell.submit(spec(user="alice", replicas=3), user="alice")["result"] == "updated"
+    assert cell.submit(spec(user="alice", replicas=4))["result"] == "updated"
+
+
+def test_kill_by_another_acting_user_is_rejected() -> None:
+    cell = Cell()
+    cell.submit(spec(user="alice"), user="alice")
+    r = cell.apply(C.KillJob(name="web", user="bob"))
+    assert r["error"] == "permission-denied"
+    assert r["message"] == "job 'web' belongs to alice (acting user bob)"
+    assert not cell.store.jobs["web"].killed
+    assert cell.apply(C.KillJob(name="web", user="alice"))["tasks_to_stop"] == 0
+    assert cell.store.jobs["web"].killed
+
+
+def test_a_new_job_after_kill_may_have_a_new_owner() -> None:
+    cell = Cell()
+    cell.submit(spec(user="alice"), user="alice")
+    cell.apply(C.KillJob(name="web", user="alice"))
+    r = cell.submit(spec(user="bob"), user="bob")
+    assert r["result"] == "created" and cell.store.jobs["web"].spec.user == "bob"
+
+
+def test_old_entries_without_acting_user_still_decode_and_apply() -> None:
+    # an entry written before the `user` field: encoded without it
+    entry = C.encode(C.KillJob(name="web"))
+    assert C.decode(entry) == C.KillJob(name="web", user="")
+    cell = Cell()
+    cell.submit(spec(user="alice"))
+    assert cell.apply_raw(entry) == {"name": "web", "tasks_to_stop": 0}
+
+
+# ----- kill is idempotent ------------------------------------------------------------------
+
+
+def test_kill_of_a_killed_job_succeeds_and_reports_what_is_still_stopping() -> None:
+    cell = Cell()
+    cell.machine("m1")
+    cell.submit(spec(replicas=2))
+    cell.place("web", 0, "m1")
+    assert cell.apply(C.KillJob(name="web")) == {"name": "web", "tasks_to_stop": 1}
+    events = cell.store.next_event
+    before = cell.store.digest()
+    again = cell.apply(C.KillJob(name="web"))
+    assert again == {"name": "web", "tasks_to_stop": 1, "already": True}
+    assert cell.store.digest() == before and cell.store.next_event == events
+    assert cell.store.job_tasks("web")[0].state == ASSIGNED
+    cell.update("web", 0, KILLED, exit_code=137)
+    assert cell.apply(C.KillJob(name="web"))["tasks_to_stop"] == 0
+
+
+def test_kill_of_an_unknown_job_is_still_not_found() -> None:
+    assert Cell().apply(C.KillJob(name="nope"))["error"] == "not-found"
+
+
+# ----- quota: partial limits merged in the store -------------------------------------------
+
+
+def set_quota(cell: Cell, **limit: float) -> dict[str, object]:
+    return cell.apply(C.SetQuota(user="alice", band="production", limit=limit))
+
+
+def quota(cell: Cell) -> Resources:
+    return cell.store.quotas[("alice", "production")]
+
+
+def test_quota_set_keeps_the_limits_it_does_not_name() -> None:
+    cell = Cell()
+    set_quota(cell, cpu=1, ram=GiB)
+    assert quota(cell) == Resources(cpu=1.0, ram=GiB, disk=C.UNLIMITED, gpu=C.UNLIMITED)
+    r = set_quota(cell, cpu=2)
+    assert quota(cell) == Resources(cpu=2.0, ram=GiB, disk=C.UNLIMITED, gpu=C.UNLIMITED)
+    assert r == {"ok": True, "limit": {"cpu": 2.0, "ram": GiB, "disk": -1, "gpu": -1}}
+    set_quota(cell, ram=C.UNLIMITED, gpu=0)
+    assert quota(cell) == Resources(cpu=2.0, ram=C.UNLIMITED, disk=C.UNLIMITED, gpu=0)
+
+
+def test_old_full_quota_entries_still_replace_every_limit() -> None:
+    cell = Cell()
+    set_quota(cell, cpu=5, ram=GiB)
+    set_quota(cell, **Resources(cpu=1).to_dict())  # as written before partial limits
+    assert quota(cell) == Resources(cpu=1.0, ram=0, disk=0, gpu=0)
+
+
+def test_unlimited_resources_are_not_admitted_against() -> None:
+    cell = Cell()
+    set_quota(cell, cpu=1)  # ram and gpu unlimited
+    big = spec(
+        replicas=2, user="alice", priority=PROD, requirements=Requirements(cpu=0.5, ram=64 * GiB)
+    )
+    assert cell.submit(big)["result"] == "created"
+    over = spec(name="more", replicas=1, user="alice", priority=PROD)
+    r = cell.submit(over)
+    assert r["error"] == "quota"
+    assert r["message"] == "quota for alice/production exceeded by cpu 1"
+
+
+@pytest.mark.parametrize(
+    ("limit", "message"),
+    [
+        ({"mem": 1}, "limit: unknown resource(s) ['mem']"),
+        ({"cpu": "lots"}, "limit: cpu must be a number, not 'lots'"),
+        ({"cpu": float("nan")}, "limit: cpu must be a number, not nan"),
+        ({"ram": True}, "limit: ram must be a number, not True"),
+    ],
+)
+def test_bad_quota_limits_are_rejected_without_partial_state(
+    limit: dict[str, object], message: str
+) -> None:
+    cell = Cell()
+    set_quota(cell, cpu=1)
+    before = cell.store.digest()
+    assert set_quota(cell, **limit) == {"error": "invalid", "message": message}  # type: ignore[arg-type]
+    assert cell.store.digest() == before
+
+
+def test_merged_quota_is_the_same_on_every_replica_and_in_snapshots() -> None:
+    cell = Cell()
+    set_quota(cell, cpu=1, ram=GiB)
+    set_quota(cell, gpu=2)
+    other = Store()
+    for i, e in enumerate(cell.entries, 1):
+        other.apply(e, i)
+    assert other.digest() == cell.store.digest()
+    restored = Store()
+    restored.load_snapshot(cell.store.snapshot_bytes())
+    assert restored.quotas == cell.store.quotas
+
+
+# ----- rollback re-versions the tasks that already run the target template -------------------
+
+
+def test_rollback_after_halted_rollout_keeps_tasks_already_on_the_old_template() -> None:
+    cell = Cell()
+    cell.machine("m1")
+    v1 = spec(replicas=2, user="alice")
+    cell.submit(v1)
+    for i in (0, 1):
+        cell.place("web", i, "m1")
+        cell.update("web", i, "running")
+    cell.submit(spec(replicas=2, user="alice", command=["false"]))  # v2: a bad template
+    # the rollout replaced task 0 only, then halted
+    t0 = cell.store.tasks[("web", 0)]
+    cell.apply(C.ReplaceTasks(job="web", tasks=[[0, t0.incarnation]], reason="updated"))
+    cell.place("web", 0, "m1", version=2)
+    cell.apply(C.SetRollout(job="web", version=2, status="halted: task 0 on version 2 failed"))
+    kept = cell.store.tasks[("web", 1)].incarnation
+    r = cell.apply(C.Rollback(name="web", user="alice"))
+    assert r == {"name": "web", "version": 3, "result": "rolled-back"}
+    t0, t1 = cell.store.job_tasks("web")
+    # task 1 already runs v1's template (= v3's): same incarnation, now at version 3
+    assert (t1.version, t1.incarnation, t1.state) == (3, kept, "running")
+    # task 0 runs v2's template: still to be replaced by the rollout controller
+    assert t0.version == 2 and t0.state == ASSIGNED
+    assert cell.store.jobs["web"].spec.command == v1.command
+    assert [t.version for t in cell.store.desired_for("m1")] == [2, 3]
