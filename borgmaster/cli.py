@@ -73,6 +73,12 @@ def main() -> None:
 @click.option("--machine-timeout", default=30.0, show_default=True, help="Seconds until lost.")
 @click.option("--fsync", is_flag=True, help="Sync the Raft journal to disk before acknowledging.")
 @click.option(
+    "--join",
+    is_flag=True,
+    help="Join a running cell (then `borgcfg cell add` this replica): with an empty data dir, "
+    "do not campaign until the leader has contacted it.",
+)
+@click.option(
     "--scheduler-policy",
     type=click.Choice(["hybrid", "best", "spread"]),
     default="hybrid",
@@ -96,6 +102,7 @@ def run(
     cell: str,
     machine_timeout: float,
     fsync: bool,
+    join: bool,
     scheduler_policy: str,
     job_retention: float,
     verbose: bool,
@@ -136,6 +143,7 @@ def run(
         fsync=fsync,
         scheduler_policy=scheduler_policy,
         job_retention_s=job_retention,
+        join=join,
     )
     serve(cfg)
 

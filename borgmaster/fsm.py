@@ -18,6 +18,7 @@ from typing import Any
 
 import msgpack
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
+from pysyncobj.monotonic import monotonic as raft_clock
 from pysyncobj.node import TCPNode
 
 from borgmaster.store import Store
@@ -25,6 +26,8 @@ from borgmaster.store import Store
 log = logging.getLogger("borgmaster.fsm")
 
 DUMP_MAGIC = b"BORGCELL-SNAPSHOT-1\n"
+JOIN_HOLD_S = 1.0
+"""A joining replica keeps pushing its election deadline this far ahead, every tick."""
 
 
 @dataclass
@@ -57,6 +60,7 @@ class BorgFSM(SyncObj):  # type: ignore[misc]
         tuning: RaftTuning | None = None,
         on_state_changed: Any = None,
         fsync: bool = False,
+        join: bool = False,
     ) -> None:
         t = tuning or RaftTuning()
         os.makedirs(data_dir, exist_ok=True)
@@ -100,6 +104,23 @@ class BorgFSM(SyncObj):  # type: ignore[misc]
             raise OSError(f"raft address {self_addr}: cannot bind") from None
         if fsync:
             self._fsync_journal()
+        # Joining an existing cell: until the leader has added this replica it sends it
+        # nothing, so the replica would time out and campaign again and again, and (Raft
+        # without pre-vote) its ever higher term deposes the leader once it is a member.
+        # Hold its election timer until a leader has spoken to it.
+        self._joining = join
+        if join:
+            self.addOnTickCallback(self._hold_election_while_joining)
+
+    def _hold_election_while_joining(self) -> None:
+        if not self._joining:
+            return
+        leader = self._getLeader()
+        if leader is not None:
+            self._joining = False
+            log.info("joined the cell: leader %s", leader.address)
+            return
+        self._SyncObj__raftElectionDeadline = raft_clock() + JOIN_HOLD_S
 
     def _fsync_journal(self) -> None:
         """Flush the journal (msync of PySyncObj's mmap) after every append, so an entry is on

@@ -9,6 +9,7 @@ on a follower to the leader and calls back once the follower itself has applied 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import uuid
@@ -77,6 +78,9 @@ class MasterConfig:
     job_retention_s: float = 3600.0
     fsync: bool = False
     scheduler_policy: str = "hybrid"
+    join: bool = False
+    """Joining an existing cell: with a fresh data dir, do not campaign until the leader
+    has contacted this replica (ignored once the data dir holds Raft state)."""
 
 
 class Master:
@@ -98,6 +102,7 @@ class Master:
         self.copies = LiveCopies()
         self._held: set[tuple[str, int]] = set()
         self._threads: list[threading.Thread] = []
+        fresh = not os.path.exists(os.path.join(cfg.data_dir, "raft.journal"))
         check_data_dir(cfg.data_dir, cfg.cell, cfg.id)
         self.fsm = BorgFSM(
             cfg.raft,
@@ -108,6 +113,7 @@ class Master:
             tuning=cfg.tuning,
             on_state_changed=self._on_raft_state,
             fsync=cfg.fsync,
+            join=cfg.join and fresh,
         )
         self.proposer = Proposer(self.fsm)
         self.grpc_server: grpc.Server | None = None
@@ -121,7 +127,9 @@ class Master:
             self._leader_since = time.monotonic()
             self.last_seen.clear()
             log.info("became leader (term %s)", self.fsm.raftCurrentTerm)
-        elif old == 2:
+        elif new == 1:
+            log.info("campaigning for leadership after term %s", self.fsm.raftCurrentTerm)
+        if old == 2 and new != 2:
             self._leader_since = None
             self.copies.clear()
             self._held = set()

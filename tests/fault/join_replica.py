@@ -1,5 +1,5 @@
-"""Run one Borgmaster replica with any number of peers (`borgmaster run` accepts only cells
-of 1, 3 or 5, which a replica joining a 3-replica cell with every member as peer is not).
+"""Run one Borgmaster replica with any number of peers, joining (`borgmaster run --join`):
+it lists every member of a running cell as peer and waits to be added.
 
 Usage: python -m tests.fault.join_replica ID RAFT GRPC HTTP DATA_DIR PEER...
 """
@@ -18,7 +18,13 @@ def main(argv: list[str]) -> None:
     setup_logging("info", "text")
     serve(
         MasterConfig(
-            id=rid, raft=raft, grpc=grpc_addr, http=http_addr, data_dir=data_dir, peers=peers
+            id=rid,
+            raft=raft,
+            grpc=grpc_addr,
+            http=http_addr,
+            data_dir=data_dir,
+            peers=peers,
+            join=True,
         )
     )
 

@@ -62,10 +62,14 @@ def test_borgmaster_run_accepts_a_joining_fourth_replica(cell: Cell) -> None:
 
 
 def add_fourth(cell: Cell, stubs: Stubs) -> Proc:
-    """Start a 4th replica with every member as peer and `borgcfg cell add` it."""
+    """Start a 4th replica (joining) with every member as peer and `borgcfg cell add` it."""
     new = joining_proc(cell, 3)
     new.start()
     cell.masters.append(new)  # closed with the cell
+    wait_for(lambda: cell.http_get(new.info["http"], "/healthz")[0] == 200, 20, what="serving")
+    # Time for an election timeout (0.3-0.6 s) or two to pass before it is added: a
+    # replica that campaigned meanwhile would now hold a higher term than the cell.
+    time.sleep(1.5)  # the wait is the scenario, not synchronisation
     r = cell.borgcfg("cell", "add", new.info["raft"], "-o", "json")
     assert r.returncode == 0, r.stderr
     return new
@@ -80,8 +84,14 @@ def same_jobs(stubs: Stubs, replica: Proc, leader: Proc) -> bool:
 
 def test_fourth_replica_joins_catches_up_and_is_removed(cell: Cell, stubs: Stubs) -> None:
     write_jobs(cell, stubs, "before", 10)
+    term = max(r["term"] for r in cell.cell_json())
     new = add_fourth(cell, stubs)
     raft = new.info["raft"]
+    # Joining did not disturb the cell: the new replica waited for the leader instead of
+    # campaigning with ever higher terms (which, without pre-vote, deposes the leader).
+    wait_for(lambda: cell.http_get(new.info["http"], "/readyz")[0] == 200, 30, what="ready")
+    assert "campaigning" not in new.log(), new.log()[-2000:]
+    assert max(r["term"] for r in cell.cell_json()) == term
 
     # It catches up: ready, and the same jobs as the leader.
     wait_for(lambda: cell.http_get(new.info["http"], "/readyz")[0] == 200, 30, what="ready")
