@@ -8,6 +8,7 @@ UNAVAILABLE naming the leader when one is known, unknown jobs are NOT_FOUND.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from typing import Any, NoReturn
@@ -65,6 +66,8 @@ def _abort(context: grpc.ServicerContext, code: str, message: str) -> NoReturn:
 class MasterServicer(borg_pb2_grpc.BorgmasterServicer):
     def __init__(self, master: Master) -> None:
         self.m = master
+        self._leader_channels: dict[str, grpc.Channel] = {}
+        self._channels_lock = threading.Lock()
 
     # ----- helpers ------------------------------------------------------------------------
 
@@ -133,7 +136,38 @@ class MasterServicer(borg_pb2_grpc.BorgmasterServicer):
             name=res["name"], tasks_to_stop=res["tasks_to_stop"], already=bool(res.get("already"))
         )
 
+    def _from_leader(self, method: str, request: Any, context: grpc.ServicerContext) -> Any:
+        """A follower answers reads that show live usage and last contact by asking the leader.
+
+        Borglets report usage only to the leader (every Sync), and it is not replicated (it
+        changes every few seconds per task), so a follower's own copy would show zeros or go
+        stale after a failover. Consistent (non --stale) reads of jobs and machines are
+        therefore forwarded; the leader applies its own barrier. None when this replica is
+        the leader, no leader is known or it cannot be reached: the caller then reads its
+        local state behind a barrier as before (everything but usage is still exact)."""
+        if request.options.stale or self.m.is_leader():
+            return None
+        addr = self.m.leader_grpc()
+        if not addr or addr == self.m.cfg.grpc:
+            return None
+        with self._channels_lock:
+            ch = self._leader_channels.get(addr)
+            if ch is None:
+                ch = self._leader_channels[addr] = grpc.insecure_channel(addr)
+        left = context.time_remaining()
+        timeout = min(5.0, left) if left is not None else 5.0
+        try:
+            return getattr(borg_pb2_grpc.BorgmasterStub(ch), method)(request, timeout=timeout)
+        except grpc.RpcError as e:
+            if e.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+                context.abort(e.code(), e.details() or "")
+            log.debug("forwarding %s to the leader %s failed: %s", method, addr, e.code())
+            return None
+
     def GetJob(self, request: pb.GetJobRequest, context: grpc.ServicerContext) -> Any:
+        forwarded = self._from_leader("GetJob", request, context)
+        if forwarded is not None:
+            return forwarded
         self._read_barrier(request.options, context)
         with self.m.store.lock:
             job = self.m.store.jobs.get(request.name)
@@ -173,6 +207,9 @@ class MasterServicer(borg_pb2_grpc.BorgmasterServicer):
             return pb.ListJobsResponse(jobs=out)
 
     def ListMachines(self, request: pb.ListMachinesRequest, context: grpc.ServicerContext) -> Any:
+        forwarded = self._from_leader("ListMachines", request, context)
+        if forwarded is not None:
+            return forwarded
         self._read_barrier(request.options, context)
         with self.m.store.lock:
             out = []
