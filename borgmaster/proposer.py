@@ -38,14 +38,19 @@ MAX_BATCH = 512
 STUCK_S = 15.0
 
 
+Flight = tuple[int, list[tuple[bytes, Future[Any]]]]
+"""A proposal: its id and the (entry, future) pairs it carries."""
+
+
 class Proposer:
     def __init__(self, fsm: Any, max_in_flight: int = 1) -> None:
         self.fsm = fsm
         self.max_in_flight = max_in_flight
         self._lock = threading.Lock()
         self._queue: deque[tuple[bytes, Future[Any]]] = deque()
-        self._in_flight = 0
-        self._started: deque[float] = deque()  # start times of in-flight proposals
+        # In-flight proposals by id: start time and the futures they answer (oldest first).
+        self._flights: dict[int, tuple[float, list[Future[Any]]]] = {}
+        self._next_flight = 0
         self._barrier: Future[Any] | None = None  # queued, not yet proposed
         self._stopped = False
         # Set while this thread is inside fsm.apply: a callback PySyncObj makes synchronously
@@ -66,9 +71,9 @@ class Proposer:
                 fut.set_result((None, FAIL_REASON.REQUEST_DENIED))
                 return fut
             self._queue.append((entry, fut))
-            items = self._take()
-        if items:
-            self._pump(items)
+            flight = self._take()
+        if flight:
+            self._pump(flight)
         return fut
 
     def barrier(self) -> Future[Any]:
@@ -82,9 +87,9 @@ class Proposer:
                 return fut
             self._barrier = fut
             self._queue.append((C.encode(C.Noop()), fut))
-            items = self._take()
-        if items:
-            self._pump(items)
+            flight = self._take()
+        if flight:
+            self._pump(flight)
         return fut
 
     def stop(self) -> None:
@@ -99,49 +104,68 @@ class Proposer:
 
     # ----- internals ----------------------------------------------------------------------
 
-    def _take(self) -> list[tuple[bytes, Future[Any]]] | None:
+    def abandon_in_flight(self, reason: int = FAIL_REASON.LEADER_CHANGED) -> int:
+        """Answer every in-flight proposal with `reason` now (this replica stopped leading).
+
+        PySyncObj keeps a deposed leader's uncommitted entries waiting until a new leader
+        overwrites or commits them, which for a leader cut off from the majority means the
+        whole write timeout. Their outcome is unknown, which is what UNAVAILABLE says:
+        clients retry with the same request id, and the state machine applies it once.
+        Returns how many writes were answered."""
+        with self._lock:
+            flights = list(self._flights.values())
+            self._flights.clear()
+        n = 0
+        for _, futs in flights:
+            _resolve(futs, False, None, reason)
+            n += len(futs)
+        with self._lock:
+            flight = self._take()
+        if flight:
+            self._pump(flight)
+        return n
+
+    def _take(self) -> Flight | None:
         """The next batch to propose if a slot is free (caller holds the lock); FIFO."""
-        if self._stopped or not self._queue or self._in_flight >= self.max_in_flight:
+        if self._stopped or not self._queue or len(self._flights) >= self.max_in_flight:
             return None
         items: list[tuple[bytes, Future[Any]]] = []
         while self._queue and len(items) < MAX_BATCH:
             items.append(self._queue.popleft())
         if self._barrier is not None and any(f is self._barrier for _, f in items):
             self._barrier = None
-        self._in_flight += 1
-        self._started.append(time.monotonic())
+        fid = self._next_flight
+        self._next_flight += 1
+        self._flights[fid] = (time.monotonic(), [f for _, f in items])
         self.batches += 1
         self.entries += len(items)
-        return items
+        return fid, items
 
-    def _free_slot(self) -> None:
+    def _free_slot(self, fid: int) -> bool:
+        """Release a proposal's slot; False when it was already abandoned (answered)."""
         with self._lock:
-            if self._started:
-                self._started.popleft()
-                self._in_flight -= 1
+            return self._flights.pop(fid, None) is not None
 
-    def _pump(self, items: list[tuple[bytes, Future[Any]]] | None) -> None:
-        """Propose `items` (a slot is already held for them), then any batch that can go
-        because that proposal failed at once."""
-        while items:
+    def _pump(self, flight: Flight | None) -> None:
+        """Propose `flight` (its slot is already held), then any batch that can go because
+        that proposal failed at once."""
+        while flight:
             self._local.sending = True
             try:
-                self._propose(items)
+                self._propose(*flight)
             finally:
                 self._local.sending = False
             with self._lock:
-                items = self._take()
+                flight = self._take()
 
-    def _propose(self, items: list[tuple[bytes, Future[Any]]]) -> None:
+    def _propose(self, fid: int, items: list[tuple[bytes, Future[Any]]]) -> None:
         futs = [f for _, f in items]
         single = len(items) == 1
         entry = items[0][0] if single else C.encode(C.Batch(entries=[e for e, _ in items]))
 
         def done(res: Any, err: int) -> None:
-            try:
+            if self._free_slot(fid):  # else abandoned: its writes were answered already
                 _resolve(futs, single, res, err)
-            finally:
-                self._free_slot()
             if getattr(self._local, "sending", False):
                 return  # called from inside fsm.apply: `_pump` proposes what is next
             with self._lock:
@@ -161,23 +185,27 @@ class Proposer:
     def _watch(self) -> None:
         """Free the slot of a proposal whose callback never came (should not happen)."""
         while not self._stop_event.wait(1.0):
+            stuck: list[Future[Any]] | None = None
             with self._lock:
-                stuck = bool(self._started) and time.monotonic() - self._started[0] > STUCK_S
-                if stuck:
-                    self._started.popleft()
-                    self._in_flight -= 1
-                items = self._take() if stuck else None
-            if stuck:
+                if self._flights:
+                    fid, (started, futs) = next(iter(self._flights.items()))
+                    if time.monotonic() - started > STUCK_S:
+                        del self._flights[fid]
+                        stuck = futs
+                flight = self._take() if stuck is not None else None
+            if stuck is not None:
                 log.error("a proposal got no answer for %.0f s; freeing its slot", STUCK_S)
-            if items:
-                self._pump(items)
+                _resolve(stuck, False, None, FAIL_REASON.REQUEST_DENIED)
+            if flight:
+                self._pump(flight)
 
 
 def _resolve(futs: list[Future[Any]], single: bool, res: Any, err: int) -> None:
     """Hand each write its own result: a batch's results come back in order."""
     if err != FAIL_REASON.SUCCESS or res is None:
         for f in futs:
-            f.set_result((None, err))
+            if not f.done():
+                f.set_result((None, err))
     elif single:
         futs[0].set_result((res, err))
     else:

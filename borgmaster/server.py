@@ -133,6 +133,11 @@ class Master:
             self._leader_since = None
             self.copies.clear()
             self._held = set()
+            proposer = getattr(self, "proposer", None)  # None while __init__ still runs
+            if proposer is not None:
+                n = proposer.abandon_in_flight()
+                if n:
+                    log.warning("answered %d in-flight writes as unavailable: leadership lost", n)
             log.info("lost leadership, now %s", ROLE_NAMES.get(new, new))
 
     def is_leader(self) -> bool:

@@ -67,7 +67,9 @@ def test_minority_rejects_writes_unavailable_and_heals(cell: Cell, stubs: Stubs)
         took = time.monotonic() - t0
         print(f"minority write rejected with {e.value.code().name} after {took:.2f}s")
         assert e.value.code() == grpc.StatusCode.UNAVAILABLE, e.value.details()
-        assert took < 15.0
+        # The cut-off leader steps down after leaderFallbackTimeout (1.5 s) and answers its
+        # in-flight writes then, instead of after the 10 s write timeout.
+        assert took < 5.0, f"took {took:.2f}s"
         # Linearizable reads fail too (bounded); stale reads are still served.
         with pytest.raises(grpc.RpcError) as e2:
             list_rows(stubs, lone.info["grpc"], timeout=15)
