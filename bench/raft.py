@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import threading
 import time
 import uuid
@@ -110,6 +111,10 @@ def bench_throughput(
                 errors[i] += 1
             k += 1
 
+    leader = cell.leader()
+    procs = [leader] + [m for m in cell.masters if m is not leader]
+    cpu0 = [proc_cpu_s(m) for m in procs]
+    me0 = os.times()
     t0 = time.monotonic()
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
     for t in threads:
@@ -117,6 +122,11 @@ def bench_throughput(
     for t in threads:
         t.join()
     dt = time.monotonic() - t0
+    me1 = os.times()
+    cpu1 = [proc_cpu_s(m) for m in procs]
+    jobs = max(1, sum(counts))
+    per_job = [round((b - a) / jobs * 1000, 3) for a, b in zip(cpu0, cpu1, strict=True)]
+    client = (me1.user + me1.system - me0.user - me0.system) / jobs * 1000
     return {
         "clients": clients,
         "seconds": round(dt, 2),
@@ -126,7 +136,22 @@ def bench_throughput(
         "spread": "all clients on the leader"
         if leader_only
         else f"clients spread over all {len(addrs)} replicas",
+        # Where the CPU goes (everything shares this machine's cores): process CPU time
+        # over the run divided by the jobs committed.
+        "cpu_ms_per_job": {
+            "leader": per_job[0],
+            "followers": per_job[1:],
+            "client": round(client, 3),
+            "total": round(sum(per_job) + client, 3),
+        },
     }
+
+
+def proc_cpu_s(m: Any) -> float:
+    """User + system CPU seconds of a replica's process so far (from /proc)."""
+    with open(f"/proc/{m.popen.pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def bench_failover(cell: Cell, trials: int) -> dict[str, Any]:
