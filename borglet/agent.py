@@ -663,6 +663,13 @@ class Borglet:
             self._timer_wake.set()
             self.wake.set()
             return
+        if self._stop.is_set() and self.cfg.kill_tasks_on_exit:
+            # The Borglet began shutting down (and sweeping its tasks) while this start ran:
+            # do not leave the new process behind unrecorded.
+            log.info("task %s/%d started during shutdown; stopping it", d.job, d.index)
+            with contextlib.suppress(Exception):
+                self.runtime.stop(task_id, proc, grace_s=0)
+            return
         with self.lock:
             self.procs[key] = proc
             self.states.started(key, now_ms(), proc.pid, proc.shim_pid, proc.shim_start)

@@ -56,6 +56,8 @@ CODES = {
 }
 
 MAX_SYNC_WAIT_S = 5.0
+FORWARDED_HEADER = "borg-forwarded"
+"""Metadata on a read a follower forwards to the leader (see `_from_leader`)."""
 
 
 def _abort(context: grpc.ServicerContext, code: str, message: str) -> NoReturn:
@@ -147,6 +149,8 @@ class MasterServicer(borg_pb2_grpc.BorgmasterServicer):
         local state behind a barrier as before (everything but usage is still exact)."""
         if request.options.stale or self.m.is_leader():
             return None
+        if any(k == FORWARDED_HEADER for k, _ in context.invocation_metadata() or ()):
+            return None  # one hop only: two replicas with stale views never ping-pong
         addr = self.m.leader_grpc()
         if not addr or addr == self.m.cfg.grpc:
             return None
@@ -157,7 +161,8 @@ class MasterServicer(borg_pb2_grpc.BorgmasterServicer):
         left = context.time_remaining()
         timeout = min(5.0, left) if left is not None else 5.0
         try:
-            return getattr(borg_pb2_grpc.BorgmasterStub(ch), method)(request, timeout=timeout)
+            call = getattr(borg_pb2_grpc.BorgmasterStub(ch), method)
+            return call(request, timeout=timeout, metadata=((FORWARDED_HEADER, "1"),))
         except grpc.RpcError as e:
             if e.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
                 context.abort(e.code(), e.details() or "")
@@ -290,6 +295,7 @@ class MasterServicer(borg_pb2_grpc.BorgmasterServicer):
                     break
                 store.changed.wait(min(left, 0.5))
             desired = store.desired_for(name)
+            m.copies.sent(name, [(t.job, t.index, t.incarnation) for t in desired])
             out = []
             for t in desired:
                 job = store.jobs[t.job]

@@ -75,8 +75,8 @@ def main() -> None:
 @click.option(
     "--join",
     is_flag=True,
-    help="Join a running cell (then `borgcfg cell add` this replica): with an empty data dir, "
-    "do not campaign until the leader has contacted it.",
+    help="Join a running cell (then `borgcfg cell add` this replica): do not campaign until "
+    "a leader has contacted it; no effect once it has joined.",
 )
 @click.option(
     "--scheduler-policy",

@@ -13,8 +13,10 @@ as soon as a Sync shows that copy gone. A lost machine's copies no longer count:
 controller has declared them dead (and kills them by incarnation if the machine returns).
 
 This is leader-local, not replicated: a new leader learns the sets from the Borglets' next
-Syncs (each reconnects within a second), and the liveness controller waits a machine
-timeout before treating silent machines as lost.
+Syncs (each reconnects within a second). Until every machine that is not lost has reported
+to it (at most one machine timeout, after which silent machines are declared lost), a new
+leader also holds back tasks that were replaced, drained, preempted or already held: their
+previous copy may still run on a machine it has not heard from yet.
 """
 
 from __future__ import annotations
@@ -36,16 +38,33 @@ class LiveCopies:
 
     def observe(self, machine: str, tasks: Iterable[tuple[str, int, str, str]]) -> bool:
         """Record a Borglet's full report (job, index, incarnation, state). True when a copy
-        that was alive before is gone now, so held-back tasks may be placeable."""
+        that was alive before is gone now, or on the machine's first report to this leader,
+        so held-back tasks may be placeable."""
         alive = {
             (job, index): incarnation
             for job, index, incarnation, state in tasks
             if state not in TERMINAL_TASK_STATES
         }
         with self._lock:
-            before = self._by_machine.get(machine, {})
+            before = self._by_machine.get(machine)
             self._by_machine[machine] = alive
+        if before is None:
+            return True
         return any(alive.get(k) != inc for k, inc in before.items())
+
+    def sent(self, machine: str, tasks: Iterable[tuple[str, int, str]]) -> None:
+        """Copies the leader just told a Borglet to run count as alive until its next report
+        (which lists them from the moment it starts launching them): a task replaced in
+        that gap must not be placed elsewhere while the first copy starts."""
+        with self._lock:
+            alive = self._by_machine.setdefault(machine, {})
+            for job, index, incarnation in tasks:
+                alive.setdefault((job, index), incarnation)
+
+    def heard_from(self, machines: Iterable[str]) -> bool:
+        """Whether every one of `machines` has reported to this leader at least once."""
+        with self._lock:
+            return all(m in self._by_machine for m in machines)
 
     def forget(self, machine: str) -> bool:
         """Drop a machine's copies (it was declared lost); True if it had any."""

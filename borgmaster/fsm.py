@@ -27,6 +27,7 @@ log = logging.getLogger("borgmaster.fsm")
 
 DUMP_MAGIC = b"BORGCELL-SNAPSHOT-1\n"
 JOIN_HOLD_S = 1.0
+JOINED_MARKER = "joined"
 """A joining replica keeps pushing its election deadline this far ahead, every tick."""
 
 
@@ -108,8 +109,13 @@ class BorgFSM(SyncObj):  # type: ignore[misc]
         # nothing, so the replica would time out and campaign again and again, and (Raft
         # without pre-vote) its ever higher term deposes the leader once it is a member.
         # Hold its election timer until a leader has spoken to it.
-        self._joining = join
-        if join:
+        # The hold lasts until a leader has been seen once, recorded by a marker file in the
+        # data dir, so a joining replica restarted before `cell add` still does not campaign;
+        # once joined, a restart with --join behaves like any member.
+        self._joined_marker = os.path.join(data_dir, JOINED_MARKER)
+        self._joining = join and not os.path.exists(self._joined_marker)
+        if self._joining:
+            self._SyncObj__raftElectionDeadline = raft_clock() + JOIN_HOLD_S
             self.addOnTickCallback(self._hold_election_while_joining)
 
     def _hold_election_while_joining(self) -> None:
@@ -118,6 +124,11 @@ class BorgFSM(SyncObj):  # type: ignore[misc]
         leader = self._getLeader()
         if leader is not None:
             self._joining = False
+            try:
+                with open(self._joined_marker, "w") as f:
+                    f.write(f"{leader.address}\n")
+            except OSError as e:
+                log.warning("cannot record joining in %s: %s", self._joined_marker, e)
             log.info("joined the cell: leader %s", leader.address)
             return
         self._SyncObj__raftElectionDeadline = raft_clock() + JOIN_HOLD_S

@@ -9,7 +9,6 @@ on a follower to the leader and calls back once the follower itself has applied 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 import uuid
@@ -79,8 +78,8 @@ class MasterConfig:
     fsync: bool = False
     scheduler_policy: str = "hybrid"
     join: bool = False
-    """Joining an existing cell: with a fresh data dir, do not campaign until the leader
-    has contacted this replica (ignored once the data dir holds Raft state)."""
+    """Joining an existing cell: do not campaign until a leader has contacted this replica
+    (once it has, recorded in the data dir, the flag has no effect)."""
 
 
 class Master:
@@ -102,7 +101,6 @@ class Master:
         self.copies = LiveCopies()
         self._held: set[tuple[str, int]] = set()
         self._threads: list[threading.Thread] = []
-        fresh = not os.path.exists(os.path.join(cfg.data_dir, "raft.journal"))
         check_data_dir(cfg.data_dir, cfg.cell, cfg.id)
         self.fsm = BorgFSM(
             cfg.raft,
@@ -113,7 +111,7 @@ class Master:
             tuning=cfg.tuning,
             on_state_changed=self._on_raft_state,
             fsync=cfg.fsync,
-            join=cfg.join and fresh,
+            join=cfg.join,
         )
         self.proposer = Proposer(self.fsm)
         self.grpc_server: grpc.Server | None = None
@@ -126,12 +124,17 @@ class Master:
         if new == 2:
             self._leader_since = time.monotonic()
             self.last_seen.clear()
+            # A new term's first pass looks at every pending task: what an earlier term of
+            # this replica held back or found no room for is not in `new_pending` any more.
+            self._sched_capacity = -1
             log.info("became leader (term %s)", self.fsm.raftCurrentTerm)
         elif new == 1:
             log.info("campaigning for leadership after term %s", self.fsm.raftCurrentTerm)
         if old == 2 and new != 2:
             self._leader_since = None
             self.copies.clear()
+            with self.store.lock:  # should it lead again, its first pass looks at them
+                self.store.new_pending |= self._held & self.store.pending
             self._held = set()
             proposer = getattr(self, "proposer", None)  # None while __init__ still runs
             if proposer is not None:
@@ -598,11 +601,19 @@ class Master:
         if not snap.pending:
             return snap, []
         lost = {m.name for m in snap.machines if m.state == MACHINE_LOST}
+        since = self._leader_since
+        learning = (
+            since is not None
+            and time.monotonic() - since < self.cfg.machine_timeout_s
+            and not self.copies.heard_from(m.name for m in snap.machines if m.state != MACHINE_LOST)
+        )
         keep: list[TaskRequest] = []
         held: list[list[Any]] = []
         for tr in snap.pending:
             key = (tr.job, tr.index)
             where = self.copies.elsewhere(key, lost)
+            if not where and learning and _may_have_a_copy(reasons.get(key, "")):
+                where = "an unreported machine"
             if not where:
                 keep.append(tr)
                 continue
@@ -663,6 +674,16 @@ class Master:
                         continue
                     self.copies.forget(name)
                     self.release_held()
+
+
+def _may_have_a_copy(reason: str) -> bool:
+    """A pending task whose last copy may still run: replaced (rollout, drain), preempted, or
+    already held back for its previous copy (reasons the store and the scheduler record)."""
+    return (
+        reason in ("updated", "drained")
+        or reason.startswith("preempted")
+        or reason.startswith("waiting for its previous copy")
+    )
 
 
 def _call(obj: Any, method: str, *args: Any) -> None:

@@ -414,6 +414,10 @@ def readiness_of(job: pb.Job) -> Readiness:
     return Readiness(spec.health is not None, spec.restart.backoff_ms)
 
 
+WAIT_BACKOFF_CAP_MS = 30_000
+"""The most `up --wait` adds for a restarted task's possible backoff (see task_ready)."""
+
+
 def task_ready(t: pb.Task, r: Readiness, now_ms: int) -> bool:
     """Running, healthy if the job has a health check, and up unchanged for MIN_READY_MS: the
     rollout controller's stability rule, so a task that starts and dies at once (and is
@@ -428,7 +432,13 @@ def task_ready(t: pb.Task, r: Readiness, now_ms: int) -> bool:
         return False
     need = MIN_READY_MS
     if t.restarts > 0:
-        need += min(r.backoff_ms * 2 ** min(t.restarts - 1, 30), MAX_BACKOFF_MS)
+        # `restarts` counts every restart of the incarnation while the Borglet's backoff
+        # resets after a stable run, so this is an upper bound; capped so that a long-lived
+        # task with old restarts is not held for minutes (a crash loop whose backoff has
+        # grown past the cap is caught by the rollout controller's restart count instead).
+        need += min(
+            r.backoff_ms * 2 ** min(t.restarts - 1, 30), MAX_BACKOFF_MS, WAIT_BACKOFF_CAP_MS
+        )
     return now_ms - t.updated_ms >= need
 
 

@@ -7,7 +7,10 @@ from borgmaster.copies import LiveCopies
 
 def test_a_reported_copy_holds_its_index_until_a_report_drops_it() -> None:
     c = LiveCopies()
-    assert not c.observe("m1", [("web", 0, "a1", "running"), ("web", 1, "b1", "running")])
+    assert not c.heard_from(["m1"])
+    # A machine's first report to this leader releases what was held for want of it.
+    assert c.observe("m1", [("web", 0, "a1", "running"), ("web", 1, "b1", "running")])
+    assert c.heard_from(["m1"])
     assert c.elsewhere(("web", 0), set()) == "m1"
     assert c.elsewhere(("web", 2), set()) == ""
     # The old copy of web/0 is being stopped: still alive, nothing released.

@@ -4,6 +4,7 @@ looking only at tasks that are new since its last pass."""
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -139,6 +140,10 @@ class FakeMaster:
         m._sched_capacity = -1
         m.copies = LiveCopies()
         m._held = set()
+        m._leader_since = None
+        m.cfg = SimpleNamespace(machine_timeout_s=30.0)
+        m.fsm = SimpleNamespace(raftCurrentTerm=1)
+        m.last_seen = {}
         self.plans: list[C.ApplyPlan] = []
 
         def propose(cmd: C.Command, timeout: float | None = None) -> dict[str, Any]:
@@ -190,6 +195,67 @@ def test_a_task_whose_old_copy_still_runs_is_held_until_that_copy_is_gone() -> N
     assert f.m.schedule_once(term=0, retry_all=False) == 1
     assert f.cell.store.tasks[("a", 0)].state == "assigned"
     check_invariants(f.cell.store)
+
+
+def replaced(f: FakeMaster, job: str, index: int, machine: str) -> None:
+    """Place job/index on machine, then replace it as a rollout would (old copy stopping)."""
+    f.cell.place(job, index, machine)
+    inc = f.cell.store.tasks[(job, index)].incarnation
+    f.cell.apply(C.ReplaceTasks(job=job, tasks=[[index, inc]], reason="updated"))
+    assert f.cell.store.tasks[(job, index)].state == "pending"
+
+
+def test_a_held_task_is_looked_at_again_after_leadership_is_lost_and_regained() -> None:
+    f = FakeMaster()
+    m = f.m
+    f.cell.machine("m1", cpu=16.0, ram=64 << 30)
+    f.cell.submit(spec(name="a", replicas=1))
+    m.copies.observe("m1", [("a", 0, "old", "running")])
+    assert m.schedule_once(term=0, retry_all=False) == 0  # held
+    m._on_raft_state(2, 0)  # lost leadership (leader fallback)...
+    m._on_raft_state(0, 2)  # ...and won it back; nothing about capacity changed
+    if m.copies.observe("m1", [("a", 0, "old", "killed")]):
+        m.release_held()
+    assert m.schedule_once(term=0, retry_all=False) == 1
+
+
+def test_a_new_leader_holds_replaced_tasks_until_every_machine_has_reported() -> None:
+    f = FakeMaster()
+    m = f.m
+    f.cell.machine("m1", cpu=16.0, ram=64 << 30)
+    f.cell.machine("m2", cpu=16.0, ram=64 << 30)
+    f.cell.submit(spec(name="a", replicas=1))
+    f.cell.submit(spec(name="b", replicas=1))
+    replaced(f, "a", 0, "m1")  # its old copy may still be stopping on m1
+    m._on_raft_state(0, 2)  # a new leader: it has heard from no Borglet yet
+    # a/0 waits; b/0 (never placed, no copy anywhere) goes at once.
+    assert m.schedule_once(term=0, retry_all=False) == 1
+    assert f.cell.store.tasks[("b", 0)].state == "assigned"
+    assert f.cell.store.tasks[("a", 0)].reason.startswith("waiting for its previous copy")
+    if m.copies.observe("m2", []):
+        m.release_held()
+    assert m.schedule_once(term=0, retry_all=False) == 0  # m1 has not reported yet
+    # m1 reports: the old copy is gone, so a/0 is placed.
+    assert m.copies.observe("m1", [])
+    m.release_held()
+    assert m.schedule_once(term=0, retry_all=False) == 1
+    assert f.cell.store.tasks[("a", 0)].state == "assigned"
+
+
+def test_a_copy_just_sent_to_a_borglet_counts_until_its_next_report() -> None:
+    f = FakeMaster()
+    m = f.m
+    f.cell.machine("m1", cpu=16.0, ram=64 << 30)
+    f.cell.submit(spec(name="a", replicas=1))
+    m.copies.observe("m1", [])
+    f.cell.place("a", 0, "m1")
+    inc = f.cell.store.tasks[("a", 0)].incarnation
+    m.copies.sent("m1", [("a", 0, inc)])  # the Sync reply that tells m1 to start it
+    f.cell.apply(C.ReplaceTasks(job="a", tasks=[[0, inc]], reason="updated"))
+    assert m.schedule_once(term=0, retry_all=False) == 0  # may be starting on m1
+    assert m.copies.observe("m1", [("a", 0, inc, "killed")])
+    m.release_held()
+    assert m.schedule_once(term=0, retry_all=False) == 1
 
 
 def test_a_failed_proposal_puts_the_pass_tasks_back() -> None:
