@@ -105,7 +105,8 @@ class Proposer:
     # ----- internals ----------------------------------------------------------------------
 
     def abandon_in_flight(self, reason: int = FAIL_REASON.LEADER_CHANGED) -> int:
-        """Answer every in-flight proposal with `reason` now (this replica stopped leading).
+        """Answer every in-flight and queued write with `reason` now (this replica stopped
+        leading).
 
         PySyncObj keeps a deposed leader's uncommitted entries waiting until a new leader
         overwrites or commits them, which for a leader cut off from the majority means the
@@ -113,16 +114,17 @@ class Proposer:
         clients retry with the same request id, and the state machine applies it once.
         Returns how many writes were answered."""
         with self._lock:
-            flights = list(self._flights.values())
+            flights = [futs for _, futs in self._flights.values()]
             self._flights.clear()
+            # Queued writes were never proposed: refuse them too (they would otherwise wait
+            # for a leader inside PySyncObj); their clients retry wherever the leader is now.
+            flights.append([f for _, f in self._queue])
+            self._queue.clear()
+            self._barrier = None
         n = 0
-        for _, futs in flights:
+        for futs in flights:
             _resolve(futs, False, None, reason)
             n += len(futs)
-        with self._lock:
-            flight = self._take()
-        if flight:
-            self._pump(flight)
         return n
 
     def _take(self) -> Flight | None:

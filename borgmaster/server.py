@@ -61,6 +61,10 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+NO_LEADER_WAIT_S = 2.0
+"""How long a write or consistent read waits for a leader to be elected before UNAVAILABLE."""
+
+
 @dataclass
 class MasterConfig:
     id: str
@@ -187,8 +191,21 @@ class Master:
         the state machine's result."""
         if not cmd.ts_ms:
             cmd.ts_ms = now_ms()
+        self._wait_for_a_leader()
         fut = self.proposer.submit(C.encode(cmd))
         return self._await(fut, timeout)
+
+    def _wait_for_a_leader(self) -> None:
+        """With no leader known, wait out one election (typically well under a second), then
+        refuse: a replica cut off from the majority would otherwise hold the write until the
+        write timeout (PySyncObj queues commands while there is no leader)."""
+        deadline = time.monotonic() + NO_LEADER_WAIT_S
+        while self.fsm._getLeader() is None:
+            if time.monotonic() >= deadline or self._stop.is_set():
+                raise ProposeError(
+                    "unavailable", f"no leader elected within {NO_LEADER_WAIT_S:.0f} s"
+                )
+            time.sleep(0.01)
 
     def _await(self, fut: Any, timeout: float | None) -> dict[str, Any]:
         try:
@@ -233,6 +250,7 @@ class Master:
     def barrier(self, timeout: float = 5.0) -> None:
         """Linearizable read: wait for a (shared) no-op to commit, so this replica has applied
         every write acknowledged before the read began."""
+        self._wait_for_a_leader()
         self._await(self.proposer.barrier(), timeout)
 
     def role(self) -> str:

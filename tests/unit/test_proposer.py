@@ -102,23 +102,22 @@ def test_stop_denies_queued_and_later_writes() -> None:
     assert p.barrier().result(1) == (None, FAIL_REASON.REQUEST_DENIED)
 
 
-def test_losing_leadership_answers_in_flight_writes_at_once_and_late_callbacks_are_ignored() -> (
-    None
-):
+def test_losing_leadership_answers_in_flight_and_queued_writes_at_once() -> None:
     fsm = FakeFSM()
     p = P.Proposer(fsm)
     try:
         f0 = p.submit(w(0))
         queued = p.submit(w(1))
-        assert not f0.done()
-        assert p.abandon_in_flight() == 1
+        assert not f0.done() and len(fsm.calls) == 1
+        assert p.abandon_in_flight() == 2
         assert f0.result(1) == (None, FAIL_REASON.LEADER_CHANGED)
-        # The queued write went out in the freed slot (to be forwarded or refused by Raft).
-        assert len(fsm.calls) == 2 and not queued.done()
+        assert queued.result(1) == (None, FAIL_REASON.LEADER_CHANGED)  # never proposed
         fsm.commit(0)  # PySyncObj answers the abandoned entry late: nothing changes
         assert f0.result(1) == (None, FAIL_REASON.LEADER_CHANGED)
-        assert len(fsm.calls) == 2  # and it did not free a second slot
+        # The slot was freed once: the next write goes out at once.
+        later = p.submit(w(2))
+        assert len(fsm.calls) == 2
         fsm.commit(1)
-        assert queued.result(1) == ({"n": "1"}, 0)
+        assert later.result(1) == ({"n": "2"}, 0)
     finally:
         p.stop()
