@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import select
+import shutil
 import stat
 import threading
 import time
@@ -201,8 +202,38 @@ class Borglet:
     def state_path(self) -> str:
         return os.path.join(self.cfg.data_dir, STATE_FILE)
 
-    def sandbox_of(self, job: str, index: int) -> str:
-        return os.path.join(self.cfg.data_dir, "tasks", f"{job}.{index}")
+    def sandbox_of(self, job: str, index: int, incarnation: str) -> str:
+        """One sandbox per incarnation: restarts of a task keep it (and its logs), while a new
+        placement, or a new job that reuses the name, starts empty and cannot read what an
+        earlier one left (see `gc_sandboxes` for how old ones go)."""
+        return os.path.join(self.cfg.data_dir, "tasks", f"{job}.{index}.{incarnation}")
+
+    def gc_sandboxes(self, now: float | None = None) -> int:
+        """Delete sandboxes of tasks this Borglet no longer knows, once untouched for
+        SANDBOX_RETENTION_S: finished tasks' logs stay readable for a while, and disk does not
+        fill with sandboxes of jobs long gone. Returns how many were removed."""
+        tasks_dir = os.path.join(self.cfg.data_dir, "tasks")
+        now = time.time() if now is None else now
+        with self.lock:
+            keep = {f"{j}.{i}.{inc}" for j, i, inc in self.states.tasks}
+        removed = 0
+        try:
+            entries = list(os.scandir(tasks_dir))
+        except OSError:
+            return 0
+        for e in entries:
+            if e.name in keep or not e.is_dir(follow_symlinks=False):
+                continue
+            try:
+                if now - e.stat(follow_symlinks=False).st_mtime < SANDBOX_RETENTION_S:
+                    continue
+            except OSError:
+                continue
+            shutil.rmtree(e.path, ignore_errors=True)
+            removed += 1
+        if removed:
+            log.info("removed %d sandbox(es) of tasks gone for an hour or more", removed)
+        return removed
 
     # ----- lifecycle ----------------------------------------------------------------------
 
@@ -640,7 +671,7 @@ class Borglet:
                     task_id=task_id,
                     argv=list(spec.command),
                     env=env,
-                    sandbox=self.sandbox_of(d.job, d.index),
+                    sandbox=self.sandbox_of(d.job, d.index, d.incarnation),
                     user=user,
                     limits=Limits(
                         cpu=spec.requirements.cpu,
@@ -835,8 +866,12 @@ class Borglet:
     def _usage_loop(self) -> None:
         """Refresh per-task usage from the cgroup files every --usage-interval (bounded cost:
         a few small reads per running task), and notice tasks stuck at pids.max."""
+        last_gc = 0.0
         while not self._stop.wait(self.cfg.usage_interval_s):
             self.refresh_usage()
+            if time.monotonic() - last_gc >= 60.0:
+                last_gc = time.monotonic()
+                self.gc_sandboxes()
 
     def refresh_usage(self) -> None:
         with self.lock:
@@ -903,7 +938,8 @@ class Borglet:
                 env.setdefault("PATH", DEFAULT_PATH)
                 for name, port in t.ports.items():
                     env[f"BORG_PORT_{name.upper().replace('-', '_')}"] = str(port)
-                ok = probe_exec(check.argv, env, self.sandbox_of(t.job, t.index), user, timeout)
+                sandbox = self.sandbox_of(*key)
+                ok = probe_exec(check.argv, env, sandbox, user, timeout)
             else:
                 port = t.ports.get(check.port, 0)
                 if check.kind == HTTP:
@@ -962,9 +998,42 @@ class Borglet:
         threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
         return server
 
-    def find_sandbox(self, job: str, index: int) -> str | None:
-        path = self.sandbox_of(job, index)
-        return path if os.path.isdir(path) else None
+    def find_sandbox(self, job: str, index: int, incarnation: str = "") -> str | None:
+        """The sandbox of that incarnation; without one, of the copy this Borglet runs (or
+        knows) for job/index, else the newest one left on disk."""
+        if incarnation:
+            path = self.sandbox_of(job, index, incarnation)
+            return path if os.path.isdir(path) else None
+        with self.lock:
+            known = [
+                (t.phase != DONE, k) for k, t in self.states.tasks.items() if k[:2] == (job, index)
+            ]
+        if known:
+            path = self.sandbox_of(*max(known)[1])
+            if os.path.isdir(path):
+                return path
+        tasks_dir = os.path.join(self.cfg.data_dir, "tasks")
+        prefix = f"{job}.{index}"
+        try:
+            found = [
+                e
+                for e in os.scandir(tasks_dir)
+                if (e.name == prefix or e.name.startswith(prefix + ".")) and e.is_dir()
+            ]
+        except OSError:
+            return None
+        if not found:
+            return None
+        return max(found, key=lambda e: e.stat().st_mtime).path
+
+    def task_running(self, job: str, index: int, sandbox: str) -> bool:
+        """Whether the task whose sandbox this is may still write to its logs (running, in a
+        restart backoff, or being stopped): `logs -f` ends once it is finished for good."""
+        with self.lock:
+            for k, t in self.states.tasks.items():
+                if k[:2] == (job, index) and self.sandbox_of(*k) == sandbox:
+                    return t.phase != DONE
+        return False
 
 
 def _first_closed_dir(path: str) -> str:
@@ -980,12 +1049,15 @@ def _first_closed_dir(path: str) -> str:
 
 
 FOLLOW_POLL_S = 0.2
+SANDBOX_RETENTION_S = 3600.0
+"""How long a sandbox of a task this Borglet no longer knows is kept after its last change."""
 
 
-def follow_file(path: str, tail_bytes: int, follow: bool, active: Any) -> Any:
+def follow_file(path: str, tail_bytes: int, follow: bool, active: Any, writing: Any = None) -> Any:
     """Yield the file's bytes; with `follow`, keep yielding what is appended, across
     rotations (the file renamed to path.1 and a new one created: the old one is read to its
-    end first) and truncations, while `active()` is true."""
+    end first) and truncations, while `active()` is true and, when given, `writing()` says
+    the task may still write (once it is finished, the rest is read and the stream ends)."""
     f = open(path, "rb")  # noqa: SIM115 - reopened on rotation
     try:
         ino = os.fstat(f.fileno()).st_ino
@@ -998,6 +1070,11 @@ def follow_file(path: str, tail_bytes: int, follow: bool, active: Any) -> Any:
                 yield chunk
                 continue
             if not follow:
+                return
+            if writing is not None and not writing():
+                rest = f.read()  # written between the last read and the task's end
+                if rest:
+                    yield rest
                 return
             try:
                 st = os.stat(path)
@@ -1024,7 +1101,7 @@ class _LogsServicer(borg_pb2_grpc.BorgletServicer):
         self.b = b
 
     def ReadLogs(self, request: pb.ReadLogsRequest, context: grpc.ServicerContext) -> Any:
-        sandbox = self.b.find_sandbox(request.job, request.index)
+        sandbox = self.b.find_sandbox(request.job, request.index, request.incarnation)
         if sandbox is None:
             context.abort(
                 grpc.StatusCode.NOT_FOUND, f"no task {request.job}/{request.index} on this machine"
@@ -1033,5 +1110,12 @@ class _LogsServicer(borg_pb2_grpc.BorgletServicer):
         path = os.path.join(sandbox, "stderr" if request.stderr else "stdout")
         if not os.path.isfile(path):
             context.abort(grpc.StatusCode.NOT_FOUND, f"no {os.path.basename(path)} log yet")
-        for chunk in follow_file(path, request.tail_bytes, request.follow, context.is_active):
+        job, index = request.job, request.index
+
+        def running() -> bool:
+            return self.b.task_running(job, index, sandbox)
+
+        for chunk in follow_file(
+            path, request.tail_bytes, request.follow, context.is_active, running
+        ):
             yield pb.LogChunk(data=chunk)

@@ -944,7 +944,7 @@ def logs(ctx: Ctx, task: str, stderr: bool, follow: bool) -> None:
     if not addr:
         fail(f"machine {machine} of task {task} is unknown", 1)
     out = sys.stdout.buffer
-    for chunk in ctx.client.logs(addr, name, idx, stderr, follow):
+    for chunk in ctx.client.logs(addr, name, idx, stderr, follow, matches[0].incarnation):
         out.write(chunk)
         out.flush()
 

@@ -292,11 +292,19 @@ class Client:
     # ----- Borglets -----------------------------------------------------------------------
 
     def logs(
-        self, machine_addr: str, job: str, index: int, stderr: bool, follow: bool
+        self,
+        machine_addr: str,
+        job: str,
+        index: int,
+        stderr: bool,
+        follow: bool,
+        incarnation: str = "",
     ) -> Iterator[bytes]:
         ch = self._channel_factory(machine_addr)
         stub = borg_pb2_grpc.BorgletStub(ch)
-        req = pb.ReadLogsRequest(job=job, index=index, stderr=stderr, follow=follow)
+        req = pb.ReadLogsRequest(
+            job=job, index=index, stderr=stderr, follow=follow, incarnation=incarnation
+        )
         try:
             for chunk in stub.ReadLogs(req, timeout=None if follow else self.timeout):
                 yield chunk.data

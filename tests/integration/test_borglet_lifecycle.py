@@ -117,7 +117,32 @@ def task_pids(cell: Cell, job: str, index: int = 0) -> list[int]:
 
 
 def sandbox(cell: Cell, job: str, index: int = 0) -> str:
-    return os.path.join(cell.borglets[0].info["data"], "tasks", f"{job}.{index}")
+    """The task's sandbox: one per incarnation (`tasks/JOB.INDEX.INCARNATION`), the newest."""
+    tasks = Path(cell.borglets[0].info["data"], "tasks")
+    found = sorted(tasks.glob(f"{job}.{index}.*"), key=lambda p: p.stat().st_mtime)
+    assert found, f"no sandbox for {job}/{index} in {tasks}"
+    return str(found[-1])
+
+
+def test_a_new_job_with_the_same_name_gets_an_empty_sandbox_and_its_own_logs(
+    cell1: Cell, tmp_path: Path
+) -> None:
+    """A sandbox belongs to one incarnation: a later job of the same name (maybe another
+    user's) neither sees the files nor the logs an earlier one left."""
+    job = "kind: batch\nrequirements: {cpu: 0.05, ram: 16Mi}\ncommand: '%s'\n"
+    up(cell1, tmp_path, "same", job % "echo first; echo secret > f", "--wait", "--timeout", "30")
+    old = sandbox(cell1, "same")
+    assert Path(old, "f").read_text() == "secret\n"
+    down(cell1, "same")
+    up(cell1, tmp_path, "same", job % "echo second; ls", "--wait", "--timeout", "30")
+    new = sandbox(cell1, "same")
+    assert new != old and not Path(new, "f").exists()
+    logs = cell1.borgcfg("logs", "same/0")
+    assert logs.returncode == 0 and logs.stdout.startswith("second\n"), logs.stdout
+    assert "first" not in logs.stdout and "secret" not in logs.stdout
+    # `logs -f` of the finished task ends by itself.
+    follow = cell1.borgcfg("logs", "same/0", "-f")
+    assert follow.returncode == 0 and follow.stdout == logs.stdout
 
 
 def metrics(cell: Cell) -> str:

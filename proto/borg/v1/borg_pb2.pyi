@@ -357,18 +357,20 @@ class SyncResponse(_message.Message):
     def __init__(self, tasks: _Optional[_Iterable[_Union[DesiredTask, _Mapping]]] = ..., generation: _Optional[int] = ..., cell: _Optional[str] = ...) -> None: ...
 
 class ReadLogsRequest(_message.Message):
-    __slots__ = ("job", "index", "stderr", "follow", "tail_bytes")
+    __slots__ = ("job", "index", "stderr", "follow", "tail_bytes", "incarnation")
     JOB_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
     STDERR_FIELD_NUMBER: _ClassVar[int]
     FOLLOW_FIELD_NUMBER: _ClassVar[int]
     TAIL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     job: str
     index: int
     stderr: bool
     follow: bool
     tail_bytes: int
-    def __init__(self, job: _Optional[str] = ..., index: _Optional[int] = ..., stderr: _Optional[bool] = ..., follow: _Optional[bool] = ..., tail_bytes: _Optional[int] = ...) -> None: ...
+    incarnation: str
+    def __init__(self, job: _Optional[str] = ..., index: _Optional[int] = ..., stderr: _Optional[bool] = ..., follow: _Optional[bool] = ..., tail_bytes: _Optional[int] = ..., incarnation: _Optional[str] = ...) -> None: ...
 
 class LogChunk(_message.Message):
     __slots__ = ("data",)
