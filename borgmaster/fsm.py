@@ -45,6 +45,11 @@ class RaftTuning:
     # PySyncObj retries a lost peer connection every 5 s by default: a replica that just
     # restarted could then not vote for that long. Reconnect fast instead.
     connection_retry_time: float = 0.3
+    # PySyncObj ships an entry larger than this in chunks ("transmission"), and its chunking
+    # marks the last chunk by the raw entry's length instead of the pickled one's, so a
+    # follower can get a truncated pickle (UnpicklingError, seen with ~2,000-task plans).
+    # Keep every real entry below it: commands are msgpack, a 100k-task plan is a few MB.
+    append_entries_batch_size_bytes: int = 64 << 20
     log_compaction_min_entries: int = 20_000
     log_compaction_min_time: int = 300
 
@@ -82,6 +87,7 @@ class BorgFSM(SyncObj):  # type: ignore[misc]
             password=password,
             appendEntriesPeriod=t.append_entries_period,
             appendEntriesUseBatch=False,
+            appendEntriesBatchSizeBytes=t.append_entries_batch_size_bytes,
             raftMinTimeout=t.raft_min_timeout,
             raftMaxTimeout=t.raft_max_timeout,
             connectionTimeout=max(3.5, t.raft_max_timeout),
