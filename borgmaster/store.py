@@ -757,7 +757,9 @@ class Store:
         states = [t.state for t in tasks]
         if job.killed:
             job.state = KILLED
-        elif job.spec.kind == BATCH and states and all(s == SUCCEEDED for s in states):
+        elif states and all(s == SUCCEEDED for s in states):
+            # Batch jobs, and services whose tasks all ended well under `on-failure`/`never`
+            # (nothing restarts them): finished, not waiting for anything.
             job.state = SUCCEEDED
         elif FAILED in states and (
             job.spec.kind == BATCH or all(s in TERMINAL_TASK_STATES for s in states)

@@ -490,6 +490,9 @@ def job_progress(
         p.finished, p.failed = True, job.rollout
     elif job.state in ("failed", "killed"):
         p.finished, p.failed = True, f"job {job.state}"
+    elif job.state == "succeeded":
+        p.finished = True  # a service whose tasks all exited 0 and are not restarted
+        p.done = p.total
     else:
         p.finished = p.done >= job.replicas and not job.rollout.startswith("rolling")
     return p

@@ -394,6 +394,18 @@ def test_service_job_with_running_task_is_running() -> None:
     assert cell.store.tasks[("web", 0)].restarts == 2
 
 
+def test_service_whose_tasks_all_exited_0_without_restart_is_succeeded_not_pending() -> None:
+    cell = Cell()
+    cell.machine("m1")
+    cell.submit(spec(replicas=2, kind=SERVICE))
+    cell.place("web", 0, "m1")
+    cell.place("web", 1, "m1")
+    cell.update("web", 0, SUCCEEDED, exit_code=0)
+    assert cell.store.jobs["web"].state == PENDING  # web/1 not started yet
+    cell.update("web", 1, SUCCEEDED, exit_code=0)
+    assert cell.store.jobs["web"].state == SUCCEEDED
+
+
 def test_terminal_task_ignores_later_updates() -> None:
     cell = Cell()
     _placed_batch(cell, 1)
