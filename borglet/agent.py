@@ -181,6 +181,9 @@ class Borglet:
         # Counters for /metrics that outlive one incarnation of a task (monotonic per job/index).
         self.oom_kills: dict[tuple[str, int], int] = {}
         self.restarts_total: dict[tuple[str, int], int] = {}
+        # When the last copy of a task index was forgotten: its counters are dropped from
+        # /metrics COUNTER_RETENTION_S later (see prune_counters).
+        self._forgotten_at: dict[tuple[str, int], float] = {}
         self._dirty = False
         self._state_lock = threading.Lock()
         self._watch_lock = threading.Lock()
@@ -207,6 +210,25 @@ class Borglet:
         placement, or a new job that reuses the name, starts empty and cannot read what an
         earlier one left (see `gc_sandboxes` for how old ones go)."""
         return os.path.join(self.cfg.data_dir, "tasks", f"{job}.{index}.{incarnation}")
+
+    def prune_counters(self, now: float | None = None) -> int:
+        """Drop the restart and OOM counters of task indices gone for COUNTER_RETENTION_S, so
+        /metrics does not keep series of jobs long gone (they would grow without bound with
+        array jobs) while a just-finished task's figures can still be scraped."""
+        now = time.monotonic() if now is None else now
+        with self.lock:
+            live = {k[:2] for k in self.states.tasks}
+            old = [
+                ji
+                for ji, at in self._forgotten_at.items()
+                if ji in live or now - at >= COUNTER_RETENTION_S
+            ]
+            for ji in old:
+                del self._forgotten_at[ji]
+                if ji not in live:
+                    self.restarts_total.pop(ji, None)
+                    self.oom_kills.pop(ji, None)
+        return len(old)
 
     def gc_sandboxes(self, now: float | None = None) -> int:
         """Delete sandboxes of tasks this Borglet no longer knows, once untouched for
@@ -585,6 +607,10 @@ class Borglet:
             for key in gone:
                 self.usage.pop(key, None)
                 self.health.pop(key, None)
+            live = {k[:2] for k in self.states.tasks}
+            for key in gone:
+                if key[:2] not in live:
+                    self._forgotten_at[key[:2]] = time.monotonic()
             if gone:
                 self._mark_dirty()
         self.converge()
@@ -872,6 +898,7 @@ class Borglet:
             if time.monotonic() - last_gc >= 60.0:
                 last_gc = time.monotonic()
                 self.gc_sandboxes()
+                self.prune_counters()
 
     def refresh_usage(self) -> None:
         with self.lock:
@@ -1049,6 +1076,8 @@ def _first_closed_dir(path: str) -> str:
 
 
 FOLLOW_POLL_S = 0.2
+COUNTER_RETENTION_S = 600.0
+"""How long /metrics keeps a forgotten task index's restart and OOM counters."""
 SANDBOX_RETENTION_S = 3600.0
 """How long a sandbox of a task this Borglet no longer knows is kept after its last change."""
 
