@@ -435,8 +435,10 @@ class Store:
 
     def _rollback(self, cmd: C.Rollback) -> Result:
         job = self.jobs.get(cmd.name)
-        if job is None or job.killed:
+        if job is None:
             return err("not-found", f"job '{cmd.name}' does not exist")
+        if job.killed:
+            return err("invalid", f"job '{cmd.name}' was killed: submit it again (`up`) instead")
         if cmd.user and job.spec.user and cmd.user != job.spec.user:
             return err(
                 "permission-denied",

@@ -281,7 +281,7 @@ def with_jsonnet_opts(fn: F) -> F:
 
 
 @main.command()
-@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("file")
 @with_jsonnet_opts
 @output_option
 @click.pass_obj
@@ -304,7 +304,7 @@ def validate(
 
 
 @main.command()
-@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("file")
 @click.option("--wait", is_flag=True, help="Wait until tasks run (service) or finish (batch).")
 @click.option("--timeout", default=300.0, show_default=True, help="Seconds to --wait.")
 @with_jsonnet_opts
@@ -658,7 +658,7 @@ def _fmt(v: Any) -> str:
 
 
 @main.command()
-@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("file")
 @click.option(
     "--exit-code", is_flag=True, help="Exit 4 when there are differences (like git diff)."
 )

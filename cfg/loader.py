@@ -123,6 +123,9 @@ def _evaluate(
 
 def _read(path: str) -> str:
     try:
+        if os.path.exists(path) and not os.path.isdir(path) and not os.path.isfile(path):
+            # a FIFO or device would block or never end: only regular files are configs
+            raise ConfigError("not a regular file", file=path)
         with open(path, "rb") as f:
             raw = f.read()
     except FileNotFoundError:

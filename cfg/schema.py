@@ -87,6 +87,8 @@ JOB_KEYS = (
 )
 REQUIREMENTS_KEYS = ("cpu", "ram", "disk", "gpu", "ports")
 RESTART_KEYS = ("policy", "max_restarts", "backoff")
+MAX_ARG_BYTES = 128 * 1024
+"""Linux's MAX_ARG_STRLEN: the longest single argument (with its NUL) exec accepts."""
 HEALTH_KEYS = ("http", "tcp", "exec", "interval", "timeout", "failure_threshold", "initial_delay")
 HTTP_KEYS = ("port", "path")
 TCP_KEYS = ("port",)
@@ -266,11 +268,22 @@ class _Validator:
     def argv(self, v: object, path: Path) -> list[str]:
         """A command: a non-empty argv list, or a string run by `/bin/sh -c`."""
         if isinstance(v, str):
-            return ["/bin/sh", "-c", self.string(v, path, nonempty=True)]
+            argv = ["/bin/sh", "-c", self.string(v, path, nonempty=True)]
+            self.arg_size(argv[2], path)
+            return argv
         items = self.list_(v, path, "a list of strings or a string")
         if not items:
             self.fail(path, "must not be empty")
-        return [self.string(a, (*path, i), nonempty=True) for i, a in enumerate(items)]
+        out = [self.string(a, (*path, i), nonempty=True) for i, a in enumerate(items)]
+        for i, a in enumerate(out):
+            self.arg_size(a, (*path, i))
+        return out
+
+    def arg_size(self, a: str, path: Path) -> None:
+        """Linux refuses exec with one argument over MAX_ARG_STRLEN (128 KiB): say so now
+        rather than as `exec: argument list too long` on the machine."""
+        if len(a.encode()) >= MAX_ARG_BYTES:
+            self.fail(path, f"longer than {MAX_ARG_BYTES // 1024} KiB, the most exec accepts")
 
     # -- sections -------------------------------------------------------------------------
 
@@ -414,6 +427,12 @@ class _Validator:
         out = RestartPolicy(policy="always" if kind == SERVICE else "on-failure")
         if "policy" in d:
             out.policy = self.enum(d["policy"], (*path, "policy"), RESTART_POLICIES)
+            if kind != SERVICE and out.policy == "always":
+                self.fail(
+                    (*path, "policy"),
+                    "'always' is for services; a batch task that succeeded is done "
+                    "(use on-failure or never)",
+                )
         if "max_restarts" in d:
             out.max_restarts = self.integer(d["max_restarts"], (*path, "max_restarts"), 0, MAX_INT)
         if "backoff" in d:

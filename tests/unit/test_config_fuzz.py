@@ -102,6 +102,8 @@ def valid_jobs(draw: st.DrawFn) -> dict[str, Any]:
     for key, strat in optional.items():
         if draw(st.booleans()):
             job[key] = draw(strat)
+    if job.get("kind") == "batch" and job.get("restart", {}).get("policy") == "always":
+        job["restart"]["policy"] = "on-failure"  # `always` is refused for batch jobs
     if draw(st.booleans()):
         checks: list[st.SearchStrategy[dict[str, Any]]] = [
             st.fixed_dictionaries({"exec": commands})

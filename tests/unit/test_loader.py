@@ -3,6 +3,7 @@ file, line and column."""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -337,3 +338,26 @@ def test_every_config_block_in_docs_validates(tmp_path: Path) -> None:
     for i, (lang, text) in enumerate(blocks):
         f = write(tmp_path, f"doc{i}.{lang}", text)
         assert load_file(f), f"block {i} of docs/config.md evaluates to no jobs"
+
+
+def test_a_fifo_is_refused_not_read_forever(tmp_path: Path) -> None:
+    f = tmp_path / "pipe.yaml"
+    os.mkfifo(f)
+    with pytest.raises(ConfigError, match="not a regular file"):
+        load_file(str(f))
+
+
+def test_a_directory_is_a_config_error(tmp_path: Path) -> None:
+    d = tmp_path / "dir.yaml"
+    d.mkdir()
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_file(str(d))
+
+
+def test_batch_jobs_refuse_restart_always_and_huge_arguments(tmp_path: Path) -> None:
+    b = write(tmp_path, "b.yaml", "name: b\nkind: batch\ncommand: x\nrestart: {policy: always}\n")
+    with pytest.raises(ConfigError, match=r"restart.policy: 'always' is for services"):
+        load_file(b)
+    c = write(tmp_path, "c.yaml", "name: c\ncommand: '" + "a" * (128 * 1024) + "'\n")
+    with pytest.raises(ConfigError, match="longer than 128 KiB"):
+        load_file(c)
