@@ -398,7 +398,11 @@ class Store:
         for i in range(spec.replicas, old_replicas):
             gone = self.tasks.get((spec.name, i))
             if gone is not None:
+                machine = gone.machine
+                was = gone.state
                 self._drop_task(gone)
+                if was not in TERMINAL_TASK_STATES:
+                    self._event("killed", spec.name, i, machine, "scaled down")
         for i in range(old_replicas, spec.replicas):
             self._new_task(job, i, ts)
         if template_changed:

@@ -526,3 +526,17 @@ def test_apply_is_deterministic() -> None:
         replay.apply(entry, i)
     assert replay.digest() == cell.store.digest()
     assert replay.snapshot_bytes() == cell.store.snapshot_bytes()
+
+
+def test_scaling_down_emits_a_killed_event_per_removed_task() -> None:
+    cell = Cell()
+    cell.machine("m1")
+    cell.submit(spec(replicas=4, kind=SERVICE))
+    cell.place("web", 2, "m1")
+    before = cell.store.next_event
+    cell.submit(spec(replicas=2, kind=SERVICE))
+    evs = [e for e in cell.store.events if e.index >= before and e.type == "killed"]
+    assert sorted((e.task_index, e.machine, e.message) for e in evs) == [
+        (2, "m1", "scaled down"),
+        (3, "", "scaled down"),
+    ]
