@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import os
 import pwd
-import shutil
 import signal
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +26,7 @@ import pytest
 
 from borglet.runtime.cgroups import V2_CONTROLLERS, CgroupV2, Limits
 from borglet.runtime.process import ProcessRuntime, SpawnSpec, TaskProcess
+from tests.cgroup_util import alive, tear_down, wait_for
 
 pytestmark = pytest.mark.cgroups
 
@@ -64,22 +63,6 @@ def _skip_reason() -> str | None:
 
 SKIP = _skip_reason()
 MOUNT = cgroup2_mount() or ""
-
-
-def wait_for(cond: Callable[[], object], timeout: float, what: str) -> None:
-    """Poll a condition against a deadline (never a bare sleep as synchronisation)."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
-
-
-def alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def v2_path_of(pid: int) -> str:
@@ -129,14 +112,7 @@ def env() -> Iterator[Env]:
     try:
         yield e
     finally:
-        for name, proc in e.started:
-            e.runtime.stop(name, proc, grace_s=0.1)
-        for name in driver.list():
-            driver.kill(name, signal.SIGKILL)
-            wait_for(lambda n=name: not driver.pids(n), 5, f"cgroup {name} to empty")  # type: ignore[misc]
-            driver.remove(name)
-        assert driver.remove_parent()
-        shutil.rmtree(base, ignore_errors=True)
+        tear_down(driver, e.runtime, e.started, base)
 
 
 def test_task_and_its_child_run_in_their_cgroup2_cgroup(env: Env) -> None:

@@ -82,6 +82,17 @@ def start_dev(dev_dir: str, g: int, h: int, *extra: str) -> subprocess.Popen[byt
         )
 
 
+def clean_up(dev: subprocess.Popen[bytes], log_path: str) -> None:
+    """Kill a dev cell that is still up (the test failed), drop empty top cgroups, and print
+    the tail of its log (shown by pytest only on failure)."""
+    if dev.poll() is None:
+        os.killpg(dev.pid, signal.SIGKILL)
+        dev.wait(10)
+    remove_empty_top_cgroups()
+    with open(log_path, errors="replace") as f:
+        print(f.read()[-8000:])
+
+
 def test_dev_cell_runs_hello_and_cleans_up_on_sigterm(dev_dir: str) -> None:
     why = cgroups_usable()
     if why:
@@ -111,12 +122,7 @@ def test_dev_cell_runs_hello_and_cleans_up_on_sigterm(dev_dir: str) -> None:
         assert not processes_with_env("BORG_JOB", "hello")
         assert not driver.list()
     finally:
-        if dev.poll() is None:
-            os.killpg(dev.pid, signal.SIGKILL)
-            dev.wait(10)
-        remove_empty_top_cgroups()
-        with open(log_path, errors="replace") as f:
-            print(f.read()[-5000:])
+        clean_up(dev, log_path)
 
 
 def _hello_running(master: str) -> bool:
@@ -167,9 +173,4 @@ def test_dev_cell_restart_runs_the_service_job_again(dev_dir: str) -> None:
         assert dev.wait(60) == 0
         assert not processes_with_env("BORG_JOB", "hello")
     finally:
-        if dev.poll() is None:
-            os.killpg(dev.pid, signal.SIGKILL)
-            dev.wait(10)
-        remove_empty_top_cgroups()
-        with open(log_path, errors="replace") as f:
-            print(f.read()[-8000:])
+        clean_up(dev, log_path)

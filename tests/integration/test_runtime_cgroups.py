@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import os
 import pwd
-import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import pytest
 
 from borglet.runtime.cgroups import CgroupDriver, Limits, detect
 from borglet.runtime.process import ExecError, ProcessRuntime, SpawnSpec, TaskProcess, UserError
+from tests.cgroup_util import alive, tear_down, wait_for
 
 pytestmark = pytest.mark.cgroups
 
@@ -43,15 +43,6 @@ def _skip_reason() -> str | None:
 
 SKIP = _skip_reason()
 needs_cgroups = pytest.mark.skipif(SKIP is not None, reason=SKIP or "")
-
-
-def wait_for(cond: Callable[[], object], timeout: float, what: str) -> None:
-    """Poll a condition against a deadline (never a bare sleep as synchronisation)."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
 
 
 @dataclass
@@ -95,14 +86,7 @@ def env() -> Iterator[Env]:
     try:
         yield e
     finally:
-        for name, proc in e.started:
-            e.runtime.stop(name, proc, grace_s=0.1)
-        for name in driver.list():
-            driver.kill(name, signal.SIGKILL)
-            wait_for(lambda n=name: not driver.pids(n), 5, f"cgroup {name} to empty")  # type: ignore[misc]
-            driver.remove(name)
-        assert driver.remove_parent()
-        shutil.rmtree(base, ignore_errors=True)
+        tear_down(driver, e.runtime, e.started, base)
 
 
 def proc_cgroup_path(pid: int, version: int) -> str:
@@ -115,13 +99,6 @@ def proc_cgroup_path(pid: int, version: int) -> str:
             if version == 1 and "memory" in controllers.split(","):
                 return path
     raise AssertionError(f"no cgroup line for pid {pid}")
-
-
-def alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 @needs_cgroups

@@ -260,10 +260,8 @@ class FakeMaster(borg_pb2_grpc.BorgmasterServicer):
         return pb.ChangeMembershipResponse(replicas=reps)
 
 
-@pytest.fixture
-def fake() -> Iterator[tuple[FakeMaster, str]]:
-    """A fresh fake master per test (starting a gRPC server takes a few milliseconds)."""
-    fm = FakeMaster()
+def serve(fm: FakeMaster) -> Iterator[tuple[FakeMaster, str]]:
+    """Serve `fm` on a free loopback port for as long as the generator is open."""
     srv = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     borg_pb2_grpc.add_BorgmasterServicer_to_server(fm, srv)
     port = srv.add_insecure_port("127.0.0.1:0")
@@ -271,6 +269,12 @@ def fake() -> Iterator[tuple[FakeMaster, str]]:
     fm.addr = f"127.0.0.1:{port}"
     yield fm, fm.addr
     srv.stop(None)
+
+
+@pytest.fixture
+def fake() -> Iterator[tuple[FakeMaster, str]]:
+    """A fresh fake master per test (starting a gRPC server takes a few milliseconds)."""
+    yield from serve(FakeMaster())
 
 
 def run(addr: str, *args: str, env: dict[str, str] | None = None) -> Result:

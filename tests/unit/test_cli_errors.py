@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator
-from concurrent import futures
 from pathlib import Path
 from typing import Any
 
@@ -19,24 +18,13 @@ from click.testing import CliRunner
 
 from cfg.cli import Readiness, job_progress, main, task_ready
 from proto.borg.v1 import borg_pb2 as pb
-from proto.borg.v1 import borg_pb2_grpc
-from tests.unit.test_cli import HELLO, FakeMaster, one_line_error, run, write
+from tests.unit.test_cli import HELLO, FakeMaster, one_line_error, run, serve, write
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def serve(fm: FakeMaster) -> Iterator[tuple[Any, str]]:
-    srv = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    borg_pb2_grpc.add_BorgmasterServicer_to_server(fm, srv)
-    port = srv.add_insecure_port("127.0.0.1:0")
-    srv.start()
-    fm.addr = f"127.0.0.1:{port}"
-    yield fm, fm.addr
-    srv.stop(None)
 
 
 @pytest.fixture
