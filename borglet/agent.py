@@ -184,6 +184,7 @@ class Borglet:
         # When the last copy of a task index was forgotten: its counters are dropped from
         # /metrics COUNTER_RETENTION_S later (see prune_counters).
         self._forgotten_at: dict[tuple[str, int], float] = {}
+        self.state_error = ""  # why the state file cannot be written ("" when it can)
         self._dirty = False
         self._state_lock = threading.Lock()
         self._watch_lock = threading.Lock()
@@ -381,10 +382,11 @@ class Borglet:
     def _mark_dirty(self) -> None:
         self._dirty = True
 
-    def _flush_state(self, force: bool = False) -> None:
-        """Write the task table atomically (temp file + rename) when it changed."""
+    def _flush_state(self, force: bool = False) -> bool:
+        """Write the task table atomically (temp file + rename) when it changed. False when
+        it cannot be written (then `state_error` says why; /healthz reports it)."""
         if not (self._dirty or force):
-            return
+            return not self.state_error
         with self._state_lock:
             with self.lock:
                 self._dirty = False
@@ -400,7 +402,14 @@ class Borglet:
                 os.replace(tmp, self.state_path)
             except OSError as e:
                 self._dirty = True
-                log.error("cannot write %s: %s", self.state_path, e)
+                if not self.state_error:
+                    log.error("cannot write %s: %s", self.state_path, e)
+                self.state_error = f"cannot write {self.state_path}: {e.strerror or e}"
+                return False
+            if self.state_error:
+                log.info("state file %s written again", self.state_path)
+            self.state_error = ""
+            return True
 
     def _load_state(self) -> list[LocalTask]:
         try:
@@ -485,7 +494,6 @@ class Borglet:
     # ----- talking to the master ----------------------------------------------------------
 
     def _request(self, wait_ms: int) -> tuple[pb.SyncRequest, set[TaskKey]]:
-        self._flush_state()  # the master never hears of a task the state file does not know
         with self.lock:
             reports = []
             for key, t in self.states.tasks.items():
@@ -525,6 +533,11 @@ class Borglet:
                 ch = channels[addr] = grpc.insecure_channel(addr)
             stub = borg_pb2_grpc.BorgmasterStub(ch)
             self.wake.clear()
+            if not self._flush_state():
+                # The master never hears of a task the state file does not know: without it
+                # a restarted Borglet could not re-adopt what it reported. Retry shortly.
+                self._stop.wait(1.0)
+                continue
             req, reported = self._request(SYNC_WAIT_MS if self.connected else 0)
             fut = stub.Sync.future(req, timeout=SYNC_WAIT_MS / 1000 + 10)
             # The reply and local events both set `wake`: one wait, no polling.
@@ -1009,7 +1022,11 @@ class Borglet:
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 if path == "/healthz":
-                    body, ctype, code = b"ok\n", "text/plain", 200
+                    if borglet.state_error:
+                        body, code = f"{borglet.state_error}\n".encode(), 503
+                    else:
+                        body, code = b"ok\n", 200
+                    ctype = "text/plain"
                 elif path == "/metrics":
                     body, ctype, code = generate_latest(borglet.registry), CONTENT_TYPE_LATEST, 200
                 else:
