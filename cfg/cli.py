@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from borglet.state import MAX_BACKOFF_MS
 from borgmaster.controllers import MIN_READY_MS
@@ -73,9 +74,28 @@ def make_console(stderr: bool = False) -> Console:
     )
 
 
+PLAIN_TABLE_ROWS = 200
+"""Tables longer than this are laid out by `plain_table` (rich takes ~1.3 ms a row)."""
+
+
+def plain_table(t: Table) -> str:
+    """A big table as plain columns, two spaces apart, like rich's layout without styles:
+    `status` of a 5,000-task job in milliseconds instead of seconds."""
+    cols = [[Text.from_markup(str(c)).plain for c in col._cells] for col in t.columns]
+    heads = [str(col.header) for col in t.columns]
+    widths = [max([len(h), *(len(v) for v in col)]) for h, col in zip(heads, cols, strict=True)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(heads, widths, strict=True)).rstrip()]
+    for row in zip(*cols, strict=True):
+        lines.append("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+    return "\n".join(lines) + "\n"
+
+
 def show(console: Console, renderable: Any) -> None:
     """Print a table; off a terminal, without the padding rich leaves at line ends (so `diff`
     and golden files see clean lines)."""
+    if isinstance(renderable, Table) and renderable.row_count > PLAIN_TABLE_ROWS:
+        console.file.write(plain_table(renderable))
+        return
     if console.is_terminal:
         console.print(renderable)
         return

@@ -337,3 +337,27 @@ def test_up_wait_counts_a_task_ready_once_up_for_min_ready(tmp_path: Path) -> No
         assert r.exit_code == 0, r.stderr
         assert "✓ hello: ready (2/2; 2 running)" in r.stderr
         assert time.monotonic() - start >= 1.0  # not ready at the first sight of "running"
+
+
+def test_big_tables_are_laid_out_like_rich_but_fast() -> None:
+    import io
+
+    from rich.console import Console
+
+    from cfg.cli import PLAIN_TABLE_ROWS, plain_table, show, table
+
+    def filled(n: int) -> Any:
+        t = table("INDEX", "STATE", "MACHINE")
+        for i in range(n):
+            t.add_row(str(i), "[green]running[/]" if i % 2 else "pending", f"machine-{i % 13}")
+        return t
+
+    small = filled(20)
+    buf = io.StringIO()
+    show(Console(file=buf, width=500, no_color=True, highlight=False, soft_wrap=True), small)
+    assert plain_table(small) == buf.getvalue()  # same layout as rich, styles dropped
+    big = filled(PLAIN_TABLE_ROWS + 1)
+    out = io.StringIO()
+    show(Console(file=out, width=500, no_color=True), big)
+    assert out.getvalue() == plain_table(big)
+    assert out.getvalue().splitlines()[2] == "1      running  machine-1"
