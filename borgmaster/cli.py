@@ -19,6 +19,7 @@ import psutil
 from borgmaster.fsm import DataDirError
 from borgmaster.logsetup import log_options, setup_logging
 from borgmaster.server import Master, MasterConfig
+from cfg.options import host_port
 
 log = logging.getLogger("borgmaster")
 
@@ -38,10 +39,10 @@ def _is_loopback(addr: str) -> bool:
 
 
 def _check_addr(value: str, flag: str) -> str:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise click.BadParameter(f"'{value}' is not HOST:PORT", param_hint=flag)
-    return value
+    try:
+        return host_port(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint=flag) from None
 
 
 def _wait_for_signal(stop: threading.Event) -> None:

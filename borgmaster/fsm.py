@@ -27,8 +27,9 @@ log = logging.getLogger("borgmaster.fsm")
 
 DUMP_MAGIC = b"BORGCELL-SNAPSHOT-1\n"
 JOIN_HOLD_S = 1.0
-JOINED_MARKER = "joined"
 """A joining replica keeps pushing its election deadline this far ahead, every tick."""
+JOINED_MARKER = "joined"
+"""File in the data dir recording that this replica has seen a leader (ends the hold)."""
 
 
 @dataclass
@@ -114,10 +115,8 @@ class BorgFSM(SyncObj):  # type: ignore[misc]
         # Joining an existing cell: until the leader has added this replica it sends it
         # nothing, so the replica would time out and campaign again and again, and (Raft
         # without pre-vote) its ever higher term deposes the leader once it is a member.
-        # Hold its election timer until a leader has spoken to it.
-        # The hold lasts until a leader has been seen once, recorded by a marker file in the
-        # data dir, so a joining replica restarted before `cell add` still does not campaign;
-        # once joined, a restart with --join behaves like any member.
+        # Hold its election timer until a leader has spoken to it, once (the marker file
+        # keeps the hold across a restart before `cell add`, and ends it after joining).
         self._joined_marker = os.path.join(data_dir, JOINED_MARKER)
         self._joining = join and not os.path.exists(self._joined_marker)
         if self._joining:
