@@ -320,14 +320,22 @@ class MasterServicer(borg_pb2_grpc.BorgmasterServicer):
             capacity=resources_from(request.capacity),
             attrs=dict(request.attrs),
             taints=[{"key": t.key, "value": t.value, "effect": t.effect} for t in request.taints],
+            task_users=list(request.task_users),
         )
         with self.m.store.lock:
             old = self.m.store.machines.get(machine.name)
             same = (
                 old is not None
                 and old.state != MACHINE_LOST
-                and (old.address, old.http, old.capacity, old.attrs, old.taints)
-                == (machine.address, machine.http, machine.capacity, machine.attrs, machine.taints)
+                and (old.address, old.http, old.capacity, old.attrs, old.taints, old.task_users)
+                == (
+                    machine.address,
+                    machine.http,
+                    machine.capacity,
+                    machine.attrs,
+                    machine.taints,
+                    machine.task_users,
+                )
             )
         if not same:
             self.m.propose(C.RegisterMachine(machine=machine.to_dict()))

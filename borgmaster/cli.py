@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import ipaddress
 import logging
 import os
 import signal
@@ -12,11 +11,12 @@ import subprocess
 import sys
 import threading
 import time
+from typing import NoReturn
 
 import click
 import psutil
 
-from borgmaster.fsm import DataDirError
+from borgmaster.fsm import DataDirError, own_raft_secret
 from borgmaster.logsetup import log_options, setup_logging
 from borgmaster.server import Master, MasterConfig
 from cfg.options import host_port
@@ -28,14 +28,32 @@ def _logs(verbose: bool, log_level: str, log_format: str) -> None:
     setup_logging("debug" if verbose else log_level, log_format)
 
 
-def _is_loopback(addr: str) -> bool:
-    host = addr.rpartition(":")[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+def raft_secret(secret_file: str | None, data_dir: str, has_peers: bool) -> str:
+    """The secret that authenticates (and encrypts) this replica's Raft traffic.
+
+    PySyncObj unpickles every unauthenticated frame, so there is no Raft without one: a
+    replica with peers needs `--raft-secret-file` (exit 2 without it), a replica alone makes
+    its own in its data dir."""
+    if secret_file:
+        with open(secret_file) as f:
+            secret = f.read().strip()
+        if len(secret) < 16:
+            _usage_exit(f"{secret_file}: the Raft secret must be 16+ characters")
+        if os.stat(secret_file).st_mode & 0o077:
+            log.warning("%s is readable by other users: chmod 600 it", secret_file)
+        return secret
+    if has_peers:
+        _usage_exit(
+            "a replica with peers needs --raft-secret-file (the same 16+ character secret on "
+            "every replica; e.g. `head -c 32 /dev/urandom | base64 > raft.secret`)"
+        )
+    return own_raft_secret(data_dir)
+
+
+def _usage_exit(message: str) -> NoReturn:
+    """One line on stderr and exit 2 (SPEC: usage errors)."""
+    click.echo(f"borgmaster: {message}", err=True)
+    sys.exit(2)
 
 
 def _check_addr(value: str, flag: str) -> str:
@@ -120,17 +138,12 @@ def run(
         # Allowed (a replica joining with `borgcfg cell add` lists every member), but an even
         # count tolerates no more failures than one replica fewer.
         log.warning("%d replicas: a cell normally has 1, 3 or 5", len(peers) + 1)
-    secret = None
-    if raft_secret_file:
-        with open(raft_secret_file) as f:
-            secret = f.read().strip()
-        if len(secret) < 16:
-            raise click.UsageError(f"{raft_secret_file}: the Raft secret must be 16+ characters")
-    elif not _is_loopback(raft):
-        raise click.UsageError(
-            "refusing to bind Raft to a non-loopback address without --raft-secret-file "
-            "(PySyncObj unpickles unauthenticated traffic)"
-        )
+    os.umask(0o077)  # the journal, snapshots and secrets are the master's alone
+    try:
+        secret = raft_secret(raft_secret_file, data_dir, bool(peers) or join)
+    except DataDirError as e:
+        click.echo(f"borgmaster: {e}", err=True)
+        sys.exit(1)
     cfg = MasterConfig(
         id=replica_id,
         raft=raft,
@@ -207,7 +220,15 @@ def dev(
     if machines < 1:
         raise click.UsageError("--machines must be at least 1")
     data_dir = os.path.abspath(data_dir)
-    os.makedirs(data_dir, exist_ok=True)
+    # The Borglets' data dirs must stay reachable by task accounts: create the tree first,
+    # then keep everything the master writes private.
+    os.makedirs(os.path.join(data_dir, "borglet"), exist_ok=True)
+    os.umask(0o077)
+    try:
+        secret = own_raft_secret(os.path.join(data_dir, "master"))
+    except (OSError, DataDirError) as e:
+        click.echo(f"borgmaster dev: {e}", err=True)
+        sys.exit(1)
     # Neighbouring ports: Raft at gRPC-10, the first Borglet at gRPC+1 / HTTP+1.
     ghost, gport = grpc_addr.rsplit(":", 1)
     hhost, hport = http_addr.rsplit(":", 1)
@@ -218,6 +239,7 @@ def dev(
         grpc=grpc_addr,
         http=http_addr,
         data_dir=os.path.join(data_dir, "master"),
+        raft_secret=secret,
         machine_timeout_s=10.0,
     )
     try:
@@ -257,8 +279,6 @@ def dev(
             "--log-format",
             log_format,
         ]
-        if os.geteuid() == 0:
-            argv.append("--allow-root-tasks")
         children.append(subprocess.Popen(argv))
     click.echo(
         f"\nborgcell dev cell is up: master {grpc_addr}, UI http://{http_addr}/, "

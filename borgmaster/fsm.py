@@ -9,10 +9,13 @@ a journal PySyncObj's log compaction drops entries whose snapshot lived only in 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
+import secrets
 import socket
+import stat
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +24,10 @@ from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 from pysyncobj.monotonic import monotonic as raft_clock
 from pysyncobj.node import TCPNode
 
+from borgmaster import raft_guard
 from borgmaster.store import Store
+
+raft_guard.install()
 
 log = logging.getLogger("borgmaster.fsm")
 
@@ -233,6 +239,57 @@ def fail_reason_name(code: int) -> str:
 ID_FILE = "borgcell.id"
 
 
+def make_private(data_dir: str) -> None:
+    """Create `data_dir` 0700 (or tighten an existing one) and its regular files to 0600.
+
+    Only root or the master's own account may read Raft state: the journal and snapshots
+    carry every job's environment, and the Raft secret lives beside them."""
+    os.makedirs(data_dir, mode=0o700, exist_ok=True)
+    st = os.lstat(data_dir)
+    if not stat.S_ISDIR(st.st_mode):
+        raise DataDirError(f"{data_dir} is not a directory")
+    os.chmod(data_dir, 0o700)
+    with os.scandir(data_dir) as entries:
+        for e in entries:
+            if e.is_file(follow_symlinks=False):
+                os.chmod(e.path, stat.S_IMODE(e.stat(follow_symlinks=False).st_mode) & 0o600)
+
+
+SECRET_FILE = "raft-secret"
+"""The Raft secret a single-replica cell generates for itself (not `raft.*`: those are
+PySyncObj's files, whose presence marks a used data dir)."""
+
+
+def own_raft_secret(data_dir: str) -> str:
+    """The secret of a single-replica cell: read from its data dir, or made there (0600) on
+    first start. PySyncObj unpickles every frame that reaches its port unless a secret is
+    set, and a replica alone still listens: without one, any local process (a task, for
+    one) could run code in the master through a pickle sent to 127.0.0.1."""
+    make_private(data_dir)
+    path = os.path.join(data_dir, SECRET_FILE)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        secret = secrets.token_urlsafe(32)
+        tmp = path + ".tmp"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        fd = os.open(
+            tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+        )
+        with os.fdopen(fd, "w") as f:
+            f.write(secret + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        return secret
+    with os.fdopen(fd) as f:
+        secret = f.read().strip()
+    if len(secret) < 16:
+        raise DataDirError(f"{path}: damaged Raft secret (remove it to make a new one)")
+    return secret
+
+
 class DataDirError(Exception):
     """A data dir that belongs to another cell or replica, or is damaged: refuse to start."""
 
@@ -241,8 +298,9 @@ def check_data_dir(data_dir: str, cell: str, replica: str) -> None:
     """Refuse to start on a data dir that is not this replica's, instead of joining silently.
 
     The first start writes `borgcell.id`; later starts compare it. Raft files without the id
-    file, or a snapshot that is not ours, are refused too."""
-    os.makedirs(data_dir, exist_ok=True)
+    file, or a snapshot that is not ours, are refused too. The dir is made private (0700, its
+    files 0600: the journal holds every job's env), also when an older release created it."""
+    make_private(data_dir)
     id_path = os.path.join(data_dir, ID_FILE)
     raft_files = [n for n in os.listdir(data_dir) if n.startswith("raft.")]
     if os.path.exists(id_path):

@@ -292,6 +292,8 @@ class Machine:
     taints: list[dict[str, str]] = field(default_factory=list)  # {key, value, effect}
     state: str = MACHINE_UP
     registered_ms: int = 0
+    # Accounts the Borglet lets tasks run as ([]: it did not say, e.g. an older Borglet).
+    task_users: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

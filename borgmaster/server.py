@@ -24,7 +24,15 @@ from grpc_reflection.v1alpha import reflection
 from borgmaster import commands as C
 from borgmaster import controllers
 from borgmaster.copies import LiveCopies
-from borgmaster.fsm import BorgFSM, RaftTuning, check_data_dir, fail_reason_name, probe_bind
+from borgmaster.fsm import (
+    BorgFSM,
+    DataDirError,
+    RaftTuning,
+    check_data_dir,
+    fail_reason_name,
+    own_raft_secret,
+    probe_bind,
+)
 from borgmaster.metrics import placement_latencies, waiting_since_ms
 from borgmaster.model import MACHINE_LOST, Replica
 from borgmaster.proposer import Proposer
@@ -106,6 +114,11 @@ class Master:
         self._held: set[tuple[str, int]] = set()
         self._threads: list[threading.Thread] = []
         check_data_dir(cfg.data_dir, cfg.cell, cfg.id)
+        if cfg.raft_secret is None:
+            # No Raft without authentication (PySyncObj unpickles what reaches its port).
+            if cfg.peers:
+                raise DataDirError("a replica with peers needs a Raft secret")
+            cfg.raft_secret = own_raft_secret(cfg.data_dir)
         self.fsm = BorgFSM(
             cfg.raft,
             cfg.peers,

@@ -349,6 +349,24 @@ class Store:
             return err("quota", f"quota for {spec.user}/{band} exceeded by {', '.join(over)}")
         return None
 
+    def _check_run_as(self, spec: JobSpec) -> Result | None:
+        """Refuse a `run_as` that no machine of the cell allows, when every live machine has
+        said what it allows (a Borglet that has not, or no machine at all: accept, and the
+        Borglet fails the task with the reason if it refuses the account)."""
+        if not spec.run_as:
+            return None
+        live = [m for m in self.machines.values() if m.state != MACHINE_LOST]
+        if not live or any(not m.task_users for m in live):
+            return None
+        if any(spec.run_as in m.task_users for m in live):
+            return None
+        allowed = sorted({u for m in live for u in m.task_users})
+        return err(
+            "invalid",
+            f"run_as: no machine of the cell lets tasks run as '{spec.run_as}' "
+            f"(they allow: {', '.join(allowed)}; see borglet --task-users)",
+        )
+
     def _submit(self, cmd: C.SubmitJob) -> Result:
         spec = JobSpec.from_dict(cmd.spec)
         ts = cmd.ts_ms
@@ -368,6 +386,9 @@ class Store:
         quota = self._check_quota(spec)
         if quota is not None:
             return quota
+        run_as = self._check_run_as(spec)
+        if run_as is not None:
+            return run_as
         if not live or old is None:
             version = old.version + 1 if old is not None else 1
             if old is not None:

@@ -30,6 +30,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 T = TypeVar("T")
 
 
+TEST_RAFT_SECRET = "borgcell-test-raft-secret-0123456789"
+"""The Raft secret of every multi-replica cell the tests start (never used outside tests)."""
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -182,6 +186,16 @@ class Cell:
         p.start()
         self.borglets.append(p)
         return p
+
+    def raft_secret_file(self) -> str:
+        """The cell's shared Raft secret (0600), made on first use: replicas with peers
+        refuse to start without one."""
+        path = os.path.join(self.base, "raft.secret")
+        if not os.path.exists(path):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(TEST_RAFT_SECRET + "\n")
+        return path
 
     @property
     def master_addrs(self) -> str:
@@ -381,7 +395,10 @@ def add_master_with_args(
     ]
     for r in peers:
         argv += ["--peer", r]
-    argv += extra or []
+    extra = list(extra or [])
+    if peers and "--raft-secret-file" not in extra:
+        extra += ["--raft-secret-file", cell.raft_secret_file()]
+    argv += extra
     p = Proc(f"m{index}", argv, os.path.join(cell.base, f"m{index}.log"))
     p.info = {"raft": raft, "grpc": grpc_addr, "http": http_addr, "data": data}
     if start:

@@ -11,6 +11,7 @@ import sys
 from borgmaster.cli import serve
 from borgmaster.logsetup import setup_logging
 from borgmaster.server import MasterConfig
+from tests.cluster import TEST_RAFT_SECRET
 
 
 def main(argv: list[str]) -> None:
@@ -24,6 +25,7 @@ def main(argv: list[str]) -> None:
             http=http_addr,
             data_dir=data_dir,
             peers=peers,
+            raft_secret=TEST_RAFT_SECRET,
             join=True,
         )
     )

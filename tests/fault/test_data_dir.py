@@ -1,6 +1,7 @@
 """Data dir and Raft port safety: a replica refuses, with one line and exit 1, a data dir that
 is another replica's or whose snapshot is damaged; Raft is never exposed off loopback without
-a secret; a cell whose replicas share a secret file works."""
+a secret (see also tests/integration/test_hostile_master.py); a cell whose replicas share a
+secret file works."""
 
 from __future__ import annotations
 
@@ -72,17 +73,19 @@ def test_replica_refuses_a_snapshot_with_valid_header_and_garbage_body(cell: Cel
     assert m1.popen.poll() == 1, "started on a damaged snapshot"
 
 
-def test_non_loopback_raft_without_secret_is_refused(tmp_path: object) -> None:
+def test_replica_with_peers_and_no_raft_secret_is_refused(tmp_path: object) -> None:
+    """PySyncObj unpickles unauthenticated frames: a replica with peers must have a secret
+    (one line, exit 2), and a secret under 16 characters is refused the same way."""
     base = str(tmp_path)
-    argv = ["python", "-m", "borgmaster.cli", "run", "--id", "m0"]
-    argv += ["--raft", f"0.0.0.0:{free_port()}", "--grpc", f"127.0.0.1:{free_port()}"]
-    argv += ["--http", f"127.0.0.1:{free_port()}", "--data-dir", os.path.join(base, "d")]
-    argv[0] = os.path.join(REPO, ".venv", "bin", "python")
+    argv = [os.path.join(REPO, ".venv", "bin", "python"), "-m", "borgmaster.cli", "run"]
+    argv += ["--id", "m0", "--raft", f"127.0.0.1:{free_port()}"]
+    argv += ["--peer", f"127.0.0.1:{free_port()}", "--peer", f"127.0.0.1:{free_port()}"]
+    argv += ["--grpc", f"127.0.0.1:{free_port()}", "--http", f"127.0.0.1:{free_port()}"]
+    argv += ["--data-dir", os.path.join(base, "d")]
     r = run_argv(argv)
     assert r.returncode == 2, r.stderr
-    assert "Traceback" not in r.stderr
-    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("Error:")]
-    assert len(errors) == 1 and "--raft-secret-file" in errors[0], r.stderr
+    line = one_error_line(r)
+    assert line.startswith("borgmaster: ") and "--raft-secret-file" in line, line
     assert not os.path.exists(os.path.join(base, "d", "raft.journal"))
 
     short = os.path.join(base, "short")
@@ -90,7 +93,7 @@ def test_non_loopback_raft_without_secret_is_refused(tmp_path: object) -> None:
         f.write("tooshort\n")
     r = run_argv([*argv, "--raft-secret-file", short])
     assert r.returncode == 2, r.stderr
-    assert "16+ characters" in r.stderr
+    assert "16+ characters" in one_error_line(r)
 
 
 def test_cell_with_a_shared_raft_secret_works(tmp_path: object, stubs: Stubs) -> None:

@@ -19,7 +19,7 @@ import pytest
 from borgmaster import commands as C
 from borgmaster.fsm import RaftTuning
 from borgmaster.server import Master, MasterConfig, ProposeError
-from tests.cluster import free_port, wait_for
+from tests.cluster import TEST_RAFT_SECRET, free_port, wait_for
 from tests.fault.util import job_spec
 
 pytestmark = pytest.mark.e2e
@@ -33,6 +33,7 @@ def new_master(base: str, i: int, rafts: list[str], tuning: RaftTuning) -> Maste
         http=f"127.0.0.1:{free_port()}",
         data_dir=os.path.join(base, f"m{i}"),
         peers=[r for j, r in enumerate(rafts) if j != i],
+        raft_secret=TEST_RAFT_SECRET,
         tuning=tuning,
     )
     m = Master(cfg)
