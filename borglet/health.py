@@ -13,13 +13,19 @@ unhealthy (the Borglet restarts a service task); any success makes it healthy ag
 from __future__ import annotations
 
 import contextlib
-import http.client
+import marshal
 import os
 import signal
 import socket
 import subprocess
+import sys
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
+
+from borglet.runtime.process import SHIM_PATH
 
 HTTP = "http"
 TCP = "tcp"
@@ -97,18 +103,43 @@ class HealthTracker:
 # ----- probes ------------------------------------------------------------------------------
 
 
+HTTP_STATUS_LINE_MAX = 4096
+"""The HTTP probe reads at most this much: the status line is all it needs."""
+
+
 def probe_http(port: int, path: str, timeout_s: float, host: str = "127.0.0.1") -> bool:
-    """Healthy on any 2xx or 3xx answer within the timeout."""
-    conn = http.client.HTTPConnection(host, port, timeout=timeout_s)
+    """Healthy on any 2xx or 3xx answer within the timeout.
+
+    The timeout bounds the whole exchange (connect, request, status line), not each socket
+    call, and at most HTTP_STATUS_LINE_MAX bytes are read: a task that answers one byte at a
+    time, or never stops sending headers, costs one timeout, never a probe thread's time or
+    the Borglet's memory. The path is percent-encoded, so it cannot add header lines."""
+    deadline = time.monotonic() + timeout_s
+    target = quote(path if path.startswith("/") else "/" + path, safe="!#$%&'()*+,/:;=?@[]~")
+    request = (
+        f"GET {target} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: borglet-health\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode()
+    buf = b""
     try:
-        conn.request("GET", path, headers={"User-Agent": "borglet-health"})
-        resp = conn.getresponse()
-        resp.read(65536)
-        return 200 <= resp.status < 400
-    except (OSError, http.client.HTTPException):
+        with socket.create_connection((host, port), timeout=timeout_s) as s:
+            s.settimeout(max(0.001, deadline - time.monotonic()))
+            s.sendall(request)
+            while b"\n" not in buf and len(buf) < HTTP_STATUS_LINE_MAX:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                s.settimeout(left)
+                chunk = s.recv(HTTP_STATUS_LINE_MAX - len(buf))
+                if not chunk:
+                    break
+                buf += chunk
+    except OSError:
         return False
-    finally:
-        conn.close()
+    parts = buf.split(b"\n", 1)[0].split()
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
+        return False
+    return 200 <= int(parts[1]) < 400
 
 
 def probe_tcp(port: int, timeout_s: float, host: str = "127.0.0.1") -> bool:
@@ -126,31 +157,51 @@ def probe_exec(
     cwd: str,
     user: tuple[int, int, list[int]] | None,
     timeout_s: float,
+    procs_files: Sequence[str] = (),
 ) -> bool:
-    """Healthy when the command exits 0 within the timeout; it runs as the task's user in the
-    task's sandbox with the task's environment (killed with its process group on timeout)."""
-    kwargs: dict[str, Any] = {}
+    """Healthy when the command exits 0 within the timeout.
+
+    It runs like the task itself, through the shim's child set-up (borglet/shim.py --probe):
+    it joins the task's cgroup (`procs_files`) before dropping to the task's user, so a check
+    is held to the task's pids and memory limits, then runs in the sandbox with the task's
+    environment. Killed with its process group on timeout."""
     if user is not None and os.geteuid() == 0:
         uid, gid, groups = user
-        kwargs = {"user": uid, "group": gid, "extra_groups": groups}
+    else:
+        uid, gid, groups = os.getuid(), os.getgid(), os.getgroups()
+    spec = {
+        "argv": [str(a) for a in argv],
+        "env": dict(env),
+        "cwd": cwd,
+        "uid": uid,
+        "gid": gid,
+        "groups": list(groups),
+        "procs_files": list(procs_files),
+        "rlimits": {},
+    }
     try:
         p = subprocess.Popen(
-            argv,
-            env=env,
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
+            [sys.executable, "-I", "-S", SHIM_PATH, "--probe"],
+            stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            start_new_session=True,
             close_fds=True,
-            **kwargs,
+            env={},
+            cwd="/",
         )
     except OSError:
         return False
     try:
+        assert p.stdin is not None
+        with contextlib.suppress(OSError):
+            p.stdin.write(marshal.dumps(spec))
+            p.stdin.close()
         return p.wait(timeout=timeout_s) == 0
     except subprocess.TimeoutExpired:
+        # The check called setsid(): its group is its pid (children it left go with it).
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(p.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            p.kill()
         p.wait()
         return False

@@ -187,69 +187,118 @@ def exec_search(args: list[str], env: dict[str, str]) -> NoReturn:
 
 
 class LogFile:
-    """One rotated log stream: ``path``, ``path.1`` ... ``path.keep``."""
+    """One rotated log stream: ``path``, ``path.1`` ... ``path.keep``.
+
+    The sandbox belongs to the (untrusted) task's account and the shim runs as root, so every
+    operation is relative to an fd of the sandbox directory, on one name, never following a
+    link: the task may replace any of these names by a link, a FIFO or a directory at any
+    time, and the worst it gets is losing its own logs."""
 
     def __init__(self, path: str, uid: int, gid: int, max_size: int, keep: int) -> None:
         self.path = path
+        self.name = os.path.basename(path)
         self.uid, self.gid = uid, gid
         self.max_size = max_size
         self.keep = keep
         self.fd = -1
         self.size = 0
         self.splice = hasattr(os, "splice")
-        self.open()
+        self.dir_fd = os.open(
+            os.path.dirname(path) or ".",
+            os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+        )
+        self.fd = self.open()
+        self.size = os.lseek(self.fd, 0, os.SEEK_END)
 
-    def open(self) -> None:
-        """Refuse links planted by the (untrusted) task user: O_NOFOLLOW, one hard link.
+    def open(self) -> int:
+        """The log file to append to: the existing one when it is a regular file with one
+        link owned by the task's account, else a new one in its place.
 
-        A new file is created under a temporary name, given to the task's account, then
-        renamed into place, so the log never exists even briefly as root's file."""
-        flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+        O_NOFOLLOW refuses a planted link, O_NONBLOCK a FIFO (which would block the open
+        forever), and the fstat checks a hard link or a file of another account (the shim
+        would give it to the task). Whatever else is there is unlinked (a name in the task's
+        own directory; nothing it points to is touched) and a new file created."""
+        flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
         try:
-            fd = os.open(self.path, flags)
+            fd = os.open(self.name, flags, dir_fd=self.dir_fd)
         except FileNotFoundError:
-            fd = self._create(flags)
+            return self._create(flags)
+        except OSError as e:  # ELOOP: a link; ENXIO: a FIFO; EISDIR; EWOULDBLOCK: a lease
+            shim_log(f"replacing {self.path}: {e.strerror}")
+            return self._replace(flags)
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
-            os.close(fd)
-            raise OSError(f"{self.path} is not a regular file with one link")
-        if os.geteuid() == 0:
-            os.fchown(fd, self.uid, self.gid)
-        self.size = os.lseek(fd, 0, os.SEEK_END)
-        self.fd = fd
+        if stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_uid == self.uid:
+            os.set_blocking(fd, True)
+            return fd
+        os.close(fd)
+        shim_log(f"replacing {self.path}: not a regular file of uid {self.uid} with one link")
+        return self._replace(flags)
+
+    def _replace(self, flags: int) -> int:
+        try:
+            os.unlink(self.name, dir_fd=self.dir_fd)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise OSError(f"{self.path} is not a regular file and cannot be replaced: {e}") from e
+        return self._create(flags)
 
     def _create(self, flags: int) -> int:
-        tmp = self.path + ".new"
+        """A new file under a random temporary name (nothing the task can plant in advance),
+        given to the task's account, then renamed into place: the log never exists even
+        briefly as root's file."""
         for _ in range(3):
+            tmp = f".{self.name}.{os.urandom(8).hex()}"
             try:
-                os.unlink(tmp)  # a leftover, or something the task planted
-            except FileNotFoundError:
-                pass
-            try:
-                fd = os.open(tmp, flags | os.O_CREAT | os.O_EXCL, 0o640)
+                fd = os.open(tmp, flags | os.O_CREAT | os.O_EXCL, 0o640, dir_fd=self.dir_fd)
             except FileExistsError:
                 continue
-            if os.geteuid() == 0:
-                os.fchown(fd, self.uid, self.gid)
-            os.rename(tmp, self.path)
+            try:
+                if os.geteuid() == 0:
+                    os.fchown(fd, self.uid, self.gid)
+                os.set_blocking(fd, True)
+                os.rename(tmp, self.name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
+            except BaseException:
+                os.close(fd)
+                try:
+                    os.unlink(tmp, dir_fd=self.dir_fd)
+                except OSError:
+                    pass
+                raise
             return fd
         raise OSError(f"cannot create {self.path}")
 
+    def truncate(self) -> None:
+        os.ftruncate(self.fd, 0)
+        os.lseek(self.fd, 0, os.SEEK_SET)
+        self.size = 0
+
     def rotate(self) -> None:
+        """path.N-1 -> path.N ... path -> path.1, then a new path. Renames are relative to the
+        sandbox fd (rename never follows a link at either name); a name the task blocked (a
+        directory at path.2) is skipped, and when the current file cannot be moved away it is
+        truncated instead. The old fd stays valid until a new file is open."""
         if self.keep <= 0:
-            os.ftruncate(self.fd, 0)
-            os.lseek(self.fd, 0, os.SEEK_SET)
-            self.size = 0
+            self.truncate()
             return
-        os.close(self.fd)
-        self.fd = -1
+        d = self.dir_fd
         for i in range(self.keep - 1, 0, -1):
             try:
-                os.rename(f"{self.path}.{i}", f"{self.path}.{i + 1}")
+                os.rename(f"{self.name}.{i}", f"{self.name}.{i + 1}", src_dir_fd=d, dst_dir_fd=d)
             except FileNotFoundError:
                 pass
-        os.rename(self.path, self.path + ".1")
-        self.open()
+            except OSError as e:
+                shim_log(f"rotating {self.path}.{i}: {e.strerror}")
+        try:
+            os.rename(self.name, self.name + ".1", src_dir_fd=d, dst_dir_fd=d)
+            fd = self.open()
+        except OSError as e:
+            shim_log(f"rotating {self.path}: {e}")
+            self.truncate()
+            return
+        os.close(self.fd)
+        self.fd = fd
+        self.size = os.lseek(fd, 0, os.SEEK_END)
 
     def pump(self, src: int, nonblock: bool = False) -> int:
         """Move what is in the pipe into the file; 0 at end of file, -1 when nothing is there."""
@@ -289,9 +338,7 @@ class LogFile:
                 self.rotate()
             except OSError as e:
                 shim_log(f"rotating {self.path}: {e}")
-                os.ftruncate(self.fd, 0)
-                os.lseek(self.fd, 0, os.SEEK_SET)
-                self.size = 0
+                self.truncate()
         return n
 
 
@@ -322,7 +369,27 @@ def notify(ready_fd: int, line: str) -> None:
         pass
 
 
+def probe_main() -> int:
+    """``shim.py --probe``: run an exec health check exactly as a task is run (cgroup, rlimits,
+    user, sandbox; see child()), from the spec the Borglet writes to stdin (marshal). Exits
+    126/127 when the command cannot run, else execs it: its exit status is the verdict."""
+    data = b""
+    while True:
+        chunk = os.read(0, 1 << 16)
+        if not chunk:
+            break
+        data += chunk
+    spec = marshal.loads(data)
+    if not isinstance(spec, dict):
+        return 126
+    null = os.open("/dev/null", os.O_WRONLY)
+    errpipe = os.open("/dev/null", os.O_WRONLY | os.O_CLOEXEC)
+    child(spec, null, null, errpipe)
+
+
 def main(argv: list[str]) -> int:
+    if argv[1:] == ["--probe"]:
+        return probe_main()
     if len(argv) != 3:
         shim_log("usage: shim.py CONTROL_DIR|- READY_FD")
         return 2
