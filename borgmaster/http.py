@@ -36,6 +36,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from borgmaster.model import RUNNING, band_of
 from borgmaster.store import ACTIVE_STATES, Store, needs_placement
+from cfg.schema import JOB_NAME_RE
 from proto.borg.v1 import borg_pb2 as pb
 from proto.borg.v1 import borg_pb2_grpc
 
@@ -387,12 +388,20 @@ class UIBackend:
             self._usage[m.name] = (now, cpu_total, used)
         return used
 
-    def read_logs(self, address: str, job: str, index: int, stderr: bool) -> bytes:
-        """The last LOG_TAIL_BYTES of a task's stdout/stderr, from its Borglet."""
+    def read_logs(
+        self, address: str, job: str, index: int, stderr: bool, incarnation: str = ""
+    ) -> bytes:
+        """The last LOG_TAIL_BYTES of a task's stdout/stderr, from its Borglet: of the
+        incarnation the store knows (not an older copy's sandbox left on that machine)."""
         with grpc.insecure_channel(address) as ch:
             stream = borg_pb2_grpc.BorgletStub(ch).ReadLogs(
                 pb.ReadLogsRequest(
-                    job=job, index=index, stderr=stderr, follow=False, tail_bytes=LOG_TAIL_BYTES
+                    job=job,
+                    index=index,
+                    stderr=stderr,
+                    follow=False,
+                    tail_bytes=LOG_TAIL_BYTES,
+                    incarnation=incarnation,
                 ),
                 timeout=3.0,
             )
@@ -733,11 +742,14 @@ class UI:
 
     def logs(self, name: str, index: int, stderr: bool, raw: bool, partial: bool) -> Response:
         store = self.m.store
+        if not JOB_NAME_RE.fullmatch(name):  # never relayed to a Borglet
+            return Response(404, f"no task {name[:80]}/{index}\n".encode())
         with store.lock:
             t = store.tasks.get((name, index))
             machine = t.machine if t is not None else ""
             mach = store.machines.get(machine) if machine else None
             address = mach.address if mach is not None else ""
+            incarnation = t.incarnation if t is not None else ""
         if t is None:
             return Response(404, f"no task {name}/{index}\n".encode())
         text, err = "", ""
@@ -745,7 +757,8 @@ class UI:
             err = f"task {name}/{index} has no machine (state {t.state}): no logs to read"
         else:
             try:
-                text = self.io.read_logs(address, name, index, stderr).decode(errors="replace")
+                raw_text = self.io.read_logs(address, name, index, stderr, incarnation)
+                text = raw_text.decode(errors="replace")
             except grpc.RpcError as ex:
                 err = f"cannot read logs from {machine}: {ex.details() or ex.code().name}"
         if raw:
@@ -799,6 +812,8 @@ def start_http(master: Master) -> ThreadingHTTPServer:
                 r = Response(500, f"internal error: {type(ex).__name__}: {ex}\n".encode())
             self.send_response(r.code)
             self.send_header("Content-Type", r.ctype)
+            # Task output is served as text/plain: a browser must never sniff it into HTML.
+            self.send_header("X-Content-Type-Options", "nosniff")
             self.send_header("Content-Length", str(len(r.body)))
             self.send_header("Cache-Control", "no-store")
             self.end_headers()
