@@ -38,18 +38,22 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from borgmaster.model import JobSpec, Requirements, Resources
+import numpy as np
+
+from borgmaster.model import MACHINE_LOST, MACHINE_UP, JobSpec, Requirements, Resources
 from borgmaster.scheduler.borg import BorgScheduler
-from borgmaster.scheduler.core import MachineView, PlacedTask, Plan, Snapshot, TaskRequest
+from borgmaster.scheduler.core import Plan, Snapshot, TaskRequest
+from borgmaster.scheduler.table import CellTable, req_tuple
 
 CORES = 32.0  # 1.0 normalised CPU
 RAM = 128 << 30  # 1.0 normalised memory, bytes
 DISK = 1 << 40  # 1.0 normalised disk, bytes
 SUBMIT, SCHEDULE, EVICT, FAIL, FINISH, KILL, LOST = range(7)
 M_ADD, M_REMOVE, M_UPDATE = range(3)
+HOUR_US = 3_600_000_000
 
 
 def band_priority(p: int) -> int:
@@ -71,7 +75,6 @@ def _f(s: str) -> float:
 class FauxMachine:
     name: str
     capacity: Resources
-    used: Resources = field(default_factory=Resources)
     up: bool = True
 
 
@@ -86,7 +89,8 @@ class FauxTask:
 
 
 class FauxCell:
-    """The master's state, in process: machines with a free-resource table, and tasks."""
+    """The master's state, in process: machines, tasks, and the scheduler's `CellTable`,
+    which it keeps up to date event by event (so a pass does not rebuild the cell)."""
 
     def __init__(self, overcommit: dict[str, float] | None = None) -> None:
         # Non-prod tasks may fill machines to capacity x factor (the scheduler's
@@ -96,48 +100,21 @@ class FauxCell:
         self.machines: dict[str, FauxMachine] = {}
         self.tasks: dict[tuple[str, int], FauxTask] = {}
         self.pending: dict[tuple[str, int], FauxTask] = {}
-        self.by_machine: dict[str, set[tuple[str, int]]] = {}
+        self.table = CellTable()
         self.preempted = 0
+        self.preempted_by_prio: dict[int, int] = {}
         self.rejected = 0
 
     def snapshot(self) -> Snapshot:
-        ms = [
-            MachineView(name=m.name, capacity=m.capacity, used=Resources(**vars(m.used)))
-            for m in self.machines.values()
-            if m.up
-        ]
         pending = [
             TaskRequest(job=t.job, index=t.index, version=1, spec=t.spec)
             for t in self.pending.values()
         ]
-        running = [
-            PlacedTask(
-                job=t.job,
-                index=t.index,
-                machine=t.machine,
-                priority=t.spec.priority,
-                requirements=t.spec.requirements,
-                incarnation=t.incarnation,
-            )
-            for t in self.tasks.values()
-            if t.machine
-        ]
-        return Snapshot(machines=ms, pending=pending, running=running)
-
-    def _hold(self, t: FauxTask, m: FauxMachine, sign: int) -> None:
-        r = t.spec.requirements
-        u = m.used
-        u.cpu += sign * r.cpu
-        u.ram += sign * r.ram
-        u.disk += sign * r.disk
-        u.gpu += sign * r.gpu
+        return Snapshot(machines=[], pending=pending, table=self.table)
 
     def unplace(self, t: FauxTask, reason: str) -> None:
         """Take a task off its machine; it waits again."""
-        m = self.machines.get(t.machine)
-        if m is not None:
-            self._hold(t, m, -1)
-            self.by_machine[m.name].discard((t.job, t.index))
+        self.table.remove(t.job, t.index)
         t.machine = ""
         t.incarnation = ""
         t.reason = reason
@@ -151,27 +128,31 @@ class FauxCell:
             if t is not None and t.incarnation == v.incarnation and t.machine:
                 self.unplace(t, "preempted")
                 self.preempted += 1
+                prio = t.spec.priority
+                self.preempted_by_prio[prio] = self.preempted_by_prio.get(prio, 0) + 1
         placed = 0
+        tab = self.table
+        cap, used = tab.cap, tab.used
         for p in plan.placements:
             t = self.pending.get((p.job, p.index))
             m = self.machines.get(p.machine)
             if t is None or m is None or not m.up:
                 self.rejected += 1
                 continue
-            r, u, c = t.spec.requirements, m.used, m.capacity
+            i = tab.index[m.name]
+            r = t.spec.requirements
             oc_cpu, oc_ram = (self.oc_cpu, self.oc_ram) if t.spec.priority < 200 else (1.0, 1.0)
             fits = (
-                u.cpu + r.cpu <= c.cpu * oc_cpu + 1e-9
-                and u.ram + r.ram <= c.ram * oc_ram + 1.0
-                and u.disk + r.disk <= c.disk
-                and u.gpu + r.gpu <= c.gpu
+                used[0, i] + r.cpu <= cap[0, i] * oc_cpu + 1e-9
+                and used[1, i] + r.ram <= cap[1, i] * oc_ram + 1.0
+                and used[2, i] + r.disk <= cap[2, i]
+                and used[3, i] + r.gpu <= cap[3, i]
             )
             if not fits:
                 self.rejected += 1
                 continue
-            self._hold(t, m, +1)
+            tab.place(t.job, t.index, m.name, t.spec.priority, req_tuple(r), p.incarnation)
             t.machine, t.incarnation, t.reason = m.name, p.incarnation, ""
-            self.by_machine[m.name].add((t.job, t.index))
             del self.pending[(t.job, t.index)]
             placed += 1
         for job, index, reason in plan.failures:
@@ -185,16 +166,17 @@ class FauxCell:
         m = self.machines.get(name)
         if m is None:
             self.machines[name] = FauxMachine(name=name, capacity=cap)
-            self.by_machine.setdefault(name, set())
         else:
             m.capacity, m.up = cap, True
+        self.table.set_machine(name, cap, state=MACHINE_UP)
 
     def remove_machine(self, name: str) -> None:
         m = self.machines.get(name)
         if m is None:
             return
         m.up = False
-        for key in list(self.by_machine.get(name, ())):
+        self.table.set_state(name, MACHINE_LOST)
+        for key in self.table.on_machine(name):
             self.unplace(self.tasks[key], "machine-lost")
 
     def submit(self, t: FauxTask) -> None:
@@ -212,13 +194,18 @@ class FauxCell:
             self.unplace(t, "")
         self.pending.pop((job, index), None)
 
+    def placed(self) -> int:
+        return len(self.tasks) - len(self.pending)
+
     def utilization(self) -> dict[str, float]:
-        ups = [m for m in self.machines.values() if m.up]
-        cap_cpu = sum(m.capacity.cpu for m in ups) or 1.0
-        cap_ram = sum(m.capacity.ram for m in ups) or 1
+        tab = self.table
+        up = np.array([s == MACHINE_UP for s in tab.state], dtype=bool)
+        n = tab.n
+        cap_cpu = float(tab.cap[0, :n][up].sum()) or 1.0
+        cap_ram = float(tab.cap[1, :n][up].sum()) or 1.0
         return {
-            "cpu": round(sum(m.used.cpu for m in ups) / cap_cpu, 4),
-            "ram": round(sum(m.used.ram for m in ups) / cap_ram, 4),
+            "cpu": round(float(tab.used[0, :n][up].sum()) / cap_cpu, 4),
+            "ram": round(float(tab.used[1, :n][up].sum()) / cap_ram, 4),
         }
 
 
@@ -252,6 +239,11 @@ class Replay:
         self.submitted = 0
         self.schedule_s = 0.0
         self.passes = 0
+        self.trace_evictions = 0  # EVICT rows replayed (Borg's own evictions in the window)
+        self.pass_s: list[float] = []  # wall time of each pass after t=0: snapshot, plan, apply
+        self.t0: dict[str, Any] = {}
+        self.hours: list[dict[str, Any]] = []
+        self._hour: dict[str, Any] = {}
 
     def spec(self, r: list[str]) -> JobSpec:
         job = f"j{r[2]}"
@@ -280,17 +272,61 @@ class Replay:
             self.cell.submit(FauxTask(job=job, index=index, spec=self.spec(r)))
             self.submitted += 1
         elif kind in (EVICT, FAIL, FINISH, KILL, LOST):
+            if kind == EVICT:
+                self.trace_evictions += 1
             self.cell.end(job, index)
 
     def schedule(self) -> int:
         if not self.cell.pending:
             return 0
+        w0 = time.perf_counter()
         snap = self.cell.snapshot()
         t0 = time.process_time()
         plan = self.sched.schedule(snap, lambda: f"i{next(self.ids)}")
         self.schedule_s += time.process_time() - t0
         self.passes += 1
-        return self.cell.apply(plan)
+        placed = self.cell.apply(plan)
+        if self.t0:
+            self.pass_s.append(time.perf_counter() - w0)
+        return placed
+
+    def _mark(self, at: int, wall0: float) -> None:
+        """Figures at trace time `at` (seconds): the end of t=0's pass or of an hour."""
+        cell = self.cell
+        now = time.perf_counter()
+        fig: dict[str, Any] = {
+            "placed": cell.placed(),
+            "pending": len(cell.pending),
+            "pending_pct": round(100 * len(cell.pending) / max(1, len(cell.tasks)), 2),
+            "pending_prod": sum(1 for t in cell.pending.values() if t.spec.priority >= 200),
+        }
+        if not self.t0:
+            self.t0 = {**fig, "wall_s": round(now - wall0, 3), "utilization": cell.utilization()}
+        else:
+            h = self._hour
+            passes = self.pass_s[h["passes"] :]
+            wall = now - h["wall"]
+            self.hours.append(
+                {
+                    "from_s": h["at"],
+                    "to_s": at,
+                    **fig,
+                    "preempted": cell.preempted - h["preempted"],
+                    "trace_evictions": self.trace_evictions - h["evictions"],
+                    "passes": len(passes),
+                    "pass_p50_ms": _pct_ms(passes, 50),
+                    "pass_p99_ms": _pct_ms(passes, 99),
+                    "wall_s": round(wall, 3),
+                    "speedup": round((at - h["at"]) / wall, 1) if wall > 0 else 0.0,
+                }
+            )
+        self._hour = {
+            "at": at,
+            "wall": now,
+            "passes": len(self.pass_s),
+            "preempted": cell.preempted,
+            "evictions": self.trace_evictions,
+        }
 
     def run(self, until: float, interval: float) -> None:
         until_us = int(until * 1e6)
@@ -300,6 +336,7 @@ class Replay:
         nm = next(mev, None)
         nt = next(tev, None)
         next_pass = 0
+        wall0 = time.perf_counter()
         while True:
             tm = nm[0] if nm is not None else None
             tt = int(nt[0]) if nt is not None else None
@@ -307,6 +344,10 @@ class Replay:
             while now > next_pass:
                 # Everything up to next_pass is in: place what waits, then move on.
                 self.schedule()
+                if next_pass == 0:
+                    self._mark(0, wall0)
+                elif next_pass % HOUR_US == 0:
+                    self._mark(next_pass // 1_000_000, wall0)
                 next_pass += step
             if now > until_us:
                 break
@@ -323,6 +364,16 @@ class Replay:
         # A final retry pass for placements a stale plan lost (as the leader would).
         if self.cell.rejected:
             self.schedule()
+        last = (next_pass - step) // 1_000_000
+        if self._hour and last > self._hour["at"]:
+            self._mark(last, wall0)  # a last partial hour
+
+
+def _pct_ms(xs: list[float], p: int) -> float:
+    if not xs:
+        return 0.0
+    s = sorted(xs)
+    return round(1000 * s[min(len(s) - 1, (len(s) * p) // 100)], 1)
 
 
 def _factors(text: str) -> dict[str, float]:
@@ -397,13 +448,20 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - t0
     cpu = time.process_time() - c0
     cell = replay.cell
-    placed = sum(1 for t in cell.tasks.values() if t.machine)
+    placed = cell.placed()
     doc: dict[str, Any] = {
         "machines": sum(1 for m in cell.machines.values() if m.up),
         "tasks": len(cell.tasks),
         "placed": placed,
         "pending": len(cell.pending),
         "preempted": cell.preempted,
+        "trace_evictions": replay.trace_evictions,
+        "preempted_by_priority": dict(sorted(cell.preempted_by_prio.items())),
+        "speedup": round(a.until / wall, 1) if wall > 0 and a.until > 0 else None,
+        "pass_p50_ms": _pct_ms(replay.pass_s, 50),
+        "pass_p99_ms": _pct_ms(replay.pass_s, 99),
+        "t0": replay.t0,
+        "hours": replay.hours,
         "wall_s": round(wall, 3),
         "placements_per_s": round(placed / wall) if wall > 0 else 0,
         "utilization": cell.utilization(),
@@ -438,6 +496,21 @@ def main(argv: list[str] | None = None) -> int:
             f"{doc['passes']} passes), {cell.preempted} preempted, utilization cpu "
             f"{doc['utilization']['cpu']:.1%} ram {doc['utilization']['ram']:.1%}"
         )
+        if a.until > 0:
+            print(
+                f"trace window 0-{a.until:g} s: {replay.trace_evictions} EVICT rows in the "
+                f"trace, {cell.preempted} preempted here; speedup {doc['speedup']}x real time, "
+                f"pass p50 {doc['pass_p50_ms']} ms p99 {doc['pass_p99_ms']} ms"
+            )
+            print(
+                "  hour      placed  pending  pend%  preempted  borg_evict  p50ms  p99ms  speedup"
+            )
+            for h in replay.hours:
+                print(
+                    f"  {h['from_s']:>5}-{h['to_s']:<5} {h['placed']:>7} {h['pending']:>8} "
+                    f"{h['pending_pct']:>6} {h['preempted']:>10} {h['trace_evictions']:>11} "
+                    f"{h['pass_p50_ms']:>6} {h['pass_p99_ms']:>6} {h['speedup']:>8}"
+                )
     return 0
 
 

@@ -59,6 +59,7 @@ from borgmaster.scheduler.scores import (
     fit_scores,
     spread_scores,
 )
+from borgmaster.scheduler.table import CellTable
 
 NO_FEASIBLE = "no-feasible-machine"
 CPU, RAM, DISK, GPU, PORTS = range(5)
@@ -208,52 +209,58 @@ class _Pass:
     def __init__(self, s: BorgScheduler, snap: Snapshot) -> None:
         self.s = s
         self.snap = snap
-        ms = snap.machines
-        n = self.n = len(ms)
-        self.names = [m.name for m in ms]
-        self.index = {name: i for i, name in enumerate(self.names)}
-        cap = np.zeros((5, n), dtype=np.float64)
-        used = np.zeros((5, n), dtype=np.float64)
-        for i, m in enumerate(ms):
-            c, u = m.capacity, m.used
-            cap[0, i], cap[1, i], cap[2, i], cap[3, i] = c.cpu, c.ram, c.disk, c.gpu
-            used[0, i], used[1, i], used[2, i], used[3, i] = u.cpu, u.ram, u.disk, u.gpu
+        t = self.t = snap.table if snap.table is not None else CellTable.from_snapshot(snap)
+        n = self.n = t.n
+        self.names = t.names
+        self.index = t.index
+        cap = np.empty((5, n), dtype=np.float64)
+        cap[:4] = t.cap[:, :n]
         cap[PORTS, :] = s.max_ports
-        # Placed tasks: preemption candidates, spread/distinct counts, ports in use.
-        run = snap.running
-        self.r_m = np.array([self.index.get(t.machine, -1) for t in run], dtype=np.int64)
-        self.r_prio = np.array([t.priority for t in run], dtype=np.int64)
-        self.r_req = np.zeros((5, len(run)), dtype=np.float64)
-        for k, t in enumerate(run):
-            rq = t.requirements
-            self.r_req[:, k] = (rq.cpu, rq.ram, rq.disk, rq.gpu, len(rq.ports))
-        self.r_alive = self.r_m >= 0
-        if len(run):
-            live = self.r_alive
-            np.add.at(used[PORTS], self.r_m[live], self.r_req[PORTS, live])
-        self.run_by_job: dict[str, list[int]] = {}
-        for k, t in enumerate(run):
-            self.run_by_job.setdefault(t.job, []).append(k)
-        self.run_by_machine: dict[int, list[int]] | None = None
+        used = t.used[:, :n]
+        # Placed tasks: preemption candidates, spread/distinct counts (read-only but for
+        # r_alive, which evictions in this pass clear).
+        nr = t.nrows
+        self.r_m = t.r_m[:nr]
+        self.r_prio = t.r_prio[:nr]
+        self.r_req = t.r_req[:, :nr]
+        self.r_alive = t.r_alive[:nr].copy()
+        self.run_by_job = t.by_job
+        self.run_by_machine = t.by_machine
         self.cap = cap
         self.capl: list[list[float]] = cap.tolist()
         self.free = cap - used
         self.base_free = self.free.copy()
         self.placed_m: list[int] = []
         self.placed_req: list[np.ndarray] = []
-        self.up = np.array([m.state == MACHINE_UP for m in ms], dtype=bool)
+        machines = t.derived("machines")
+        if machines is None:
+            machines = t.remember(
+                "machines",
+                (
+                    np.array([st == MACHINE_UP for st in t.state], dtype=bool),
+                    state_counts(t.state),
+                    [i for i in range(n) if t.taints[i] and t.state[i] == MACHINE_UP],
+                    AttrIndex(t.attrs),
+                ),
+            )
+        self.up: np.ndarray = machines[0]
         # Machines not up, by state (rejected whatever the task), and up machines with taints.
-        self.down = state_counts([m.state for m in ms])
-        self.tainted = [i for i, m in enumerate(ms) if m.taints and m.state == MACHINE_UP]
-        self.attrs = AttrIndex([m.attrs for m in ms])
+        self.down: dict[str, int] = machines[1]
+        self.tainted: list[int] = machines[2]
+        self.attrs: AttrIndex = machines[3]
         self.mver = np.zeros(n, dtype=np.int64)
         self.rng = np.random.default_rng(s.seed)
         self.perm = self.rng.permutation(n).astype(np.int64)
         self.perm2 = np.concatenate([self.perm, self.perm])
         self.rank = np.empty(n, dtype=np.int64)
         self.rank[self.perm] = np.arange(n, dtype=np.int64)
-        self.static_cache: dict[tuple[Any, ...], np.ndarray] = {}
-        self.dom_cache: dict[str, tuple[np.ndarray, bool]] = {}
+        # Per machine set, not per pass: kept with the table until a machine changes.
+        self.static_cache: dict[tuple[Any, ...], np.ndarray] = t.derived("static") or t.remember(
+            "static", {}
+        )
+        self.dom_cache: dict[str, tuple[np.ndarray, bool]] = t.derived("dom") or t.remember(
+            "dom", {}
+        )
         self.jobs: dict[str, _JobState] = {}
         self.classes: dict[tuple[Any, ...], _Class] = {}
         self.pre_cache: dict[int, np.ndarray] = {}
@@ -283,7 +290,7 @@ class _Pass:
         if got is None:
             got = self.up.copy()
             for i in self.tainted:
-                if first_blocking_taint(self.snap.machines[i].taints, spec.tolerations):
+                if first_blocking_taint(self.t.taints[i], spec.tolerations):
                     got[i] = False
             for c in spec.constraints:
                 got &= self.attrs.constraint_mask(c)
@@ -564,16 +571,12 @@ class _Pass:
         if not ms.size:
             return None
         ms = ms[np.argsort((self.rank[ms] - self.rank[self.perm[c.offset]]) % self.n)]
-        if self.run_by_machine is None:
-            self.run_by_machine = {}
-            for k in range(len(self.r_m)):
-                self.run_by_machine.setdefault(int(self.r_m[k]), []).append(k)
         best: tuple[tuple[int, int, int], int, int, list[int]] | None = None
         for m in ms[: self.s.preempt_candidates].tolist():
             short = [float(c.req[d] - free[d, m] - slack[d, m]) for d in c.dims]
             cands = [
                 Candidate(k, int(self.r_prio[k]), tuple(float(self.r_req[d, k]) for d in c.dims))
-                for k in self.run_by_machine.get(m, [])
+                for k in sorted(self.run_by_machine.get(m, ()))
                 if self.r_alive[k] and self.r_prio[k] < ceiling
             ]
             victims = choose_victims(short, cands)
@@ -599,7 +602,7 @@ class _Pass:
             for ceiling, arr in self.pre_cache.items():
                 if prio < ceiling:
                     arr[:, m] -= self.r_req[:, k]
-            js = self.jobs.get(self.snap.running[k].job)
+            js = self.jobs.get(self.t.r_job[k])
             if js is not None:
                 self._count(js, m, -1)
 
@@ -615,7 +618,7 @@ class _Pass:
 
         remaining = self.up.copy()
         for i in self.tainted:
-            name = first_blocking_taint(self.snap.machines[i].taints, c.spec.tolerations)
+            name = first_blocking_taint(self.t.taints[i], c.spec.tolerations)
             if name:
                 add(name, 1)
                 remaining[i] = False
@@ -657,12 +660,11 @@ class _Pass:
                 if got is not None:
                     m, victims = got
                     for k in victims:
-                        v = self.snap.running[k]
                         plan.preemptions.append(
                             Preemption(
-                                job=v.job,
-                                index=v.index,
-                                incarnation=v.incarnation,
+                                job=self.t.r_job[k],
+                                index=self.t.r_index[k],
+                                incarnation=self.t.r_inc[k],
                                 machine=self.names[m],
                             )
                         )

@@ -8,6 +8,7 @@ from typing import Protocol
 
 from borgmaster.commands import Placement
 from borgmaster.model import MACHINE_UP, JobSpec, Requirements, Resources
+from borgmaster.scheduler.table import CellTable
 
 
 @dataclass
@@ -54,6 +55,9 @@ class Snapshot:
     pending: list[TaskRequest]
     # Tasks already placed (assigned or running); needed for preemption and spread.
     running: list[PlacedTask] = field(default_factory=list)
+    # The same cell in columns, kept up to date by a caller between passes (the Fauxmaster);
+    # when set, `machines` and `running` are not read.
+    table: CellTable | None = None
 
 
 @dataclass
