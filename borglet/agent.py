@@ -19,6 +19,7 @@ import glob
 import json
 import logging
 import os
+import re
 import select
 import shutil
 import stat
@@ -32,6 +33,7 @@ from typing import Any
 import grpc
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 
+from borglet.accounts import TaskAccounts, lookup_quiet
 from borglet.health import (
     EXEC,
     HTTP,
@@ -42,6 +44,7 @@ from borglet.health import (
     probe_tcp,
 )
 from borglet.metrics import BorgletCollector
+from borglet.peers import task_account_caller
 from borglet.ports import PortAllocator
 from borglet.runtime.cgroups import CgroupDriver, CgroupError, CgroupStats, Limits, detect
 from borglet.runtime.process import (
@@ -52,7 +55,6 @@ from borglet.runtime.process import (
     SpawnSpec,
     TaskProcess,
     UserError,
-    resolve_user,
 )
 from borglet.state import (
     ACTIVE,
@@ -69,7 +71,7 @@ from borglet.state import (
 from borgmaster.convert import dict_from
 from borgmaster.model import JobSpec
 from cfg.errors import ConfigError
-from cfg.schema import validate_job
+from cfg.schema import JOB_NAME_RE, MAX_REPLICAS, validate_job
 from proto.borg.v1 import borg_pb2 as pb
 from proto.borg.v1 import borg_pb2_grpc
 
@@ -115,6 +117,7 @@ class BorgletConfig:
     attrs: dict[str, str] = field(default_factory=dict)
     taints: list[dict[str, str]] = field(default_factory=list)
     task_user: str = "nobody"
+    task_users: list[str] = field(default_factory=list)  # more accounts run_as may name
     allow_root: bool = False
     kill_tasks_on_exit: bool = False
     cgroup_root: str = "/sys/fs/cgroup"
@@ -159,6 +162,11 @@ class Borglet:
             log_max_size=cfg.log_max_size,
             log_keep=cfg.log_keep,
             warm_shims=WARM_SHIMS,
+        )
+        self.accounts = TaskAccounts.of(cfg.task_user, cfg.task_users, cfg.allow_root)
+        # Local callers running as these accounts are tasks: no logs for them (peers.py).
+        self.task_uids = frozenset(
+            a.uid for a in (lookup_quiet(n) for n in self.accounts.allowed) if a is not None
         )
         self.states = TaskStates()
         self.procs: dict[TaskKey, TaskProcess] = {}
@@ -209,7 +217,16 @@ class Borglet:
     def sandbox_of(self, job: str, index: int, incarnation: str) -> str:
         """One sandbox per incarnation: restarts of a task keep it (and its logs), while a new
         placement, or a new job that reuses the name, starts empty and cannot read what an
-        earlier one left (see `gc_sandboxes` for how old ones go)."""
+        earlier one left (see `gc_sandboxes` for how old ones go).
+
+        ValueError for a name that is not a job's, an index or an incarnation id: the result
+        is always one directory directly under data_dir/tasks, whoever asks."""
+        if (
+            not JOB_NAME_RE.fullmatch(job)
+            or not 0 <= index < MAX_REPLICAS
+            or not INCARNATION_RE.fullmatch(incarnation)
+        ):
+            raise ValueError(f"no sandbox for {job[:80]!r}/{index}/{incarnation[:80]!r}")
         return os.path.join(self.cfg.data_dir, "tasks", f"{job}.{index}.{incarnation}")
 
     def prune_counters(self, now: float | None = None) -> int:
@@ -248,11 +265,14 @@ class Borglet:
             if e.name in keep or not e.is_dir(follow_symlinks=False):
                 continue
             try:
-                if now - e.stat(follow_symlinks=False).st_mtime < SANDBOX_RETENTION_S:
+                # The task owns its sandbox and may set its mtime into the future (to keep
+                # it forever); ctime it cannot forge, and it caps the mtime.
+                st = e.stat(follow_symlinks=False)
+                if now - min(st.st_mtime, st.st_ctime) < SANDBOX_RETENTION_S:
                     continue
             except OSError:
                 continue
-            shutil.rmtree(e.path, ignore_errors=True)
+            remove_tree(e.path)
             removed += 1
         if removed:
             log.info("removed %d sandbox(es) of tasks gone for an hour or more", removed)
@@ -266,6 +286,7 @@ class Borglet:
         os.chmod(tasks_dir, 0o711)
         run_dir = os.path.join(self.cfg.data_dir, "run")
         os.makedirs(run_dir, mode=0o700, exist_ok=True)
+        os.chmod(run_dir, 0o700)  # shims' specs (task env) and exit statuses: root only
         self.unreachable_dir = _first_closed_dir(tasks_dir)
         if self.unreachable_dir:
             log.error(
@@ -397,7 +418,13 @@ class Borglet:
                 }
             tmp = self.state_path + ".tmp"
             try:
-                with open(tmp, "w") as f:
+                # 0600 whatever the umask or the data dir's mode (0711 for tasks to reach
+                # their sandboxes): the file holds every task's spec, env included.
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+                with os.fdopen(os.open(tmp, flags, 0o600), "w") as f:
+                    os.fchmod(f.fileno(), 0o600)
                     json.dump(doc, f, separators=(",", ":"))
                 os.replace(tmp, self.state_path)
             except OSError as e:
@@ -517,6 +544,7 @@ class Borglet:
             ),
             attrs=self.cfg.attrs,
             taints=[pb.Taint(**t) for t in self.cfg.taints],
+            task_users=list(self.accounts.allowed),
             tasks=[pb.ObservedTask(**r) for r in reports],
             known_generation=self._known_generation,
             wait_ms=wait_ms,
@@ -678,7 +706,7 @@ class Borglet:
         task_id = task_id_of(key)
         user = spec.run_as or self.cfg.task_user
         try:
-            resolve_user(user, self.cfg.allow_root)
+            self.accounts.resolve(spec.run_as)
             if self.unreachable_dir and user != "root":
                 raise UserError(
                     f"sandbox not reachable by {user}: {self.unreachable_dir} is not searchable"
@@ -973,13 +1001,17 @@ class Borglet:
         timeout = check.timeout_ms / 1000
         try:
             if check.kind == EXEC:
-                user = resolve_user(t.spec.run_as or self.cfg.task_user, self.cfg.allow_root)
+                acct = self.accounts.resolve(t.spec.run_as)
+                user = (acct.uid, acct.gid, list(acct.groups))
                 env = dict(t.spec.env)
                 env.setdefault("PATH", DEFAULT_PATH)
                 for name, port in t.ports.items():
                     env[f"BORG_PORT_{name.upper().replace('-', '_')}"] = str(port)
                 sandbox = self.sandbox_of(*key)
-                ok = probe_exec(check.argv, env, sandbox, user, timeout)
+                # In the task's cgroup: the check counts against its pids and memory limits
+                # (a check that forks or allocates cannot escape them).
+                procs = self.driver.procs_files(task_id_of(key)) if self.driver else []
+                ok = probe_exec(check.argv, env, sandbox, user, timeout, procs_files=procs)
             else:
                 port = t.ports.get(check.port, 0)
                 if check.kind == HTTP:
@@ -1047,37 +1079,57 @@ class Borglet:
         knows) for job/index, else the newest one left on disk."""
         if incarnation:
             path = self.sandbox_of(job, index, incarnation)
-            return path if os.path.isdir(path) else None
+            return path if _is_real_dir(path) else None
         with self.lock:
             known = [
                 (t.phase != DONE, k) for k, t in self.states.tasks.items() if k[:2] == (job, index)
             ]
         if known:
-            path = self.sandbox_of(*max(known)[1])
-            if os.path.isdir(path):
-                return path
+            with contextlib.suppress(ValueError):  # an odd key from an old state file
+                path = self.sandbox_of(*max(known)[1])
+                if _is_real_dir(path):
+                    return path
         tasks_dir = os.path.join(self.cfg.data_dir, "tasks")
         prefix = f"{job}.{index}"
         try:
             found = [
                 e
                 for e in os.scandir(tasks_dir)
-                if (e.name == prefix or e.name.startswith(prefix + ".")) and e.is_dir()
+                if (e.name == prefix or e.name.startswith(prefix + "."))
+                and e.is_dir(follow_symlinks=False)
             ]
         except OSError:
             return None
         if not found:
             return None
-        return max(found, key=lambda e: e.stat().st_mtime).path
+        return max(found, key=lambda e: e.stat(follow_symlinks=False).st_mtime).path
 
     def task_running(self, job: str, index: int, sandbox: str) -> bool:
         """Whether the task whose sandbox this is may still write to its logs (running, in a
         restart backoff, or being stopped): `logs -f` ends once it is finished for good."""
         with self.lock:
             for k, t in self.states.tasks.items():
-                if k[:2] == (job, index) and self.sandbox_of(*k) == sandbox:
+                if k[:2] == (job, index) and os.path.basename(sandbox) == task_id_of(k):
                     return t.phase != DONE
         return False
+
+
+def _is_real_dir(path: str) -> bool:
+    """A directory itself, not a link to one."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def remove_tree(path: str) -> None:
+    """Delete a sandbox (a tree its task owns and may fill with links) without ever following
+    a link out of it: shutil.rmtree's fd-based walk (openat/unlinkat relative to each opened
+    directory, checked against lstat) deletes a link, never what it points to. Refuses to run
+    on a Python whose rmtree lacks that walk rather than fall back to the path-based one."""
+    if not shutil.rmtree.avoids_symlink_attacks:
+        raise RuntimeError("shutil.rmtree is not symlink-attack safe on this platform")
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _first_closed_dir(path: str) -> str:
@@ -1099,13 +1151,91 @@ SANDBOX_RETENTION_S = 3600.0
 """How long a sandbox of a task this Borglet no longer knows is kept after its last change."""
 
 
+INCARNATION_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+"""What an incarnation id may look like (the master makes 12 hex digits): never a path."""
+MAX_TAIL_BYTES = 1 << 40
+"""ReadLogs' tail_bytes beyond this is a caller's mistake, not a log size."""
+_OPEN_TASK_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+class TaskFileError(Exception):
+    """A task file the Borglet will not serve: missing, or something the task planted in its
+    place (a link, a FIFO, a directory, a file of another account). The message is one line
+    for the user and never contains the file's content."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def open_sandbox_dir(sandbox: str) -> int:
+    """An fd of the sandbox directory itself, never of what a link in its place points to.
+
+    Every open of a task file is relative to this fd and names one component, so the task
+    (which owns the sandbox and everything in it) cannot redirect the root Borglet elsewhere.
+    """
+    try:
+        return os.open(sandbox, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise TaskFileError(grpc.StatusCode.NOT_FOUND, "no sandbox") from None
+    except OSError as e:
+        raise TaskFileError(
+            grpc.StatusCode.FAILED_PRECONDITION, f"sandbox is not a directory ({e.strerror})"
+        ) from None
+
+
+def open_task_file(dir_fd: int, name: str) -> int:
+    """Open `name` (one path component) in the sandbox `dir_fd` for reading, as root, safely.
+
+    O_NOFOLLOW refuses a link the task planted (e.g. to /etc/shadow), O_NONBLOCK keeps a FIFO
+    or a leased file from blocking the thread, and the fstat checks refuse anything but a
+    regular file with one link owned by the sandbox's owner (the task's account): a hard link
+    to a file of root or of another account is refused even where protected_hardlinks is off.
+    """
+    if not name or "/" in name or name in (".", ".."):
+        raise ValueError(f"not a file name: {name!r}")
+    try:
+        fd = os.open(name, _OPEN_TASK_FILE, dir_fd=dir_fd)
+    except FileNotFoundError:
+        raise TaskFileError(grpc.StatusCode.NOT_FOUND, f"no {name} log yet") from None
+    except OSError as e:
+        raise TaskFileError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"{name} is not a regular file of the task (a link or other special file)"
+            f" ({e.strerror}): not served",
+        ) from None
+    try:
+        st = os.fstat(fd)
+        owner = os.fstat(dir_fd).st_uid
+        why = ""
+        if not stat.S_ISREG(st.st_mode):
+            why = "not a regular file"
+        elif st.st_nlink != 1:
+            why = f"a hard link ({st.st_nlink} links)"
+        elif st.st_uid != owner:
+            why = f"owned by uid {st.st_uid}, not by the task's uid {owner}"
+        if why:
+            raise TaskFileError(grpc.StatusCode.FAILED_PRECONDITION, f"{name} is {why}: not served")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def follow_file(path: str, tail_bytes: int, follow: bool, active: Any, writing: Any = None) -> Any:
     """Yield the file's bytes; with `follow`, keep yielding what is appended, across
     rotations (the file renamed to path.1 and a new one created: the old one is read to its
     end first) and truncations, while `active()` is true and, when given, `writing()` says
-    the task may still write (once it is finished, the rest is read and the stream ends)."""
-    f = open(path, "rb")  # noqa: SIM115 - reopened on rotation
+    the task may still write (once it is finished, the rest is read and the stream ends).
+
+    `path` is a task file: it is opened and re-checked relative to an fd of its directory,
+    never following links (see open_task_file); TaskFileError when it is not servable."""
+    name = os.path.basename(path)
+    dir_fd = open_sandbox_dir(os.path.dirname(path) or ".")
+    f = None
     try:
+        f = os.fdopen(open_task_file(dir_fd, name), "rb")  # reopened on rotation
         ino = os.fstat(f.fileno()).st_ino
         if tail_bytes > 0:
             size = os.fstat(f.fileno()).st_size
@@ -1123,7 +1253,7 @@ def follow_file(path: str, tail_bytes: int, follow: bool, active: Any, writing: 
                     yield rest
                 return
             try:
-                st = os.stat(path)
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
             except FileNotFoundError:
                 st = None
             if st is not None and st.st_ino != ino:
@@ -1131,7 +1261,8 @@ def follow_file(path: str, tail_bytes: int, follow: bool, active: Any, writing: 
                 if rest:
                     yield rest
                 f.close()
-                f = open(path, "rb")  # noqa: SIM115
+                f = None
+                f = os.fdopen(open_task_file(dir_fd, name), "rb")
                 ino = os.fstat(f.fileno()).st_ino
                 continue
             if st is not None and st.st_size < f.tell():
@@ -1139,14 +1270,47 @@ def follow_file(path: str, tail_bytes: int, follow: bool, active: Any, writing: 
                 continue
             time.sleep(FOLLOW_POLL_S)
     finally:
-        f.close()
+        if f is not None:
+            f.close()
+        os.close(dir_fd)
+
+
+def check_logs_request(request: pb.ReadLogsRequest) -> str:
+    """Why a ReadLogs request is malformed ('' when it is fine), checked before any disk
+    access: job and incarnation become parts of a path under the data dir."""
+    if not JOB_NAME_RE.fullmatch(request.job):
+        return f"job {request.job[:80]!r} is not a valid job name (^{JOB_NAME_RE.pattern}$)"
+    if not 0 <= request.index < MAX_REPLICAS:
+        return f"index {request.index} is out of range (0..{MAX_REPLICAS - 1})"
+    if request.incarnation and not INCARNATION_RE.fullmatch(request.incarnation):
+        return f"incarnation {request.incarnation[:80]!r} is not valid (^{INCARNATION_RE.pattern}$)"
+    if not 0 <= request.tail_bytes <= MAX_TAIL_BYTES:
+        return f"tail_bytes {request.tail_bytes} is out of range (0..{MAX_TAIL_BYTES})"
+    return ""
+
+
+MAX_FOLLOWERS = 12
+"""`logs -f` streams served at once: each holds one of the gRPC server's 16 threads for as
+long as the client likes, so some are always left for plain reads."""
 
 
 class _LogsServicer(borg_pb2_grpc.BorgletServicer):
     def __init__(self, b: Borglet) -> None:
         self.b = b
+        self.followers = threading.BoundedSemaphore(MAX_FOLLOWERS)
 
     def ReadLogs(self, request: pb.ReadLogsRequest, context: grpc.ServicerContext) -> Any:
+        uid = task_account_caller(context.peer(), self.b.task_uids)
+        if uid is not None:
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"logs are not served to tasks of this machine (caller uid {uid})",
+            )
+            return
+        bad = check_logs_request(request)
+        if bad:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, bad)
+            return
         sandbox = self.b.find_sandbox(request.job, request.index, request.incarnation)
         if sandbox is None:
             context.abort(
@@ -1154,14 +1318,24 @@ class _LogsServicer(borg_pb2_grpc.BorgletServicer):
             )
             return
         path = os.path.join(sandbox, "stderr" if request.stderr else "stdout")
-        if not os.path.isfile(path):
-            context.abort(grpc.StatusCode.NOT_FOUND, f"no {os.path.basename(path)} log yet")
         job, index = request.job, request.index
 
         def running() -> bool:
             return self.b.task_running(job, index, sandbox)
 
-        for chunk in follow_file(
-            path, request.tail_bytes, request.follow, context.is_active, running
-        ):
-            yield pb.LogChunk(data=chunk)
+        if request.follow and not self.followers.acquire(blocking=False):
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{MAX_FOLLOWERS} logs -f streams are open on this machine: try again later",
+            )
+            return
+        try:
+            for chunk in follow_file(
+                path, request.tail_bytes, request.follow, context.is_active, running
+            ):
+                yield pb.LogChunk(data=chunk)
+        except TaskFileError as e:
+            context.abort(e.code, f"{job}/{index}: {e}")
+        finally:
+            if request.follow:
+                self.followers.release()

@@ -12,6 +12,7 @@ import threading
 import click
 import psutil
 
+from borglet.accounts import AccountError, TaskAccounts
 from borglet.agent import Borglet, BorgletConfig
 from borglet.ports import parse_range
 from borgmaster.logsetup import log_options, setup_logging
@@ -52,8 +53,19 @@ def main() -> None:
 @click.option("--disk", default=None, help="Disk offered (default: free space of --data-dir).")
 @click.option("--attr", "attrs", multiple=True, help="KEY=VALUE machine attribute.")
 @click.option("--taint", "taints", multiple=True, help="KEY=VALUE:NoSchedule")
-@click.option("--task-user", default="nobody", show_default=True)
-@click.option("--allow-root-tasks", is_flag=True, help="Let jobs run_as root.")
+@click.option(
+    "--task-user", default="nobody", show_default=True, help="Account of jobs without run_as."
+)
+@click.option(
+    "--task-users",
+    default="",
+    help="Other accounts a job's run_as may name, A,B,... (default: only --task-user).",
+)
+@click.option(
+    "--allow-root-tasks",
+    is_flag=True,
+    help="Let tasks run as root-equivalent accounts (uid/gid 0, sudo, disk, docker ...).",
+)
 @click.option("--tls-dir", type=click.Path(file_okay=False), default=None, hidden=True)
 @click.option("--cgroup-root", default="/sys/fs/cgroup", show_default=True)
 @click.option("--kill-tasks-on-exit", is_flag=True, help="Stop every task when exiting (dev).")
@@ -114,6 +126,7 @@ def run(
     attrs: tuple[str, ...],
     taints: tuple[str, ...],
     task_user: str,
+    task_users: str,
     allow_root_tasks: bool,
     tls_dir: str | None,
     cgroup_root: str,
@@ -144,7 +157,17 @@ def run(
         raise click.BadParameter("must be >= 0", param_hint="--reserve-cpu")
     if log_max < 4096:
         raise click.BadParameter("must be at least 4Ki", param_hint="--log-max-size")
+    extra_users = [u.strip() for u in task_users.split(",") if u.strip()]
+    try:
+        TaskAccounts.of(task_user, extra_users, allow_root_tasks).check_all()
+    except AccountError as e:
+        click.echo(f"borglet: --task-users: {e}", err=True)
+        sys.exit(2)
+    # Everything the Borglet writes is its own unless it says otherwise (state file, control
+    # dirs); the data dir itself stays traversable so tasks reach their (0700) sandboxes.
+    os.umask(0o077)
     os.makedirs(data_dir, exist_ok=True)
+    os.chmod(data_dir, 0o711)
     if dsk is None:
         dsk = psutil.disk_usage(data_dir).free
     cfg = BorgletConfig(
@@ -159,6 +182,7 @@ def run(
         attrs=key_values(attrs, "--attr"),
         taints=_taints(taints),
         task_user=task_user,
+        task_users=extra_users,
         allow_root=allow_root_tasks,
         kill_tasks_on_exit=kill_tasks_on_exit,
         cgroup_root=cgroup_root,

@@ -18,17 +18,16 @@ import contextlib
 import logging
 import marshal
 import os
-import pwd
 import select
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
 
+from borglet.accounts import AccountError, lookup, refuse_privileged
 from borglet.runtime.cgroups import CgroupDriver, CgroupError, CgroupStats, Limits, validate_name
 
 log = logging.getLogger(__name__)
@@ -42,8 +41,8 @@ READY_TIMEOUT_S = 30.0
 _POLL_S = 0.01
 
 
-class UserError(Exception):
-    """The task cannot run as the requested account (unknown, or root without permission)."""
+UserError = AccountError
+"""A task's unix account is unknown or not allowed (kept as the runtime's name for it)."""
 
 
 class ExecError(Exception):
@@ -163,18 +162,11 @@ def proc_alive(pid: int, start: str) -> bool:
 
 
 def resolve_user(name: str, allow_root: bool) -> tuple[int, int, list[int]]:
-    """uid, primary gid and supplementary groups of a unix account."""
-    try:
-        pw = pwd.getpwnam(name)
-    except KeyError:
-        raise UserError(f"unix account {name!r} does not exist on this machine") from None
-    if pw.pw_uid == 0 and not allow_root:
-        raise UserError("tasks may not run as root: start the Borglet with --allow-root-tasks")
-    try:
-        groups = sorted(set(os.getgrouplist(name, pw.pw_gid)))
-    except OSError:
-        groups = [pw.pw_gid]
-    return pw.pw_uid, pw.pw_gid, groups
+    """uid, primary gid and supplementary groups of a unix account; UserError for an account
+    that does not exist or is root-equivalent without `allow_root` (the last line of defence:
+    the Borglet's --task-users policy is checked before, in borglet.accounts)."""
+    a = refuse_privileged(lookup(name), allow_root)
+    return a.uid, a.gid, list(a.groups)
 
 
 def _write_private(path: str, data: bytes) -> None:
@@ -230,13 +222,20 @@ class ProcessRuntime:
         uid, gid, groups = resolve_user(spec.user, self.allow_root)
         as_root = os.geteuid() == 0
         sandbox = os.path.abspath(spec.sandbox)
-        os.makedirs(sandbox, mode=0o750, exist_ok=True)
-        st = os.lstat(sandbox)
-        if not stat.S_ISDIR(st.st_mode):
-            raise OSError(f"sandbox {sandbox} is not a directory")
-        os.chmod(sandbox, 0o750)
-        if as_root:
-            os.chown(sandbox, uid, gid)
+        # 0700 and the task's own: only its account (and root) reach its files and logs, not
+        # other tasks, even of accounts sharing its group. Set through an fd of the directory
+        # itself (O_NOFOLLOW), never through a link in its place.
+        os.makedirs(sandbox, mode=0o700, exist_ok=True)
+        try:
+            dfd = os.open(sandbox, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as e:
+            raise OSError(f"sandbox {sandbox} is not a directory: {e.strerror}") from None
+        try:
+            if as_root:
+                os.fchown(dfd, uid, gid)
+            os.fchmod(dfd, 0o700)
+        finally:
+            os.close(dfd)
         control = self.control_dir(spec.task_id, sandbox)
         shutil.rmtree(control, ignore_errors=True)  # a previous run's status is not ours
         os.makedirs(control, mode=0o700)
