@@ -68,10 +68,10 @@ from borglet.state import (
     TaskKey,
     TaskStates,
 )
-from borgmaster.convert import dict_from
-from borgmaster.model import JobSpec
 from cfg.errors import ConfigError
+from cfg.model import JobSpec
 from cfg.schema import JOB_NAME_RE, MAX_REPLICAS, validate_job
+from cfg.structs import dict_from
 from proto.borg.v1 import borg_pb2 as pb
 from proto.borg.v1 import borg_pb2_grpc
 

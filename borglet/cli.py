@@ -15,7 +15,7 @@ import psutil
 from borglet.accounts import AccountError, TaskAccounts
 from borglet.agent import Borglet, BorgletConfig
 from borglet.ports import parse_range
-from borgmaster.logsetup import log_options, setup_logging
+from cfg.logsetup import log_options, setup_logging
 from cfg.options import key_values
 from cfg.units import parse_size
 

@@ -12,10 +12,9 @@ import signal
 from dataclasses import dataclass, field
 from typing import Any
 
-from borgmaster.model import BATCH, FAILED, KILLED, RUNNING, SUCCEEDED, JobSpec
+from cfg.model import BATCH, FAILED, KILLED, MAX_BACKOFF_MS, RUNNING, SUCCEEDED, JobSpec
 
-# Cap for the exponential restart backoff, and how long a run must last to reset it.
-MAX_BACKOFF_MS = 300_000
+# How long a run must last to reset the restart backoff.
 STABLE_RUN_MS = 60_000
 
 # Health as reported to the master ("" = no check, or no verdict yet).

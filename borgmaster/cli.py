@@ -17,8 +17,8 @@ import click
 import psutil
 
 from borgmaster.fsm import DataDirError, own_raft_secret
-from borgmaster.logsetup import log_options, setup_logging
 from borgmaster.server import Master, MasterConfig
+from cfg.logsetup import log_options, setup_logging
 from cfg.options import host_port
 
 log = logging.getLogger("borgmaster")

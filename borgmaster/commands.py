@@ -14,6 +14,10 @@ from typing import Any, ClassVar
 
 import msgpack
 
+from cfg.model import QUOTA_KEEP, UNLIMITED
+
+__all__ = ["QUOTA_KEEP", "UNLIMITED"]
+
 
 class CommandType(IntEnum):
     NOOP = 0
@@ -166,11 +170,9 @@ class Rollback(Command):
     user: str = ""
 
 
-# A quota limit of UNLIMITED (any negative amount) does not limit that resource.
-UNLIMITED = -1
-# On the wire only (SetQuotaRequest.quota.limit, whose fields have no presence): "this
-# resource was not given: keep its current limit". Never stored.
-QUOTA_KEEP = -2
+# A quota limit of UNLIMITED (any negative amount) does not limit that resource; QUOTA_KEEP is
+# on the wire only (SetQuotaRequest.quota.limit, whose fields have no presence): "this resource
+# was not given: keep its current limit", never stored. Both are the contract's (cfg.model).
 
 
 @dataclass

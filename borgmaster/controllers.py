@@ -21,12 +21,13 @@ from borgmaster.model import (
     Task,
 )
 from borgmaster.store import ACTIVE_STATES, Store
+from cfg.model import MIN_READY_MS
 
 # A new-version task that has restarted this often is crash-looping: halt the rollout.
 ROLLOUT_MAX_RESTARTS = 3
-# A new-version task counts as available only after running unchanged this long (like
-# Kubernetes' minReadySeconds), so a task that starts and dies at once cannot fake progress.
-MIN_READY_MS = 1000
+# A new-version task counts as available only after running unchanged for MIN_READY_MS
+# (cfg.model; like Kubernetes' minReadySeconds), so a task that starts and dies at once cannot
+# fake progress.
 
 
 @dataclass

@@ -25,15 +25,22 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
-from borglet.state import MAX_BACKOFF_MS
-from borgmaster.controllers import MIN_READY_MS
-from borgmaster.convert import dict_from
-from borgmaster.model import BANDS, RUNNING, TERMINAL_TASK_STATES, JobSpec
 from cfg.client import CellError, Client, Unreachable
 from cfg.errors import ConfigError
 from cfg.loader import load_file
+from cfg.model import (
+    BANDS,
+    MAX_BACKOFF_MS,
+    MIN_READY_MS,
+    QUOTA_KEEP,
+    RUNNING,
+    TERMINAL_TASK_STATES,
+    UNLIMITED,
+    JobSpec,
+)
 from cfg.options import host_port, key_values, master_addresses
 from cfg.schema import spec_to_config, validate_job
+from cfg.structs import dict_from
 from cfg.units import human_size, parse_size
 from proto.borg.v1 import borg_pb2 as pb
 
@@ -1090,8 +1097,6 @@ def events(ctx: Ctx, follow: bool, job: str, tail: int, output: str) -> None:
 
 def parse_quota_limits(items: tuple[str, ...]) -> pb.Resources:
     """`cpu=8 ram=16Gi gpu=2 disk=unlimited` -> Resources; usage errors name the bad item."""
-    from borgmaster.commands import QUOTA_KEEP, UNLIMITED
-
     r = pb.Resources(cpu=QUOTA_KEEP, ram=QUOTA_KEEP, disk=QUOTA_KEEP, gpu=QUOTA_KEEP)
     seen = set()
     for item in items:

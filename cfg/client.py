@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from borgmaster.convert import struct_from
+from cfg.structs import struct_from
 from proto.borg.v1 import borg_pb2 as pb
 from proto.borg.v1 import borg_pb2_grpc
 

@@ -17,8 +17,8 @@ from typing import Any
 import _jsonnet
 import yaml
 
-from borgmaster.model import JobSpec
 from cfg.errors import ConfigError
+from cfg.model import JobSpec
 from cfg.schema import Path, PathLines, describe, validate_job
 
 LIB_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib")

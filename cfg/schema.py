@@ -19,7 +19,8 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from borgmaster.model import (
+from cfg.errors import ConfigError
+from cfg.model import (
     BANDS,
     BATCH,
     SERVICE,
@@ -30,7 +31,6 @@ from borgmaster.model import (
     Toleration,
     UpdatePolicy,
 )
-from cfg.errors import ConfigError
 from cfg.units import format_duration, format_size, parse_duration_ms, parse_size
 
 PathElem = str | int
@@ -45,7 +45,7 @@ PORT_NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,30}")
 ATTR_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-/]{0,62}")
 _IDENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 
-KINDS = (SERVICE, BATCH)
+KINDS = (str(SERVICE), str(BATCH))
 RESTART_POLICIES = ("always", "on-failure", "never")
 CONSTRAINT_OPS = ("==", "!=", "in", "not-in", "exists")
 HEALTH_CHECKS = ("http", "tcp", "exec")

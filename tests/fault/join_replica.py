@@ -9,8 +9,8 @@ from __future__ import annotations
 import sys
 
 from borgmaster.cli import serve
-from borgmaster.logsetup import setup_logging
 from borgmaster.server import MasterConfig
+from cfg.logsetup import setup_logging
 from tests.cluster import TEST_RAFT_SECRET
 
 
