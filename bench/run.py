@@ -1,6 +1,9 @@
 """`make bench`: headline figures, written to bench/results/*.json.
 
 - scheduler: one BestFitScheduler pass over synthetic machines and tasks (pure, no I/O).
+- master_pass: the master's own scheduler (BorgScheduler, default options) on the kind of
+  snapshot the leader builds (lists of machines and placed tasks), so a change to the
+  scheduler shows whether a real cell's pass got slower.
 - submit: a real 3-master + 1-Borglet cell on loopback; time from `SubmitJob` until every
   task of a job is running (as reported through the Borglet), median and max over runs, and
   the latency of a single committed write through the leader and through a follower.
@@ -21,7 +24,14 @@ from typing import Any
 import grpc
 
 from borgmaster.model import JobSpec, Requirements, Resources
-from borgmaster.scheduler import BestFitScheduler, MachineView, Snapshot, TaskRequest
+from borgmaster.scheduler import (
+    BestFitScheduler,
+    BorgScheduler,
+    MachineView,
+    PlacedTask,
+    Snapshot,
+    TaskRequest,
+)
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -81,6 +91,85 @@ def bench_scheduler(machines: int = 500, tasks: int = 5000) -> None:
             "tasks_per_second": round(tasks / dt),
         },
     )
+
+
+def master_snapshot(machines: int = 1000, per_machine: int = 40, pending: int = 1000) -> Snapshot:
+    """A busy cell as the leader sees it: racks, machines ~97% full of tasks of every band,
+    and new work arriving (production, batch and free jobs), some of it needing preemption."""
+    rng = random.Random(7)
+    ms: list[MachineView] = []
+    running: list[PlacedTask] = []
+    sizes = [Requirements(cpu=c, ram=r << 30) for c, r in ((0.5, 2), (1, 4), (1, 2), (2, 8))]
+    for i in range(machines):
+        name = f"m{i:05d}"
+        used_cpu, used_ram = 0.0, 0
+        for k in range(per_machine):
+            req = rng.choice(sizes)
+            if used_cpu + req.cpu > 31 or used_ram + req.ram > (124 << 30):
+                break
+            prio = rng.choice([0, 50, 100, 120, 200, 200, 250])
+            running.append(
+                PlacedTask(f"r{prio}-{i % 97}", i * 100 + k, name, prio, req, f"x{i}-{k}")
+            )
+            used_cpu += req.cpu
+            used_ram += req.ram
+        ms.append(
+            MachineView(
+                name=name,
+                capacity=Resources(cpu=32, ram=128 << 30, disk=1 << 40),
+                used=Resources(cpu=used_cpu, ram=used_ram),
+                attrs={"rack": f"r{i // 40}"},
+            )
+        )
+    reqs: list[TaskRequest] = []
+    for j, prio in enumerate([200, 200, 120, 100, 0]):
+        spec = JobSpec(
+            name=f"new{j}",
+            command=["x"],
+            priority=prio,
+            replicas=pending // 5,
+            requirements=Requirements(cpu=rng.choice([2, 4]), ram=rng.choice([8, 16]) << 30),
+        )
+        reqs += [TaskRequest(spec.name, i, 1, spec) for i in range(spec.replicas)]
+    return Snapshot(machines=ms, pending=reqs, running=running)
+
+
+def time_passes(sched: Any, snap: Snapshot, passes: int) -> dict[str, Any]:
+    times = []
+    plan = None
+    for _ in range(passes):
+        t0 = time.perf_counter()
+        plan = sched.schedule(snap, lambda: "x")
+        times.append(time.perf_counter() - t0)
+    assert plan is not None
+    times.sort()
+    return {
+        "placements": len(plan.placements),
+        "preemptions": len(plan.preemptions),
+        "pass_ms_median": round(1000 * statistics.median(times), 1),
+        "pass_ms_min": round(1000 * times[0], 1),
+        "pass_ms_max": round(1000 * times[-1], 1),
+    }
+
+
+def bench_master_pass(passes: int = 11) -> dict[str, Any]:
+    """The master's scheduler (default options) on a list snapshot, and the same with no
+    per-pass preemption budget (the plan the scheduler made before the budget existed)."""
+    snap = master_snapshot()
+    doc: dict[str, Any] = {
+        "machines": len(snap.machines),
+        "placed_tasks": len(snap.running),
+        "pending": len(snap.pending),
+        "passes": passes,
+        "default": time_passes(BorgScheduler(), snap, passes),
+    }
+    try:
+        unlimited = BorgScheduler(nonprod_preempt_rate=None)
+    except TypeError:  # code from before the budget: the same as its default
+        unlimited = BorgScheduler()
+    doc["no_preemption_budget"] = time_passes(unlimited, snap, passes)
+    write("scheduler_master_pass", doc)
+    return doc
 
 
 def bench_submit(runs: int = 5, replicas: int = 10) -> None:
@@ -173,6 +262,7 @@ def bench_submit(runs: int = 5, replicas: int = 10) -> None:
 def main() -> None:
     sys.setrecursionlimit(10000)
     bench_scheduler()
+    bench_master_pass()
     bench_submit()
 
 
