@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from borgmaster.model import (
@@ -12,6 +13,7 @@ from borgmaster.model import (
     Resources,
     Task,
 )
+from borgmaster.readiness import task_ready
 from cfg.structs import dict_from, struct_from
 from proto.borg.v1 import borg_pb2 as pb
 
@@ -55,21 +57,36 @@ def job_pb(
     tasks: list[Task],
     spec_config: dict[str, Any] | None,
     usage: dict[tuple[str, int], Any] | None = None,
+    now_ms: int | None = None,
 ) -> pb.Job:
+    """The API's view of a job. Readiness is judged here, with this replica's clock (`now_ms`,
+    default now), for every task of the current version (see readiness.py)."""
     u = usage or {}
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    spec = job.spec
+    check, backoff = spec.health is not None, spec.restart.backoff_ms
+    msgs = []
+    ready = 0
+    for t in tasks:
+        tmsg = task_pb(t, u.get(t.key))
+        if t.version == job.version and task_ready(t, check, backoff, now):
+            tmsg.ready = True
+            ready += 1
+        msgs.append(tmsg)
     msg = pb.Job(
         name=job.name,
-        user=job.spec.user,
-        priority=job.spec.priority,
-        kind=job.spec.kind,
-        replicas=job.spec.replicas,
+        user=spec.user,
+        priority=spec.priority,
+        kind=spec.kind,
+        replicas=spec.replicas,
         state=job.state,
         version=job.version,
-        tasks=[task_pb(t, u.get(t.key)) for t in tasks],
+        tasks=msgs,
         created_ms=job.created_ms,
         running=sum(1 for t in tasks if t.state in ACTIVE_STATES_FOR_COUNT),
         rollout=job.rollout,
         previous_version=job.previous_version,
+        ready=ready,
     )
     if spec_config is not None:
         msg.spec.CopyFrom(struct_from(spec_config))

@@ -30,8 +30,6 @@ from cfg.errors import ConfigError
 from cfg.loader import load_file
 from cfg.model import (
     BANDS,
-    MAX_BACKOFF_MS,
-    MIN_READY_MS,
     QUOTA_KEEP,
     RUNNING,
     TERMINAL_TASK_STATES,
@@ -425,64 +423,17 @@ class JobProgress:
         return ", ".join(parts) or "no tasks"
 
 
-@dataclass
-class Readiness:
-    """What `--wait` needs from a service's spec to judge its tasks."""
-
-    health_check: bool = False
-    backoff_ms: int = 1000
-
-
-def readiness_of(job: pb.Job) -> Readiness:
-    try:
-        spec = validate_job(dict_from(job.spec), default_user=job.user or "unknown")
-    except ConfigError:  # cannot happen for a spec the cell accepted; judge without it
-        return Readiness()
-    return Readiness(spec.health is not None, spec.restart.backoff_ms)
-
-
-WAIT_BACKOFF_CAP_MS = 30_000
-"""The most `up --wait` adds for a restarted task's possible backoff (see task_ready)."""
-
-
-def task_ready(t: pb.Task, r: Readiness, now_ms: int) -> bool:
-    """Running, healthy if the job has a health check, and up unchanged for MIN_READY_MS: the
-    rollout controller's stability rule, so a task that starts and dies at once (and is
-    restarted by its Borglet) never counts as ready.
-
-    The Borglet reports a task restarting (`restarts` + 1, `updated_ms` moves) when its process
-    exits, and keeps reporting it running through the restart backoff; so a task that has
-    restarted must also outlast the longest backoff its Borglet may have waited (backoff
-    doubling per restart, capped), or a crash loop would look stable between two crashes.
-    """
-    if t.state != RUNNING or (r.health_check and t.health != "healthy"):
-        return False
-    need = MIN_READY_MS
-    if t.restarts > 0:
-        # `restarts` counts every restart of the incarnation while the Borglet's backoff
-        # resets after a stable run, so this is an upper bound; capped so that a long-lived
-        # task with old restarts is not held for minutes (a crash loop whose backoff has
-        # grown past the cap is caught by the rollout controller's restart count instead).
-        need += min(
-            r.backoff_ms * 2 ** min(t.restarts - 1, 30), MAX_BACKOFF_MS, WAIT_BACKOFF_CAP_MS
-        )
-    return now_ms - t.updated_ms >= need
-
-
 def last_exit(t: pb.Task) -> str:
     if t.reason:
         return t.reason
     return f"exit {t.exit_code}" if t.exit_code >= 0 else "unknown"
 
 
-def job_progress(
-    job: pb.Job | None, name: str, until: str, now_ms: int | None = None
-) -> JobProgress:
+def job_progress(job: pb.Job | None, name: str, until: str) -> JobProgress:
     """`until` is "up" (running on the job's version / finished) or "down" (all stopped).
 
-    `now_ms` (epoch ms, default now) is compared with the master's task timestamps."""
-    if now_ms is None:
-        now_ms = int(time.time() * 1000)
+    Readiness is the master's verdict (`Job.ready`, `Task.ready`, judged with its clock):
+    borgcfg only counts, so a client clock that is off changes nothing."""
     p = JobProgress(name)
     if job is None:
         p.finished = until == "down"
@@ -503,15 +454,12 @@ def job_progress(
         if job.state in ("failed", "killed"):
             p.failed = f"job {job.state}"
         return p
-    r = readiness_of(job)
-    current = [t for t in job.tasks if t.version == job.version]
-    ready = {t.index for t in current if task_ready(t, r, now_ms)}
-    p.done = len(ready)
+    p.done = int(job.ready)
     p.crash_looping = [
         f"{job.name}/{t.index} ({t.restarts} restart{'s' if t.restarts != 1 else ''}, "
         f"last: {last_exit(t)})"
-        for t in current
-        if t.restarts > 0 and t.state == RUNNING and t.index not in ready
+        for t in job.tasks
+        if t.version == job.version and t.restarts > 0 and t.state == RUNNING and not t.ready
     ]
     if job.rollout.startswith("halted"):
         p.finished, p.failed = True, job.rollout

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
@@ -21,16 +22,29 @@ import grpc
 import pytest
 from click.testing import CliRunner, Result
 
-from borgmaster.convert import dict_from, struct_from
+from borgmaster.readiness import task_ready
 from cfg.cli import main
 from cfg.client import CellError, Client, Unreachable
 from cfg.errors import ConfigError
 from cfg.schema import spec_to_config, validate_job
+from cfg.structs import dict_from, struct_from
 from proto.borg.v1 import borg_pb2 as pb
 from proto.borg.v1 import borg_pb2_grpc
 from tests.cluster import free_port
 
 NOW_MS = 1_700_000_000_000
+
+
+def mark_ready(job: pb.Job) -> None:
+    """Judge readiness as a real master does (its rule, this process's clock)."""
+    spec = dict_from(job.spec) if job.HasField("spec") else {}
+    check = spec.get("health") is not None
+    backoff = int((spec.get("restart") or {}).get("backoff_ms", 1000))
+    now = int(time.time() * 1000)
+    job.ready = 0
+    for t in job.tasks:
+        t.ready = t.version == job.version and task_ready(t, check, backoff, now)
+        job.ready += int(t.ready)
 
 
 class FakeMaster(borg_pb2_grpc.BorgmasterServicer):
@@ -165,6 +179,7 @@ class FakeMaster(borg_pb2_grpc.BorgmasterServicer):
                 job.running = job.replicas
             out = pb.Job()
             out.CopyFrom(job)
+            mark_ready(out)
             return out
 
     def ListJobs(self, request: pb.ListJobsRequest, context: grpc.ServicerContext) -> Any:

@@ -16,9 +16,17 @@ import grpc
 import pytest
 from click.testing import CliRunner
 
-from cfg.cli import Readiness, job_progress, main, task_ready
+from cfg.cli import job_progress, main
 from proto.borg.v1 import borg_pb2 as pb
-from tests.unit.test_cli import HELLO, FakeMaster, one_line_error, run, serve, write
+from tests.unit.test_cli import (
+    HELLO,
+    FakeMaster,
+    mark_ready,
+    one_line_error,
+    run,
+    serve,
+    write,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -238,34 +246,12 @@ def test_docs_list_exactly_the_event_types_the_cell_emits() -> None:
 # -- 6. --wait and crash loops ------------------------------------------------------------
 
 
-def test_task_ready_needs_a_stable_running_task() -> None:
-    now = 1_000_000
-    r = Readiness()
-    t = pb.Task(state="running", updated_ms=now - 999, exit_code=-1)
-    assert not task_ready(t, r, now)
-    t.updated_ms = now - 1000
-    assert task_ready(t, r, now)
-    t.state = "pending"
-    assert not task_ready(t, r, now)
-    # a health check must pass too
-    t.state = "running"
-    assert not task_ready(t, Readiness(health_check=True), now)
-    t.health = "healthy"
-    assert task_ready(t, Readiness(health_check=True), now)
-    # restarted: must outlast the Borglet's backoff (1s, 2s, 4s...) as well
-    t = pb.Task(state="running", restarts=3, updated_ms=now - 4999, exit_code=1)
-    assert not task_ready(t, r, now)
-    t.updated_ms = now - 5000
-    assert task_ready(t, r, now)
-    # a restart long ago does not block readiness forever
-    t.restarts, t.updated_ms = 50, now - 3_600_000
-    assert task_ready(t, r, now)
-
-
 def test_job_progress_names_crash_looping_tasks() -> None:
     now = 1_000_000
-    job = pb.Job(name="crashy", kind="service", replicas=2, version=1, state="running")
-    job.tasks.append(pb.Task(index=0, state="running", version=1, updated_ms=now - 60_000))
+    job = pb.Job(name="crashy", kind="service", replicas=2, version=1, state="running", ready=1)
+    job.tasks.append(
+        pb.Task(index=0, state="running", version=1, updated_ms=now - 60_000, ready=True)
+    )
     job.tasks.append(
         pb.Task(
             index=1,
@@ -277,7 +263,7 @@ def test_job_progress_names_crash_looping_tasks() -> None:
             updated_ms=now - 300,
         )
     )
-    p = job_progress(job, "crashy", "up", now_ms=now)
+    p = job_progress(job, "crashy", "up")
     assert (p.done, p.total, p.finished) == (1, 2, False)
     assert p.crash_looping == ["crashy/1 (2 restarts, last: exit: 1)"]
     assert p.detail() == "2 running, 1 crash-looping"
@@ -296,6 +282,7 @@ class CrashLoopMaster(FakeMaster):
                     t.restarts += 1
                     t.exit_code, t.reason, t.updated_ms = 1, "exit: 1", now_ms()
             job.CopyFrom(stored)
+            mark_ready(job)
         return job
 
 

@@ -80,7 +80,7 @@ class ListMachinesRequest(_message.Message):
     def __init__(self, options: _Optional[_Union[ReadOptions, _Mapping]] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("index", "state", "machine", "version", "restarts", "exit_code", "reason", "incarnation", "updated_ms", "ports", "health", "cpu_seconds", "memory_bytes", "memory_peak_bytes", "pid", "oom_kills")
+    __slots__ = ("index", "state", "machine", "version", "restarts", "exit_code", "reason", "incarnation", "updated_ms", "ports", "health", "cpu_seconds", "memory_bytes", "memory_peak_bytes", "pid", "oom_kills", "ready")
     class PortsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -104,6 +104,7 @@ class Task(_message.Message):
     MEMORY_PEAK_BYTES_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     OOM_KILLS_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
     index: int
     state: str
     machine: str
@@ -120,10 +121,11 @@ class Task(_message.Message):
     memory_peak_bytes: int
     pid: int
     oom_kills: int
-    def __init__(self, index: _Optional[int] = ..., state: _Optional[str] = ..., machine: _Optional[str] = ..., version: _Optional[int] = ..., restarts: _Optional[int] = ..., exit_code: _Optional[int] = ..., reason: _Optional[str] = ..., incarnation: _Optional[str] = ..., updated_ms: _Optional[int] = ..., ports: _Optional[_Mapping[str, int]] = ..., health: _Optional[str] = ..., cpu_seconds: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., memory_peak_bytes: _Optional[int] = ..., pid: _Optional[int] = ..., oom_kills: _Optional[int] = ...) -> None: ...
+    ready: bool
+    def __init__(self, index: _Optional[int] = ..., state: _Optional[str] = ..., machine: _Optional[str] = ..., version: _Optional[int] = ..., restarts: _Optional[int] = ..., exit_code: _Optional[int] = ..., reason: _Optional[str] = ..., incarnation: _Optional[str] = ..., updated_ms: _Optional[int] = ..., ports: _Optional[_Mapping[str, int]] = ..., health: _Optional[str] = ..., cpu_seconds: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., memory_peak_bytes: _Optional[int] = ..., pid: _Optional[int] = ..., oom_kills: _Optional[int] = ..., ready: _Optional[bool] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("name", "user", "priority", "kind", "replicas", "state", "version", "tasks", "spec", "created_ms", "running", "rollout", "previous_version")
+    __slots__ = ("name", "user", "priority", "kind", "replicas", "state", "version", "tasks", "spec", "created_ms", "running", "rollout", "previous_version", "ready")
     NAME_FIELD_NUMBER: _ClassVar[int]
     USER_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
@@ -137,6 +139,7 @@ class Job(_message.Message):
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     ROLLOUT_FIELD_NUMBER: _ClassVar[int]
     PREVIOUS_VERSION_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
     name: str
     user: str
     priority: int
@@ -150,7 +153,8 @@ class Job(_message.Message):
     running: int
     rollout: str
     previous_version: int
-    def __init__(self, name: _Optional[str] = ..., user: _Optional[str] = ..., priority: _Optional[int] = ..., kind: _Optional[str] = ..., replicas: _Optional[int] = ..., state: _Optional[str] = ..., version: _Optional[int] = ..., tasks: _Optional[_Iterable[_Union[Task, _Mapping]]] = ..., spec: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., created_ms: _Optional[int] = ..., running: _Optional[int] = ..., rollout: _Optional[str] = ..., previous_version: _Optional[int] = ...) -> None: ...
+    ready: int
+    def __init__(self, name: _Optional[str] = ..., user: _Optional[str] = ..., priority: _Optional[int] = ..., kind: _Optional[str] = ..., replicas: _Optional[int] = ..., state: _Optional[str] = ..., version: _Optional[int] = ..., tasks: _Optional[_Iterable[_Union[Task, _Mapping]]] = ..., spec: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., created_ms: _Optional[int] = ..., running: _Optional[int] = ..., rollout: _Optional[str] = ..., previous_version: _Optional[int] = ..., ready: _Optional[int] = ...) -> None: ...
 
 class ListJobsResponse(_message.Message):
     __slots__ = ("jobs",)
