@@ -278,6 +278,7 @@ class _Pass:
         self.classes: dict[tuple[Any, ...], _Class] = {}
         self.pre_cache: dict[int, np.ndarray] = {}
         self.level_cache: dict[int, list[int]] = {}
+        self.level_rows: dict[int, np.ndarray] = {}  # placed tasks of priority <= p
         self.k = self.s.sample_size if self.s.sample else max(1, n)
         self.slack: np.ndarray | None = None
         if any(f > 1.0 for f in s.nonprod_overcommit.values()):
@@ -340,9 +341,21 @@ class _Pass:
             values = int(np.unique(codes[static]).size) if static.any() else 1
             js.spread_codes = codes
             js.spread_lim = spread_limit(spec.replicas, values)
-        for k in self.run_by_job.get(spec.name, []):
-            if self.r_alive[k]:
-                self._count(js, int(self.r_m[k]), +1)
+        rows = self.run_by_job.get(spec.name)
+        if rows:
+            # The job's placed tasks, counted in bulk (no class of the job exists yet, so
+            # there is nothing to invalidate).
+            ks = np.fromiter(rows, dtype=np.int64, count=len(rows))
+            ms = self.r_m[ks[self.r_alive[ks]]]
+            if ms.size:
+                if js.used_mask is not None:
+                    js.used_mask[ms] = True
+                d, n = np.unique(dom[ms], return_counts=True)
+                js.dom_counts = dict(zip(d.tolist(), n.tolist(), strict=True))
+                if js.spread_codes is not None:
+                    v, n = np.unique(js.spread_codes[ms], return_counts=True)
+                    js.spread_counts = dict(zip(v.tolist(), n.tolist(), strict=True))
+                    js.spread_full = {x for x, c in js.spread_counts.items() if c >= js.spread_lim}
         self.jobs[spec.name] = js
         return js
 
@@ -596,7 +609,8 @@ class _Pass:
         can make room (all of its tasks of priority <= p counted), then, among machines that
         can at that level, one where a single victim suffices (the lowest-priority and then
         largest such task, which leaves the most room for the tasks that follow), else the
-        fewest victims on the `preempt_candidates` machines closest to fitting. A machine that fits without
+        fewest victims on the `preempt_candidates` machines closest to fitting (stopping at
+        the first where two victims of priority p suffice). A machine that fits without
         any victim (room freed by an eviction earlier in this pass) is taken first.
         """
         ceiling = victim_ceiling(prio)
@@ -629,9 +643,11 @@ class _Pass:
         else:
             return None
         # One victim of priority <= p on a machine that can make room at level p.
-        sel = self.r_alive & (self.r_prio <= p)
-        sel &= ok[self.r_m]
-        rows = np.flatnonzero(sel)
+        rows = self.level_rows.get(p)
+        if rows is None:
+            rows = self.level_rows[p] = np.flatnonzero(self.r_alive & (self.r_prio <= p))
+        rows = rows[self.r_alive[rows]]
+        rows = rows[ok[self.r_m[rows]]]
         if rows.size:
             rm = self.r_m[rows]
             fits = np.ones(rows.size, dtype=bool)
@@ -668,6 +684,8 @@ class _Pass:
             key = (victims_cost(victims), int(self.rank[m]))
             if best is None or key < (best[0], best[1]):
                 best = (key[0], key[1], m, [v.key for v in victims])
+                if key[0][:2] == (p, 2):
+                    break  # no single victim exists: two of priority p cannot be beaten
         if best is None:
             return None
         return best[2], best[3]
