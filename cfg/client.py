@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from cfg.errors import CellError, Unreachable
 from cfg.structs import struct_from
 from proto.borg.v1 import borg_pb2 as pb
 from proto.borg.v1 import borg_pb2_grpc
@@ -30,20 +31,6 @@ T = TypeVar("T")
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 
 ChannelFactory = Callable[[str], grpc.Channel]
-
-
-class CellError(Exception):
-    """The cell rejected the request (bad input, unknown job, admission, quota)."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        message = " ".join(message.split()) or code.name
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-class Unreachable(Exception):
-    """No master answered (or none could serve the request before the retry deadline)."""
 
 
 def _not_connected(e: grpc.RpcError) -> bool:

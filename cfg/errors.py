@@ -1,10 +1,14 @@
-"""The one exception the config layer raises for bad config content.
+"""The errors borgcfg's layers raise, so the CLI maps each to one line and an exit code.
 
 Every failure a user can cause with a config file (syntax, evaluation, schema) surfaces as a
-`ConfigError`, so the CLI can print `str(err)` as one line and exit 1 without a traceback.
+`ConfigError` (exit 1); a request the cell refused is a `CellError` (exit 1); no master
+answering is `Unreachable` (exit 3). They live here, not beside the gRPC client, so commands
+that never talk to a cell (`validate`, `--help`) do not load gRPC.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class ConfigError(Exception):
@@ -49,3 +53,18 @@ class ConfigError(Exception):
 
 def _rebuild(message: str, file: str | None, line: int | None, col: int | None) -> ConfigError:
     return ConfigError(message, file=file, line=line, col=col)
+
+
+class CellError(Exception):
+    """The cell rejected the request (bad input, unknown job, admission, quota). `code` is the
+    grpc.StatusCode it answered with."""
+
+    def __init__(self, code: Any, message: str) -> None:
+        message = " ".join(message.split()) or code.name
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Unreachable(Exception):
+    """No master answered (or none could serve the request before the retry deadline)."""

@@ -12,11 +12,12 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import _jsonnet
-import yaml
 
+if TYPE_CHECKING:
+    import yaml
 from cfg.errors import ConfigError
 from cfg.model import JobSpec
 from cfg.schema import Path, PathLines, describe, validate_job
@@ -204,6 +205,8 @@ def jsonnet_error(text: str, default_file: str) -> ConfigError:
 
 
 def _parse_yaml(path: str, text: str) -> tuple[Any, PathLines | None]:
+    import yaml  # here, not at the top: `validate` of a Jsonnet file never pays for it
+
     loader: yaml.SafeLoader | None = None
     try:
         loader = yaml.SafeLoader(text)
@@ -239,6 +242,8 @@ def _parse_yaml(path: str, text: str) -> tuple[Any, PathLines | None]:
 def _check_duplicate_keys(path: str, root: yaml.Node) -> None:
     """YAML (and JSON) silently keep the last of two equal keys; a config that says `ram` twice
     is almost certainly a mistake, so reject it."""
+    import yaml
+
     stack = [root]
     seen_nodes: set[int] = set()
     while stack:
@@ -270,6 +275,7 @@ def _node_lines(root: yaml.Node) -> PathLines:
     list item the item's line. A path that leaves the tree (a missing key) answers the line of
     the deepest node it reached, so "missing required key" points at the enclosing object.
     """
+    import yaml
 
     def lookup(path: Path) -> int | None:
         node: yaml.Node = root
@@ -298,6 +304,8 @@ def _node_lines(root: yaml.Node) -> PathLines:
 
 
 def _parse_json(path: str, text: str) -> tuple[Any, PathLines | None]:
+    import yaml
+
     def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
         d: dict[str, Any] = {}
         for k, v in items:

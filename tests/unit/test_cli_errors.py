@@ -16,7 +16,8 @@ import grpc
 import pytest
 from click.testing import CliRunner
 
-from cfg.cli import job_progress, main
+from cfg.cli import main
+from cfg.cli.wait import job_progress
 from proto.borg.v1 import borg_pb2 as pb
 from tests.unit.test_cli import (
     HELLO,
@@ -331,7 +332,7 @@ def test_big_tables_are_laid_out_like_rich_but_fast() -> None:
 
     from rich.console import Console
 
-    from cfg.cli import PLAIN_TABLE_ROWS, plain_table, show, table
+    from cfg.cli.output import PLAIN_TABLE_ROWS, plain_table, show, table
 
     def filled(n: int) -> Any:
         t = table("INDEX", "STATE", "MACHINE")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from borgmaster.convert import job_pb
 from borgmaster.model import Job, JobSpec, RestartPolicy, Task
 from borgmaster.readiness import task_ready
-from cfg.cli import job_progress
+from cfg.cli.wait import job_progress
 from proto.borg.v1 import borg_pb2 as pb
 
 

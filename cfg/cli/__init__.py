@@ -1,0 +1,110 @@
+"""borgcfg: submit and inspect jobs. Tables for people, `-o json` for scripts.
+
+Exit codes (SPEC.md): 0 ok, 1 user error (bad config, unknown job, rejected), 2 usage,
+3 cell unreachable. Every failure is one line on stderr, never a traceback. docs/cli.md is the
+user's guide to every command.
+
+The commands live in modules by group (configs, jobs, machines, events, quota, cell) and are
+loaded only when run: `borgcfg --help` loads none of them, `validate` never loads gRPC, and no
+command loads what another needs (rich tables, Jsonnet, gRPC), so a read answers quickly.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+from click.formatting import HelpFormatter
+
+from cfg.cli.base import Ctx, login_name
+from cfg.cli.group import Borgcfg
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "cell": (
+        "cfg.cli.cell",
+        "Every master replica: id, address, Raft role, term, commit index, leader.",
+    ),
+    "completion": (
+        "cfg.cli.cell",
+        'Print the shell completion script: `eval "$(borgcfg completion bash)"`.',
+    ),
+    "diff": (
+        "cfg.cli.configs",
+        "What `up` would change, per job and field, and the tasks it would start or stop.",
+    ),
+    "down": ("cfg.cli.jobs", "Kill JOB's tasks and mark it killed."),
+    "drain": ("cfg.cli.machines", "Stop scheduling on MACHINE and move its tasks elsewhere."),
+    "events": (
+        "cfg.cli.events",
+        "The cell's event stream (submitted, scheduled, started, died, preempted...).",
+    ),
+    "logs": ("cfg.cli.jobs", "A task's output: TASK is JOB/INDEX (e.g. web/0)."),
+    "machines": (
+        "cfg.cli.machines",
+        "Machines with capacity, reserved and measured usage, state and attributes.",
+    ),
+    "quota": (
+        "cfg.cli.quota",
+        "Quota per user and priority band (admin). The free band has no limit.",
+    ),
+    "rollback": (
+        "cfg.cli.jobs",
+        "Return JOB to its previous version (rolled out like any update).",
+    ),
+    "status": ("cfg.cli.jobs", "Table of jobs, or one JOB with its tasks."),
+    "undrain": ("cfg.cli.machines", "Allow scheduling on MACHINE again."),
+    "up": (
+        "cfg.cli.configs",
+        "Create or update every job in FILE, in file order; stops at the first rejection.",
+    ),
+    "validate": ("cfg.cli.validate", "Evaluate and validate FILE locally (no master needed)."),
+    "why": (
+        "cfg.cli.jobs",
+        "Why TASK (JOB/INDEX) is where it is, or pending: machines rejected per filter.",
+    ),
+}
+"""Each command: the module defining it (under the command's name) and its one-line help
+(the first paragraph of its docstring; tests/unit/test_cli.py checks they agree)."""
+
+
+class LazyBorgcfg(Borgcfg):
+    """The root group, loading a command's module only when that command runs."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        entry = COMMANDS.get(cmd_name)
+        if entry is None:
+            return None
+        cmd = getattr(importlib.import_module(entry[0]), cmd_name)
+        assert isinstance(cmd, click.Command)
+        return cmd
+
+    def format_commands(self, ctx: click.Context, formatter: HelpFormatter) -> None:
+        """The command list from COMMANDS, without importing a single command module."""
+        width = formatter.width or 80
+        limit = width - 6 - max(len(n) for n in COMMANDS)
+        rows = [
+            (n, click.Command(n, help=COMMANDS[n][1]).get_short_help_str(limit))
+            for n in self.list_commands(ctx)
+        ]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyBorgcfg, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--master",
+    envvar="BORG_MASTER",
+    default="127.0.0.1:7070",
+    show_default="$BORG_MASTER or 127.0.0.1:7070",
+    help="Master address(es), comma separated; any replica will do.",
+)
+@click.option("--user", default=login_name, show_default="login name", help="Acting user.")
+@click.option("--tls-dir", type=click.Path(file_okay=False), default=None, hidden=True)
+@click.pass_context
+def main(ctx: click.Context, master: str, user: str, tls_dir: str | None) -> None:
+    """borgcfg: run jobs on a borgcell cell."""
+    from_env = ctx.get_parameter_source("master") == click.core.ParameterSource.ENVIRONMENT
+    ctx.obj = Ctx(master, user, "BORG_MASTER" if from_env else "--master")

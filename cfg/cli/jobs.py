@@ -1,0 +1,243 @@
+"""Job commands: `status`, `down`, `rollback`, and a task's `logs` and `why`."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+from rich.markup import escape
+from rich.table import Table
+
+from cfg.cli.base import (
+    Ctx,
+    emit_json,
+    fail,
+    handles_errors,
+    output_option,
+)
+from cfg.cli.output import (
+    age,
+    make_console,
+    show,
+    styled,
+    table,
+)
+from cfg.cli.wait import wait_jobs
+from cfg.units import human_size
+from proto.borg.v1 import borg_pb2 as pb
+
+
+@click.command()
+@click.argument("job")
+@click.option("--wait", is_flag=True, help="Wait until every task has stopped.")
+@click.option("--timeout", default=120.0, show_default=True, help="Seconds to --wait.")
+@click.pass_obj
+@handles_errors
+def down(ctx: Ctx, job: str, wait: bool, timeout: float) -> None:
+    """Kill JOB's tasks and mark it killed."""
+    res = ctx.client.kill(job, ctx.user)
+    how = "already killed" if res.already else "killed"
+    click.echo(f"job {res.name}: {how} ({res.tasks_to_stop} tasks to stop)")
+    if wait:
+        wait_jobs(ctx, [job], timeout, until="down")
+
+
+@click.command()
+@click.argument("job")
+@click.option("--wait", is_flag=True, help="Wait until the previous version runs everywhere.")
+@click.option("--timeout", default=300.0, show_default=True, help="Seconds to --wait.")
+@click.pass_obj
+@handles_errors
+def rollback(ctx: Ctx, job: str, wait: bool, timeout: float) -> None:
+    """Return JOB to its previous version (rolled out like any update)."""
+    res = ctx.client.rollback(job, ctx.user)
+    click.echo(f"job {res.name}: {res.result or 'rolled back'} (version {res.version})")
+    if wait:
+        wait_jobs(ctx, [job], timeout, until="up")
+
+
+def job_json(job: pb.Job) -> dict[str, Any]:
+    return {
+        "name": job.name,
+        "user": job.user,
+        "priority": job.priority,
+        "kind": job.kind,
+        "replicas": job.replicas,
+        "state": job.state,
+        "version": job.version,
+        "running": job.running,
+        "rollout": job.rollout,
+        "tasks": [
+            {
+                "index": t.index,
+                "state": t.state,
+                "machine": t.machine or None,
+                "version": t.version,
+                "restarts": t.restarts,
+                "exit_code": None if t.exit_code == -1 else t.exit_code,
+                "reason": t.reason,
+                "health": t.health or None,
+                "cpu_seconds": t.cpu_seconds,
+                "memory_bytes": t.memory_bytes,
+                "ports": dict(t.ports),
+            }
+            for t in job.tasks
+        ],
+    }
+
+
+def jobs_json(jobs: list[pb.Job]) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": j.name,
+            "user": j.user,
+            "priority": j.priority,
+            "state": j.state,
+            "running": j.running,
+            "replicas": j.replicas,
+            "kind": j.kind,
+            "version": j.version,
+        }
+        for j in jobs
+    ]
+
+
+def job_table(j: pb.Job) -> tuple[str, Table]:
+    """The header line and task table of `status JOB`; health and usage columns appear only
+    when some task reports them."""
+    head = (
+        f"[bold]{escape(j.name)}[/]  {styled(j.state)}  user {escape(j.user)}  "
+        f"priority {j.priority}  {j.kind}  version {j.version}  "
+        f"{j.running}/{j.replicas} running  age {age(j.created_ms)}"
+    )
+    if j.rollout:
+        head += f"\n[yellow]{escape(j.rollout)}[/]"
+    health = any(t.health for t in j.tasks)
+    usage = any(t.cpu_seconds or t.memory_bytes for t in j.tasks)
+    cols = ["INDEX", "STATE"] + (["HEALTH"] if health else []) + ["MACHINE", "VERSION"]
+    cols += ["RESTARTS", "EXIT"] + (["CPU", "MEM"] if usage else []) + ["AGE", "REASON"]
+    t = table(*cols)
+    for task in j.tasks:
+        row = [str(task.index), styled(task.state)]
+        if health:
+            row.append(styled(task.health) if task.health else "-")
+        row += [escape(task.machine or "-"), str(task.version), str(task.restarts)]
+        row.append("-" if task.exit_code == -1 else str(task.exit_code))
+        if usage:
+            row += [f"{task.cpu_seconds:.1f}s", human_size(task.memory_bytes)]
+        row += [age(task.updated_ms), escape(task.reason or "")]
+        t.add_row(*row)
+    return head, t
+
+
+@click.command()
+@click.argument("job", required=False)
+@output_option
+@click.option("--stale", is_flag=True, help="Read this replica's state without a barrier.")
+@click.pass_obj
+@handles_errors
+def status(ctx: Ctx, job: str | None, output: str, stale: bool) -> None:
+    """Table of jobs, or one JOB with its tasks."""
+    console = make_console()
+    if job:
+        j = ctx.client.get_job(job, stale=stale)
+        if j is None:
+            fail(f"job '{job}' does not exist", 1)
+        if output == "json":
+            emit_json(job_json(j))
+            return
+        head, t = job_table(j)
+        console.print(head)
+        show(console, t)
+        return
+    jobs = ctx.client.list_jobs(stale=stale)
+    if output == "json":
+        emit_json(jobs_json(jobs))
+        return
+    if not jobs:
+        click.echo("no jobs", err=True)
+        return
+    t = table("NAME", "USER", "PRIORITY", "KIND", "STATE", "RUNNING", "VERSION", "AGE")
+    for j in jobs:
+        t.add_row(
+            escape(j.name),
+            escape(j.user),
+            str(j.priority),
+            j.kind,
+            styled(j.state),
+            f"{j.running}/{j.replicas}",
+            str(j.version),
+            age(j.created_ms),
+        )
+    show(console, t)
+
+
+def parse_task_ref(ref: str) -> tuple[str, int]:
+    name, sep, idx = ref.partition("/")
+    if not sep or not name or not idx.isdigit():
+        raise click.UsageError(f"TASK must be JOB/INDEX (e.g. web/0), got '{ref}'")
+    return name, int(idx)
+
+
+@click.command()
+@click.argument("task")
+@click.option("--stderr", is_flag=True, help="Show stderr instead of stdout.")
+@click.option("-f", "--follow", is_flag=True, help="Keep streaming new output.")
+@click.pass_obj
+@handles_errors
+def logs(ctx: Ctx, task: str, stderr: bool, follow: bool) -> None:
+    """A task's output: TASK is JOB/INDEX (e.g. web/0)."""
+    name, idx = parse_task_ref(task)
+    job = ctx.client.get_job(name)
+    if job is None:
+        fail(f"job '{name}' does not exist", 1)
+    matches = [t for t in job.tasks if t.index == idx]
+    if not matches:
+        fail(f"job '{name}' has no task {idx} (it has {job.replicas})", 1)
+    if not matches[0].machine:
+        fail(f"task {task} has not been placed on a machine (see borgcfg why {task})", 1)
+    machine = matches[0].machine
+    addr = next((m.address for m in ctx.client.list_machines() if m.name == machine), "")
+    if not addr:
+        fail(f"machine {machine} of task {task} is unknown", 1)
+    out = sys.stdout.buffer
+    for chunk in ctx.client.logs(addr, name, idx, stderr, follow, matches[0].incarnation):
+        out.write(chunk)
+        out.flush()
+
+
+@click.command()
+@click.argument("task")
+@output_option
+@click.pass_obj
+@handles_errors
+def why(ctx: Ctx, task: str, output: str) -> None:
+    """Why TASK (JOB/INDEX) is where it is, or pending: machines rejected per filter."""
+    name, idx = parse_task_ref(task)
+    res = ctx.client.explain(name, idx)
+    rejected = sorted(res.rejected.items(), key=lambda kv: (-kv[1], kv[0]))
+    if output == "json":
+        emit_json(
+            {
+                "task": f"{name}/{idx}",
+                "state": res.state,
+                "machine": res.machine or None,
+                "reason": res.reason,
+                "machines": res.machines,
+                "feasible": res.feasible,
+                "rejected": dict(rejected),
+            }
+        )
+        return
+    console = make_console()
+    where = f" on {escape(res.machine)}" if res.machine else ""
+    console.print(f"[bold]{escape(name)}/{idx}[/]: {styled(res.state)}{where}")
+    if res.reason:
+        console.print(f"reason: {escape(res.reason)}")
+    console.print(f"{res.feasible} of {res.machines} machines feasible now")
+    if rejected:
+        t = table("FILTER", "MACHINES REJECTED")
+        for k, v in rejected:
+            t.add_row(escape(k), str(v))
+        show(console, t)
