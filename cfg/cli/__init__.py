@@ -29,10 +29,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         'Print the shell completion script: `eval "$(borgcfg completion bash)"`.',
     ),
     "diff": (
-        "cfg.cli.configs",
+        "cfg.cli.changes",
         "What `up` would change, per job and field, and the tasks it would start or stop.",
     ),
-    "down": ("cfg.cli.jobs", "Kill JOB's tasks and mark it killed."),
+    "down": ("cfg.cli.changes", "Kill JOB's tasks and mark it killed."),
     "drain": ("cfg.cli.machines", "Stop scheduling on MACHINE and move its tasks elsewhere."),
     "events": (
         "cfg.cli.events",
@@ -48,13 +48,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Quota per user and priority band (admin). The free band has no limit.",
     ),
     "rollback": (
-        "cfg.cli.jobs",
+        "cfg.cli.changes",
         "Return JOB to its previous version (rolled out like any update).",
     ),
     "status": ("cfg.cli.jobs", "Table of jobs, or one JOB with its tasks."),
     "undrain": ("cfg.cli.machines", "Allow scheduling on MACHINE again."),
     "up": (
-        "cfg.cli.configs",
+        "cfg.cli.changes",
         "Create or update every job in FILE, in file order; stops at the first rejection.",
     ),
     "validate": ("cfg.cli.validate", "Evaluate and validate FILE locally (no master needed)."),

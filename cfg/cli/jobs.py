@@ -1,4 +1,4 @@
-"""Job commands: `status`, `down`, `rollback`, and a task's `logs` and `why`."""
+"""Reading jobs: `status`, and a task's `logs` and `why`."""
 
 from __future__ import annotations
 
@@ -23,38 +23,8 @@ from cfg.cli.output import (
     styled,
     table,
 )
-from cfg.cli.wait import wait_jobs
 from cfg.units import human_size
 from proto.borg.v1 import borg_pb2 as pb
-
-
-@click.command()
-@click.argument("job")
-@click.option("--wait", is_flag=True, help="Wait until every task has stopped.")
-@click.option("--timeout", default=120.0, show_default=True, help="Seconds to --wait.")
-@click.pass_obj
-@handles_errors
-def down(ctx: Ctx, job: str, wait: bool, timeout: float) -> None:
-    """Kill JOB's tasks and mark it killed."""
-    res = ctx.client.kill(job, ctx.user)
-    how = "already killed" if res.already else "killed"
-    click.echo(f"job {res.name}: {how} ({res.tasks_to_stop} tasks to stop)")
-    if wait:
-        wait_jobs(ctx, [job], timeout, until="down")
-
-
-@click.command()
-@click.argument("job")
-@click.option("--wait", is_flag=True, help="Wait until the previous version runs everywhere.")
-@click.option("--timeout", default=300.0, show_default=True, help="Seconds to --wait.")
-@click.pass_obj
-@handles_errors
-def rollback(ctx: Ctx, job: str, wait: bool, timeout: float) -> None:
-    """Return JOB to its previous version (rolled out like any update)."""
-    res = ctx.client.rollback(job, ctx.user)
-    click.echo(f"job {res.name}: {res.result or 'rolled back'} (version {res.version})")
-    if wait:
-        wait_jobs(ctx, [job], timeout, until="up")
 
 
 def job_json(job: pb.Job) -> dict[str, Any]:

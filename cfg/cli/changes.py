@@ -1,4 +1,5 @@
-"""Config commands that talk to the cell: `up` and `diff` (what `up` would change)."""
+"""Changing jobs: `up`, `down`, `rollback` (each with `--wait`) and `diff` (what `up` would
+change)."""
 
 from __future__ import annotations
 
@@ -71,6 +72,35 @@ def partly_applied(applied: list[str], rest: list[str]) -> str:
     """What a multi-job `up` that stopped part way left behind (jobs are not rolled back)."""
     done = f"already applied: {', '.join(applied)}" if applied else "nothing was applied"
     return f"{done}; not applied: {', '.join(rest)}"
+
+
+@click.command()
+@click.argument("job")
+@click.option("--wait", is_flag=True, help="Wait until every task has stopped.")
+@click.option("--timeout", default=120.0, show_default=True, help="Seconds to --wait.")
+@click.pass_obj
+@handles_errors
+def down(ctx: Ctx, job: str, wait: bool, timeout: float) -> None:
+    """Kill JOB's tasks and mark it killed."""
+    res = ctx.client.kill(job, ctx.user)
+    how = "already killed" if res.already else "killed"
+    click.echo(f"job {res.name}: {how} ({res.tasks_to_stop} tasks to stop)")
+    if wait:
+        wait_jobs(ctx, [job], timeout, until="down")
+
+
+@click.command()
+@click.argument("job")
+@click.option("--wait", is_flag=True, help="Wait until the previous version runs everywhere.")
+@click.option("--timeout", default=300.0, show_default=True, help="Seconds to --wait.")
+@click.pass_obj
+@handles_errors
+def rollback(ctx: Ctx, job: str, wait: bool, timeout: float) -> None:
+    """Return JOB to its previous version (rolled out like any update)."""
+    res = ctx.client.rollback(job, ctx.user)
+    click.echo(f"job {res.name}: {res.result or 'rolled back'} (version {res.version})")
+    if wait:
+        wait_jobs(ctx, [job], timeout, until="up")
 
 
 @dataclass
