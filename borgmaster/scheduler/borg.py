@@ -393,7 +393,7 @@ class _Pass:
         key: tuple[Any, ...] = (
             t.job,
             t.version,
-            spec.priority,
+            spec.priority >= PROD_LOW,  # only whether it may use the overcommit
             r.cpu,
             r.ram,
             r.disk,
