@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -21,10 +22,28 @@ def cgroups_usable() -> str | None:
     return None
 
 
+ALLOWED_SKIPS_ENV = "BORG_ALLOWED_SKIPS"
+"""Set (by .ci/run) to a regular expression: then a test skipped for any reason it does not
+match FAILS. CI installs the tools the optional tests need (Prometheus, Chromium); one that
+went missing must turn CI red, not quietly skip. Developers' machines leave it unset."""
+
+
+def strict_skip_failure(reason: str, allowed: str | None) -> str | None:
+    """Why a skip must fail the run (None when skips are not strict or this one is allowed)."""
+    if allowed is None or re.search(allowed, reason):
+        return None
+    return f"skipped in a run that allows only skips matching {allowed!r}: {reason}"
+
+
 @pytest.hookimpl(tryfirst=True, hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     outcome = yield
     rep = outcome.get_result()  # type: ignore[attr-defined]
+    if rep.skipped and isinstance(rep.longrepr, tuple):
+        why = strict_skip_failure(str(rep.longrepr[2]), os.environ.get(ALLOWED_SKIPS_ENV))
+        if why is not None:
+            rep.outcome = "failed"
+            rep.longrepr = why
     setattr(item, "rep_" + rep.when, rep)
 
 
