@@ -393,6 +393,10 @@ class ProcessRuntime:
             return None
         return TaskProcess(task_id, control, shim_pid, start, pid, None, time.time())
 
+    def orphan(self, task_id: str, control: str, pid: int) -> TaskProcess:
+        """A task whose shim is gone: its control dir may still hold the exit status."""
+        return TaskProcess(task_id, control, 0, "", pid)
+
     def exit_status(self, proc: TaskProcess) -> ExitStatus:
         """How a task whose shim is gone ended (a shim killed itself leaves no status)."""
         st = proc.status()
@@ -470,6 +474,41 @@ class ProcessRuntime:
     def forget(self, proc: TaskProcess) -> None:
         """Delete a finished task's control directory (its status has been reported)."""
         shutil.rmtree(proc.control, ignore_errors=True)
+
+    # ----- the machine's task cgroups (what the Borglet's start and exit need) ---------------
+
+    @property
+    def isolation(self) -> str:
+        """What confines tasks, for the start-up log line: the cgroup version, or none."""
+        return f"cgroups v{self.driver.version}" if self.driver is not None else "cgroups none"
+
+    def setup(self) -> None:
+        """Create the parent cgroup (idempotent)."""
+        if self.driver is not None:
+            self.driver.setup()
+
+    def task_ids(self) -> list[str]:
+        """Names of the task cgroups under our parent (those an earlier Borglet left too)."""
+        return self.driver.list() if self.driver is not None else []
+
+    def busy(self, task_id: str) -> bool:
+        """Whether the task's cgroup still holds processes."""
+        return self.driver is not None and bool(self.driver.pids(task_id))
+
+    def procs_files(self, task_id: str) -> list[str]:
+        """cgroup.procs files an exec health check joins to run inside the task's limits."""
+        return self.driver.procs_files(task_id) if self.driver is not None else []
+
+    def remove_parent(self, shared_tops: list[str]) -> None:
+        """The machine goes down with its tasks: remove our parent cgroup and, when given,
+        the shared `borgcell/` tops (they stay while another Borglet on this host uses them)."""
+        if self.driver is None:
+            return
+        with contextlib.suppress(Exception):
+            self.driver.remove_parent()
+        for top in shared_tops:
+            with contextlib.suppress(OSError):
+                os.rmdir(top)
 
 
 def _read_ready(fd: int, timeout: float) -> str:
