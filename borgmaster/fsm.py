@@ -16,7 +16,9 @@ import os
 import secrets
 import socket
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import Any
 
 import msgpack
@@ -30,6 +32,12 @@ from borgmaster.store import Store
 raft_guard.install()
 
 log = logging.getLogger("borgmaster.fsm")
+
+FAIL_SUCCESS: int = FAIL_REASON.SUCCESS
+FAIL_REQUEST_DENIED: int = FAIL_REASON.REQUEST_DENIED
+FAIL_LEADER_CHANGED: int = FAIL_REASON.LEADER_CHANGED
+"""PySyncObj's result codes for a proposal, for the proposer (named here so no other module
+imports PySyncObj)."""
 
 DUMP_MAGIC = b"BORGCELL-SNAPSHOT-1\n"
 JOIN_HOLD_S = 1.0
@@ -61,7 +69,49 @@ class RaftTuning:
     log_compaction_min_time: int = 300
 
 
+class Role(IntEnum):
+    """A replica's Raft role (PySyncObj's state codes, so a raw code converts with `Role(n)`)."""
+
+    FOLLOWER = 0
+    CANDIDATE = 1
+    LEADER = 2
+
+    @property
+    def label(self) -> str:
+        """The lower-case name the API, metrics and UI show (`follower`, `leader`, ...)."""
+        return self.name.lower()
+
+
+@dataclass(frozen=True)
+class RaftStatus:
+    """One consistent reading of this replica's Raft state, as typed values: the rest of the
+    master never sees PySyncObj's `getStatus()` dict or its private attributes."""
+
+    role: Role
+    term: int
+    commit_index: int
+    applied_index: int
+    leader: str
+    """The leader's Raft address, '' while none is known."""
+    leader_commit_index: int = 0
+    """The commit index the leader last told this replica (its own may lag behind it)."""
+    log_len: int = 0
+
+    @property
+    def is_leader(self) -> bool:
+        return self.role == Role.LEADER
+
+    @property
+    def caught_up(self) -> bool:
+        """A leader is known and this replica has applied what the leader has committed."""
+        return bool(self.leader) and self.applied_index >= self.leader_commit_index
+
+
 class BorgFSM(SyncObj):  # type: ignore[misc]
+    """PySyncObj behind typed accessors. This is the only module that touches PySyncObj:
+    everything else asks `status()`, `leader()`, `is_leader()` and `term()`, and gets
+    `Role` values in the state-change callback."""
+
     def __init__(
         self,
         self_addr: str,
@@ -71,7 +121,7 @@ class BorgFSM(SyncObj):  # type: ignore[misc]
         *,
         password: str | None = None,
         tuning: RaftTuning | None = None,
-        on_state_changed: Any = None,
+        on_state_changed: Callable[[Role, Role], None] | None = None,
         fsync: bool = False,
         join: bool = False,
     ) -> None:
@@ -105,7 +155,7 @@ class BorgFSM(SyncObj):  # type: ignore[misc]
             logCompactionMinTime=t.log_compaction_min_time,
             dynamicMembershipChange=True,
             commandsWaitLeader=True,
-            onStateChanged=on_state_changed,
+            onStateChanged=_typed_roles(on_state_changed),
         )
         super().__init__(self_addr, peers, conf)
         try:
@@ -160,6 +210,49 @@ class BorgFSM(SyncObj):  # type: ignore[misc]
 
         journal.add = add_and_sync
 
+    # ----- typed accessors: what the rest of the master may know of PySyncObj ------------
+
+    def status(self) -> RaftStatus:
+        st = self.getStatus()
+        leader = st["leader"]
+        return RaftStatus(
+            role=Role(st["state"]),
+            term=int(st["raft_term"]),
+            commit_index=int(st["commit_idx"]),
+            leader_commit_index=int(st.get("leader_commit_idx") or 0),
+            applied_index=int(st["last_applied"]),
+            leader=leader.address if leader is not None else "",
+            log_len=int(st.get("log_len", 0)),
+        )
+
+    def leader(self) -> str:
+        """The leader's Raft address, '' while none is known."""
+        node = self._getLeader()
+        return node.address if node is not None else ""
+
+    def is_leader(self) -> bool:
+        return bool(self._isLeader())
+
+    def term(self) -> int:
+        return int(self.raftCurrentTerm)
+
+    def applied_index(self) -> int:
+        return int(self.raftLastApplied)
+
+    def members(self) -> list[str]:
+        """The other replicas' Raft addresses in the live membership."""
+        return [n.address for n in self.otherNodes]
+
+    def add_member(self, raft: str, callback: Callable[[Any, int], None]) -> None:
+        self.addNodeToCluster(raft, callback=callback)
+
+    def remove_member(self, raft: str, callback: Callable[[Any, int], None]) -> None:
+        self.removeNodeFromCluster(raft, callback=callback)
+
+    def transfer_leadership(self) -> None:
+        """Ask PySyncObj to hand leadership to an up-to-date follower (it may refuse)."""
+        self.transferLeadership(callback=lambda res, err: None)
+
     @replicated  # type: ignore[misc]
     def apply(self, entry: bytes) -> dict[str, Any]:
         """The one replicated method: decode and apply a command (errors come back as values)."""
@@ -197,6 +290,19 @@ class BorgFSM(SyncObj):  # type: ignore[misc]
         except Exception as e:
             raise ValueError(f"{filename}: corrupt borgcell snapshot: {e}") from None
         return (last, prev, cluster)
+
+
+def _typed_roles(
+    cb: Callable[[Role, Role], None] | None,
+) -> Callable[[int, int], None] | None:
+    """PySyncObj calls back with raw state codes; the master gets `Role` values."""
+    if cb is None:
+        return None
+
+    def on_state_changed(old: int, new: int) -> None:
+        cb(Role(old), Role(new))
+
+    return on_state_changed
 
 
 def bind_address(addr: str) -> str:

@@ -27,9 +27,8 @@ from collections import deque
 from concurrent.futures import Future
 from typing import Any
 
-from pysyncobj import FAIL_REASON
-
 from borgmaster import commands as C
+from borgmaster.fsm import FAIL_LEADER_CHANGED, FAIL_REQUEST_DENIED, FAIL_SUCCESS
 
 log = logging.getLogger("borgmaster.proposer")
 
@@ -68,7 +67,7 @@ class Proposer:
         fut: Future[Any] = Future()
         with self._lock:
             if self._stopped:
-                fut.set_result((None, FAIL_REASON.REQUEST_DENIED))
+                fut.set_result((None, FAIL_REQUEST_DENIED))
                 return fut
             self._queue.append((entry, fut))
             flight = self._take()
@@ -83,7 +82,7 @@ class Proposer:
                 return self._barrier
             fut: Future[Any] = Future()
             if self._stopped:
-                fut.set_result((None, FAIL_REASON.REQUEST_DENIED))
+                fut.set_result((None, FAIL_REQUEST_DENIED))
                 return fut
             self._barrier = fut
             self._queue.append((C.encode(C.Noop()), fut))
@@ -100,11 +99,11 @@ class Proposer:
             self._barrier = None
         self._stop_event.set()
         for _, fut in queued:
-            fut.set_result((None, FAIL_REASON.REQUEST_DENIED))
+            fut.set_result((None, FAIL_REQUEST_DENIED))
 
     # ----- internals ----------------------------------------------------------------------
 
-    def abandon_in_flight(self, reason: int = FAIL_REASON.LEADER_CHANGED) -> int:
+    def abandon_in_flight(self, reason: int = FAIL_LEADER_CHANGED) -> int:
         """Answer every in-flight and queued write with `reason` now (this replica stopped
         leading).
 
@@ -182,7 +181,7 @@ class Proposer:
             self.fsm.apply(entry, callback=done)
         except Exception:
             log.exception("proposal failed")
-            done(None, FAIL_REASON.REQUEST_DENIED)
+            done(None, FAIL_REQUEST_DENIED)
 
     def _watch(self) -> None:
         """Free the slot of a proposal whose callback never came (should not happen)."""
@@ -197,14 +196,14 @@ class Proposer:
                 flight = self._take() if stuck is not None else None
             if stuck is not None:
                 log.error("a proposal got no answer for %.0f s; freeing its slot", STUCK_S)
-                _resolve(stuck, False, None, FAIL_REASON.REQUEST_DENIED)
+                _resolve(stuck, False, None, FAIL_REQUEST_DENIED)
             if flight:
                 self._pump(flight)
 
 
 def _resolve(futs: list[Future[Any]], single: bool, res: Any, err: int) -> None:
     """Hand each write its own result: a batch's results come back in order."""
-    if err != FAIL_REASON.SUCCESS or res is None:
+    if err != FAIL_SUCCESS or res is None:
         for f in futs:
             if not f.done():
                 f.set_result((None, err))
