@@ -21,22 +21,15 @@ from borgmaster.convert import (
     event_pb,
     job_pb,
     machine_pb,
-    resources_from,
     resources_pb,
-    struct_from,
 )
 from borgmaster.explain import explain_task
+from borgmaster.facade import ApiHost, ProposeError
 from borgmaster.model import (
-    ASSIGNED,
     MACHINE_DRAINING,
-    MACHINE_LOST,
     MACHINE_UP,
-    RUNNING,
-    TERMINAL_TASK_STATES,
-    Machine,
     Resources,
 )
-from borgmaster.server import Master, ProposeError, now_ms
 from borgmaster.store import ACTIVE_STATES
 from cfg.errors import ConfigError
 from cfg.schema import spec_to_config, validate_job
@@ -55,7 +48,6 @@ CODES = {
     "quota": grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
-MAX_SYNC_WAIT_S = 5.0
 FORWARDED_HEADER = "borg-forwarded"
 """Metadata on a read a follower forwards to the leader (see `_from_leader`)."""
 
@@ -66,7 +58,7 @@ def _abort(context: grpc.ServicerContext, code: str, message: str) -> NoReturn:
 
 
 class MasterServicer(borg_pb2_grpc.BorgmasterServicer):
-    def __init__(self, master: Master) -> None:
+    def __init__(self, master: ApiHost) -> None:
         self.m = master
         self._leader_channels: dict[str, grpc.Channel] = {}
         self._channels_lock = threading.Lock()
@@ -74,8 +66,9 @@ class MasterServicer(borg_pb2_grpc.BorgmasterServicer):
     # ----- helpers ------------------------------------------------------------------------
 
     def _count(self, method: str, code: str, started: float) -> None:
-        if self.m.metrics is not None:
-            self.m.metrics.on_request(method, code, time.monotonic() - started)
+        counter = self.m.request_counter()
+        if counter is not None:
+            counter.on_request(method, code, time.monotonic() - started)
 
     def _write(self, cmd: C.Command, context: grpc.ServicerContext, method: str) -> dict[str, Any]:
         started = time.monotonic()
@@ -179,24 +172,7 @@ class MasterServicer(borg_pb2_grpc.BorgmasterServicer):
             if job is None:
                 _abort(context, "not-found", f"job '{request.name}' does not exist")
             tasks = [self.m.store.tasks[k] for k in self._task_keys(job.name)]
-            return job_pb(job, tasks, spec_to_config(job.spec), self.m.usage)
-
-    def _machine_usage(self, name: str) -> Resources:
-        r = Resources()
-        for k in self.m.store.tasks_by_machine.get(name, ()):
-            t = self.m.store.tasks[k]
-            u = self.m.usage.get(k)
-            if u is None or t.state not in ACTIVE_STATES or u.incarnation != t.incarnation:
-                continue
-            r.cpu += u.cpu_seconds
-            r.ram += u.memory_bytes
-        return r
-
-    def _last_seen_ms(self, name: str) -> int:
-        seen = self.m.last_seen.get(name)
-        if seen is None:
-            return 0
-        return int(time.time() * 1000 - (time.monotonic() - seen) * 1000)
+            return job_pb(job, tasks, spec_to_config(job.spec), self.m.link.usage)
 
     def _task_keys(self, name: str) -> list[tuple[str, int]]:
         return [t.key for t in self.m.store.job_tasks(name)]
@@ -230,8 +206,8 @@ class MasterServicer(borg_pb2_grpc.BorgmasterServicer):
                         m,
                         self.m.store.used(name),
                         n,
-                        self._machine_usage(name),
-                        self._last_seen_ms(name),
+                        self.m.link.machine_usage(name),
+                        self.m.link.last_seen_ms(name),
                     )
                 )
             return pb.ListMachinesResponse(machines=out)
@@ -247,7 +223,7 @@ class MasterServicer(borg_pb2_grpc.BorgmasterServicer):
             known = {r.raft: r for r in self.m.store.replicas.values()}
         # The live Raft membership (it changes with `cell add/remove`); the store's replica
         # table only maps those addresses to ids and gRPC addresses.
-        rafts = sorted({self.m.cfg.raft, *(n.address for n in self.m.fsm.otherNodes)})
+        rafts = sorted({self.m.cfg.raft, *self.m.raft_members()})
         out = []
         for raft in rafts:
             if raft == self.m.cfg.raft:
@@ -270,115 +246,17 @@ class MasterServicer(borg_pb2_grpc.BorgmasterServicer):
     # ----- Borglets -----------------------------------------------------------------------
 
     def Sync(self, request: pb.SyncRequest, context: grpc.ServicerContext) -> Any:
-        """Level-triggered: record what the Borglet sees, reply with what it should run."""
-        m = self.m
-        if not m.is_leader():
-            leader = m.leader_grpc()
+        """Level-triggered: record what the Borglet sees, reply with what it should run
+        (the protocol and the diff live in link.py)."""
+        if not self.m.is_leader():
+            leader = self.m.leader_grpc()
             _abort(context, "not-leader", f"not the leader; leader: {leader or 'unknown'}")
-        name = request.machine
-        if not name:
+        if not request.machine:
             _abort(context, "invalid", "machine: required")
-        m.last_seen[name] = time.monotonic()
         try:
-            self._register_if_changed(request)
-            self._record_observed(request)
+            return self.m.link.sync(request)
         except ProposeError as e:
             _abort(context, e.code, e.message)
-        wait_s = min(request.wait_ms / 1000.0, MAX_SYNC_WAIT_S)
-        deadline = time.monotonic() + wait_s
-        store = m.store
-        with store.changed:
-            while True:
-                gen = store.machine_generation.get(name, 0)
-                left = deadline - time.monotonic()
-                if gen != request.known_generation or left <= 0 or not m.is_leader():
-                    break
-                store.changed.wait(min(left, 0.5))
-            desired = store.desired_for(name)
-            m.copies.sent(name, [(t.job, t.index, t.incarnation) for t in desired])
-            out = []
-            for t in desired:
-                job = store.jobs[t.job]
-                out.append(
-                    pb.DesiredTask(
-                        job=t.job,
-                        index=t.index,
-                        incarnation=t.incarnation,
-                        version=t.version,
-                        spec=struct_from(spec_to_config(job.spec)),
-                        ports=t.ports,
-                    )
-                )
-            m.last_seen[name] = time.monotonic()
-            return pb.SyncResponse(tasks=out, generation=gen, cell=m.cfg.cell)
-
-    def _register_if_changed(self, request: pb.SyncRequest) -> None:
-        machine = Machine(
-            name=request.machine,
-            address=request.address,
-            http=request.http,
-            capacity=resources_from(request.capacity),
-            attrs=dict(request.attrs),
-            taints=[{"key": t.key, "value": t.value, "effect": t.effect} for t in request.taints],
-            task_users=list(request.task_users),
-        )
-        with self.m.store.lock:
-            old = self.m.store.machines.get(machine.name)
-            same = (
-                old is not None
-                and old.state != MACHINE_LOST
-                and (old.address, old.http, old.capacity, old.attrs, old.taints, old.task_users)
-                == (
-                    machine.address,
-                    machine.http,
-                    machine.capacity,
-                    machine.attrs,
-                    machine.taints,
-                    machine.task_users,
-                )
-            )
-        if not same:
-            self.m.propose(C.RegisterMachine(machine=machine.to_dict()))
-            log.info("machine %s registered from %s", machine.name, machine.address)
-
-    def _record_observed(self, request: pb.SyncRequest) -> None:
-        name = request.machine
-        observed = {(o.job, o.index, o.incarnation): o for o in request.tasks}
-        for ob in request.tasks:
-            self.m.usage[(ob.job, ob.index)] = ob
-        live = [(o.job, int(o.index), o.incarnation, o.state) for o in request.tasks]
-        if self.m.copies.observe(name, live):
-            self.m.release_held()
-        updates: list[dict[str, Any]] = []
-        with self.m.store.lock:
-            store = self.m.store
-            for key in sorted(store.tasks_by_machine.get(name, ())):
-                t = store.tasks[key]
-                if t.state in TERMINAL_TASK_STATES:
-                    continue
-                o = observed.get((t.job, t.index, t.incarnation))
-                job = store.jobs[t.job]
-                if o is None:
-                    if job.killed and t.state in (ASSIGNED, RUNNING):
-                        updates.append(_update(t.job, t.index, t.incarnation, "killed", None, ""))
-                    continue
-                ec = None if o.exit_code == -1 else o.exit_code
-                ports = dict(o.ports)
-                if (o.state, o.restarts, ec, o.reason, o.health, ports) != (
-                    t.state,
-                    t.restarts,
-                    t.exit_code,
-                    t.reason,
-                    t.health,
-                    t.ports,
-                ):
-                    u = _update(t.job, t.index, t.incarnation, o.state, ec, o.reason)
-                    u["restarts"] = o.restarts
-                    u["health"] = o.health
-                    u["ports"] = ports
-                    updates.append(u)
-        if updates:
-            self.m.propose(C.TaskUpdates(machine=name, updates=updates, ts_ms=now_ms()))
 
     # ----- rollouts, drains, events, quota, membership ------------------------------------
 
@@ -431,7 +309,7 @@ class MasterServicer(borg_pb2_grpc.BorgmasterServicer):
             t = self.m.store.tasks.get((request.job, request.index))
             if t is None:
                 _abort(context, "not-found", f"task {request.job}/{request.index} does not exist")
-            snap, _ = self.m.snapshot()
+            snap = self.m.scheduler_snapshot()
             job = self.m.store.jobs[t.job]
             rejected, feasible = explain_task(self.m.scheduler, snap, job.spec, t.job, t.index)
             return pb.ExplainTaskResponse(
@@ -516,18 +394,3 @@ class MasterServicer(borg_pb2_grpc.BorgmasterServicer):
             _abort(context, e.code, e.message)
         cell = self.CellStatus(pb.CellStatusRequest(), context)
         return pb.ChangeMembershipResponse(replicas=cell.replicas)
-
-
-def _update(
-    job: str, index: int, incarnation: str, state: str, exit_code: int | None, reason: str
-) -> dict[str, Any]:
-    return {
-        "job": job,
-        "index": index,
-        "incarnation": incarnation,
-        "state": state,
-        "exit_code": exit_code,
-        "reason": reason,
-        "restarts": 0,
-        "health": "",
-    }

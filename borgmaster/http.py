@@ -41,7 +41,7 @@ from proto.borg.v1 import borg_pb2 as pb
 from proto.borg.v1 import borg_pb2_grpc
 
 if TYPE_CHECKING:
-    from borgmaster.server import Master
+    from borgmaster.facade import HttpHost
 
 log = logging.getLogger("borgmaster.http")
 
@@ -271,7 +271,7 @@ class UIBackend:
     """Other replicas' Raft status, Borglet usage and task logs, with short caches so that
     many open browser tabs cost the cell little."""
 
-    def __init__(self, master: Master) -> None:
+    def __init__(self, master: HttpHost) -> None:
         self.m = master
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ui")
         self._lock = threading.Lock()
@@ -671,7 +671,7 @@ class Response:
 class UI:
     """Routes of the HTTP port; each returns a Response (no exceptions escape)."""
 
-    def __init__(self, master: Master) -> None:
+    def __init__(self, master: HttpHost) -> None:
         self.m = master
         self.io = UIBackend(master)
 
@@ -687,7 +687,7 @@ class UI:
                 return Response(200, b"ready\n")
             return Response(503, b"not ready: no leader known or log not applied\n")
         if path == "/metrics":
-            return Response(200, generate_latest(m.metrics.registry), CONTENT_TYPE_LATEST)
+            return Response(200, generate_latest(m.metrics_registry()), CONTENT_TYPE_LATEST)
         if path == "/favicon.ico":
             return self.static("favicon.svg")
         if path.startswith("/ui/"):
@@ -797,7 +797,7 @@ class UI:
         return Response(200, json.dumps(asdict(d)).encode(), JSON_TYPE)
 
 
-def start_http(master: Master) -> ThreadingHTTPServer:
+def start_http(master: HttpHost) -> ThreadingHTTPServer:
     ui = UI(master)
 
     class Handler(BaseHTTPRequestHandler):

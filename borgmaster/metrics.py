@@ -22,7 +22,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry, Histogram, disable_created_metrics
 from prometheus_client import Counter as PCounter
@@ -41,12 +41,11 @@ from borgmaster.model import (
 )
 from borgmaster.store import ACTIVE_STATES, Store, pending_tasks
 
-if TYPE_CHECKING:
-    from borgmaster.server import Master
+if TYPE_CHECKING:  # types only: facade.py does not import this module back
+    from borgmaster.facade import MetricsHost
 
 RESOURCES = ("cpu", "ram", "disk", "gpu")
 BAND_NAMES = tuple(b[0] for b in BANDS)
-RAFT_LEADER = 2  # PySyncObj's state code for the leader
 
 # Submit -> placed: from a few ms (idle cell) to minutes (a queue waiting for room).
 SCHEDULING_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
@@ -140,23 +139,23 @@ def placement_latencies(
 class _CellCollector(Collector):
     """Raft gauges on every replica; the cell-wide gauges on the leader only."""
 
-    def __init__(self, master: Master) -> None:
+    def __init__(self, master: MetricsHost) -> None:
         self.m = master
 
     def collect(self) -> Iterator[Metric]:
-        st: dict[str, Any] = self.m.fsm.getStatus()
-        is_leader = st["state"] == RAFT_LEADER
+        st = self.m.raft_status()
+        is_leader = st.is_leader
         yield _gauge("borg_raft_is_leader", "1 when this replica is the Raft leader.", is_leader)
-        yield _gauge("borg_raft_term", "Current Raft term of this replica.", st["raft_term"])
+        yield _gauge("borg_raft_term", "Current Raft term of this replica.", st.term)
         yield _gauge(
-            "borg_raft_commit_index", "Raft commit index known to this replica.", st["commit_idx"]
+            "borg_raft_commit_index", "Raft commit index known to this replica.", st.commit_index
         )
         yield _gauge(
             "borg_raft_applied_index",
             "Last Raft log index applied to this replica's state.",
-            st["last_applied"],
+            st.applied_index,
         )
-        prop = getattr(self.m, "proposer", None)
+        prop = self.m.proposal_counts()
         if prop is not None:
             yield CounterMetricFamily(
                 "borg_raft_proposals",
@@ -232,7 +231,7 @@ def _labelled(
 class MasterMetrics:
     """The replica's registry, plus the hooks the API and the leader's loops call."""
 
-    def __init__(self, master: Master) -> None:
+    def __init__(self, master: MetricsHost) -> None:
         # `*_created` samples double the series count for nothing Prometheus uses.
         disable_created_metrics()
         self.registry = CollectorRegistry()

@@ -1,9 +1,16 @@
-"""Composition root of a Borgmaster replica: Raft, the store, the API, HTTP and leader loops.
+"""Composition root of a Borgmaster replica: it builds the pieces and wires them together.
 
-The leader-only loops (scheduler, machine liveness) run on every replica's threads but act
-only while this replica is the Raft leader; they read the store, decide, and propose commands
-like any client. Followers serve reads and forward writes (PySyncObj sends a command proposed
-on a follower to the leader and calls back once the follower itself has applied it).
+- `fsm.py`: Raft (the only module touching PySyncObj) applying commands to the `Store`;
+- `proposer.py`: group commit of writes and shared read barriers;
+- `leader_loop.py`: the skeleton (wait, debounce, term fence) of the three leader loops,
+  whose bodies are `scheduling.py` (over the pure `planner.py`), `controller_shell.py` (over
+  the pure `controllers.py`) and `liveness.py`;
+- `link.py`: the Borglets' Sync protocol; `api.py`, `http.py`, `metrics.py`: the ports,
+  which see this replica only through the interfaces in `facade.py`.
+
+Followers serve reads and forward writes (PySyncObj sends a command proposed on a follower
+to the leader and calls back once the follower itself has applied it); the leader loops run
+on every replica's threads but act only while it leads.
 """
 
 from __future__ import annotations
@@ -11,10 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterable
 from concurrent import futures
-from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -22,76 +26,53 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from borgmaster import commands as C
-from borgmaster import controllers
+from borgmaster.api import MasterServicer
+from borgmaster.config import MasterConfig
+from borgmaster.controller_shell import ControllerShell
 from borgmaster.copies import LiveCopies
+from borgmaster.facade import ProposalCounts, ProposeError, RequestCounter, now_ms
 from borgmaster.fsm import (
     BorgFSM,
     DataDirError,
-    RaftTuning,
+    RaftStatus,
+    Role,
     check_data_dir,
     fail_reason_name,
     own_raft_secret,
     probe_bind,
 )
-from borgmaster.metrics import placement_latencies, waiting_since_ms
-from borgmaster.model import MACHINE_LOST, Replica
-from borgmaster.proposer import Proposer
-from borgmaster.scheduler import (
-    BorgScheduler,
-    MachineView,
-    PlacedTask,
-    Scheduler,
-    Snapshot,
-    TaskRequest,
+from borgmaster.http import start_http
+from borgmaster.leader_loop import (
+    FOLLOWER_POLL_S,
+    LOOP_MIN_INTERVAL_S,
+    Cadence,
+    LeaderLoop,
+    TermFence,
 )
-from borgmaster.store import ACTIVE_STATES, Store
+from borgmaster.link import BorgletLink
+from borgmaster.liveness import Liveness
+from borgmaster.metrics import MasterMetrics
+from borgmaster.model import Replica
+from borgmaster.planner import build_snapshot
+from borgmaster.proposer import Proposer
+from borgmaster.scheduler import BorgScheduler, Scheduler, Snapshot
+from borgmaster.scheduling import SchedulingShell
+from borgmaster.store import Store
 from proto.borg.v1 import borg_pb2, borg_pb2_grpc
+
+__all__ = [
+    "FOLLOWER_POLL_S",
+    "LOOP_MIN_INTERVAL_S",
+    "Master",
+    "MasterConfig",
+    "ProposeError",
+    "now_ms",
+]
 
 log = logging.getLogger("borgmaster")
 
-ROLE_NAMES = {0: "follower", 1: "candidate", 2: "leader"}
-# Leader loops wait this long after a change before a pass, so bursts share one pass.
-LOOP_MIN_INTERVAL_S = 0.005
-# How often a follower's idle leader loops check whether it has become the leader.
-FOLLOWER_POLL_S = 0.05
-
-
-class ProposeError(Exception):
-    """A write that did not commit: no leader, timeout, or rejected by the state machine."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 NO_LEADER_WAIT_S = 2.0
 """How long a write or consistent read waits for a leader to be elected before UNAVAILABLE."""
-
-
-@dataclass
-class MasterConfig:
-    id: str
-    raft: str
-    grpc: str
-    http: str
-    data_dir: str
-    peers: list[str] = field(default_factory=list)
-    raft_secret: str | None = None
-    cell: str = "borgcell"
-    machine_timeout_s: float = 30.0
-    tuning: RaftTuning = field(default_factory=RaftTuning)
-    write_timeout_s: float = 10.0
-    job_retention_s: float = 3600.0
-    fsync: bool = False
-    scheduler_policy: str = "hybrid"
-    join: bool = False
-    """Joining an existing cell: do not campaign until a leader has contacted this replica
-    (once it has, recorded in the data dir, the flag has no effect)."""
 
 
 class Master:
@@ -102,23 +83,40 @@ class Master:
         self.store = Store()
         self.scheduler: Scheduler = scheduler or BorgScheduler(policy=cfg.scheduler_policy)
         self._stop = threading.Event()
-        self._leader_since: float | None = None
-        self.last_seen: dict[str, float] = {}  # machine -> monotonic time of its last Sync
-        # Last usage report per task from its Borglet (leader memory; not replicated).
-        self.usage: dict[tuple[str, int], Any] = {}
-        self._fenced_term = 0  # the term whose LeaderElected this replica has committed
-        self._sched_capacity = -1  # store.capacity_generation at the last scheduler pass
-        # Copies the Borglets report alive, and pending tasks held back because another
-        # incarnation of their index still runs somewhere (see copies.py).
+        # Copies the Borglets report alive (leader memory, see copies.py).
         self.copies = LiveCopies()
-        self._held: set[tuple[str, int]] = set()
-        self._threads: list[threading.Thread] = []
+        self.placer = SchedulingShell(
+            self.store,
+            self.scheduler,
+            self.copies,
+            self.propose,
+            cfg.machine_timeout_s,
+            metrics=lambda: self.metrics,
+        )
+        self.link = BorgletLink(
+            self.store,
+            self.copies,
+            self.propose,
+            self.is_leader,
+            self.placer.release_held,
+            cfg.cell,
+        )
+        self.liveness = Liveness(
+            self.store,
+            self.copies,
+            self.link.last_seen,
+            self.propose,
+            self.placer.release_held,
+            cfg.machine_timeout_s,
+        )
+        self.controllers = ControllerShell(self.store, self.propose, cfg.job_retention_s)
         check_data_dir(cfg.data_dir, cfg.cell, cfg.id)
         if cfg.raft_secret is None:
             # No Raft without authentication (PySyncObj unpickles what reaches its port).
             if cfg.peers:
                 raise DataDirError("a replica with peers needs a Raft secret")
             cfg.raft_secret = own_raft_secret(cfg.data_dir)
+        self.proposer: Proposer | None = None  # set below; Raft may call back before
         self.fsm = BorgFSM(
             cfg.raft,
             cfg.peers,
@@ -131,60 +129,78 @@ class Master:
             join=cfg.join,
         )
         self.proposer = Proposer(self.fsm)
+        self.fence = TermFence(cfg.id, self.is_leader, self.fsm.term, self.propose)
+        # Scheduler: on every change (never idle-periodic); controllers: on changes and every
+        # second (rollout health, GC); liveness: on its period only.
+        liveness_period = min(1.0, cfg.machine_timeout_s / 4)
+        self.loops = [
+            self._loop("scheduler", self._schedule, Cadence(period_s=1.0, on_period=False)),
+            self._loop("controllers", self.controllers.run, Cadence(period_s=1.0)),
+            self._loop(
+                "liveness",
+                lambda term: self.liveness.check(term, time.monotonic()),
+                Cadence(period_s=liveness_period, on_change=False, debounce_s=0),
+            ),
+        ]
+        self.placer.wake = self.loops[0].wake
         self.grpc_server: grpc.Server | None = None
         self.http_server: Any = None
         self.metrics: Any = None
 
+    def _loop(self, name: str, body: Any, cadence: Cadence) -> LeaderLoop:
+        return LeaderLoop(
+            name,
+            body,
+            cadence,
+            is_leader=self.is_leader,
+            fence=self.fence,
+            stop=self._stop,
+            changed=self.store.changed,
+            generation=lambda: self.store.generation,
+        )
+
+    def _schedule(self, term: int) -> None:
+        try:
+            self.placer.schedule_once(term, retry_all=False)
+        except ProposeError as e:
+            log.warning("plan not committed: %s", e.message)
+
     # ----- Raft helpers ---------------------------------------------------------------------
 
-    def _on_raft_state(self, old: int, new: int) -> None:
-        if new == 2:
-            self._leader_since = time.monotonic()
-            self.last_seen.clear()
-            # A new term's first pass looks at every pending task: what an earlier term of
-            # this replica held back or found no room for is not in `new_pending` any more.
-            self._sched_capacity = -1
-            log.info("became leader (term %s)", self.fsm.raftCurrentTerm)
-        elif new == 1:
-            log.info("campaigning for leadership after term %s", self.fsm.raftCurrentTerm)
-        if old == 2 and new != 2:
-            self._leader_since = None
+    def _on_raft_state(self, old: Role, new: Role) -> None:
+        if new == Role.LEADER:
+            since = time.monotonic()
+            self.link.forget()
+            self.liveness.leader_since = since
+            self.placer.became_leader(since)
+            log.info("became leader (term %s)", self.fsm.term())
+        elif new == Role.CANDIDATE:
+            log.info("campaigning for leadership after term %s", self.fsm.term())
+        if old == Role.LEADER and new != Role.LEADER:
+            self.liveness.leader_since = None
             self.copies.clear()
-            with self.store.lock:  # should it lead again, its first pass looks at them
-                self.store.new_pending |= self._held & self.store.pending
-            self._held = set()
-            proposer = getattr(self, "proposer", None)  # None while __init__ still runs
-            if proposer is not None:
-                n = proposer.abandon_in_flight()
+            self.placer.lost_leadership()
+            if self.proposer is not None:
+                n = self.proposer.abandon_in_flight()
                 if n:
                     log.warning("answered %d in-flight writes as unavailable: leadership lost", n)
-            log.info("lost leadership, now %s", ROLE_NAMES.get(new, new))
+            log.info("lost leadership, now %s", new.label)
 
     def is_leader(self) -> bool:
-        return bool(self.fsm._isLeader())
+        return self.fsm.is_leader()
 
     def fenced_term(self) -> int:
-        """The term to stamp on leader-loop commands, or 0 when this replica must not act.
+        """The term to stamp on leader-loop commands, or 0 when this replica must not act."""
+        return self.fence()
 
-        A new leader first commits LeaderElected(term); the store then rejects any fenced
-        command from an older term, so a deposed leader's in-flight decisions are void."""
-        if not self.is_leader():
-            return 0
-        term = int(self.fsm.raftCurrentTerm)
-        if self._fenced_term == term:
-            return term
-        try:
-            self.propose(C.LeaderElected(term=term, replica=self.cfg.id), timeout=5)
-        except ProposeError as e:
-            log.warning("could not fence term %d: %s", term, e.message)
-            return 0
-        self._fenced_term = term
-        log.info("leader loops fenced at term %d", term)
-        return term
+    def raft_status(self) -> RaftStatus:
+        return self.fsm.status()
+
+    def raft_members(self) -> list[str]:
+        return self.fsm.members()
 
     def leader_raft(self) -> str:
-        leader = self.fsm._getLeader()
-        return leader.address if leader is not None else ""
+        return self.fsm.leader()
 
     def leader_grpc(self) -> str:
         addr = self.leader_raft()
@@ -196,8 +212,7 @@ class Master:
 
     def ready(self) -> bool:
         """A leader is known and this replica has applied what it knows to be committed."""
-        st = self.fsm.getStatus()
-        return st["leader"] is not None and st["last_applied"] >= st["leader_commit_idx"]
+        return self.fsm.status().caught_up
 
     def propose(self, cmd: C.Command, timeout: float | None = None) -> dict[str, Any]:
         """Commit a command through Raft (group-committed with concurrent writes) and return
@@ -205,6 +220,7 @@ class Master:
         if not cmd.ts_ms:
             cmd.ts_ms = now_ms()
         self._wait_for_a_leader()
+        assert self.proposer is not None
         fut = self.proposer.submit(C.encode(cmd))
         return self._await(fut, timeout)
 
@@ -213,7 +229,7 @@ class Master:
         refuse: a replica cut off from the majority would otherwise hold the write until the
         write timeout (PySyncObj queues commands while there is no leader)."""
         deadline = time.monotonic() + NO_LEADER_WAIT_S
-        while self.fsm._getLeader() is None:
+        while not self.fsm.leader():
             if time.monotonic() >= deadline or self._stop.is_set():
                 raise ProposeError(
                     "unavailable", f"no leader elected within {NO_LEADER_WAIT_S:.0f} s"
@@ -249,9 +265,9 @@ class Master:
         if remove:
             if raft == self.cfg.raft:
                 raise ProposeError("invalid", "a leader cannot remove itself; stop it instead")
-            self.fsm.removeNodeFromCluster(raft, callback=cb)
+            self.fsm.remove_member(raft, callback=cb)
         else:
-            self.fsm.addNodeToCluster(raft, callback=cb)
+            self.fsm.add_member(raft, callback=cb)
         if not done.wait(self.cfg.write_timeout_s):
             raise ProposeError("unavailable", "membership change timed out")
         if result[0] != 0:
@@ -264,33 +280,48 @@ class Master:
         """Linearizable read: wait for a (shared) no-op to commit, so this replica has applied
         every write acknowledged before the read began."""
         self._wait_for_a_leader()
+        assert self.proposer is not None
         self._await(self.proposer.barrier(), timeout)
 
     def role(self) -> str:
-        return ROLE_NAMES.get(self.fsm.getStatus()["state"], "unknown")
+        return self.fsm.status().role.label
 
     def replica_info(self) -> borg_pb2.ReplicaInfo:
-        st = self.fsm.getStatus()
-        leader = st["leader"]
+        st = self.fsm.status()
         return borg_pb2.ReplicaInfo(
             id=self.cfg.id,
             raft=self.cfg.raft,
             grpc=self.cfg.grpc,
             http=self.cfg.http,
-            role=ROLE_NAMES.get(st["state"], "unknown"),
-            term=st["raft_term"],
-            commit_index=st["commit_idx"],
-            applied_index=st["last_applied"],
-            leader=leader.address if leader is not None else "",
+            role=st.role.label,
+            term=st.term,
+            commit_index=st.commit_index,
+            applied_index=st.applied_index,
+            leader=st.leader,
         )
+
+    # ----- what the ports see (facade.py) ------------------------------------------------
+
+    def proposal_counts(self) -> ProposalCounts | None:
+        return self.proposer
+
+    def request_counter(self) -> RequestCounter | None:
+        return self.metrics  # type: ignore[no-any-return]
+
+    def metrics_registry(self) -> Any:
+        return self.metrics.registry
+
+    def scheduler_snapshot(self) -> Snapshot:
+        """What the scheduler would see now (caller holds the store lock): for `why`."""
+        return build_snapshot(self.store)[0]
+
+    def schedule_once(self, term: int = 0, retry_all: bool = True) -> int:
+        """One scheduler pass now (tests and tools; the scheduler loop calls it too)."""
+        return self.placer.schedule_once(term, retry_all)
 
     # ----- lifecycle ----------------------------------------------------------------------
 
     def start(self) -> None:
-        from borgmaster.api import MasterServicer
-        from borgmaster.http import start_http
-        from borgmaster.metrics import MasterMetrics
-
         self.metrics = MasterMetrics(self)
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="grpc"),
@@ -329,15 +360,9 @@ class Master:
         except OSError:
             self._abort_start(server)
             raise
-        for fn, name in (
-            (self._scheduler_loop, "scheduler"),
-            (self._controller_loop, "controllers"),
-            (self._liveness_loop, "liveness"),
-            (self._announce_loop, "announce"),
-        ):
-            th = threading.Thread(target=self._guard(fn), name=name, daemon=True)
-            th.start()
-            self._threads.append(th)
+        for loop in self.loops:
+            loop.start()
+        threading.Thread(target=self._announce_loop, name="announce", daemon=True).start()
         log.info(
             "master %s up: raft %s grpc %s http %s peers %s",
             self.cfg.id,
@@ -353,34 +378,26 @@ class Master:
         self._stop.set()
         server.stop(grace=None)
         self.grpc_server = None
-        self.proposer.stop()
+        if self.proposer is not None:
+            self.proposer.stop()
         try:
             self.fsm.destroy_synchronous()
         except Exception as e:  # best effort: the start already failed with its reason
             log.debug("raft shutdown after a failed start: %s", e)
 
-    def _guard(self, fn: Callable[[], None]) -> Callable[[], None]:
-        def run() -> None:
-            while not self._stop.is_set():
-                try:
-                    fn()
-                    return
-                except Exception:
-                    log.exception("%s loop crashed; restarting it", fn.__name__)
-                    self._stop.wait(1.0)
-
-        return run
-
     def stop(self) -> None:
         """Graceful stop: stop taking requests, hand leadership to an up-to-date follower if
         we hold it (so the cell does not wait out an election), then close Raft's files."""
         self._stop.set()
-        with self.store.changed:
+        for loop in self.loops:
+            loop.wake()
+        with self.store.changed:  # event followers and long polls see `stopping` at once
             self.store.changed.notify_all()
         if self.grpc_server is not None:
             self.grpc_server.stop(grace=0.5).wait(2)
-        self.proposer.stop()
-        if self.is_leader() and self.fsm.otherNodes:
+        if self.proposer is not None:
+            self.proposer.stop()
+        if self.is_leader() and self.fsm.members():
             self._hand_over_leadership(deadline_s=2.0)
         if self.http_server is not None:
             self.http_server.shutdown()
@@ -393,7 +410,7 @@ class Master:
         deadline = time.monotonic() + deadline_s
         while self.is_leader() and time.monotonic() < deadline:
             try:
-                self.fsm.transferLeadership(callback=lambda res, err: None)
+                self.fsm.transfer_leadership()
             except Exception as e:
                 log.warning("leadership transfer failed: %s", e)
                 return
@@ -414,10 +431,11 @@ class Master:
             time.sleep(0.01)
         log.warning("stepped down, but no new leader was seen within %.1f s", deadline_s)
 
-    # ----- leader loops -------------------------------------------------------------------
+    # ----- every replica -------------------------------------------------------------------
 
     def _announce_loop(self) -> None:
-        """Make this replica's addresses known cell-wide so any replica can list all."""
+        """Make this replica's addresses known cell-wide so any replica can list all (every
+        replica, not only the leader: it is not a leader loop)."""
         me = Replica(id=self.cfg.id, raft=self.cfg.raft, grpc=self.cfg.grpc, http=self.cfg.http)
         while not self._stop.wait(0.2):
             with self.store.lock:
@@ -425,303 +443,9 @@ class Master:
             if known == me:
                 self._stop.wait(5.0)
                 continue
-            if self.fsm._getLeader() is None:
+            if not self.fsm.leader():
                 continue
             try:
                 self.propose(C.RegisterReplica(replica=me.to_dict()), timeout=5)
             except ProposeError as e:
                 log.debug("announce failed: %s", e)
-
-    def _scheduler_loop(self) -> None:
-        seen = -1
-        while not self._stop.is_set():
-            if not self.is_leader():
-                self._stop.wait(FOLLOWER_POLL_S)  # followers only watch for promotion
-                continue
-            gen = self.store.wait_changed(seen, timeout=1.0)
-            if gen == seen:
-                continue
-            self._stop.wait(LOOP_MIN_INTERVAL_S)  # let a burst of writes land in one pass
-            gen = self.store.generation
-            term = self.fenced_term()
-            if not term:
-                continue
-            seen = gen
-            try:
-                self.schedule_once(term, retry_all=False)
-            except ProposeError as e:
-                log.warning("plan not committed: %s", e.message)
-
-    def _controller_loop(self) -> None:
-        """Rolling updates and drains (replace tasks within max_unavailable), and job GC."""
-        seen = -1
-        last_gc = 0.0
-        while not self._stop.is_set():
-            if not self.is_leader():
-                self._stop.wait(FOLLOWER_POLL_S)
-                continue
-            gen = self.store.wait_changed(seen, timeout=1.0)
-            self._stop.wait(LOOP_MIN_INTERVAL_S)
-            gen = self.store.generation
-            term = self.fenced_term()
-            if not term:
-                continue
-            seen = gen
-            with self.store.lock:
-                actions = controllers.plan_all(self.store, now_ms())
-            for a in actions:
-                try:
-                    if a.rollout_status is not None:
-                        self.propose(
-                            C.SetRollout(
-                                job=a.job, version=a.version, status=a.rollout_status, term=term
-                            )
-                        )
-                        log.warning("job %s: rollout %s", a.job, a.rollout_status)
-                    if a.replace_drain:
-                        self.propose(
-                            C.ReplaceTasks(
-                                job=a.job, tasks=a.replace_drain, reason="drained", term=term
-                            )
-                        )
-                    if a.replace_update:
-                        self.propose(
-                            C.ReplaceTasks(
-                                job=a.job, tasks=a.replace_update, reason="updated", term=term
-                            )
-                        )
-                        log.info(
-                            "job %s: rolling %d task(s) to version %d",
-                            a.job,
-                            len(a.replace_update),
-                            a.version,
-                        )
-                except ProposeError as e:
-                    log.warning("controller write for %s not committed: %s", a.job, e.message)
-            if time.monotonic() - last_gc > 10:
-                last_gc = time.monotonic()
-                with self.store.lock:
-                    names = controllers.gc_candidates(
-                        self.store, now_ms(), int(self.cfg.job_retention_s * 1000)
-                    )
-                if names:
-                    try:
-                        self.propose(C.GcJobs(names=names, term=term))
-                        log.info("garbage-collected jobs: %s", ", ".join(names))
-                    except ProposeError as e:
-                        log.warning("gc not committed: %s", e.message)
-
-    def snapshot(
-        self, only: set[tuple[str, int]] | None = None
-    ) -> tuple[Snapshot, dict[tuple[str, int], str]]:
-        """What the scheduler sees (caller holds the store lock), and current pending reasons.
-        `only` limits the pending tasks to those keys."""
-        store = self.store
-        keys = store.pending if only is None else (store.pending & only)
-        pending = []
-        reasons = {}
-        for key in sorted(keys):
-            t = store.tasks[key]
-            j = store.jobs[t.job]
-            pending.append(TaskRequest(job=t.job, index=t.index, version=j.version, spec=j.spec))
-            reasons[key] = t.reason
-        running = [
-            PlacedTask(
-                job=t.job,
-                index=t.index,
-                machine=t.machine,
-                priority=store.jobs[t.job].spec.priority,
-                requirements=store.task_spec(t).requirements,
-                incarnation=t.incarnation,
-            )
-            for keys_on in store.tasks_by_machine.values()
-            for k in keys_on
-            if (t := store.tasks[k]).state in ACTIVE_STATES
-        ]
-        machines = [
-            MachineView(
-                name=m.name,
-                capacity=m.capacity,
-                used=store.used(m.name),
-                attrs=dict(m.attrs),
-                taints=list(m.taints),
-                state=m.state,
-            )
-            for m in store.machines.values()
-        ]
-        return Snapshot(machines=machines, pending=pending, running=running), reasons
-
-    def schedule_once(self, term: int = 0, retry_all: bool = True) -> int:
-        """One scheduler pass: snapshot, plan, commit. Returns how many tasks it placed.
-
-        Tasks that found no machine are retried only when capacity may have appeared
-        (`store.capacity_generation` moved); otherwise a pass looks only at tasks that
-        (re)entered the queue since the last one (`store.take_new_pending`), so a steady
-        stream of submissions neither re-scores a large unplaceable backlog nor pays
-        O(pending) set arithmetic per pass, and a pass with nothing new writes nothing."""
-        store = self.store
-        with store.lock:
-            if not store.pending:
-                store.take_new_pending()
-                return 0
-            if self._sched_capacity != store.capacity_generation:
-                retry_all = True
-            self._sched_capacity = store.capacity_generation
-            only = store.take_new_pending()
-            if retry_all:
-                snap, reasons = self.snapshot(None)
-            elif not only:
-                return 0
-            else:
-                snap, reasons = self.snapshot(only)
-            snap, held = self._hold_back(snap, reasons)
-            waiting = {
-                (t.job, t.index): waiting_since_ms(store.tasks[(t.job, t.index)])
-                for t in snap.pending
-            }
-        if not snap.pending and not held:
-            return 0
-        t0 = time.monotonic()
-        try:
-            plan = self.scheduler.schedule(snap, _new_id)
-        except Exception:
-            self._requeue(snap)
-            raise
-        elapsed = time.monotonic() - t0
-        failed = {(j, i) for j, i, _ in plan.failures}
-        failures = [[j, i, r] for j, i, r in plan.failures if reasons.get((j, i)) != r]
-        failures += held
-        if not plan.placements and not failures and not plan.preemptions:
-            self._requeue(snap, failed)
-            return 0
-        cmd = C.ApplyPlan(
-            placements=[p.__dict__ for p in plan.placements],
-            failures=failures,
-            preemptions=[p.__dict__ for p in plan.preemptions],
-            term=term,
-        )
-        try:
-            res = self.propose(cmd)  # stamps cmd.ts_ms
-        except ProposeError:
-            self._requeue(snap)  # nothing committed: look at all of them again next pass
-            raise
-        # Tasks that found no machine wait for capacity; the rest (placements the store
-        # rejected, tasks the pass left alone) are looked at again next pass.
-        self._requeue(snap, failed)
-        if self.metrics is not None:
-            self.metrics.on_plan(len(plan.placements), res.get("placed", 0), elapsed)
-            self.metrics.on_preempted(int(res.get("preempted", 0)))
-            with self.store.lock:
-                lat = placement_latencies(self.store, plan.placements, waiting, cmd.ts_ms)
-            self.metrics.on_placed(lat)
-        if plan.placements:
-            log.info(
-                "scheduler placed %d of %d pending tasks in %.1f ms",
-                res.get("placed", 0),
-                len(snap.pending),
-                elapsed * 1000,
-            )
-        return int(res.get("placed", 0))
-
-    def _hold_back(
-        self, snap: Snapshot, reasons: dict[tuple[str, int], str]
-    ) -> tuple[Snapshot, list[list[Any]]]:
-        """Take out of the pass every pending task whose index still has a live copy on a
-        machine that is not lost; they wait in `_held` until a Sync shows that copy gone.
-        Returns the rest, and the pending reasons to record for the held ones."""
-        if not snap.pending:
-            return snap, []
-        lost = {m.name for m in snap.machines if m.state == MACHINE_LOST}
-        since = self._leader_since
-        learning = (
-            since is not None
-            and time.monotonic() - since < self.cfg.machine_timeout_s
-            and not self.copies.heard_from(m.name for m in snap.machines if m.state != MACHINE_LOST)
-        )
-        keep: list[TaskRequest] = []
-        held: list[list[Any]] = []
-        for tr in snap.pending:
-            key = (tr.job, tr.index)
-            where = self.copies.elsewhere(key, lost)
-            if not where and learning and _may_have_a_copy(reasons.get(key, "")):
-                where = "an unreported machine"
-            if not where:
-                keep.append(tr)
-                continue
-            self._held.add(key)
-            why = f"waiting for its previous copy on {where} to stop"
-            if reasons.get(key) != why:
-                held.append([tr.job, tr.index, why])
-        if len(keep) == len(snap.pending):
-            return snap, held
-        return Snapshot(machines=snap.machines, pending=keep, running=snap.running), held
-
-    def release_held(self) -> None:
-        """A copy went away (or its machine was lost): let the scheduler look again at the
-        tasks it held back, now rather than at the next unrelated change."""
-        store = self.store
-        with store.changed:
-            if not self._held:
-                return
-            store.new_pending |= self._held & store.pending
-            self._held = set()
-            store.generation += 1  # local wake-up counter, not replicated state
-            store.changed.notify_all()
-
-    def _requeue(self, snap: Snapshot, failed: Iterable[tuple[str, int]] = ()) -> None:
-        """Put a pass's tasks that are still pending, except `failed`, back among the new
-        ones, so the next pass tries them again. O(tasks in the pass)."""
-        store = self.store
-        keys = {(t.job, t.index) for t in snap.pending}
-        keys.difference_update(failed)
-        if not keys:
-            return
-        with store.lock:
-            store.new_pending |= keys & store.pending
-
-    def _liveness_loop(self) -> None:
-        """Mark machines lost after `machine_timeout_s` without a Sync (leader only)."""
-        timeout = self.cfg.machine_timeout_s
-        while not self._stop.wait(min(1.0, timeout / 4)):
-            since = self._leader_since
-            if since is None or not self.is_leader():
-                continue
-            now = time.monotonic()
-            if now - since < timeout:
-                continue  # a new leader first gives every Borglet one timeout to find it
-            with self.store.lock:
-                candidates = [m.name for m in self.store.machines.values() if m.state != "lost"]
-            for name in candidates:
-                seen = self.last_seen.get(name, since)
-                if now - seen > timeout:
-                    term = self.fenced_term()
-                    if not term:
-                        break
-                    log.warning("machine %s lost: no contact for %.0f s", name, now - seen)
-                    try:
-                        self.propose(C.MachineLost(name=name, term=term))
-                    except ProposeError as e:
-                        log.warning("could not mark %s lost: %s", name, e.message)
-                        continue
-                    self.copies.forget(name)
-                    self.release_held()
-
-
-def _may_have_a_copy(reason: str) -> bool:
-    """A pending task whose last copy may still run: replaced (rollout, drain), preempted, or
-    already held back for its previous copy (reasons the store and the scheduler record)."""
-    return (
-        reason in ("updated", "drained")
-        or reason.startswith("preempted")
-        or reason.startswith("waiting for its previous copy")
-    )
-
-
-def _call(obj: Any, method: str, *args: Any) -> None:
-    fn = getattr(obj, method, None)
-    if fn is not None:
-        fn(*args)
-
-
-def _new_id() -> str:
-    return uuid.uuid4().hex[:12]

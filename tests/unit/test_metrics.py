@@ -12,6 +12,7 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from borgmaster.fsm import RaftStatus, Role
 from borgmaster.metrics import (
     MasterMetrics,
     cell_figures,
@@ -79,8 +80,23 @@ class FakeFSM:
 
 @dataclass
 class FakeMaster:
+    """The metrics' view of a replica (facade.MetricsHost)."""
+
     store: Store
     fsm: FakeFSM
+
+    def raft_status(self) -> RaftStatus:
+        st = self.fsm.getStatus()
+        return RaftStatus(
+            role=Role(st["state"]),
+            term=st["raft_term"],
+            commit_index=st["commit_idx"],
+            applied_index=st["last_applied"],
+            leader="",
+        )
+
+    def proposal_counts(self) -> None:
+        return None
 
 
 def scrape(m: MasterMetrics) -> tuple[str, dict[str, Any]]:

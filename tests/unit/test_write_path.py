@@ -4,7 +4,7 @@ looking only at tasks that are new since its last pass."""
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
+import time
 from typing import Any
 
 import pytest
@@ -14,7 +14,7 @@ from borgmaster import commands as C
 from borgmaster.convert import dict_from, struct_from
 from borgmaster.copies import LiveCopies
 from borgmaster.scheduler import BorgScheduler
-from borgmaster.server import Master
+from borgmaster.scheduling import SchedulingShell
 from borgmaster.store import Store, needs_placement
 from tests.unit.test_store import Cell, spec
 
@@ -129,30 +129,20 @@ def test_new_pending_is_not_state_snapshots_and_digests_ignore_it() -> None:
 
 
 class FakeMaster:
-    """`Master.schedule_once` against a bare Store: proposals apply at once."""
+    """The scheduler pass's shell against a bare Store: proposals apply at once."""
 
     def __init__(self) -> None:
         self.cell = Cell()
-        m = Master.__new__(Master)
-        m.store = self.cell.store
-        m.scheduler = BorgScheduler()
-        m.metrics = None
-        m._sched_capacity = -1
-        m.copies = LiveCopies()
-        m._held = set()
-        m._leader_since = None
-        m.cfg = SimpleNamespace(machine_timeout_s=30.0)
-        m.fsm = SimpleNamespace(raftCurrentTerm=1)
-        m.last_seen = {}
         self.plans: list[C.ApplyPlan] = []
 
-        def propose(cmd: C.Command, timeout: float | None = None) -> dict[str, Any]:
+        def propose(cmd: C.Command) -> dict[str, Any]:
             assert isinstance(cmd, C.ApplyPlan)
             self.plans.append(cmd)
             return self.cell.apply(cmd)
 
-        m.propose = propose  # type: ignore[method-assign]
-        self.m = m
+        self.m = SchedulingShell(
+            self.cell.store, BorgScheduler(), LiveCopies(), propose, machine_timeout_s=30.0
+        )
 
 
 def test_a_pass_looks_only_at_new_tasks_and_writes_nothing_when_none_are_new() -> None:
@@ -212,8 +202,8 @@ def test_a_held_task_is_looked_at_again_after_leadership_is_lost_and_regained() 
     f.cell.submit(spec(name="a", replicas=1))
     m.copies.observe("m1", [("a", 0, "old", "running")])
     assert m.schedule_once(term=0, retry_all=False) == 0  # held
-    m._on_raft_state(2, 0)  # lost leadership (leader fallback)...
-    m._on_raft_state(0, 2)  # ...and won it back; nothing about capacity changed
+    m.lost_leadership()  # lost leadership (leader fallback)...
+    m.became_leader(time.monotonic())  # ...and won it back; nothing about capacity changed
     if m.copies.observe("m1", [("a", 0, "old", "killed")]):
         m.release_held()
     assert m.schedule_once(term=0, retry_all=False) == 1
@@ -227,7 +217,7 @@ def test_a_new_leader_holds_replaced_tasks_until_every_machine_has_reported() ->
     f.cell.submit(spec(name="a", replicas=1))
     f.cell.submit(spec(name="b", replicas=1))
     replaced(f, "a", 0, "m1")  # its old copy may still be stopping on m1
-    m._on_raft_state(0, 2)  # a new leader: it has heard from no Borglet yet
+    m.became_leader(time.monotonic())  # a new leader: it has heard from no Borglet yet
     # a/0 waits; b/0 (never placed, no copy anywhere) goes at once.
     assert m.schedule_once(term=0, retry_all=False) == 1
     assert f.cell.store.tasks[("b", 0)].state == "assigned"
@@ -259,15 +249,16 @@ def test_a_copy_just_sent_to_a_borglet_counts_until_its_next_report() -> None:
 
 
 def test_a_failed_proposal_puts_the_pass_tasks_back() -> None:
-    from borgmaster.server import ProposeError
+    from borgmaster.facade import ProposeError
 
     f = FakeMaster()
     f.cell.submit(spec(name="a", replicas=2))
 
-    def fail(cmd: C.Command, timeout: float | None = None) -> dict[str, Any]:
+    def fail(cmd: C.Command) -> dict[str, Any]:
         raise ProposeError("unavailable", "no leader")
 
-    f.m.propose = fail  # type: ignore[method-assign]
+    f.m.propose = fail
     with pytest.raises(ProposeError):
         f.m.schedule_once(term=0, retry_all=False)
-    assert f.cell.store.new_pending == {("a", 0), ("a", 1)}
+    assert f.cell.store.new_pending == set()
+    assert f.m.retry_queue() == {("a", 0), ("a", 1)}  # the next pass looks at them again

@@ -1,0 +1,28 @@
+"""A replica's configuration (what `borgmaster run` parses its flags into)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from borgmaster.fsm import RaftTuning
+
+
+@dataclass
+class MasterConfig:
+    id: str
+    raft: str
+    grpc: str
+    http: str
+    data_dir: str
+    peers: list[str] = field(default_factory=list)
+    raft_secret: str | None = None
+    cell: str = "borgcell"
+    machine_timeout_s: float = 30.0
+    tuning: RaftTuning = field(default_factory=RaftTuning)
+    write_timeout_s: float = 10.0
+    job_retention_s: float = 3600.0
+    fsync: bool = False
+    scheduler_policy: str = "hybrid"
+    join: bool = False
+    """Joining an existing cell: do not campaign until a leader has contacted this replica
+    (once it has, recorded in the data dir, the flag has no effect)."""

@@ -1,0 +1,269 @@
+"""The Borglet link: the master's side of the Sync protocol.
+
+A Borglet syncs every second (a long poll: the reply comes early when its machine's desired
+set changes). Each Sync carries its registration (address, capacity, attributes, taints,
+accounts) and the full list of task copies it observes; the reply is the desired set.
+
+Heartbeats are not writes: `last_seen` and the last usage report per task are leader-local
+memory kept here, never in the store. Only changes become commands, decided by the pure
+functions below (`registration`, `task_updates`) from the store and the request: a changed
+registration, and one `TaskUpdates` per Sync that changed something. `BorgletLink.sync` is
+the shell that proposes them and waits for the desired set.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from borgmaster import commands as C
+from borgmaster.convert import resources_from, struct_from
+from borgmaster.copies import LiveCopies
+from borgmaster.model import (
+    ASSIGNED,
+    MACHINE_LOST,
+    RUNNING,
+    TERMINAL_TASK_STATES,
+    Machine,
+    Resources,
+)
+from borgmaster.store import ACTIVE_STATES, Store
+from cfg.schema import spec_to_config
+from proto.borg.v1 import borg_pb2 as pb
+
+log = logging.getLogger("borgmaster.link")
+
+MAX_SYNC_WAIT_S = 5.0
+"""The longest a Sync waits for the machine's desired set to change before replying."""
+
+TaskIndex = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class Observed:
+    """One task copy as its Borglet reports it."""
+
+    job: str
+    index: int
+    incarnation: str
+    state: str
+    restarts: int = 0
+    exit_code: int | None = None
+    reason: str = ""
+    health: str = ""
+    ports: Mapping[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_pb(cls, o: pb.ObservedTask) -> Observed:
+        return cls(
+            job=o.job,
+            index=int(o.index),
+            incarnation=o.incarnation,
+            state=o.state,
+            restarts=o.restarts,
+            exit_code=None if o.exit_code == -1 else o.exit_code,
+            reason=o.reason,
+            health=o.health,
+            ports=dict(o.ports),
+        )
+
+
+# ----- pure: what a Sync changes ------------------------------------------------------------
+
+
+def machine_from_sync(request: pb.SyncRequest) -> Machine:
+    """The machine as its Borglet describes itself in a Sync."""
+    return Machine(
+        name=request.machine,
+        address=request.address,
+        http=request.http,
+        capacity=resources_from(request.capacity),
+        attrs=dict(request.attrs),
+        taints=[{"key": t.key, "value": t.value, "effect": t.effect} for t in request.taints],
+        task_users=list(request.task_users),
+    )
+
+
+def registration(store: Store, machine: Machine) -> C.RegisterMachine | None:
+    """A RegisterMachine when the machine is new, lost, or describes itself differently than
+    the store records; None otherwise. Caller holds the store lock."""
+    old = store.machines.get(machine.name)
+    same = (
+        old is not None
+        and old.state != MACHINE_LOST
+        and (old.address, old.http, old.capacity, old.attrs, old.taints, old.task_users)
+        == (
+            machine.address,
+            machine.http,
+            machine.capacity,
+            machine.attrs,
+            machine.taints,
+            machine.task_users,
+        )
+    )
+    return None if same else C.RegisterMachine(machine=machine.to_dict())
+
+
+def task_updates(store: Store, machine: str, observed: Iterable[Observed]) -> C.TaskUpdates | None:
+    """The diff of what a Borglet observes against the stored tasks of its machine, as one
+    TaskUpdates (None when nothing changed). A task of a killed job that the Borglet no
+    longer reports is killed. Copies the store does not assign to this machine (another
+    incarnation, a forgotten task) are ignored: the desired set makes the Borglet kill
+    them. Caller holds the store lock; `ts_ms` is left for the proposer to stamp."""
+    seen = {(o.job, o.index, o.incarnation): o for o in observed}
+    updates: list[dict[str, Any]] = []
+    for key in sorted(store.tasks_by_machine.get(machine, ())):
+        t = store.tasks[key]
+        if t.state in TERMINAL_TASK_STATES:
+            continue
+        o = seen.get((t.job, t.index, t.incarnation))
+        if o is None:
+            if store.jobs[t.job].killed and t.state in (ASSIGNED, RUNNING):
+                updates.append(_update(t.job, t.index, t.incarnation, "killed", None, ""))
+            continue
+        ports = dict(o.ports)
+        if (o.state, o.restarts, o.exit_code, o.reason, o.health, ports) != (
+            t.state,
+            t.restarts,
+            t.exit_code,
+            t.reason,
+            t.health,
+            t.ports,
+        ):
+            u = _update(t.job, t.index, t.incarnation, o.state, o.exit_code, o.reason)
+            u["restarts"] = o.restarts
+            u["health"] = o.health
+            u["ports"] = ports
+            updates.append(u)
+    if not updates:
+        return None
+    return C.TaskUpdates(machine=machine, updates=updates)
+
+
+def _update(
+    job: str, index: int, incarnation: str, state: str, exit_code: int | None, reason: str
+) -> dict[str, Any]:
+    return {
+        "job": job,
+        "index": index,
+        "incarnation": incarnation,
+        "state": state,
+        "exit_code": exit_code,
+        "reason": reason,
+        "restarts": 0,
+        "health": "",
+    }
+
+
+# ----- the shell ----------------------------------------------------------------------------
+
+
+class BorgletLink:
+    """The leader's side of every Borglet's Sync, and its memory of them (not replicated)."""
+
+    def __init__(
+        self,
+        store: Store,
+        copies: LiveCopies,
+        propose: Callable[[C.Command], dict[str, Any]],
+        is_leader: Callable[[], bool],
+        release_held: Callable[[], None],
+        cell: str,
+    ) -> None:
+        self.store = store
+        self.copies = copies
+        self.propose = propose
+        self.is_leader = is_leader
+        self.release_held = release_held
+        self.cell = cell
+        self._lock = threading.Lock()
+        self.last_seen: dict[str, float] = {}
+        """machine -> monotonic time of its last Sync (leader memory)."""
+        self.usage: dict[TaskIndex, Any] = {}
+        """(job, index) -> the last ObservedTask its Borglet reported (usage, leader memory)."""
+
+    def forget(self) -> None:
+        """A new leader gives every Borglet one machine timeout to find it, from now."""
+        with self._lock:
+            self.last_seen.clear()
+
+    def seen(self, machine: str) -> None:
+        with self._lock:
+            self.last_seen[machine] = time.monotonic()
+
+    def last_seen_at(self, machine: str) -> float | None:
+        with self._lock:
+            return self.last_seen.get(machine)
+
+    def sync(self, request: pb.SyncRequest) -> pb.SyncResponse:
+        """Record what the Borglet sees, then reply with what it should run (after waiting,
+        up to `wait_ms`, for its desired set to change). Raises ProposeError when a change
+        could not be committed. The caller checks leadership and the machine name."""
+        name = request.machine
+        self.seen(name)
+        store = self.store
+        machine = machine_from_sync(request)
+        with store.lock:
+            reg = registration(store, machine)
+        if reg is not None:
+            self.propose(reg)
+            log.info("machine %s registered from %s", machine.name, machine.address)
+        observed = [Observed.from_pb(o) for o in request.tasks]
+        for ob in request.tasks:
+            self.usage[(ob.job, ob.index)] = ob
+        if self.copies.observe(name, [(o.job, o.index, o.incarnation, o.state) for o in observed]):
+            self.release_held()
+        with store.lock:
+            cmd = task_updates(store, name, observed)
+        if cmd is not None:
+            self.propose(cmd)
+        wait_s = min(request.wait_ms / 1000.0, MAX_SYNC_WAIT_S)
+        deadline = time.monotonic() + wait_s
+        with store.changed:
+            while True:
+                gen = store.machine_generation.get(name, 0)
+                left = deadline - time.monotonic()
+                if gen != request.known_generation or left <= 0 or not self.is_leader():
+                    break
+                store.changed.wait(min(left, 0.5))
+            desired = store.desired_for(name)
+            self.copies.sent(name, [(t.job, t.index, t.incarnation) for t in desired])
+            out = [
+                pb.DesiredTask(
+                    job=t.job,
+                    index=t.index,
+                    incarnation=t.incarnation,
+                    version=t.version,
+                    spec=struct_from(spec_to_config(store.jobs[t.job].spec)),
+                    ports=t.ports,
+                )
+                for t in desired
+            ]
+        self.seen(name)
+        return pb.SyncResponse(tasks=out, generation=gen, cell=self.cell)
+
+    # ----- reads for the API ---------------------------------------------------------------
+
+    def last_seen_ms(self, machine: str) -> int:
+        """Wall-clock ms of the machine's last Sync to this leader, 0 when never."""
+        seen = self.last_seen_at(machine)
+        if seen is None:
+            return 0
+        return int(time.time() * 1000 - (time.monotonic() - seen) * 1000)
+
+    def machine_usage(self, machine: str) -> Resources:
+        """Live usage its Borglet reports for the tasks the store runs there (caller holds
+        the store lock)."""
+        r = Resources()
+        for k in self.store.tasks_by_machine.get(machine, ()):
+            t = self.store.tasks[k]
+            u = self.usage.get(k)
+            if u is None or t.state not in ACTIVE_STATES or u.incarnation != t.incarnation:
+                continue
+            r.cpu += u.cpu_seconds
+            r.ram += u.memory_bytes
+        return r

@@ -1,0 +1,197 @@
+"""Pure decisions of a scheduler pass: what the scheduler sees, what is held back, and what
+to propose. No clock (times are passed in), no proposals, no metrics, no locks taken: the
+shell (`scheduling.py`) holds the store's lock around `prepare_pass`, runs the scheduler,
+proposes the command `plan_command` returns and records the metrics.
+
+Hold-back is the "at most one copy per index" rule (see copies.py): a pending task whose
+previous incarnation a Borglet still reports alive (or may still run, on a machine a new
+leader has not heard from yet) is kept out of the pass, with a reason recorded for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from borgmaster import commands as C
+from borgmaster.copies import LiveCopies
+from borgmaster.metrics import waiting_since_ms
+from borgmaster.model import MACHINE_LOST
+from borgmaster.scheduler import MachineView, PlacedTask, Plan, Snapshot, TaskRequest
+from borgmaster.store import ACTIVE_STATES, Store
+
+TaskIndex = tuple[str, int]
+
+HELD_PREFIX = "waiting for its previous copy"
+
+
+def held_reason(where: str) -> str:
+    return f"{HELD_PREFIX} on {where} to stop"
+
+
+def build_snapshot(
+    store: Store, only: set[TaskIndex] | None = None
+) -> tuple[Snapshot, dict[TaskIndex, str]]:
+    """What the scheduler sees (caller holds the store lock), and current pending reasons.
+    `only` limits the pending tasks to those keys."""
+    keys = store.pending if only is None else (store.pending & only)
+    pending = []
+    reasons = {}
+    for key in sorted(keys):
+        t = store.tasks[key]
+        j = store.jobs[t.job]
+        pending.append(TaskRequest(job=t.job, index=t.index, version=j.version, spec=j.spec))
+        reasons[key] = t.reason
+    running = [
+        PlacedTask(
+            job=t.job,
+            index=t.index,
+            machine=t.machine,
+            priority=store.jobs[t.job].spec.priority,
+            requirements=store.task_spec(t).requirements,
+            incarnation=t.incarnation,
+        )
+        for keys_on in store.tasks_by_machine.values()
+        for k in keys_on
+        if (t := store.tasks[k]).state in ACTIVE_STATES
+    ]
+    machines = [
+        MachineView(
+            name=m.name,
+            capacity=m.capacity,
+            used=store.used(m.name),
+            attrs=dict(m.attrs),
+            taints=list(m.taints),
+            state=m.state,
+        )
+        for m in store.machines.values()
+    ]
+    return Snapshot(machines=machines, pending=pending, running=running), reasons
+
+
+def still_learning(
+    now: float,
+    leader_since: float | None,
+    machine_timeout_s: float,
+    copies: LiveCopies,
+    machines: Iterable[MachineView],
+) -> bool:
+    """A new leader (for one machine timeout at most) that has not yet heard from every
+    machine that is not lost: a replaced task's old copy may still run on one of them.
+    `now` and `leader_since` are the same monotonic clock's readings."""
+    return (
+        leader_since is not None
+        and now - leader_since < machine_timeout_s
+        and not copies.heard_from(m.name for m in machines if m.state != MACHINE_LOST)
+    )
+
+
+def may_have_a_copy(reason: str) -> bool:
+    """A pending task whose last copy may still run: replaced (rollout, drain), preempted, or
+    already held back for its previous copy (reasons the store and the scheduler record)."""
+    return (
+        reason in ("updated", "drained")
+        or reason.startswith("preempted")
+        or reason.startswith(HELD_PREFIX)
+    )
+
+
+@dataclass
+class HoldBack:
+    """The pass without its held tasks, the held keys, and the reasons to record for them
+    (only those whose recorded reason differs, so a steady hold writes nothing)."""
+
+    snapshot: Snapshot
+    held: set[TaskIndex] = field(default_factory=set)
+    reasons: list[list[Any]] = field(default_factory=list)
+
+
+def hold_back(
+    snap: Snapshot, reasons: dict[TaskIndex, str], copies: LiveCopies, learning: bool
+) -> HoldBack:
+    """Take out of the pass every pending task whose index still has a live copy on a
+    machine that is not lost (or, while `learning`, may have one on a silent machine)."""
+    if not snap.pending:
+        return HoldBack(snap)
+    lost = {m.name for m in snap.machines if m.state == MACHINE_LOST}
+    keep: list[TaskRequest] = []
+    out = HoldBack(snap)
+    for tr in snap.pending:
+        key = (tr.job, tr.index)
+        where = copies.elsewhere(key, lost)
+        if not where and learning and may_have_a_copy(reasons.get(key, "")):
+            where = "an unreported machine"
+        if not where:
+            keep.append(tr)
+            continue
+        out.held.add(key)
+        why = held_reason(where)
+        if reasons.get(key) != why:
+            out.reasons.append([tr.job, tr.index, why])
+    if len(keep) != len(snap.pending):
+        out.snapshot = Snapshot(machines=snap.machines, pending=keep, running=snap.running)
+    return out
+
+
+@dataclass
+class PassInput:
+    """One pass, decided under the store's lock: what the scheduler sees, the pending
+    reasons recorded now, the held tasks, and when each task in the pass began waiting."""
+
+    snapshot: Snapshot
+    reasons: dict[TaskIndex, str]
+    held: set[TaskIndex]
+    held_reasons: list[list[Any]]
+    waiting_since: dict[TaskIndex, int]
+
+    @property
+    def empty(self) -> bool:
+        return not self.snapshot.pending and not self.held_reasons
+
+    def keys(self) -> set[TaskIndex]:
+        return {(t.job, t.index) for t in self.snapshot.pending}
+
+
+def prepare_pass(
+    store: Store,
+    only: set[TaskIndex] | None,
+    copies: LiveCopies,
+    *,
+    now: float,
+    leader_since: float | None,
+    machine_timeout_s: float,
+) -> PassInput:
+    """The scheduler's input for the pending tasks in `only` (None: all of them), with the
+    held ones taken out. `now` and `leader_since` are monotonic readings. Caller holds the
+    store lock."""
+    snap, reasons = build_snapshot(store, only)
+    learning = bool(snap.pending) and still_learning(
+        now, leader_since, machine_timeout_s, copies, snap.machines
+    )
+    hb = hold_back(snap, reasons, copies, learning)
+    waiting = {
+        (t.job, t.index): waiting_since_ms(store.tasks[(t.job, t.index)])
+        for t in hb.snapshot.pending
+    }
+    return PassInput(hb.snapshot, reasons, hb.held, hb.reasons, waiting)
+
+
+def plan_command(inp: PassInput, plan: Plan, term: int) -> C.ApplyPlan | None:
+    """The command that records `plan`: placements, preemptions, and the pending reasons
+    that changed (new failures and held tasks). None when it would change nothing."""
+    failures = [[j, i, r] for j, i, r in plan.failures if inp.reasons.get((j, i)) != r]
+    failures += inp.held_reasons
+    if not plan.placements and not failures and not plan.preemptions:
+        return None
+    return C.ApplyPlan(
+        placements=[p.__dict__ for p in plan.placements],
+        failures=failures,
+        preemptions=[p.__dict__ for p in plan.preemptions],
+        term=term,
+    )
+
+
+def failed_keys(plan: Plan) -> set[TaskIndex]:
+    """Tasks that found no machine: they wait for capacity, not for the next pass."""
+    return {(j, i) for j, i, _ in plan.failures}

@@ -1,0 +1,142 @@
+"""The Borglet link: the pure diff of what a Borglet observes against the store, the
+registration check, and the Sync shell against a bare Store (proposals apply at once)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from borgmaster import commands as C
+from borgmaster import link
+from borgmaster.copies import LiveCopies
+from borgmaster.liveness import lost_machines
+from borgmaster.model import Machine, Resources
+from proto.borg.v1 import borg_pb2 as pb
+from tests.unit.test_store import Cell, spec
+
+GiB = 1 << 30
+
+
+def wire(x: Any) -> Any:
+    return x.to_wire() if hasattr(x, "to_wire") else x
+
+
+def placed_cell() -> tuple[Cell, str]:
+    cell = Cell()
+    cell.machine("m1", cpu=16.0, ram=64 * GiB)
+    cell.submit(spec(name="a", replicas=2))
+    cell.place("a", 0, "m1")
+    cell.place("a", 1, "m1")
+    return cell, cell.store.tasks[("a", 0)].incarnation
+
+
+def obs(job: str, index: int, inc: str, state: str, **kw: Any) -> link.Observed:
+    return link.Observed(job=job, index=index, incarnation=inc, state=state, **kw)
+
+
+def test_nothing_changed_is_no_command() -> None:
+    cell, _ = placed_cell()
+    same = [obs("a", i, t.incarnation, "assigned") for i, t in enumerate(cell.store.job_tasks("a"))]
+    assert link.task_updates(cell.store, "m1", same) is None
+
+
+def test_a_state_change_is_one_update_with_every_field() -> None:
+    cell, inc = placed_cell()
+    got = link.task_updates(
+        cell.store,
+        "m1",
+        [obs("a", 0, inc, "running", restarts=1, health="healthy", ports={"http": 20000})],
+    )
+    assert got is not None and got.machine == "m1"
+    (u,) = [wire(u) for u in got.updates]
+    assert (u["job"], u["index"], u["incarnation"], u["state"]) == ("a", 0, inc, "running")
+    assert (u["restarts"], u["health"], u["ports"], u["exit_code"]) == (
+        1,
+        "healthy",
+        {"http": 20000},
+        None,
+    )
+
+
+def test_other_incarnations_and_finished_tasks_are_ignored() -> None:
+    cell, _ = placed_cell()
+    cell.update("a", 1, "succeeded", exit_code=0)
+    got = link.task_updates(
+        cell.store, "m1", [obs("a", 0, "someone-else", "failed"), obs("a", 1, "x", "running")]
+    )
+    assert got is None
+
+
+def test_a_killed_jobs_unreported_tasks_are_killed() -> None:
+    cell, inc = placed_cell()
+    cell.apply(C.KillJob(name="a"))
+    # a/0 is still reported (being stopped); a/1 is gone from the Borglet's list.
+    got = link.task_updates(cell.store, "m1", [obs("a", 0, inc, "assigned")])
+    assert got is not None
+    assert [(wire(u)["index"], wire(u)["state"]) for u in got.updates] == [(1, "killed")]
+
+
+def test_registration_only_when_new_changed_or_lost() -> None:
+    cell = Cell()
+    m = Machine(name="m1", address="m1:1", capacity=Resources(cpu=4.0, ram=8 * GiB, disk=GiB))
+    assert link.registration(cell.store, m) is not None  # new
+    cell.machine("m1")
+    assert link.registration(cell.store, m) is None  # the same
+    bigger = Machine(name="m1", address="m1:1", capacity=Resources(cpu=8.0, ram=8 * GiB, disk=GiB))
+    assert link.registration(cell.store, bigger) is not None
+    cell.apply(C.MachineLost(name="m1"))
+    assert link.registration(cell.store, m) is not None  # back from lost
+
+
+def test_observed_from_pb_maps_no_exit_code_to_none() -> None:
+    o = link.Observed.from_pb(
+        pb.ObservedTask(job="a", index=1, incarnation="i", state="running", exit_code=-1)
+    )
+    assert o.exit_code is None and o.index == 1
+    assert link.Observed.from_pb(pb.ObservedTask(exit_code=3)).exit_code == 3
+
+
+def test_sync_registers_records_and_replies_with_the_desired_set() -> None:
+    cell = Cell()
+    cell.submit(spec(name="a", replicas=1))
+    proposed: list[C.Command] = []
+    released: list[bool] = []
+
+    def propose(cmd: C.Command) -> dict[str, Any]:
+        proposed.append(cmd)
+        return cell.apply(cmd)
+
+    lk = link.BorgletLink(
+        cell.store, LiveCopies(), propose, lambda: True, lambda: released.append(True), "c1"
+    )
+    req = pb.SyncRequest(
+        machine="m1",
+        address="m1:1",
+        capacity=pb.Resources(cpu=4.0, ram=8 * GiB, disk=GiB),
+        wait_ms=0,
+    )
+    r = lk.sync(req)
+    assert [type(c).__name__ for c in proposed] == ["RegisterMachine"]
+    assert r.cell == "c1" and list(r.tasks) == []
+    assert lk.last_seen_ms("m1") > 0 and lk.last_seen_ms("m2") == 0
+    assert released == [True]  # first report to this leader: held tasks may go
+    cell.place("a", 0, "m1")
+    inc = cell.store.tasks[("a", 0)].incarnation
+    req.tasks.append(
+        pb.ObservedTask(job="a", index=0, incarnation=inc, state="running", cpu_seconds=2.0)
+    )
+    r = lk.sync(req)
+    assert type(proposed[-1]).__name__ == "TaskUpdates"
+    assert cell.store.tasks[("a", 0)].state == "running"
+    assert [(t.job, t.index, t.incarnation) for t in r.tasks] == [("a", 0, inc)]
+    with cell.store.lock:
+        assert lk.machine_usage("m1").cpu == 2.0
+    n = len(proposed)
+    lk.sync(req)
+    assert len(proposed) == n  # a heartbeat that changes nothing writes nothing
+
+
+def test_lost_machines_after_the_timeout_counting_from_the_leaders_start() -> None:
+    assert lost_machines(["m1"], {}, leader_since=0.0, now=20.0, timeout_s=30.0) == []
+    assert lost_machines(["m1", "m2"], {"m2": 35.0}, 0.0, now=40.0, timeout_s=30.0) == [
+        ("m1", 40.0)
+    ]
