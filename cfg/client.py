@@ -190,6 +190,10 @@ class Client:
         req = pb.ListJobsRequest(options=pb.ReadOptions(stale=stale))
         return list(self._call(lambda s: s.ListJobs(req, timeout=self.timeout)).jobs)
 
+    def endpoints(self, job: str, stale: bool = False) -> list[pb.Endpoint]:
+        req = pb.ListEndpointsRequest(job=job, options=pb.ReadOptions(stale=stale))
+        return list(self._call(lambda s: s.ListEndpoints(req, timeout=self.timeout)).endpoints)
+
     def explain(self, job: str, index: int) -> pb.ExplainTaskResponse:
         req = pb.ExplainTaskRequest(job=job, index=index)
         return self._call(lambda s: s.ExplainTask(req, timeout=self.timeout))

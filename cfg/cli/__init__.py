@@ -34,6 +34,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "down": ("cfg.cli.changes", "Kill JOB's tasks and mark it killed."),
     "drain": ("cfg.cli.machines", "Stop scheduling on MACHINE and move its tasks elsewhere."),
+    "endpoints": (
+        "cfg.cli.jobs",
+        "JOB's running tasks: BNS name, machine, host and ports (what its DNS names serve).",
+    ),
     "events": (
         "cfg.cli.events",
         "The cell's event stream (submitted, scheduled, started, died, preempted...).",

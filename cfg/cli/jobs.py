@@ -1,4 +1,4 @@
-"""Reading jobs: `status`, and a task's `logs` and `why`."""
+"""Reading jobs: `status`, `endpoints`, and a task's `logs` and `why`."""
 
 from __future__ import annotations
 
@@ -141,6 +141,46 @@ def status(ctx: Ctx, job: str | None, output: str, stale: bool) -> None:
             age(j.created_ms),
         )
     show(console, t)
+
+
+def endpoint_json(e: pb.Endpoint) -> dict[str, Any]:
+    return {
+        "index": e.index,
+        "machine": e.machine,
+        "host": e.host,
+        "ports": dict(e.ports),
+        "healthy": e.healthy,
+        "name": e.name,
+    }
+
+
+@click.command()
+@click.argument("job")
+@output_option
+@click.option("--stale", is_flag=True, help="Read this replica's state without a barrier.")
+@click.pass_obj
+@handles_errors
+def endpoints(ctx: Ctx, job: str, output: str, stale: bool) -> None:
+    """JOB's running tasks: BNS name, machine, host and ports (what its DNS names serve)."""
+    eps = ctx.client.endpoints(job, stale=stale)
+    if output == "json":
+        emit_json([endpoint_json(e) for e in eps])
+        return
+    if not eps:
+        click.echo(f"job {job}: no running tasks", err=True)
+        return
+    t = table("INDEX", "NAME", "MACHINE", "HOST", "PORTS", "HEALTHY")
+    for e in eps:
+        ports = " ".join(f"{k}={v}" for k, v in sorted(e.ports.items())) or "-"
+        t.add_row(
+            str(e.index),
+            escape(e.name),
+            escape(e.machine),
+            escape(e.host or "-"),
+            escape(ports),
+            styled("healthy" if e.healthy else "unhealthy"),
+        )
+    show(make_console(), t)
 
 
 def parse_task_ref(ref: str) -> tuple[str, int]:

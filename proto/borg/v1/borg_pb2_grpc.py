@@ -114,6 +114,11 @@ class BorgmasterStub:
                 request_serializer=proto_dot_borg_dot_v1_dot_borg__pb2.ChangeMembershipRequest.SerializeToString,
                 response_deserializer=proto_dot_borg_dot_v1_dot_borg__pb2.ChangeMembershipResponse.FromString,
                 _registered_method=True)
+        self.ListEndpoints = channel.unary_unary(
+                '/borg.v1.Borgmaster/ListEndpoints',
+                request_serializer=proto_dot_borg_dot_v1_dot_borg__pb2.ListEndpointsRequest.SerializeToString,
+                response_deserializer=proto_dot_borg_dot_v1_dot_borg__pb2.ListEndpointsResponse.FromString,
+                _registered_method=True)
 
 
 class BorgmasterServicer:
@@ -226,6 +231,13 @@ class BorgmasterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListEndpoints(self, request, context):
+        """A job's running tasks with machine, host and ports: what its BNS names resolve to.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BorgmasterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -308,6 +320,11 @@ def add_BorgmasterServicer_to_server(servicer, server):
                     servicer.ChangeMembership,
                     request_deserializer=proto_dot_borg_dot_v1_dot_borg__pb2.ChangeMembershipRequest.FromString,
                     response_serializer=proto_dot_borg_dot_v1_dot_borg__pb2.ChangeMembershipResponse.SerializeToString,
+            ),
+            'ListEndpoints': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEndpoints,
+                    request_deserializer=proto_dot_borg_dot_v1_dot_borg__pb2.ListEndpointsRequest.FromString,
+                    response_serializer=proto_dot_borg_dot_v1_dot_borg__pb2.ListEndpointsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -742,6 +759,33 @@ class Borgmaster:
             '/borg.v1.Borgmaster/ChangeMembership',
             proto_dot_borg_dot_v1_dot_borg__pb2.ChangeMembershipRequest.SerializeToString,
             proto_dot_borg_dot_v1_dot_borg__pb2.ChangeMembershipResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEndpoints(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/borg.v1.Borgmaster/ListEndpoints',
+            proto_dot_borg_dot_v1_dot_borg__pb2.ListEndpointsRequest.SerializeToString,
+            proto_dot_borg_dot_v1_dot_borg__pb2.ListEndpointsResponse.FromString,
             options,
             channel_credentials,
             insecure,
