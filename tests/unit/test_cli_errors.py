@@ -217,9 +217,9 @@ def test_events_for_unknown_job_is_exit_1(fake: tuple[FakeMaster, str], tmp_path
 
 def emitted_event_types() -> set[str]:
     """Event types borgmaster/store.py can emit: the literal ones, plus the computed ones
-    (update kinds, ReplaceTasks reasons the server sends, observed terminal task states)."""
+    (update kinds, ReplaceTasks reasons the controllers send, observed terminal task states)."""
     store = (ROOT / "borgmaster/store.py").read_text()
-    server = (ROOT / "borgmaster/server.py").read_text()
+    server = (ROOT / "borgmaster/controller_shell.py").read_text()
     types = set(re.findall(r'_event\(\s*"([a-z-]+)"', store))
     types |= set(re.findall(r'_update\([\w.]+, [\w.]+, [\w.]+, "([a-z-]+)"\)', store))
     types |= set(re.findall(r'self\._event\(\s*"([a-z-]+)" if [^"]+ else "([a-z-]+)"', store)[0])
