@@ -7,27 +7,40 @@ observed when a task starts) and is registered in the same registry.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from borglet.state import ACTIVE, DONE, STOPPING
-
-if TYPE_CHECKING:
-    from borglet.agent import Borglet
+from borglet.config import BorgletConfig
+from borglet.runtime.cgroups import CgroupStats
+from borglet.state import ACTIVE, DONE, STOPPING, TaskStates, task_id_of
 
 LABELS = ["job", "index"]
 
 
-def task_id_of(key: tuple[str, int, str]) -> str:
-    job, index, inc = key
-    return f"{job}.{index}.{inc}"
+class _Stats(Protocol):
+    def stats(self, task_id: str) -> CgroupStats: ...
+
+
+class MetricsSource(Protocol):
+    """What the collector reads of the Borglet (kept narrow: no import of the agent)."""
+
+    cfg: BorgletConfig
+    lock: threading.RLock
+    states: TaskStates
+
+    @property
+    def runtime(self) -> _Stats: ...
+
+    @property
+    def connected(self) -> bool: ...
 
 
 class BorgletCollector(Collector):
-    def __init__(self, b: Borglet) -> None:
+    def __init__(self, b: MetricsSource) -> None:
         self.b = b
 
     def collect(self) -> Iterator[Metric]:
@@ -66,8 +79,8 @@ class BorgletCollector(Collector):
                 (k, t.restarts, t.phase, t.spec.requirements.cpu, t.spec.requirements.ram)
                 for k, t in b.states.tasks.items()
             ]
-            oom = dict(b.oom_kills)
-            restarts_total = dict(b.restarts_total)
+            oom = dict(b.states.counters.oom_kills)
+            restarts_total = dict(b.states.counters.restarts)
         used_cpu_s = 0.0
         used_mem = 0
         alloc_cpu = 0.0

@@ -439,6 +439,7 @@ class TaskStates:
         self.desired: dict[TaskKey, Desired] = {}
         self.counters = TaskCounters()
         self._down = False  # MachineDown: no more starts
+        self._heard = False  # a desired set has arrived (before it, nothing is converged)
         self._for_exit: set[TaskKey] = set()
 
     # ----- queries (read only) ---------------------------------------------------------------
@@ -515,6 +516,7 @@ class TaskStates:
 
     def _on_desired(self, ev: DesiredSet, now_ms: int) -> list[Instruction]:
         self.desired = {d.key: d for d in ev.tasks}
+        self._heard = True
         out: list[Instruction] = []
         gone = self.forget_reported(set(ev.reported), set(self.desired))
         live = {k[:2] for k in self.tasks}
@@ -528,7 +530,9 @@ class TaskStates:
         return out
 
     def _converge(self, now_ms: int) -> list[Instruction]:
-        if self._down:
+        if self._down or not self._heard:
+            # Restored tasks are not retired (nor restarted) on an empty desired set that
+            # only means the master has not answered yet.
             return []
         actions = self.reconcile(list(self.desired.values()), now_ms)
         out: list[Instruction] = []

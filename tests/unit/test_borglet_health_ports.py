@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from borglet.agent import follow_file
 from borglet.health import (
     HealthCheck,
     HealthTracker,
@@ -19,6 +18,7 @@ from borglet.health import (
     probe_http,
     probe_tcp,
 )
+from borglet.logs import follow_file
 from borglet.ports import PortAllocator, parse_range
 
 # ----- health ------------------------------------------------------------------------------

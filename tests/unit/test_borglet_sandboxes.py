@@ -9,6 +9,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from borglet.agent import SANDBOX_RETENTION_S, Borglet
+from borglet.housekeeping import COUNTER_RETENTION_S
+from borglet.state import LocalTask, PruneCounters, TaskStates
+from cfg.model import JobSpec
 
 
 def test_unknown_sandboxes_go_after_the_retention_known_ones_stay(tmp_path: Path) -> None:
@@ -31,16 +34,15 @@ def test_unknown_sandboxes_go_after_the_retention_known_ones_stay(tmp_path: Path
 
 
 def test_counters_of_forgotten_task_indices_are_pruned_after_the_retention() -> None:
-    from borglet.agent import COUNTER_RETENTION_S
-
-    fake = SimpleNamespace(
-        lock=threading.Lock(),
-        states=SimpleNamespace(tasks={("web", 0, "new"): object()}),
-        restarts_total={("web", 0): 2, ("gone", 1): 3, ("recent", 0): 1},
-        oom_kills={("gone", 1): 1},
-        _forgotten_at={("web", 0): 0.0, ("gone", 1): 0.0, ("recent", 0): 100.0},
-    )
-    assert Borglet.prune_counters(fake, COUNTER_RETENTION_S + 50) == 2  # type: ignore[arg-type]
+    retention = int(COUNTER_RETENTION_S * 1000)
+    ts = TaskStates()
+    ts.tasks[("web", 0, "new")] = LocalTask(key=("web", 0, "new"), spec=JobSpec(name="web"))
+    c = ts.counters
+    c.restarts.update({("web", 0): 2, ("gone", 1): 3, ("recent", 0): 1})
+    c.oom_kills.update({("gone", 1): 1})
+    c.forgotten_at_ms.update({("web", 0): 0, ("gone", 1): 0, ("recent", 0): 100_000})
+    assert ts.handle(PruneCounters(retention), retention + 50_000) == []
     # web/0 runs again (kept), gone/1 is dropped, recent/0 not yet
-    assert fake.restarts_total == {("web", 0): 2, ("recent", 0): 1}
-    assert fake.oom_kills == {}
+    assert c.restarts == {("web", 0): 2, ("recent", 0): 1}
+    assert c.oom_kills == {}
+    assert c.forgotten_at_ms == {("recent", 0): 100_000}

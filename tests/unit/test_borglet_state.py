@@ -12,14 +12,30 @@ from borglet.state import (
     STABLE_RUN_MS,
     STARTING,
     STOPPING,
+    Adopt,
+    Adopted,
     Desired,
+    DesiredSet,
+    EndRun,
+    Exited,
+    Forget,
+    HealthResult,
     Kill,
     LocalTask,
+    MachineDown,
+    MachineDownDone,
+    Persist,
+    Report,
+    Restored,
     Start,
+    Started,
     TaskStates,
+    Tick,
+    WakeAt,
+    WatchHealth,
     exit_code_of,
 )
-from borgmaster.model import (
+from cfg.model import (
     BATCH,
     FAILED,
     KILLED,
@@ -470,3 +486,103 @@ def test_task_caught_mid_launch_comes_back_waiting_to_start() -> None:
     assert ts.tasks[d.key].phase == LAUNCHING
     back = LocalTask.from_dict(ts.tasks[d.key].to_dict())
     assert back.phase == STARTING
+
+
+# ----- events in, instructions out (TaskStates.handle) ----------------------------------------
+
+
+def test_desired_set_event_starts_with_the_spec_and_persists() -> None:
+    ts = TaskStates()
+    d = desired()
+    out = ts.handle(DesiredSet((d,)), 0)
+    assert out == [Start(d.key), Persist()]
+    start = out[0]
+    assert isinstance(start, Start) and start.desired is d
+    out = ts.handle(Started(d.key, pid=7, shim_pid=6, shim_start="s"), 5)
+    assert out == [WatchHealth(d.key, 5), Persist(), Report()]
+    assert (ts.tasks[d.key].phase, ts.tasks[d.key].pid) == (ACTIVE, 7)
+
+
+def test_exit_event_counts_the_restart_and_wakes_at_the_backoff() -> None:
+    ts = TaskStates()
+    d = desired(backoff_ms=1000)
+    ts.handle(DesiredSet((d,)), 0)
+    ts.handle(Started(d.key), 0)
+    out = ts.handle(Exited(d.key, 1), 100)
+    assert out == [EndRun(d.key), Persist(), WakeAt(1100), Report()]
+    assert ts.counters.restarts == {("j", 0): 1}
+    assert ts.handle(Tick(), 1099) == []
+    assert ts.handle(Tick(), 1100) == [Start(d.key), Persist()]
+
+
+def test_lost_shim_is_reported_as_supervisor_lost() -> None:
+    ts = TaskStates()
+    d = desired(policy="never")
+    ts.handle(DesiredSet((d,)), 0)
+    ts.handle(Started(d.key), 0)
+    ts.handle(Exited(d.key, -9, lost=True), 10)
+    t = ts.tasks[d.key]
+    assert (t.phase, t.result, t.reason) == (DONE, FAILED, "supervisor-lost")
+
+
+def test_task_started_after_it_stopped_being_wanted_is_killed_at_once() -> None:
+    ts = TaskStates()
+    d = desired()
+    ts.handle(DesiredSet((d,)), 0)
+    ts.handle(DesiredSet(()), 1)  # mid-spawn: not killed yet
+    out = ts.handle(Started(d.key), 2)
+    assert Kill(d.key) in out and ts.tasks[d.key].phase == STOPPING
+
+
+def test_nothing_converges_before_the_master_has_answered() -> None:
+    """A restarted Borglet must not retire its restored tasks on an empty desired set."""
+    d = desired()
+    running_task = LocalTask(key=d.key, spec=d.spec, phase=ACTIVE, pid=9)
+    waiting = LocalTask(key=("j", 1, "x"), spec=d.spec, phase=STARTING, next_start_ms=0)
+    ts = TaskStates()
+    assert ts.handle(Restored((running_task, waiting)), 0) == [Adopt(d.key), Persist()]
+    assert ts.handle(Tick(), 10) == []
+    assert ts.tasks[d.key].phase == ACTIVE and ts.tasks[("j", 1, "x")].phase == STARTING
+    assert ts.handle(Adopted(d.key, 9), 11) == [WatchHealth(d.key, 0)]
+
+
+def test_restored_from_another_boot_clears_monotonic_times() -> None:
+    d = desired()
+    t = LocalTask(key=d.key, spec=d.spec, phase=STARTING, next_start_ms=99, started_ms=50)
+    ts = TaskStates()
+    ts.handle(Restored((t,), same_boot=False), 0)
+    assert (t.next_start_ms, t.started_ms) == (0, 0)
+
+
+def test_stale_health_result_of_an_earlier_run_is_dropped() -> None:
+    ts = TaskStates()
+    d = desired()
+    ts.handle(DesiredSet((d,)), 0)
+    ts.handle(Started(d.key), 100)
+    assert ts.handle(HealthResult(d.key, "unhealthy", True, run_started_ms=5), 200) == []
+    out = ts.handle(HealthResult(d.key, "unhealthy", True, run_started_ms=100), 200)
+    assert Kill(d.key) in out and ts.tasks[d.key].stop_reason == "unhealthy"
+
+
+def test_machine_down_kills_running_tasks_and_forgets_them() -> None:
+    ts = TaskStates()
+    a, b = desired(0), desired(1, policy="never")
+    ts.handle(DesiredSet((a, b)), 0)
+    ts.handle(Started(a.key), 0)
+    ts.handle(Started(b.key), 0)
+    ts.handle(Exited(b.key, 0), 5)  # finished, not yet reported: kept
+    assert ts.handle(MachineDown(), 10) == [Kill(a.key)]
+    assert ts.handle(Tick(), 11) == []
+    ts.handle(Exited(a.key, -15), 12)
+    assert ts.handle(MachineDownDone(), 13) == [Forget(a.key), Persist()]
+    assert list(ts.tasks) == [b.key]
+
+
+def test_forgotten_task_index_starts_its_counter_retention() -> None:
+    ts = TaskStates()
+    d = desired(policy="never")
+    ts.handle(DesiredSet((d,)), 0)
+    ts.handle(Started(d.key), 0)
+    ts.handle(Exited(d.key, 1), 5)
+    assert ts.handle(DesiredSet((), frozenset({d.key})), 7) == [Forget(d.key), Persist()]
+    assert ts.counters.forgotten_at_ms == {("j", 0): 7}
