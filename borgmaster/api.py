@@ -111,7 +111,7 @@ class MasterServicer(borg_pb2_grpc.BorgmasterServicer):
         if not spec.user:
             _abort(context, "invalid", "user: the job has no owner (set user or pass --user)")
         cmd = C.SubmitJob(
-            spec=spec.to_dict(),
+            spec=spec,
             must_exist=must_exist,
             user=request.user,
             request_id=request.options.request_id or uuid.uuid4().hex,
@@ -343,7 +343,7 @@ class MasterServicer(borg_pb2_grpc.BorgmasterServicer):
         cmd = C.SetQuota(
             user=q.user,
             band=q.band,
-            limit=limit,
+            limit=C.QuotaLimit(**limit),
             request_id=request.options.request_id,
         )
         res = self._write(cmd, context, "SetQuota")

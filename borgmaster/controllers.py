@@ -9,8 +9,8 @@ to apply late (the store re-checks incarnations and versions).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
+from borgmaster import commands as C
 from borgmaster.model import (
     BATCH,
     FAILED,
@@ -36,8 +36,8 @@ class JobActions:
 
     job: str
     version: int
-    replace_update: list[list[Any]] = field(default_factory=list)  # [index, incarnation]
-    replace_drain: list[list[Any]] = field(default_factory=list)
+    replace_update: list[C.TaskRef] = field(default_factory=list)
+    replace_drain: list[C.TaskRef] = field(default_factory=list)
     rollout_status: str | None = None  # set when it should change
 
 
@@ -94,8 +94,8 @@ def plan_job(store: Store, job: Job, now_ms: int | None = None) -> JobActions | 
             if budget <= 0:
                 continue
             budget -= 1
-        out.replace_drain.append([t.index, t.incarnation])
-    moving = {int(i) for i, _ in out.replace_drain}
+        out.replace_drain.append(C.TaskRef(t.index, t.incarnation))
+    moving = {r.index for r in out.replace_drain}
 
     if job.rollout == "rolling":
         halt = _halt_reason(job, tasks)
@@ -117,7 +117,7 @@ def plan_job(store: Store, job: Job, now_ms: int | None = None) -> JobActions | 
                     if budget <= 0:
                         continue
                     budget -= 1
-                out.replace_update.append([t.index, t.incarnation])
+                out.replace_update.append(C.TaskRef(t.index, t.incarnation))
     if out.replace_update or out.replace_drain or out.rollout_status is not None:
         return out
     return None

@@ -105,7 +105,7 @@ def registration(store: Store, machine: Machine) -> C.RegisterMachine | None:
             machine.task_users,
         )
     )
-    return None if same else C.RegisterMachine(machine=machine.to_dict())
+    return None if same else C.RegisterMachine(machine=machine)
 
 
 def task_updates(store: Store, machine: str, observed: Iterable[Observed]) -> C.TaskUpdates | None:
@@ -115,7 +115,7 @@ def task_updates(store: Store, machine: str, observed: Iterable[Observed]) -> C.
     incarnation, a forgotten task) are ignored: the desired set makes the Borglet kill
     them. Caller holds the store lock; `ts_ms` is left for the proposer to stamp."""
     seen = {(o.job, o.index, o.incarnation): o for o in observed}
-    updates: list[dict[str, Any]] = []
+    updates: list[C.TaskUpdate] = []
     for key in sorted(store.tasks_by_machine.get(machine, ())):
         t = store.tasks[key]
         if t.state in TERMINAL_TASK_STATES:
@@ -123,7 +123,9 @@ def task_updates(store: Store, machine: str, observed: Iterable[Observed]) -> C.
         o = seen.get((t.job, t.index, t.incarnation))
         if o is None:
             if store.jobs[t.job].killed and t.state in (ASSIGNED, RUNNING):
-                updates.append(_update(t.job, t.index, t.incarnation, "killed", None, ""))
+                updates.append(
+                    C.TaskUpdate(t.job, t.index, t.incarnation, "killed", None, "", 0, "")
+                )
             continue
         ports = dict(o.ports)
         if (o.state, o.restarts, o.exit_code, o.reason, o.health, ports) != (
@@ -134,29 +136,22 @@ def task_updates(store: Store, machine: str, observed: Iterable[Observed]) -> C.
             t.health,
             t.ports,
         ):
-            u = _update(t.job, t.index, t.incarnation, o.state, o.exit_code, o.reason)
-            u["restarts"] = o.restarts
-            u["health"] = o.health
-            u["ports"] = ports
-            updates.append(u)
+            updates.append(
+                C.TaskUpdate(
+                    t.job,
+                    t.index,
+                    t.incarnation,
+                    o.state,
+                    o.exit_code,
+                    o.reason,
+                    restarts=o.restarts,
+                    health=o.health,
+                    ports=ports,
+                )
+            )
     if not updates:
         return None
     return C.TaskUpdates(machine=machine, updates=updates)
-
-
-def _update(
-    job: str, index: int, incarnation: str, state: str, exit_code: int | None, reason: str
-) -> dict[str, Any]:
-    return {
-        "job": job,
-        "index": index,
-        "incarnation": incarnation,
-        "state": state,
-        "exit_code": exit_code,
-        "reason": reason,
-        "restarts": 0,
-        "health": "",
-    }
 
 
 # ----- the shell ----------------------------------------------------------------------------

@@ -180,14 +180,17 @@ def prepare_pass(
 def plan_command(inp: PassInput, plan: Plan, term: int) -> C.ApplyPlan | None:
     """The command that records `plan`: placements, preemptions, and the pending reasons
     that changed (new failures and held tasks). None when it would change nothing."""
-    failures = [[j, i, r] for j, i, r in plan.failures if inp.reasons.get((j, i)) != r]
-    failures += inp.held_reasons
+    failures = [C.PlanFailure(j, i, r) for j, i, r in plan.failures if inp.reasons.get((j, i)) != r]
+    failures += [C.PlanFailure(j, i, r) for j, i, r in inp.held_reasons]
     if not plan.placements and not failures and not plan.preemptions:
         return None
     return C.ApplyPlan(
-        placements=[p.__dict__ for p in plan.placements],
+        placements=list(plan.placements),
         failures=failures,
-        preemptions=[p.__dict__ for p in plan.preemptions],
+        preemptions=[
+            C.Preemption(p.job, p.index, p.incarnation, p.machine, p.reason)
+            for p in plan.preemptions
+        ],
         term=term,
     )
 

@@ -446,6 +446,6 @@ class Master:
             if not self.fsm.leader():
                 continue
             try:
-                self.propose(C.RegisterReplica(replica=me.to_dict()), timeout=5)
+                self.propose(C.RegisterReplica(replica=me), timeout=5)
             except ProposeError as e:
                 log.debug("announce failed: %s", e)

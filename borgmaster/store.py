@@ -55,7 +55,7 @@ OBSERVED_STATES = frozenset({RUNNING, SUCCEEDED, FAILED, KILLED})
 FENCED = (C.ApplyPlan, C.ReplaceTasks, C.MachineLost, C.SetRollout, C.GcJobs)
 QUOTA_RESOURCES = ("cpu", "ram", "gpu")
 # What `quota set` may limit (disk is recorded and shown, but not admitted against).
-QUOTA_FIELDS = ("cpu", "ram", "disk", "gpu")
+QUOTA_FIELDS = C.QUOTA_FIELDS
 
 Result = dict[str, Any]
 
@@ -223,8 +223,7 @@ class Store:
         if isinstance(cmd, C.SetMachineState):
             return self._set_machine_state(cmd)
         if isinstance(cmd, C.RegisterReplica):
-            r = Replica(**cmd.replica)
-            self.replicas[r.id] = r
+            self.replicas[cmd.replica.id] = cmd.replica
             return {"ok": True}
         if isinstance(cmd, C.LeaderElected):
             self.fence_term = max(self.fence_term, cmd.term)
@@ -368,7 +367,7 @@ class Store:
         )
 
     def _submit(self, cmd: C.SubmitJob) -> Result:
-        spec = JobSpec.from_dict(cmd.spec)
+        spec = cmd.spec
         ts = cmd.ts_ms
         old = self.jobs.get(spec.name)
         live = old is not None and not old.killed
@@ -509,9 +508,9 @@ class Store:
         if job is None or job.killed:
             return err("not-found", f"job '{cmd.job}' does not exist")
         replaced = 0
-        for index, incarnation in cmd.tasks:
-            t = self.tasks.get((cmd.job, int(index)))
-            if t is None or t.incarnation != incarnation or t.state not in ACTIVE_STATES:
+        for ref in cmd.tasks:
+            t = self.tasks.get((cmd.job, ref.index))
+            if t is None or t.incarnation != ref.incarnation or t.state not in ACTIVE_STATES:
                 continue
             machine = t.machine
             self._reset_task(t, job.version, cmd.ts_ms, reason=cmd.reason)
@@ -541,12 +540,11 @@ class Store:
     def _set_quota(self, cmd: C.SetQuota) -> Result:
         if cmd.band not in ("batch", "production", "monitoring", "free"):
             return err("invalid", f"band: '{cmd.band}' is not a priority band")
-        given = {k: v for k, v in cmd.limit.items() if k in QUOTA_FIELDS}
-        if set(cmd.limit) - set(QUOTA_FIELDS):
-            bad = sorted(set(cmd.limit) - set(QUOTA_FIELDS), key=str)
-            return err("invalid", f"limit: unknown resource(s) {bad}")
+        # Names and types were checked by decode; a NaN or an infinity is refused here, as
+        # before typed commands (the error is remembered under the request id).
+        given = cmd.limit.given()
         for k, v in given.items():
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            if not math.isfinite(v):
                 return err("invalid", f"limit: {k} must be a number, not {v!r}")
         # Merge here, not in the client: a resource left out keeps its current limit (or is
         # unlimited when there was none), so `quota set alice production cpu=2` after
@@ -586,7 +584,7 @@ class Store:
     # ----- machines ----------------------------------------------------------------------
 
     def _register_machine(self, cmd: C.RegisterMachine) -> Result:
-        m = Machine.from_dict(cmd.machine)
+        m = cmd.machine  # decoded for this apply only: the store may keep it
         old = self.machines.get(m.name)
         if old is not None:
             m.registered_ms = old.registered_ms
@@ -661,17 +659,16 @@ class Store:
         rejected = 0
         preempted = 0
         for v in cmd.preemptions:
-            t = self.tasks.get((v["job"], int(v["index"])))
-            if t is None or t.incarnation != v["incarnation"] or t.state not in ACTIVE_STATES:
+            t = self.tasks.get((v.job, v.index))
+            if t is None or t.incarnation != v.incarnation or t.state not in ACTIVE_STATES:
                 continue
             machine = t.machine
             self._reset_task(t, self.jobs[t.job].version, cmd.ts_ms, reason="preempted")
-            self._event("preempted", t.job, t.index, machine, v.get("reason", ""))
+            self._event("preempted", t.job, t.index, machine, v.reason)
             self._recompute_job(self.jobs[t.job])
             preempted += 1
         used_cache: dict[str, Resources] = {}
-        for p in cmd.placements:
-            pl = C.Placement(**p)
+        for pl in cmd.placements:
             t = self.tasks.get((pl.job, pl.index))
             job = self.jobs.get(pl.job)
             m = self.machines.get(pl.machine)
@@ -709,10 +706,11 @@ class Store:
                     self._recompute_job(job)
                     continue
             rejected += 1
-        for job_name, index, reason in cmd.failures:
-            t = self.tasks.get((job_name, index))
+        for f in cmd.failures:
+            t = self.tasks.get((f.job, f.index))
             if t is None or t.state not in (PENDING, LOST):
                 continue
+            reason = f.reason
             if t.reason.startswith("preempted"):
                 reason = f"preempted ({reason})"  # keep why it left, say why it still waits
             if t.reason != reason:
@@ -720,49 +718,32 @@ class Store:
         return {"placed": placed, "rejected": rejected, "preempted": preempted}
 
     def _task_updates(self, cmd: C.TaskUpdates) -> Result:
-        # Validate the whole batch first so a malformed update cannot half-apply it.
-        for u in cmd.updates:
-            ok = (
-                isinstance(u, dict)
-                and isinstance(u.get("job"), str)
-                and isinstance(u.get("index"), int)
-                and isinstance(u.get("incarnation"), str)
-                and isinstance(u.get("state"), str)
-                and (u.get("exit_code") is None or isinstance(u.get("exit_code"), int))
-                and isinstance(u.get("restarts", 0), int)
-                and isinstance(u.get("reason", ""), str)
-                and isinstance(u.get("health", ""), str)
-                and isinstance(u.get("ports", {}), dict)
-                and all(
-                    isinstance(k, str) and isinstance(v, int) for k, v in u.get("ports", {}).items()
-                )
-            )
-            if not ok:
-                return err("invalid", f"malformed task update {u!r:.200}")
+        # decode checked every update's types, so a malformed one rejects the whole entry
+        # before anything applies (never half a batch).
         applied = 0
         touched: set[str] = set()
         for u in cmd.updates:
-            t = self.tasks.get((u["job"], int(u["index"])))
-            if t is None or t.incarnation != u["incarnation"] or t.machine != cmd.machine:
+            t = self.tasks.get((u.job, u.index))
+            if t is None or t.incarnation != u.incarnation or t.machine != cmd.machine:
                 continue
             if t.state in TERMINAL_TASK_STATES:
                 continue
-            state = u["state"]
+            state = u.state
             if state not in OBSERVED_STATES:
                 continue
             before = t.state
             t.state = state
-            restarts = int(u.get("restarts", t.restarts))
-            ec = u.get("exit_code")
+            restarts = t.restarts if u.restarts is None else u.restarts
+            ec = u.exit_code
             if restarts > t.restarts and state == RUNNING:
-                why = str(u.get("reason", "")) or (f"exit {ec}" if ec is not None else "")
+                why = u.reason or (f"exit {ec}" if ec is not None else "")
                 self._event("died", t.job, t.index, t.machine, f"{why}; restart #{restarts}")
             t.restarts = restarts
             t.exit_code = None if ec is None or ec < -255 else int(ec)
-            t.reason = str(u.get("reason", ""))
-            t.health = str(u.get("health", ""))
-            if "ports" in u:
-                t.ports = dict(u["ports"])
+            t.reason = u.reason
+            t.health = u.health or ""
+            if u.ports is not None:
+                t.ports = dict(u.ports)
             t.updated_ms = cmd.ts_ms
             if state == RUNNING and before == ASSIGNED:
                 self._event("started", t.job, t.index, t.machine)

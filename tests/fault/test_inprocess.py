@@ -87,7 +87,7 @@ def submit(m: Master, name: str) -> dict[str, object]:
     spec = job_spec(name) | {"user": "tester"}
     from cfg.schema import validate_job
 
-    return m.propose(C.SubmitJob(spec=validate_job(spec).to_dict(), request_id=name))
+    return m.propose(C.SubmitJob(spec=validate_job(spec), request_id=name))
 
 
 def transfer_until_accepted(m: Master, timeout: float = 5.0) -> None:

@@ -71,13 +71,11 @@ def commands() -> list[C.Command]:
     m = Machine(name="m1", address="m1:1", capacity=Resources(cpu=4, ram=8 << 30))
     spec = JobSpec(name="web", replicas=2, command=["sleep", "1"])
     return [
-        C.RegisterMachine(ts_ms=1, machine=m.to_dict()),
-        C.SubmitJob(ts_ms=2, request_id="req-1", spec=spec.to_dict()),
+        C.RegisterMachine(ts_ms=1, machine=m),
+        C.SubmitJob(ts_ms=2, request_id="req-1", spec=spec),
         C.ApplyPlan(
             ts_ms=3,
-            placements=[
-                {"job": "web", "index": 0, "machine": "m1", "incarnation": "i0", "version": 1}
-            ],
+            placements=[C.Placement(job="web", index=0, machine="m1", incarnation="i0", version=1)],
         ),
     ]
 

@@ -67,7 +67,7 @@ def register(cell: Cell, name: str, task_users: list[str]) -> None:
         capacity=Resources(cpu=4, ram=8 * GiB, disk=GiB),
         task_users=task_users,
     )
-    cell.apply(C.RegisterMachine(ts_ms=1, machine=m.to_dict()))
+    cell.apply(C.RegisterMachine(ts_ms=1, machine=m))
 
 
 def test_run_as_no_live_machine_allows_is_refused_and_changes_nothing() -> None:

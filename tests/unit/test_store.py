@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
 import msgpack
@@ -49,11 +48,11 @@ class Cell:
         return self.store.apply(entry, self.index)
 
     def submit(self, spec: JobSpec, **kw: Any) -> dict[str, Any]:
-        return self.apply(C.SubmitJob(ts_ms=self.index * 10, spec=spec.to_dict(), **kw))
+        return self.apply(C.SubmitJob(ts_ms=self.index * 10, spec=spec, **kw))
 
     def machine(self, name: str, cpu: float = 4.0, ram: int = 8 * GiB) -> dict[str, Any]:
         m = Machine(name=name, address=f"{name}:1", capacity=Resources(cpu=cpu, ram=ram, disk=GiB))
-        return self.apply(C.RegisterMachine(ts_ms=1, machine=m.to_dict()))
+        return self.apply(C.RegisterMachine(ts_ms=1, machine=m))
 
     def place(self, job: str, index: int, machine: str, version: int = 1) -> dict[str, Any]:
         p = C.Placement(
@@ -63,12 +62,11 @@ class Cell:
             incarnation=f"{job}-{index}-{machine}",
             version=version,
         )
-        return self.apply(C.ApplyPlan(ts_ms=5, placements=[asdict(p)]))
+        return self.apply(C.ApplyPlan(ts_ms=5, placements=[p]))
 
     def update(self, job: str, index: int, state: str, **kw: Any) -> dict[str, Any]:
         t = self.store.tasks[(job, index)]
-        u = {"job": job, "index": index, "incarnation": t.incarnation, "state": state}
-        u.update(kw)
+        u = C.TaskUpdate(job=job, index=index, incarnation=t.incarnation, state=state, **kw)
         return self.apply(C.TaskUpdates(ts_ms=7, machine=t.machine, updates=[u]))
 
 
@@ -130,7 +128,9 @@ def test_changed_command_bumps_version_and_rolls_placed_tasks_gradually() -> Non
     assert cell.store.desired_for("m1") == [running]
     # ... while a task that was not placed anywhere moves to the new version at once.
     assert waiting.state == PENDING and waiting.version == 2
-    r = cell.apply(C.ReplaceTasks(job="web", tasks=[[0, running.incarnation]], reason="updated"))
+    r = cell.apply(
+        C.ReplaceTasks(job="web", tasks=[C.TaskRef(0, running.incarnation)], reason="updated")
+    )
     assert r == {"replaced": 1}
     assert {t.version for t in cell.store.job_tasks("web")} == {2}
     assert cell.store.desired_for("m1") == []
@@ -189,11 +189,11 @@ def test_resubmit_after_kill_creates_new_version() -> None:
 
 def test_request_id_dedupe_returns_first_result_and_applies_once() -> None:
     cell = Cell()
-    cmd = C.SubmitJob(request_id="req-1", spec=spec(replicas=1).to_dict())
+    cmd = C.SubmitJob(request_id="req-1", spec=spec(replicas=1))
     first = cell.apply(cmd)
     assert first == {"name": "web", "version": 1, "result": "created"}
     # A retry of the same request id, even with a different body, is not applied again.
-    retry = C.SubmitJob(request_id="req-1", spec=spec(replicas=5).to_dict())
+    retry = C.SubmitJob(request_id="req-1", spec=spec(replicas=5))
     second = cell.apply(retry)
     assert second == {**first, "duplicate": True}
     assert "duplicate" not in first
@@ -259,7 +259,7 @@ def test_apply_plan_rejects_overcommit_within_one_plan() -> None:
     cell.machine("m1", cpu=2.5, ram=8 * GiB)
     cell.submit(spec(replicas=3))
     placements = [
-        asdict(C.Placement(job="web", index=i, machine="m1", incarnation=f"i{i}", version=1))
+        C.Placement(job="web", index=i, machine="m1", incarnation=f"i{i}", version=1)
         for i in range(3)
     ]
     r = cell.apply(C.ApplyPlan(placements=placements))
@@ -317,7 +317,11 @@ def test_apply_plan_rejects_already_placed_task() -> None:
 def test_apply_plan_records_failure_reason_on_pending_task() -> None:
     cell = Cell()
     cell.submit(spec(replicas=1))
-    cell.apply(C.ApplyPlan(failures=[["web", 0, "no-feasible-machine: no machines in the cell"]]))
+    cell.apply(
+        C.ApplyPlan(
+            failures=[C.PlanFailure("web", 0, "no-feasible-machine: no machines in the cell")]
+        )
+    )
     assert cell.store.tasks[("web", 0)].reason.startswith("no-feasible-machine")
 
 
@@ -338,7 +342,7 @@ def test_task_update_with_stale_incarnation_is_ignored() -> None:
     cell.machine("m1")
     cell.submit(spec(replicas=1))
     cell.place("web", 0, "m1")
-    u = {"job": "web", "index": 0, "incarnation": "old-incarnation", "state": RUNNING}
+    u = C.TaskUpdate(job="web", index=0, incarnation="old-incarnation", state=RUNNING)
     r = cell.apply(C.TaskUpdates(machine="m1", updates=[u]))
     assert r == {"applied": 0}
     assert cell.store.tasks[("web", 0)].state == ASSIGNED
@@ -349,7 +353,7 @@ def test_task_update_from_wrong_machine_is_ignored() -> None:
     cell.machine("m1")
     cell.submit(spec(replicas=1))
     cell.place("web", 0, "m1")
-    u = {"job": "web", "index": 0, "incarnation": "web-0-m1", "state": RUNNING}
+    u = C.TaskUpdate(job="web", index=0, incarnation="web-0-m1", state=RUNNING)
     assert cell.apply(C.TaskUpdates(machine="m2", updates=[u])) == {"applied": 0}
     assert cell.store.tasks[("web", 0)].state == ASSIGNED
 
@@ -465,10 +469,10 @@ def test_desired_for_excludes_killed_job_tasks() -> None:
 
 def _busy_cell() -> Cell:
     cell = Cell()
-    cell.apply(C.RegisterReplica(replica=Replica(id="r1", raft="h:1", grpc="h:2").to_dict()))
+    cell.apply(C.RegisterReplica(replica=Replica(id="r1", raft="h:1", grpc="h:2")))
     cell.machine("m1")
     cell.machine("m2", cpu=1.0)
-    cell.apply(C.SubmitJob(request_id="q1", spec=spec(replicas=3, env={"A": "1"}).to_dict()))
+    cell.apply(C.SubmitJob(request_id="q1", spec=spec(replicas=3, env={"A": "1"})))
     cell.submit(spec(name="b", replicas=1, kind=BATCH))
     cell.place("web", 0, "m1")
     cell.place("web", 1, "m2")
@@ -476,7 +480,7 @@ def _busy_cell() -> Cell:
     cell.update("web", 0, RUNNING)
     cell.update("b", 0, FAILED, exit_code=1, reason="exit: 1")
     cell.apply(C.MachineLost(name="m2"))
-    cell.apply(C.ApplyPlan(failures=[["web", 2, "no-feasible-machine: x"]]))
+    cell.apply(C.ApplyPlan(failures=[C.PlanFailure("web", 2, "no-feasible-machine: x")]))
     return cell
 
 
@@ -491,7 +495,7 @@ def test_snapshot_round_trip_gives_equal_digest() -> None:
     assert other.desired_for("m1") == cell.store.desired_for("m1")
     assert other.tasks_by_machine == {k: v for k, v in cell.store.tasks_by_machine.items() if v}
     # Request ids survive: a retry after restore is still a duplicate.
-    r = other.apply(C.encode(C.SubmitJob(request_id="q1", spec=spec().to_dict())), 100)
+    r = other.apply(C.encode(C.SubmitJob(request_id="q1", spec=spec())), 100)
     assert r["duplicate"] is True
 
 
@@ -500,10 +504,30 @@ def test_load_snapshot_rejects_unknown_format() -> None:
         Store().load_snapshot(msgpack.packb({"format": 99}))
 
 
-def test_dispatch_exception_returns_error_and_advances_index() -> None:
+def test_malformed_nested_part_is_invalid_and_applies_nothing() -> None:
     cell = Cell()
     cell.submit(spec())
-    r = cell.apply(C.ApplyPlan(placements=[{"job": "web", "bogus": 1}]))
+    before = cell.store.digest()
+    bad = {"placements": [{"job": "web", "bogus": 1}]}
+    r = cell.apply_raw(bytes([C.CommandType.APPLY_PLAN]) + msgpack.packb(bad))
+    assert r["error"] == "invalid"
+    assert "ApplyPlan.placements[0]" in r["message"]
+    assert cell.store.digest() == before
+    assert cell.store.applied_index == 2
+
+
+def test_dispatch_exception_returns_error_and_advances_index(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cell = Cell()
+    cell.submit(spec())
+
+    def boom(self: Store, cmd: C.ApplyPlan) -> dict[str, Any]:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(Store, "_apply_plan", boom)
+    r = cell.apply(C.ApplyPlan(placements=[C.Placement("web", 0, "m1", "i", 1)]))
+    monkeypatch.undo()
     assert r["error"] == "internal"
     assert "ApplyPlan" in r["message"]
     assert cell.store.applied_index == 2

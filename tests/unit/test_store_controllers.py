@@ -33,7 +33,9 @@ def running_job(cell: Cell, name: str = "web", replicas: int = 2, machine: str =
 
 def test_quota_rejects_submission_over_limit_saying_by_how_much() -> None:
     cell = Cell()
-    cell.apply(C.SetQuota(user="alice", band="production", limit={"cpu": 4.0, "ram": 8 * GiB}))
+    cell.apply(
+        C.SetQuota(user="alice", band="production", limit=C.QuotaLimit(cpu=4.0, ram=8 * GiB))
+    )
     ok = cell.submit(spec(name="a", replicas=2, user="alice", priority=200))
     assert ok["result"] == "created"
     r = cell.submit(spec(name="b", replicas=3, user="alice", priority=200))
@@ -47,7 +49,7 @@ def test_quota_rejects_submission_over_limit_saying_by_how_much() -> None:
 
 def test_quota_counts_an_update_without_its_old_version() -> None:
     cell = Cell()
-    cell.apply(C.SetQuota(user="alice", band="batch", limit={"cpu": 2.0, "ram": 4 * GiB}))
+    cell.apply(C.SetQuota(user="alice", band="batch", limit=C.QuotaLimit(cpu=2.0, ram=4 * GiB)))
     assert cell.submit(spec(name="a", replicas=2, user="alice"))["result"] == "created"
     assert cell.submit(spec(name="a", replicas=2, user="alice", env={"X": "1"}))["version"] == 2
     r = cell.submit(spec(name="a", replicas=3, user="alice"))
@@ -56,7 +58,7 @@ def test_quota_counts_an_update_without_its_old_version() -> None:
 
 def test_set_quota_rejects_unknown_band() -> None:
     cell = Cell()
-    assert cell.apply(C.SetQuota(user="a", band="gold", limit={}))["error"] == "invalid"
+    assert cell.apply(C.SetQuota(user="a", band="gold", limit=C.QuotaLimit()))["error"] == "invalid"
 
 
 # ----- preemption ------------------------------------------------------------------------
@@ -71,9 +73,9 @@ def test_plan_preemption_evicts_victim_then_places_in_its_room() -> None:
     p = C.Placement(job="prod", index=0, machine="m1", incarnation="p0", version=1)
     r = cell.apply(
         C.ApplyPlan(
-            placements=[p.__dict__],
+            placements=[p],
             preemptions=[
-                {"job": "low", "index": 0, "incarnation": victim.incarnation, "machine": "m1"}
+                C.Preemption(job="low", index=0, incarnation=victim.incarnation, machine="m1")
             ],
         )
     )
@@ -88,7 +90,7 @@ def test_stale_preemption_is_ignored() -> None:
     cell.machine("m1", cpu=2.0, ram=2 * GiB)
     running_job(cell, "low", replicas=2)
     r = cell.apply(
-        C.ApplyPlan(preemptions=[{"job": "low", "index": 0, "incarnation": "old", "machine": "m1"}])
+        C.ApplyPlan(preemptions=[C.Preemption(job="low", index=0, incarnation="old", machine="m1")])
     )
     assert r["preempted"] == 0 and cell.store.tasks[("low", 0)].state == RUNNING
 
@@ -102,10 +104,10 @@ def test_commands_of_a_deposed_leader_are_rejected() -> None:
     cell.submit(spec(replicas=1))
     cell.apply(C.LeaderElected(term=3))
     p = C.Placement(job="web", index=0, machine="m1", incarnation="x", version=1)
-    r = cell.apply(C.ApplyPlan(placements=[p.__dict__], term=2))
+    r = cell.apply(C.ApplyPlan(placements=[p], term=2))
     assert r["error"] == "stale-leader"
     assert cell.store.tasks[("web", 0)].state == PENDING
-    assert cell.apply(C.ApplyPlan(placements=[p.__dict__], term=3))["placed"] == 1
+    assert cell.apply(C.ApplyPlan(placements=[p], term=3))["placed"] == 1
     assert cell.apply(C.MachineLost(name="m1", term=1))["error"] == "stale-leader"
 
 
@@ -124,8 +126,8 @@ def test_drain_marks_machine_and_controller_moves_tasks_within_max_unavailable()
     cell.apply(C.ReplaceTasks(job="web", tasks=acts[0].replace_drain, reason="drained"))
     # One task is now pending: the budget is spent until it runs again elsewhere.
     assert controllers.plan_all(cell.store) == []
-    cell.place("web", acts[0].replace_drain[0][0], "m2")
-    cell.update("web", acts[0].replace_drain[0][0], RUNNING)
+    cell.place("web", acts[0].replace_drain[0].index, "m2")
+    cell.update("web", acts[0].replace_drain[0].index, RUNNING)
     acts = controllers.plan_all(cell.store)
     assert len(acts[0].replace_drain) == 1
 
@@ -152,12 +154,12 @@ def test_rollout_replaces_at_most_max_unavailable_and_halts_on_failure() -> None
         cell.update("web", i, RUNNING)
     cell.submit(spec(replicas=4, update=UpdatePolicy(max_unavailable=1), env={"V": "2"}))
     acts = controllers.plan_all(cell.store)
-    assert [a.replace_update for a in acts] == [[[0, "web-0-m1"]]]
+    assert [a.replace_update for a in acts] == [[C.TaskRef(0, "web-0-m1")]]
     cell.apply(C.ReplaceTasks(job="web", tasks=acts[0].replace_update, reason="updated"))
     assert controllers.plan_all(cell.store) == []  # waits for task 0 to run again
     cell.apply(
         C.ApplyPlan(
-            placements=[C.Placement("web", 0, "m1", "new0", 2).__dict__],
+            placements=[C.Placement("web", 0, "m1", "new0", 2)],
         )
     )
     cell.update("web", 0, FAILED, exit_code=1, reason="exit: 1")
@@ -194,11 +196,11 @@ def test_health_checked_tasks_count_as_unavailable_until_healthy() -> None:
     cell.submit(s2)
     acts = controllers.plan_all(cell.store)
     cell.apply(C.ReplaceTasks(job="web", tasks=acts[0].replace_update))
-    cell.apply(C.ApplyPlan(placements=[C.Placement("web", 0, "m1", "n0", 2).__dict__]))
+    cell.apply(C.ApplyPlan(placements=[C.Placement("web", 0, "m1", "n0", 2)]))
     cell.update("web", 0, RUNNING)  # running but health unknown yet
     assert controllers.plan_all(cell.store) == []
     cell.update("web", 0, RUNNING, health="healthy")
-    assert controllers.plan_all(cell.store)[0].replace_update == [[1, "web-1-m1"]]
+    assert controllers.plan_all(cell.store)[0].replace_update == [C.TaskRef(1, "web-1-m1")]
 
 
 # ----- events, GC, batches, snapshots ----------------------------------------------------
@@ -234,7 +236,7 @@ def test_gc_removes_old_killed_jobs_with_nothing_running() -> None:
 
 def test_batch_applies_each_entry_with_its_own_result_and_request_id() -> None:
     cell = Cell()
-    a = C.encode(C.SubmitJob(spec=spec(name="a").to_dict(), request_id="r1"))
+    a = C.encode(C.SubmitJob(spec=spec(name="a"), request_id="r1"))
     b = C.encode(C.KillJob(name="nope"))
     r = cell.apply(C.Batch(entries=[a, b]))
     assert r["results"][0]["result"] == "created"
@@ -248,7 +250,7 @@ def test_snapshot_keeps_quotas_events_fence_and_history() -> None:
     cell.machine("m1")
     running_job(cell, "web", replicas=1)
     cell.submit(spec(replicas=1, env={"V": "2"}))
-    cell.apply(C.SetQuota(user="u", band="batch", limit={"cpu": 1.0}))
+    cell.apply(C.SetQuota(user="u", band="batch", limit=C.QuotaLimit(cpu=1.0)))
     cell.apply(C.LeaderElected(term=7))
     other = Store()
     other.load_snapshot(cell.store.snapshot_bytes())
@@ -297,11 +299,13 @@ def test_new_version_task_must_stay_up_min_ready_before_the_rollout_moves_on() -
     cell.submit(spec(replicas=2, env={"V": "2"}))
     acts = controllers.plan_all(cell.store, now_ms=0)
     cell.apply(C.ReplaceTasks(job="web", tasks=acts[0].replace_update))
-    cell.apply(C.ApplyPlan(placements=[C.Placement("web", 0, "m1", "n0", 2).__dict__]))
+    cell.apply(C.ApplyPlan(placements=[C.Placement("web", 0, "m1", "n0", 2)]))
     cell.update("web", 0, RUNNING)  # at ts 7
     ready_at = 7 + controllers.MIN_READY_MS
     assert controllers.plan_all(cell.store, now_ms=ready_at - 1) == []
-    assert controllers.plan_all(cell.store, now_ms=ready_at)[0].replace_update == [[1, "web-1-m1"]]
+    assert controllers.plan_all(cell.store, now_ms=ready_at)[0].replace_update == [
+        C.TaskRef(1, "web-1-m1")
+    ]
     cell.update("web", 0, RUNNING, restarts=1)  # crashed and came back: not ready any more
     assert controllers.plan_all(cell.store, now_ms=ready_at * 10) == []
 
@@ -316,7 +320,7 @@ def test_rollout_ends_only_when_the_last_new_tasks_run_and_halts_if_they_crash()
     job = cell.store.jobs["solo"]
     assert job.rollout == "rolling"
     assert controllers.plan_all(cell.store, now_ms=10**9) == []  # pending: not done yet
-    cell.apply(C.ApplyPlan(placements=[C.Placement("solo", 0, "m1", "n0", 2).__dict__]))
+    cell.apply(C.ApplyPlan(placements=[C.Placement("solo", 0, "m1", "n0", 2)]))
     cell.update("solo", 0, FAILED, exit_code=3)
     [a] = controllers.plan_all(cell.store, now_ms=10**9)
     assert a.rollout_status is not None and a.rollout_status.startswith("halted: task 0")
@@ -331,7 +335,7 @@ def test_rollout_completes_via_controller_once_new_tasks_are_ready() -> None:
     cell.submit(spec(name="web", replicas=1, env={"V": "2"}))
     acts = controllers.plan_all(cell.store, now_ms=0)
     cell.apply(C.ReplaceTasks(job="web", tasks=acts[0].replace_update))
-    cell.apply(C.ApplyPlan(placements=[C.Placement("web", 0, "m1", "n0", 2).__dict__]))
+    cell.apply(C.ApplyPlan(placements=[C.Placement("web", 0, "m1", "n0", 2)]))
     cell.update("web", 0, RUNNING)
     [a] = controllers.plan_all(cell.store, now_ms=10**9)
     assert a.rollout_status == "" and not a.replace_update

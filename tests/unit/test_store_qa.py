@@ -3,6 +3,9 @@ limits merged in the store (omitted limits kept, unlimited by default)."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import msgpack
 import pytest
 
 from borgmaster import commands as C
@@ -85,8 +88,8 @@ def test_kill_of_an_unknown_job_is_still_not_found() -> None:
 # ----- quota: partial limits merged in the store -------------------------------------------
 
 
-def set_quota(cell: Cell, **limit: float) -> dict[str, object]:
-    return cell.apply(C.SetQuota(user="alice", band="production", limit=limit))
+def set_quota(cell: Cell, **limit: Any) -> dict[str, object]:
+    return cell.apply(C.SetQuota(user="alice", band="production", limit=C.QuotaLimit(**limit)))
 
 
 def quota(cell: Cell) -> Resources:
@@ -127,10 +130,10 @@ def test_unlimited_resources_are_not_admitted_against() -> None:
 @pytest.mark.parametrize(
     ("limit", "message"),
     [
-        ({"mem": 1}, "limit: unknown resource(s) ['mem']"),
-        ({"cpu": "lots"}, "limit: cpu must be a number, not 'lots'"),
-        ({"cpu": float("nan")}, "limit: cpu must be a number, not nan"),
-        ({"ram": True}, "limit: ram must be a number, not True"),
+        ({"mem": 1}, "SetQuota.limit: unknown resource(s) ['mem']"),  # decode's check
+        ({"cpu": "lots"}, "SetQuota.limit: cpu must be a number, not 'lots'"),
+        ({"ram": True}, "SetQuota.limit: ram must be a number, not True"),
+        ({"cpu": float("nan")}, "limit: cpu must be a number, not nan"),  # the store's
     ],
 )
 def test_bad_quota_limits_are_rejected_without_partial_state(
@@ -139,7 +142,9 @@ def test_bad_quota_limits_are_rejected_without_partial_state(
     cell = Cell()
     set_quota(cell, cpu=1)
     before = cell.store.digest()
-    assert set_quota(cell, **limit) == {"error": "invalid", "message": message}  # type: ignore[arg-type]
+    body = {"user": "alice", "band": "production", "limit": limit}
+    r = cell.apply_raw(bytes([C.CommandType.SET_QUOTA]) + msgpack.packb(body))
+    assert r == {"error": "invalid", "message": message}
     assert cell.store.digest() == before
 
 
@@ -170,7 +175,7 @@ def test_rollback_after_halted_rollout_keeps_tasks_already_on_the_old_template()
     cell.submit(spec(replicas=2, user="alice", command=["false"]))  # v2: a bad template
     # the rollout replaced task 0 only, then halted
     t0 = cell.store.tasks[("web", 0)]
-    cell.apply(C.ReplaceTasks(job="web", tasks=[[0, t0.incarnation]], reason="updated"))
+    cell.apply(C.ReplaceTasks(job="web", tasks=[C.TaskRef(0, t0.incarnation)], reason="updated"))
     cell.place("web", 0, "m1", version=2)
     cell.apply(C.SetRollout(job="web", version=2, status="halted: task 0 on version 2 failed"))
     kept = cell.store.tasks[("web", 1)].incarnation

@@ -149,14 +149,14 @@ def test_a_pass_looks_only_at_new_tasks_and_writes_nothing_when_none_are_new() -
     f = FakeMaster()
     f.cell.submit(spec(name="a", replicas=3))
     assert f.m.schedule_once(term=0, retry_all=False) == 0  # no machines: reasons recorded
-    assert len(f.plans) == 1 and sorted(j for j, _, _ in f.plans[0].failures) == ["a"] * 3
+    assert len(f.plans) == 1 and sorted(x.job for x in f.plans[0].failures) == ["a"] * 3
     assert all(t.reason for t in f.cell.store.job_tasks("a"))
     assert f.m.schedule_once(term=0, retry_all=False) == 0
     assert len(f.plans) == 1  # nothing new: no Raft write
     f.cell.submit(spec(name="b", replicas=2))
     f.m.schedule_once(term=0, retry_all=False)
     assert len(f.plans) == 2
-    assert sorted((j, i) for j, i, _ in f.plans[1].failures) == [("b", 0), ("b", 1)]
+    assert sorted((x.job, x.index) for x in f.plans[1].failures) == [("b", 0), ("b", 1)]
     assert f.cell.store.new_pending == set()
     # Capacity appears: every pending task is tried again and placed.
     f.cell.machine("m1", cpu=16.0, ram=64 << 30)
@@ -191,7 +191,7 @@ def replaced(f: FakeMaster, job: str, index: int, machine: str) -> None:
     """Place job/index on machine, then replace it as a rollout would (old copy stopping)."""
     f.cell.place(job, index, machine)
     inc = f.cell.store.tasks[(job, index)].incarnation
-    f.cell.apply(C.ReplaceTasks(job=job, tasks=[[index, inc]], reason="updated"))
+    f.cell.apply(C.ReplaceTasks(job=job, tasks=[C.TaskRef(index, inc)], reason="updated"))
     assert f.cell.store.tasks[(job, index)].state == "pending"
 
 
@@ -241,7 +241,7 @@ def test_a_copy_just_sent_to_a_borglet_counts_until_its_next_report() -> None:
     f.cell.place("a", 0, "m1")
     inc = f.cell.store.tasks[("a", 0)].incarnation
     m.copies.sent("m1", [("a", 0, inc)])  # the Sync reply that tells m1 to start it
-    f.cell.apply(C.ReplaceTasks(job="a", tasks=[[0, inc]], reason="updated"))
+    f.cell.apply(C.ReplaceTasks(job="a", tasks=[C.TaskRef(0, inc)], reason="updated"))
     assert m.schedule_once(term=0, retry_all=False) == 0  # may be starting on m1
     assert m.copies.observe("m1", [("a", 0, inc, "killed")])
     m.release_held()
