@@ -91,7 +91,7 @@ def test_prepare_pass_takes_the_times_it_is_given() -> None:
     cell = cell_with(1)
     cell.place("a", 0, "m1")
     inc = cell.store.tasks[("a", 0)].incarnation
-    cell.apply(C.ReplaceTasks(job="a", tasks=[[0, inc]], reason="updated"))
+    cell.apply(C.ReplaceTasks(job="a", tasks=[C.TaskRef(0, inc)], reason="updated"))
     copies = LiveCopies()
     young = planner.prepare_pass(
         cell.store, None, copies, now=1.0, leader_since=0.0, machine_timeout_s=30.0
