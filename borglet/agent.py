@@ -3,8 +3,9 @@
 Everything that happens becomes an event for `borglet/state.py` (`feed`), and the shell carries
 out the instructions it returns, in order, under one lock:
 
-- `Start` / `Kill` / `Adopt` go to the task's serial runner (`borglet/runner.py`): one queue
-  per task, so a kill never overtakes the start it undoes and an exit is collected once;
+- `Start` / `Kill` go to the task's serial runner (`borglet/runner.py`): one queue per task,
+  so a kill never overtakes the start it undoes and an exit is collected once; `Adopt` (at
+  start) finds a restored task's supervisor again;
 - the runner's outcome comes back as an event (`Started`, `StartFailed`, `Exited`, ...);
 - `Persist` marks the state file dirty (`borglet/checkpoint.py`, written before each report);
 - `Report` pokes the master link (`borglet/link.py`) so the master hears of it now;
@@ -28,17 +29,19 @@ import threading
 import time
 from concurrent import futures
 from functools import partial
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 
 import grpc
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Histogram
 
 from borglet.accounts import TaskAccounts, lookup_quiet
 from borglet.checkpoint import Checkpoint
 from borglet.clock import now_ms
 from borglet.config import BorgletConfig
 from borglet.housekeeping import COUNTER_RETENTION_S, Housekeeper
+from borglet.http import serve_http
+from borglet.launch import NotLaunched, account_of, spawn, task_env
 from borglet.link import Link, MasterLink
 from borglet.logs import MAX_FOLLOWERS, LogsServicer
 from borglet.metrics import BorgletCollector
@@ -46,8 +49,8 @@ from borglet.ports import PortAllocator
 from borglet.probes import HealthProber
 from borglet.runner import TaskRunners
 from borglet.runtime.base import Process, Runtime
-from borglet.runtime.cgroups import CgroupDriver, CgroupError, CgroupStats, Limits, detect
-from borglet.runtime.process import ExecError, ProcessRuntime, SpawnSpec, UserError
+from borglet.runtime.cgroups import CgroupDriver, CgroupError, CgroupStats, detect
+from borglet.runtime.process import ProcessRuntime
 from borglet.sandboxes import (
     SANDBOX_RETENTION_S,
     find_sandbox,
@@ -83,7 +86,6 @@ from borglet.state import (
     Start,
     StartAborted,
     Started,
-    StartFailed,
     TaskKey,
     TaskStates,
     Tick,
@@ -110,11 +112,6 @@ WARM_SHIMS = 2
 start-up (~20 ms, far more on a busy machine)."""
 EXIT_KILL_WAIT_S = 30.0
 """--kill-tasks-on-exit: how long the Borglet's exit waits for its tasks' kills."""
-
-
-def _split(addr: str) -> tuple[str, int]:
-    host, _, port = addr.rpartition(":")
-    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 class Borglet:
@@ -307,7 +304,7 @@ class Borglet:
             server.start()
             self.grpc_server = server
         if self.cfg.http:
-            self.http_server = self._start_http()
+            self.http_server = serve_http(self.cfg.http, lambda: self.state_error, self.registry)
         th = threading.Thread(target=self._timer_loop, name="timer", daemon=True)
         th.start()
         self._threads.append(th)
@@ -430,59 +427,24 @@ class Borglet:
                 self.feed(StartAborted(key))
                 return
         spec = d.spec
-        task_id = task_id_of(key)
-        user = spec.run_as or self.cfg.task_user
         try:
-            self.accounts.resolve(spec.run_as)
-            if self.unreachable_dir and user != "root":
-                raise UserError(
-                    f"sandbox not reachable by {user}: {self.unreachable_dir} is not searchable"
-                )
-            ports = self._ports_for(key, list(spec.requirements.ports), d.ports)
-        except UserError as e:
-            self._permanent_failure(key, f"run_as: {e}")
-            return
-        except ValueError as e:
-            self._permanent_failure(key, f"ports: {e}")
-            return
-        env = dict(spec.env)
-        env.update(
-            {
-                "BORG_CELL": self.cell,
-                "BORG_JOB": d.job,
-                "BORG_TASK_INDEX": str(d.index),
-                "BORG_MACHINE": self.cfg.name,
-                "BORG_TASK_VERSION": str(d.version),
-            }
-        )
-        for i, p in enumerate(spec.requirements.ports):
-            env[f"BORG_PORT_{p.upper().replace('-', '_')}"] = str(ports[p])
-            if i == 0:
-                env["BORG_PORT"] = str(ports[p])
-        try:
-            proc = self.runtime.start(
-                SpawnSpec(
-                    task_id=task_id,
-                    argv=list(spec.command),
-                    env=env,
-                    sandbox=self.sandbox_of(d.job, d.index, d.incarnation),
-                    user=user,
-                    limits=Limits(
-                        cpu=spec.requirements.cpu,
-                        memory=spec.requirements.ram,
-                        pids=self.cfg.task_pids_max,
-                    ),
-                )
-            )
-        except UserError as e:
-            self._permanent_failure(key, f"run_as: {e}")
-            return
-        except ExecError as e:
-            self._permanent_failure(key, str(e), e.code)
-            return
-        except (OSError, ValueError, CgroupError) as e:
-            log.warning("task %s/%d could not start: %s", d.job, d.index, e)
-            self.feed(StartFailed(key, f"start-failed: {e}", permanent=False))
+            user = account_of(self.accounts, spec.run_as, self.cfg.task_user, self.unreachable_dir)
+            try:
+                ports = self._ports_for(key, list(spec.requirements.ports), d.ports)
+            except ValueError as e:
+                raise NotLaunched(f"ports: {e}", permanent=True) from None
+            env = task_env(d, self.cell, self.cfg.name, ports)
+            sandbox = self.sandbox_of(d.job, d.index, d.incarnation)
+            proc = spawn(self.runtime, d, user, env, sandbox, self.cfg.task_pids_max)
+        except NotLaunched as e:
+            if e.permanent:  # it can never run here as specified: failed, no restart storm
+                log.warning("task %s/%d failed: %s", d.job, d.index, e.reason)
+            else:
+                log.warning("task %s/%d could not start: %s", d.job, d.index, e.reason)
+            with self.lock:
+                if e.permanent:
+                    self.first_seen.pop(key, None)
+                self.feed(e.event(key))
             return
         with self.lock:
             self.procs[key] = proc
@@ -524,13 +486,6 @@ class Borglet:
                     )
             self.feed(PortsAssigned(key, ports))
             return dict(ports)
-
-    def _permanent_failure(self, key: TaskKey, reason: str, code: int | None = None) -> None:
-        """The task can never run here as specified: failed, no restart, no storm."""
-        log.warning("task %s/%d failed: %s", key[0], key[1], reason)
-        with self.lock:
-            self.first_seen.pop(key, None)
-            self.feed(StartFailed(key, reason, permanent=True, exit_code=code))
 
     def _kill(self, key: TaskKey, grace_s: float) -> None:
         with self.lock:
@@ -643,35 +598,3 @@ class Borglet:
                 if k[:2] == (job, index) and os.path.basename(sandbox) == task_id_of(k):
                     return t.phase != DONE
         return False
-
-    # ----- HTTP -------------------------------------------------------------------------------
-
-    def _start_http(self) -> ThreadingHTTPServer:
-        borglet = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: object) -> None:
-                return
-
-            def do_GET(self) -> None:
-                path = self.path.split("?", 1)[0]
-                if path == "/healthz":
-                    if borglet.state_error:
-                        body, code = f"{borglet.state_error}\n".encode(), 503
-                    else:
-                        body, code = b"ok\n", 200
-                    ctype = "text/plain"
-                elif path == "/metrics":
-                    body, ctype, code = generate_latest(borglet.registry), CONTENT_TYPE_LATEST, 200
-                else:
-                    body, ctype, code = b"not found\n", "text/plain", 404
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        server = ThreadingHTTPServer(_split(self.cfg.http), Handler)
-        server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
-        return server

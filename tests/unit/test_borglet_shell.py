@@ -159,6 +159,22 @@ def test_exit_is_restarted_after_its_backoff(shell: Shell) -> None:
     assert time.monotonic() - t1 >= 0.59
 
 
+def test_unhealthy_task_is_stopped_and_restarted_as_a_failure(shell: Shell) -> None:
+    """A TCP check on a port nothing listens on: two failures, then a kill and a restart
+    after the backoff, counted as a failed run with reason `unhealthy`."""
+    d = desired(backoff_ms=400)
+    d.spec.requirements.ports = ["http"]
+    d.spec.health = {"tcp": {"port": "http"}, "interval_ms": 30, "failure_threshold": 2}
+    shell.sync(d)
+    wait_for(lambda: shell.runtime.busy(tid(d)))
+    port = shell.runtime.running[tid(d)].spec.env["BORG_PORT_HTTP"]  # type: ignore[union-attr]
+    wait_for(lambda: (shell.report(d.key) or {}).get("reason") == "unhealthy")
+    r = shell.report(d.key)
+    assert r is not None and r["restarts"] == 1 and r["state"] == "running"
+    assert tid(d) in shell.runtime.stops and str(r["ports"]["http"]) == port
+    wait_for(lambda: len(shell.runtime.starts) == 2)
+
+
 def test_successful_exit_with_on_failure_finishes(shell: Shell) -> None:
     d = desired()
     shell.sync(d)
