@@ -119,7 +119,7 @@ def test_task_and_child_in_cgroup_as_nobody(env: Env) -> None:
     with open(limit_file) as f:
         assert int(f.read()) == 64 * MI
     st = os.stat(os.path.join(env.base, name))
-    assert (st.st_uid, st.st_mode & 0o777) == (nobody.pw_uid, 0o750)
+    assert (st.st_uid, st.st_mode & 0o777) == (nobody.pw_uid, 0o700)
     env.runtime.stop(name, proc, grace_s=2)
     assert proc.poll() is not None
     assert not env.driver.exists(name)
