@@ -12,6 +12,7 @@ from borglet.runtime.base import Process, Runtime
 from borglet.runtime.cgroups import CgroupError, Limits
 from borglet.runtime.process import ExecError, SpawnSpec, UserError
 from borglet.state import Desired, StartFailed, TaskKey, task_id_of
+from cfg.bns import task_name
 
 
 @dataclass
@@ -46,6 +47,7 @@ def task_env(d: Desired, cell: str, machine: str, ports: dict[str, int]) -> dict
             "BORG_TASK_INDEX": str(d.index),
             "BORG_MACHINE": machine,
             "BORG_TASK_VERSION": str(d.version),
+            "BORG_NAME": task_name(d.index, d.job, d.spec.user, cell),
         }
     )
     for i, p in enumerate(d.spec.requirements.ports):

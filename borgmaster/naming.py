@@ -25,10 +25,12 @@ from enum import Enum
 
 from borgmaster.model import RUNNING, Job, Machine, Task
 from borgmaster.store import Store
+from cfg.bns import task_name, zone
+
+__all__ = ["Zone", "task_name"]
 
 TTL = 5
 """Seconds resolvers may cache an answer: tasks move, so names must follow them quickly."""
-SUFFIX = "borg"
 
 
 class Rcode(Enum):
@@ -101,7 +103,7 @@ class Zone:
 
     def __init__(self, cell: str, store: Store) -> None:
         self.cell = cell.lower()
-        self.origin = f"{self.cell}.{SUFFIX}."
+        self.origin = zone(cell)
         self.store = store
 
     def soa(self) -> Record:
@@ -212,8 +214,3 @@ class Zone:
                     )
                 )
         return out
-
-
-def task_name(index: int, job: str, user: str, cell: str) -> str:
-    """A task's own A name (`BORG_NAME` in its environment)."""
-    return f"{index}.{job}.{user.lower()}.{cell.lower()}.{SUFFIX}."
