@@ -16,6 +16,7 @@ import os
 import secrets
 import socket
 import stat
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
@@ -252,6 +253,35 @@ class BorgFSM(SyncObj):  # type: ignore[misc]
     def transfer_leadership(self) -> None:
         """Ask PySyncObj to hand leadership to an up-to-date follower (it may refuse)."""
         self.transferLeadership(callback=lambda res, err: None)
+
+    def hand_over_leadership(self, deadline_s: float) -> None:
+        """On a graceful stop, so the cell does not wait out an election. PySyncObj refuses a
+        transfer while the target lags by even one entry: retry until leadership has moved
+        or the deadline passes."""
+        deadline = time.monotonic() + deadline_s
+        while self.is_leader() and time.monotonic() < deadline:
+            try:
+                self.transfer_leadership()
+            except Exception as e:
+                log.warning("leadership transfer failed: %s", e)
+                return
+            until = time.monotonic() + 0.1
+            while self.is_leader() and time.monotonic() < until:
+                time.sleep(0.01)
+        if self.is_leader():
+            log.warning("leadership not handed over within %.1f s; exiting anyway", deadline_s)
+            return
+        # Stepping down only means a candidate with a higher term exists: wait (within the
+        # same deadline) until this replica sees the new leader, so the log says who took
+        # over and the election is not left to run while nobody serves.
+        me = self.selfNode.address
+        while time.monotonic() < deadline:
+            new = self.leader()
+            if new and new != me:
+                log.info("leadership handed over to %s", new)
+                return
+            time.sleep(0.01)
+        log.warning("stepped down, but no new leader was seen within %.1f s", deadline_s)
 
     @replicated  # type: ignore[misc]
     def apply(self, entry: bytes) -> dict[str, Any]:

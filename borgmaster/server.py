@@ -1,7 +1,8 @@
 """Composition root of a Borgmaster replica: it builds the pieces and wires them together.
 
 - `fsm.py`: Raft (the only module touching PySyncObj) applying commands to the `Store`;
-- `proposer.py`: group commit of writes and shared read barriers;
+- `proposer.py`: group commit of writes and shared read barriers, under `writer.py` (a
+  command in, a result or a `ProposeError` out);
 - `leader_loop.py`: the skeleton (wait, debounce, term fence) of the three leader loops,
   whose bodies are `scheduling.py` (over the pure `planner.py`), `controller_shell.py` (over
   the pure `controllers.py`) and `liveness.py`;
@@ -37,7 +38,6 @@ from borgmaster.fsm import (
     RaftStatus,
     Role,
     check_data_dir,
-    fail_reason_name,
     own_raft_secret,
     probe_bind,
 )
@@ -58,6 +58,7 @@ from borgmaster.proposer import Proposer
 from borgmaster.scheduler import BorgScheduler, Scheduler, Snapshot
 from borgmaster.scheduling import SchedulingShell
 from borgmaster.store import Store
+from borgmaster.writer import Writer
 from proto.borg.v1 import borg_pb2, borg_pb2_grpc
 
 __all__ = [
@@ -70,9 +71,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("borgmaster")
-
-NO_LEADER_WAIT_S = 2.0
-"""How long a write or consistent read waits for a leader to be elected before UNAVAILABLE."""
 
 
 class Master:
@@ -117,6 +115,7 @@ class Master:
                 raise DataDirError("a replica with peers needs a Raft secret")
             cfg.raft_secret = own_raft_secret(cfg.data_dir)
         self.proposer: Proposer | None = None  # set below; Raft may call back before
+        self.writer: Writer | None = None
         self.fsm = BorgFSM(
             cfg.raft,
             cfg.peers,
@@ -129,6 +128,9 @@ class Master:
             join=cfg.join,
         )
         self.proposer = Proposer(self.fsm)
+        self.writer = Writer(
+            self.fsm, self.proposer, self._stop, cfg.write_timeout_s, self.leader_grpc
+        )
         self.fence = TermFence(cfg.id, self.is_leader, self.fsm.term, self.propose)
         # Scheduler: on every change (never idle-periodic); controllers: on changes and every
         # second (rollout health, GC); liveness: on its period only.
@@ -215,73 +217,23 @@ class Master:
         return self.fsm.status().caught_up
 
     def propose(self, cmd: C.Command, timeout: float | None = None) -> dict[str, Any]:
-        """Commit a command through Raft (group-committed with concurrent writes) and return
-        the state machine's result."""
-        if not cmd.ts_ms:
-            cmd.ts_ms = now_ms()
-        self._wait_for_a_leader()
-        assert self.proposer is not None
-        fut = self.proposer.submit(C.encode(cmd))
-        return self._await(fut, timeout)
-
-    def _wait_for_a_leader(self) -> None:
-        """With no leader known, wait out one election (typically well under a second), then
-        refuse: a replica cut off from the majority would otherwise hold the write until the
-        write timeout (PySyncObj queues commands while there is no leader)."""
-        deadline = time.monotonic() + NO_LEADER_WAIT_S
-        while not self.fsm.leader():
-            if time.monotonic() >= deadline or self._stop.is_set():
-                raise ProposeError(
-                    "unavailable", f"no leader elected within {NO_LEADER_WAIT_S:.0f} s"
-                )
-            time.sleep(0.01)
-
-    def _await(self, fut: Any, timeout: float | None) -> dict[str, Any]:
-        try:
-            res, reason = fut.result(timeout or self.cfg.write_timeout_s)
-        except TimeoutError:
-            raise ProposeError("unavailable", "timed out waiting for the write to commit")
-        if reason != 0 or res is None:
-            name = fail_reason_name(reason) if isinstance(reason, int) else str(reason)
-            leader = self.leader_grpc()
-            hint = f" (leader: {leader})" if leader else " (no leader elected)"
-            raise ProposeError("unavailable", f"write not committed: {name}{hint}")
-        if "error" in res:
-            raise ProposeError(res["error"], res["message"])
-        return dict(res)
+        """Commit a command through Raft and return the state machine's result (writer.py)."""
+        if self.writer is None:
+            raise ProposeError("unavailable", "the replica is still starting")
+        return self.writer.propose(cmd, timeout)
 
     def stopping(self) -> bool:
         return self._stop.is_set()
 
     def change_membership(self, raft: str, remove: bool) -> None:
         """Add or remove one replica (leader only); waits until the change commits."""
-        done = threading.Event()
-        result: list[Any] = []
-
-        def cb(res: Any, err: int) -> None:
-            result.append(err)
-            done.set()
-
-        if remove:
-            if raft == self.cfg.raft:
-                raise ProposeError("invalid", "a leader cannot remove itself; stop it instead")
-            self.fsm.remove_member(raft, callback=cb)
-        else:
-            self.fsm.add_member(raft, callback=cb)
-        if not done.wait(self.cfg.write_timeout_s):
-            raise ProposeError("unavailable", "membership change timed out")
-        if result[0] != 0:
-            raise ProposeError(
-                "unavailable", f"membership change failed: {fail_reason_name(result[0])}"
-            )
-        log.info("membership: %s %s", "removed" if remove else "added", raft)
+        assert self.writer is not None
+        self.writer.change_membership(raft, remove, self.cfg.raft)
 
     def barrier(self, timeout: float = 5.0) -> None:
-        """Linearizable read: wait for a (shared) no-op to commit, so this replica has applied
-        every write acknowledged before the read began."""
-        self._wait_for_a_leader()
-        assert self.proposer is not None
-        self._await(self.proposer.barrier(), timeout)
+        """Linearizable read: every write acknowledged before it began is applied here."""
+        assert self.writer is not None
+        self.writer.barrier(timeout)
 
     def role(self) -> str:
         return self.fsm.status().role.label
@@ -398,38 +350,11 @@ class Master:
         if self.proposer is not None:
             self.proposer.stop()
         if self.is_leader() and self.fsm.members():
-            self._hand_over_leadership(deadline_s=2.0)
+            self.fsm.hand_over_leadership(deadline_s=2.0)
         if self.http_server is not None:
             self.http_server.shutdown()
         self.fsm.destroy()
         log.info("master %s stopped", self.cfg.id)
-
-    def _hand_over_leadership(self, deadline_s: float) -> None:
-        """PySyncObj refuses a transfer while the target lags by even one entry: retry until
-        leadership has moved or the deadline passes."""
-        deadline = time.monotonic() + deadline_s
-        while self.is_leader() and time.monotonic() < deadline:
-            try:
-                self.fsm.transfer_leadership()
-            except Exception as e:
-                log.warning("leadership transfer failed: %s", e)
-                return
-            until = time.monotonic() + 0.1
-            while self.is_leader() and time.monotonic() < until:
-                time.sleep(0.01)
-        if self.is_leader():
-            log.warning("leadership not handed over within %.1f s; exiting anyway", deadline_s)
-            return
-        # Stepping down only means a candidate with a higher term exists: wait (within the
-        # same deadline) until this replica sees the new leader, so the log says who took
-        # over and the election is not left to run while nobody serves.
-        while time.monotonic() < deadline:
-            new = self.leader_raft()
-            if new and new != self.cfg.raft:
-                log.info("leadership handed over to %s", new)
-                return
-            time.sleep(0.01)
-        log.warning("stepped down, but no new leader was seen within %.1f s", deadline_s)
 
     # ----- every replica -------------------------------------------------------------------
 
