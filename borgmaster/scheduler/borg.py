@@ -10,8 +10,9 @@ state between calls, so the same snapshot and seed always give the same plan. Th
 3. Groups tasks into equivalence classes (same job, version and requirements): a class scans
    machines once, in a random order fixed by the seed, keeps the feasible machines it found as
    scored candidates, and every task of the class picks the best candidate.
-4. Scans only until `sample_size` feasible machines are found ("relaxed randomization"), and
-   scans further only when the candidates run out, so a placement costs about the same in a
+4. Scans only until `sample_size` feasible machines are found ("relaxed randomization"; four
+   times that when under half the eligible machines it looked at have room), and scans further only
+   when the candidates run out, so a placement costs about the same in a
    1k and a 50k machine cell.
 5. Caches each candidate's score with the machine's version and re-scores only candidates whose
    machine changed since ("score caching").
@@ -62,6 +63,7 @@ from borgmaster.scheduler.scores import (
 from borgmaster.scheduler.table import CellTable
 
 NO_FEASIBLE = "no-feasible-machine"
+SCARCE_SAMPLE = 4  # sample_size multiplier where under half the eligible machines have room
 # Victims that tasks below production priority may evict per pass, per 1000 machines (at least
 # one): Borg's own cell evicted a median of 7 tasks a minute on 12.5k machines (0.56 per 1000;
 # clusterdata-2011-2, first 5.7 hours), so about one pass a minute at this rate stays there.
@@ -115,6 +117,7 @@ class _Class:
     slack: np.ndarray | None  # per resource and machine, capacity beyond 100% it may use
     offset: int  # where in the pass's machine permutation its scan starts
     scanned: int = 0
+    eligible: int = 0  # scanned machines that pass the state, taint and constraint filters
     found: int = 0
     size: int = 0
     cidx: np.ndarray = field(default_factory=lambda: np.empty(16, dtype=np.int64))
@@ -132,7 +135,8 @@ class BorgScheduler:
         "spread" (E-PVM-style worst fit).
     seed: fixes the random machine order (relaxed randomization and tie-breaks).
     eqclass, sample, score_cache, incremental: the speed tricks, each switchable for benchmarks.
-    sample_size: feasible machines to score per equivalence class before picking.
+    sample_size: feasible machines to score per equivalence class before picking (x4 for a
+        class that finds room on under half of the eligible machines it looks at).
     preemption: whether tasks may evict lower-priority ones (SPEC.md bands).
     fit_weight, spread_weight: weights of the fit score and of soft spread across domains.
     failure_domain: machine attribute used for soft spread when a job has no `spread`
@@ -238,7 +242,6 @@ class _Pass:
         self.r_req = t.r_req[:, :nr]
         self.r_alive = t.r_alive[:nr].copy()
         self.run_by_job = t.by_job
-        self.run_by_machine = t.by_machine
         self.cap = cap
         self.capl: list[list[float]] = cap.tolist()
         self.free = cap - used
@@ -529,6 +532,7 @@ class _Pass:
             start = c.offset + c.scanned
             idx = self.perm2[start : start + chunk]
             c.scanned += chunk
+            c.eligible += int(np.count_nonzero(c.static[idx]))
             good = idx[self.feasible(c, idx, free)]
             if not good.size:
                 continue
@@ -551,12 +555,25 @@ class _Pass:
         c.size = need
         c.live += len(idx)
 
+    def want(self, c: _Class) -> int:
+        """Candidates a class keeps: `sample_size`, or four times that where room is scarce
+        (under half the machines it looked at that pass its state, taint and constraint
+        filters have room), where the choice matters most (t=0 of the trace: 92-98% placed
+        across seeds at a flat 200, 98-99% with this)."""
+        if c.found * 2 < c.eligible:
+            return self.k * SCARCE_SAMPLE
+        return self.k
+
     def pick(self, c: _Class) -> int | None:
         """The best feasible machine for the next task of class c, or None."""
         free = self.cur_free()
         self.refresh(c, free)
-        if c.live < self.k and c.scanned < self.n:
-            self.scan(c, self.k - c.live, free)
+        k = self.want(c)
+        if c.live < k and c.scanned < self.n:
+            self.scan(c, k - c.live, free)
+            wider = self.want(c)  # the scan may have shown that room is scarce
+            if wider > k and c.live < wider and c.scanned < self.n:
+                self.scan(c, wider - c.live, free)
         if not c.live:
             return None
         sc = c.cscore[: c.size]
@@ -675,7 +692,7 @@ class _Pass:
             need = [float(short[d, m]) for d in dims]
             cands = [
                 Candidate(k, int(self.r_prio[k]), tuple(float(self.r_req[d, k]) for d in dims))
-                for k in sorted(self.run_by_machine.get(m, ()))
+                for k in sorted(self.t.machine_rows().get(m, ()))
                 if self.r_alive[k] and self.r_prio[k] < ceiling
             ]
             victims = choose_victims(need, cands)

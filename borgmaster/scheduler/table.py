@@ -62,6 +62,9 @@ class CellTable:
     by_machine: dict[int, set[int]] = field(default_factory=dict)
     spare: list[int] = field(default_factory=list)
     machine_gen: int = 0
+    # False while `by_machine` has not been built (a table made from a list snapshot builds
+    # it only if a pass looks for victims).
+    by_machine_ready: bool = True
     memo: dict[str, Any] = field(default_factory=dict)
     # Whether `used` already counts the placed tasks (kept by place/remove) or comes from
     # the caller (`from_snapshot`: MachineView.used, except named ports).
@@ -150,7 +153,7 @@ class CellTable:
         self.used[:, m] += req
         self.rows[(job, index)] = k
         self.by_job.setdefault(job, set()).add(k)
-        self.by_machine[m].add(k)
+        self.machine_rows().setdefault(m, set()).add(k)
         return k
 
     def remove(self, job: str, index: int) -> bool:
@@ -167,7 +170,7 @@ class CellTable:
             rows.discard(k)
             if not rows:
                 del self.by_job[job]
-        self.by_machine[m].discard(k)
+        self.machine_rows()[m].discard(k)
         self.spare.append(k)
         return True
 
@@ -175,7 +178,18 @@ class CellTable:
         i = self.index.get(name)
         if i is None:
             return []
-        return [(self.r_job[k], self.r_index[k]) for k in self.by_machine[i]]
+        return [(self.r_job[k], self.r_index[k]) for k in self.machine_rows().get(i, ())]
+
+    def machine_rows(self) -> dict[int, set[int]]:
+        """Per machine, the rows of the tasks placed there."""
+        if not self.by_machine_ready:
+            rows: dict[int, set[int]] = {}
+            for k, m in enumerate(self.r_m[: self.nrows].tolist()):
+                if m >= 0:
+                    rows.setdefault(m, set()).add(k)
+            self.by_machine = rows
+            self.by_machine_ready = True
+        return self.by_machine
 
     # --- derived, memoised per machine_gen -----------------------------------------------
 
@@ -230,12 +244,12 @@ class CellTable:
         if nr and r_alive.any():
             np.add.at(used[4], r_m[r_alive], r_req[4, r_alive])
         by_job: dict[str, set[int]] = {}
-        by_machine: dict[int, set[int]] = {i: set() for i in range(n)}
         for k, t in enumerate(run):
-            by_job.setdefault(t.job, set()).add(k)
-            m = int(r_m[k])
-            if m >= 0:
-                by_machine[m].add(k)
+            job = by_job.get(t.job)
+            if job is None:
+                by_job[t.job] = {k}
+            else:
+                job.add(k)
         return cls(
             names=names,
             index=index,
@@ -252,7 +266,7 @@ class CellTable:
             r_req=r_req,
             r_alive=r_alive,
             by_job=by_job,
-            by_machine=by_machine,
+            by_machine_ready=False,
         )
 
 

@@ -151,3 +151,32 @@ def test_nonprod_overcommit_applies_below_production_only() -> None:
 def test_bestfit_scheduler_still_available() -> None:
     snap = cell(10, 3, 1)
     assert isinstance(BestFitScheduler().schedule(snap, lambda: "x"), Plan)
+
+
+def test_scarce_room_widens_the_sample(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A class that finds under half the machines feasible scores 4x sample_size of them."""
+    from borgmaster.scheduler import borg
+
+    def candidates(free_machines: int) -> int:
+        ms = [
+            MachineView(
+                name=f"m{i:04d}",
+                capacity=Resources(cpu=8, ram=8 * GiB),
+                used=Resources(cpu=0 if i % 4000 < free_machines else 8, ram=0),
+            )
+            for i in range(4000)
+        ]
+        spec = JobSpec(name="j", requirements=Requirements(cpu=1, ram=GiB))
+        snap = Snapshot(machines=ms, pending=[TaskRequest("j", 0, 1, spec)])
+        p = borg._Pass(BorgScheduler(sample_size=300), snap)
+        c = p.class_of(snap.pending[0])
+        assert p.pick(c) is not None
+        return c.live
+
+    # Plenty: the first chunk (2 x 300 machines) all fit, and that is enough.
+    assert candidates(4000) == 600
+    # A quarter fit: looking for 4 x 300 finds all 1,000 feasible machines; with a flat
+    # sample the scan stops far earlier.
+    assert candidates(1000) == 1000
+    monkeypatch.setattr(borg, "SCARCE_SAMPLE", 1)
+    assert candidates(1000) < 600
