@@ -31,6 +31,7 @@ from borgmaster.model import (
     Resources,
 )
 from borgmaster.store import ACTIVE_STATES
+from cfg.bns import task_name
 from cfg.errors import ConfigError
 from cfg.schema import spec_to_config, validate_job
 from proto.borg.v1 import borg_pb2 as pb
@@ -211,6 +212,29 @@ class MasterServicer(borg_pb2_grpc.BorgmasterServicer):
                     )
                 )
             return pb.ListMachinesResponse(machines=out)
+
+    def ListEndpoints(self, request: pb.ListEndpointsRequest, context: grpc.ServicerContext) -> Any:
+        """What the job's BNS names serve, from this replica's store (as DNS answers)."""
+        self._read_barrier(request.options, context)
+        with self.m.store.lock:
+            job = self.m.store.jobs.get(request.job)
+            if job is None or job.killed:
+                _abort(context, "not-found", f"job '{request.job}' does not exist")
+            user, cell = job.spec.user, self.m.cfg.cell
+            eps = self.m.zone.endpoints(request.job)
+        return pb.ListEndpointsResponse(
+            endpoints=[
+                pb.Endpoint(
+                    index=e.index,
+                    machine=e.machine,
+                    host=e.host,
+                    ports=e.ports,
+                    healthy=e.healthy,
+                    name=task_name(e.index, request.job, user, cell),
+                )
+                for e in eps
+            ]
+        )
 
     # ----- the cell -----------------------------------------------------------------------
 

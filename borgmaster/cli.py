@@ -85,6 +85,9 @@ def main() -> None:
 @click.option("--peer", "peers", multiple=True, help="Raft HOST:PORT of another replica.")
 @click.option("--grpc", "grpc_addr", required=True, help="HOST:PORT of the gRPC API.")
 @click.option("--http", "http_addr", required=True, help="HOST:PORT for /metrics and the UI.")
+@click.option(
+    "--dns", "dns_addr", default="", help="HOST:PORT to serve the cell's names (BNS) as DNS."
+)
 @click.option("--data-dir", required=True, type=click.Path(file_okay=False), help="Raft state.")
 @click.option("--raft-secret-file", type=click.Path(dir_okay=False, exists=True), default=None)
 @click.option("--tls-dir", type=click.Path(file_okay=False), default=None, hidden=True)
@@ -115,6 +118,7 @@ def run(
     peers: tuple[str, ...],
     grpc_addr: str,
     http_addr: str,
+    dns_addr: str,
     data_dir: str,
     raft_secret_file: str | None,
     tls_dir: str | None,
@@ -132,6 +136,8 @@ def run(
     _logs(verbose, log_level, log_format)
     for v, flag in ((raft, "--raft"), (grpc_addr, "--grpc"), (http_addr, "--http")):
         _check_addr(v, flag)
+    if dns_addr:
+        _check_addr(dns_addr, "--dns")
     for p in peers:
         _check_addr(p, "--peer")
     if len(peers) + 1 not in (1, 3, 5):
@@ -149,6 +155,7 @@ def run(
         raft=raft,
         grpc=grpc_addr,
         http=http_addr,
+        dns=dns_addr,
         data_dir=data_dir,
         peers=list(peers),
         raft_secret=secret,
@@ -199,6 +206,7 @@ def _free_port() -> int:
 @click.option("--machines", default=1, show_default=True, help="Borglets to start.")
 @click.option("--grpc", "grpc_addr", default="127.0.0.1:7070", show_default=True)
 @click.option("--http", "http_addr", default="127.0.0.1:7080", show_default=True)
+@click.option("--dns", "dns_addr", default="127.0.0.1:7053", show_default=True)
 @click.option("-v", "--verbose", is_flag=True, help="Same as --log-level debug.")
 @log_options
 def dev(
@@ -206,6 +214,7 @@ def dev(
     machines: int,
     grpc_addr: str,
     http_addr: str,
+    dns_addr: str,
     verbose: bool,
     log_level: str,
     log_format: str,
@@ -217,6 +226,7 @@ def dev(
     _logs(verbose, log_level, log_format)
     _check_addr(grpc_addr, "--grpc")
     _check_addr(http_addr, "--http")
+    _check_addr(dns_addr, "--dns")
     if machines < 1:
         raise click.UsageError("--machines must be at least 1")
     data_dir = os.path.abspath(data_dir)
@@ -238,6 +248,7 @@ def dev(
         raft=raft,
         grpc=grpc_addr,
         http=http_addr,
+        dns=dns_addr,
         data_dir=os.path.join(data_dir, "master"),
         raft_secret=secret,
         machine_timeout_s=10.0,
@@ -282,7 +293,7 @@ def dev(
         children.append(subprocess.Popen(argv))
     click.echo(
         f"\nborgcell dev cell is up: master {grpc_addr}, UI http://{http_addr}/, "
-        f"{machines} Borglet(s).\n"
+        f"DNS {dns_addr}, {machines} Borglet(s).\n"
         "In another terminal:\n"
         "  .venv/bin/borgcfg up examples/hello.jsonnet --wait\n"
         "  .venv/bin/borgcfg status hello\n"

@@ -26,3 +26,5 @@ class MasterConfig:
     join: bool = False
     """Joining an existing cell: do not campaign until a leader has contacted this replica
     (once it has, recorded in the data dir, the flag has no effect)."""
+    dns: str = ""
+    """HOST:PORT to serve the cell's BNS zone on (UDP and TCP); "" serves no DNS."""

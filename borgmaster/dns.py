@@ -12,6 +12,7 @@ blocks a write.
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 import struct
@@ -144,10 +145,12 @@ class DnsServer:
         try:
             self.udp.bind((self.host, self.port))
             self.tcp.bind((self.host, self.port))
-        except OSError:
+        except OSError as e:
             self.udp.close()
             self.tcp.close()
-            raise OSError(f"dns address {addr} is in use") from None
+            if e.errno == errno.EADDRINUSE:
+                raise OSError(f"dns address {addr} is in use") from None
+            raise OSError(f"dns address {addr}: cannot bind ({e.strerror or e})") from None
         self.tcp.listen(64)
         self._stop = threading.Event()
         self._clients = threading.BoundedSemaphore(MAX_TCP_CLIENTS)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from borgmaster import commands as C
 from borgmaster.config import MasterConfig
 from borgmaster.fsm import RaftStatus
+from borgmaster.naming import Zone
 from borgmaster.store import Store
 from proto.borg.v1 import borg_pb2 as pb
 
@@ -78,6 +79,7 @@ class ApiHost(Protocol):
     store: Store
     link: BorgletLink
     scheduler: Scheduler
+    zone: Zone
 
     def propose(self, cmd: C.Command, timeout: float | None = None) -> dict[str, Any]: ...
 

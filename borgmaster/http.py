@@ -36,6 +36,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from borgmaster.model import RUNNING, band_of
 from borgmaster.store import ACTIVE_STATES, Store, needs_placement
+from cfg.bns import task_name
 from cfg.schema import JOB_NAME_RE
 from proto.borg.v1 import borg_pb2 as pb
 from proto.borg.v1 import borg_pb2_grpc
@@ -123,6 +124,8 @@ class TaskRow:
     incarnation: str
     updated_ms: int
     waiting: bool  # needs a machine (pending, or lost and to be replaced)
+    name: str = ""  # its BNS name (INDEX.JOB.USER.CELL.borg.)
+    ports: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -226,7 +229,7 @@ def event_rows(store: Store, job: str = "", limit: int = 50) -> list[EventRow]:
     return out
 
 
-def job_detail(store: Store, name: str) -> JobDetail | None:
+def job_detail(store: Store, name: str, cell: str = "borgcell") -> JobDetail | None:
     j = store.jobs.get(name)
     if j is None:
         return None
@@ -250,6 +253,8 @@ def job_detail(store: Store, name: str) -> JobDetail | None:
                 incarnation=t.incarnation,
                 updated_ms=t.updated_ms,
                 waiting=waiting,
+                name=task_name(t.index, name, j.spec.user, cell),
+                ports=dict(t.ports),
             )
         )
     spec = j.spec
@@ -623,15 +628,18 @@ def render_job(d: JobDetail) -> str:
             )
         ec = "" if t.exit_code is None else str(t.exit_code)
         reason = f"<span class='why'>{e(t.reason)}</span>" if t.waiting else e(t.reason)
+        ports = " ".join(f"{e(k)}={v}" for k, v in sorted(t.ports.items()))
         rows.append(
-            f"<tr data-task='{t.index}'><td class='num'>{t.index}</td><td>{_state(t.state)}</td>"
-            f"<td>{e(t.machine)}</td><td class='num'>{t.version}</td>"
+            f"<tr data-task='{t.index}'><td class='num'>{t.index}</td>"
+            f"<td><code>{e(t.name)}</code></td><td>{_state(t.state)}</td>"
+            f"<td>{e(t.machine)}</td><td class='ports'>{ports}</td><td class='num'>{t.version}</td>"
             f"<td class='num'>{t.restarts}</td><td class='num'>{ec}</td><td>{reason}</td>"
             f"<td>{_ms(t.updated_ms)}</td><td>{logs}</td></tr>"
         )
     tasks = (
-        "<table id='tasks'><tr><th class='num'>task</th><th>state</th><th>machine</th>"
-        "<th class='num'>version</th><th class='num'>restarts</th><th class='num'>exit</th>"
+        "<table id='tasks'><tr><th class='num'>task</th><th>name (BNS)</th><th>state</th>"
+        "<th>machine</th><th>ports</th><th class='num'>version</th>"
+        "<th class='num'>restarts</th><th class='num'>exit</th>"
         f"<th>reason</th><th>updated</th><th>logs</th></tr>{''.join(rows)}</table>"
     )
     return (
@@ -734,7 +742,7 @@ class UI:
 
     def job(self, name: str, partial: bool) -> Response:
         with self.m.store.lock:
-            d = job_detail(self.m.store, name)
+            d = job_detail(self.m.store, name, self.m.cfg.cell)
         if d is None:
             return Response(404, f"no job named {name!r}\n".encode())
         crumbs = f"/ <a href='/jobs/{quote(name)}'>{e(name)}</a>"
@@ -789,7 +797,7 @@ class UI:
 
     def api_job(self, name: str) -> Response:
         with self.m.store.lock:
-            d = job_detail(self.m.store, name)
+            d = job_detail(self.m.store, name, self.m.cfg.cell)
         if d is None:
             return Response(
                 404, json.dumps({"error": f"no job named {name!r}"}).encode(), JSON_TYPE

@@ -7,7 +7,8 @@
   whose bodies are `scheduling.py` (over the pure `planner.py`), `controller_shell.py` (over
   the pure `controllers.py`) and `liveness.py`;
 - `link.py`: the Borglets' Sync protocol; `api.py`, `http.py`, `metrics.py`: the ports,
-  which see this replica only through the interfaces in `facade.py`.
+  which see this replica only through the interfaces in `facade.py`; `dns.py` serves
+  `naming.py`'s zone from this replica's store.
 
 Followers serve reads and forward writes (PySyncObj sends a command proposed on a follower
 to the leader and calls back once the follower itself has applied it); the leader loops run
@@ -31,6 +32,7 @@ from borgmaster.api import MasterServicer
 from borgmaster.config import MasterConfig
 from borgmaster.controller_shell import ControllerShell
 from borgmaster.copies import LiveCopies
+from borgmaster.dns import DnsServer
 from borgmaster.facade import ProposalCounts, ProposeError, RequestCounter, now_ms
 from borgmaster.fsm import (
     BorgFSM,
@@ -53,6 +55,7 @@ from borgmaster.link import BorgletLink
 from borgmaster.liveness import Liveness
 from borgmaster.metrics import MasterMetrics
 from borgmaster.model import Replica
+from borgmaster.naming import Zone
 from borgmaster.planner import build_snapshot
 from borgmaster.proposer import Proposer
 from borgmaster.scheduler import BorgScheduler, Scheduler, Snapshot
@@ -145,6 +148,8 @@ class Master:
             ),
         ]
         self.placer.wake = self.loops[0].wake
+        self.zone = Zone(cfg.cell, self.store)
+        self.dns_server: DnsServer | None = None
         self.grpc_server: grpc.Server | None = None
         self.http_server: Any = None
         self.metrics: Any = None
@@ -295,6 +300,8 @@ class Master:
             # released), not a RuntimeError traceback from grpcio.
             probe_bind(self.cfg.grpc, "grpc")
             probe_bind(self.cfg.http, "http")
+            if self.cfg.dns:
+                self.dns_server = DnsServer(self.cfg.dns, lambda: self.zone)
             try:
                 bound = server.add_insecure_port(self.cfg.grpc)
             except RuntimeError:
@@ -312,15 +319,18 @@ class Master:
         except OSError:
             self._abort_start(server)
             raise
+        if self.dns_server is not None:
+            self.dns_server.start()
         for loop in self.loops:
             loop.start()
         threading.Thread(target=self._announce_loop, name="announce", daemon=True).start()
         log.info(
-            "master %s up: raft %s grpc %s http %s peers %s",
+            "master %s up: raft %s grpc %s http %s dns %s peers %s",
             self.cfg.id,
             self.cfg.raft,
             self.cfg.grpc,
             self.cfg.http,
+            self.cfg.dns or "-",
             ",".join(self.cfg.peers) or "-",
         )
 
@@ -330,6 +340,8 @@ class Master:
         self._stop.set()
         server.stop(grace=None)
         self.grpc_server = None
+        if self.dns_server is not None:
+            self.dns_server.stop()
         if self.proposer is not None:
             self.proposer.stop()
         try:
@@ -353,6 +365,8 @@ class Master:
             self.fsm.hand_over_leadership(deadline_s=2.0)
         if self.http_server is not None:
             self.http_server.shutdown()
+        if self.dns_server is not None:
+            self.dns_server.stop()
         self.fsm.destroy()
         log.info("master %s stopped", self.cfg.id)
 
