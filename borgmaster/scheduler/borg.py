@@ -284,7 +284,13 @@ class _Pass:
         self.level_rows: dict[int, np.ndarray] = {}  # placed tasks of priority <= p
         self.k = self.s.sample_size if self.s.sample else max(1, n)
         self.slack: np.ndarray | None = None
+        # Whether some machine is, or may get, over capacity: then a task must be checked
+        # even for resources it does not ask for. Without overcommit, placements never take
+        # a machine over capacity, so only machines over it from the start (capacity shrunk)
+        # can be.
+        self.may_be_over = bool((self.free[:4] < -EPS).any())
         if any(f > 1.0 for f in s.nonprod_overcommit.values()):
+            self.may_be_over = True
             self.slack = np.zeros((5, n), dtype=np.float64)
             for r, f in s.nonprod_overcommit.items():
                 d = RESOURCES.index(r)
@@ -414,8 +420,10 @@ class _Pass:
                 spec=spec,
                 req=req,
                 # Every resource the store's re-check compares, even unrequested ones (a
-                # machine already over capacity in one takes nothing more), and ports if asked.
-                dims=[CPU, RAM, DISK, GPU] + ([PORTS] if req[PORTS] > 0 else []),
+                # machine already over capacity in one takes nothing more) where a machine
+                # can be over capacity at all, and ports if asked.
+                dims=[d for d in (CPU, RAM, DISK, GPU) if req[d] > 0 or self.may_be_over]
+                + ([PORTS] if req[PORTS] > 0 else []),
                 reql=req.tolist(),
                 static=self.static_mask(spec),
                 slack=self.slack if spec.priority < PROD_LOW else None,
