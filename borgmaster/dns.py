@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import random
 import socket
 import struct
 import threading
@@ -76,8 +77,51 @@ def _rr(r: Record) -> RR:
     return RR(r.name, getattr(QTYPE, r.rtype), rdata=_rdata(r), ttl=r.ttl)
 
 
-def respond(zone: Zone, data: bytes) -> tuple[DNSRecord | None, int]:
-    """The reply to one query packet (None: drop it) and the UDP payload size it allows."""
+def fit(records: list[Record], extra: list[Record], budget: int) -> tuple[list[Record], bool]:
+    """A random subset of `records` (with the additional records naming their targets) whose
+    wire size stays under `budget` bytes, and whether any record was left out (sizes as
+    `_size` counts them; `pack_within` still truncates a reply that came out larger).
+    Building and packing only what can be sent keeps a UDP answer for a 10,000-task job as
+    cheap as one for a single task. The subset is shuffled so clients spread over tasks."""
+    if not records:
+        return [], False
+    order = list(records)
+    random.shuffle(order)
+    by_name: dict[str, list[Record]] = {}
+    for r in extra:
+        by_name.setdefault(r.name, []).append(r)
+    chosen: list[Record] = []
+    used = 0
+    for r in order:
+        cost = _size(r) + sum(_size(g) for g in by_name.get(_target(r), ()))
+        if used + cost > budget:
+            return chosen, True
+        chosen.append(r)
+        used += cost
+    return chosen, False
+
+
+def _target(r: Record) -> str:
+    return str(r.value[3]) if r.rtype == "SRV" else ""  # type: ignore[index]
+
+
+def _size(r: Record) -> int:
+    """A record's wire size: its owner name is the question's or an SRV target written
+    before it, so a 2-byte pointer; then type/class/ttl/length (10) and the rdata, an SRV
+    target counted whole (RFC 2782 forbids compressing it)."""
+    if r.rtype == "A":
+        return 2 + 10 + 4
+    if r.rtype == "AAAA":
+        return 2 + 10 + 16
+    if r.rtype == "SRV":
+        return 2 + 10 + 6 + len(_target(r)) + 2
+    return 2 + 10 + len(str(r.value)) + 2
+
+
+def respond(zone: Zone, data: bytes, tcp: bool = False) -> tuple[DNSRecord | None, int]:
+    """The reply to one query packet (None: drop it) and the UDP payload size it allows.
+    Over UDP only what fits is built (TC set when records were left out: the client asks
+    again over TCP for all of them)."""
     if len(data) < 12 or len(data) > MAX_QUESTION:
         return None, UDP_DEFAULT_PAYLOAD
     try:
@@ -112,9 +156,18 @@ def respond(zone: Zone, data: bytes) -> tuple[DNSRecord | None, int]:
     ans: Answer = zone.answer(str(q.qname), str(qtype))
     reply.header.rcode = ans.rcode.value
     reply.header.aa = int(ans.authoritative)
-    for r in ans.answers:
+    answers, extra = ans.answers, ans.additional
+    if not tcp:
+        # header 12, the question, an OPT record 11 (a negative answer has no records to fit)
+        budget = payload - 12 - (len(str(q.qname)) + 6) - 11
+        answers, truncated = fit(answers, extra, budget)
+        if truncated:
+            reply.header.tc = 1
+            targets = {_target(r) for r in answers}
+            extra = [r for r in extra if r.name in targets]
+    for r in answers:
         reply.add_answer(_rr(r))
-    for r in ans.additional:
+    for r in extra:
         reply.add_ar(_rr(r))
     if ans.soa is not None and ans.rcode in (Rcode.NOERROR, Rcode.NXDOMAIN):
         reply.add_auth(_rr(ans.soa))
@@ -171,9 +224,9 @@ class DnsServer:
                 pass
             s.close()
 
-    def _answer(self, data: bytes) -> tuple[DNSRecord | None, int]:
+    def _answer(self, data: bytes, tcp: bool = False) -> tuple[DNSRecord | None, int]:
         try:
-            reply, payload = respond(self.zone_of(), data)
+            reply, payload = respond(self.zone_of(), data, tcp)
         except Exception:  # never let one packet end the server
             log.exception("dns: failed to answer a query")
             return None, UDP_DEFAULT_PAYLOAD
@@ -225,7 +278,7 @@ class DnsServer:
                 data = _recv_exact(conn, n)
                 if data is None:
                     return
-                reply, _ = self._answer(data)
+                reply, _ = self._answer(data, tcp=True)
                 if reply is None:
                     return
                 out = pack_within(reply, 65535)

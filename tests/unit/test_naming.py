@@ -209,7 +209,32 @@ def test_big_answers_are_truncated_for_udp_and_whole_over_tcp() -> None:
     q = dns.message.make_query(f"_http._tcp.big.alice.{ORIGIN}", "SRV")
     reply, payload = respond(zone(c), q.to_wire())
     assert reply is not None and payload == UDP_DEFAULT_PAYLOAD
-    udp = dns.message.from_wire(pack_within(reply, payload))
-    assert udp.flags & dns.flags.TC and not udp.answer
+    wire = pack_within(reply, payload)
+    assert len(wire) <= UDP_DEFAULT_PAYLOAD
+    udp = dns.message.from_wire(wire)
+    assert udp.flags & dns.flags.TC  # some left out: the client asks again over TCP
+    part = {str(rd.target) for rd in udp.answer[0]}
+    assert 1 <= len(part) < 60
+    glue = {str(rrset.name) for rrset in udp.additional}
+    assert glue == part  # each target's address, and only those
+    reply, _ = respond(zone(c), q.to_wire(), tcp=True)
+    assert reply is not None
     tcp = dns.message.from_wire(pack_within(reply, 65535))
-    assert len(tcp.answer[0]) == 60
+    assert len(tcp.answer[0]) == 60 and not tcp.flags & dns.flags.TC
+
+
+def test_a_bigger_edns_payload_carries_more_records() -> None:
+    c = Cell()
+    for i in range(60):
+        register(c, f"m{i}", f"10.0.0.{i + 1}:7071")
+    c.submit(spec("big", replicas=60, user="alice"))
+    for i in range(60):
+        c.place("big", i, f"m{i}")
+        c.update("big", i, "running")
+    plain = dns.message.make_query(f"big.alice.{ORIGIN}", "A")
+    edns = dns.message.make_query(f"big.alice.{ORIGIN}", "A", use_edns=0, payload=1232)
+    small = dns.message.from_wire(pack_within(*respond(zone(c), plain.to_wire())))  # type: ignore[arg-type]
+    big_reply, big_payload = respond(zone(c), edns.to_wire())
+    assert big_reply is not None and big_payload == 1232
+    big = dns.message.from_wire(pack_within(big_reply, big_payload))
+    assert len(small.answer[0]) < len(big.answer[0]) <= 60
