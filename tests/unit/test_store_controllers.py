@@ -8,6 +8,7 @@ import msgpack
 from borgmaster import commands as C
 from borgmaster import controllers
 from borgmaster.model import (
+    ASSIGNED,
     FAILED,
     KILLED,
     MACHINE_DRAINING,
@@ -342,3 +343,29 @@ def test_rollout_completes_via_controller_once_new_tasks_are_ready() -> None:
     cell.apply(C.SetRollout(job="web", version=2, status=""))
     assert [e.type for e in cell.store.events][-1] == "rolled"
     assert controllers.plan_all(cell.store, now_ms=10**9) == []
+
+
+def test_rollback_after_halted_rollout_keeps_tasks_already_on_the_old_template() -> None:
+    cell = Cell()
+    cell.machine("m1")
+    v1 = spec(replicas=2, user="alice")
+    cell.submit(v1)
+    for i in (0, 1):
+        cell.place("web", i, "m1")
+        cell.update("web", i, "running")
+    cell.submit(spec(replicas=2, user="alice", command=["false"]))  # v2: a bad template
+    # the rollout replaced task 0 only, then halted
+    t0 = cell.store.tasks[("web", 0)]
+    cell.apply(C.ReplaceTasks(job="web", tasks=[C.TaskRef(0, t0.incarnation)], reason="updated"))
+    cell.place("web", 0, "m1", version=2)
+    cell.apply(C.SetRollout(job="web", version=2, status="halted: task 0 on version 2 failed"))
+    kept = cell.store.tasks[("web", 1)].incarnation
+    r = cell.apply(C.Rollback(name="web", user="alice"))
+    assert r == {"name": "web", "version": 3, "result": "rolled-back"}
+    t0, t1 = cell.store.job_tasks("web")
+    # task 1 already runs v1's template (= v3's): same incarnation, now at version 3
+    assert (t1.version, t1.incarnation, t1.state) == (3, kept, "running")
+    # task 0 runs v2's template: still to be replaced by the rollout controller
+    assert t0.version == 2 and t0.state == ASSIGNED
+    assert cell.store.jobs["web"].spec.command == v1.command
+    assert [t.version for t in cell.store.desired_for("m1")] == [2, 3]

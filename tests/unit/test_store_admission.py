@@ -1,5 +1,6 @@
-"""Store.apply for the QA-pass fixes: ownership by the acting user, idempotent kill, quota
-limits merged in the store (omitted limits kept, unlimited by default)."""
+"""The store's admission of writes: ownership by the acting user, idempotent kill, quota
+limits merged in the store (omitted limits kept, unlimited by default), and run_as only where
+a machine allows it."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import msgpack
 import pytest
 
 from borgmaster import commands as C
-from borgmaster.model import ASSIGNED, KILLED, Requirements, Resources
+from borgmaster.model import ASSIGNED, KILLED, MACHINE_LOST, Machine, Requirements, Resources
 from borgmaster.store import Store
 from tests.unit.test_store import Cell, GiB, spec
 
@@ -161,30 +162,45 @@ def test_merged_quota_is_the_same_on_every_replica_and_in_snapshots() -> None:
     assert restored.quotas == cell.store.quotas
 
 
-# ----- rollback re-versions the tasks that already run the target template -------------------
+# ----- admission of run_as by the master ---------------------------------------------------
 
 
-def test_rollback_after_halted_rollout_keeps_tasks_already_on_the_old_template() -> None:
+def register(cell: Cell, name: str, task_users: list[str]) -> None:
+    m = Machine(
+        name=name,
+        address=f"{name}:1",
+        capacity=Resources(cpu=4, ram=8 * GiB, disk=GiB),
+        task_users=task_users,
+    )
+    cell.apply(C.RegisterMachine(ts_ms=1, machine=m))
+
+
+def test_run_as_no_live_machine_allows_is_refused_and_changes_nothing() -> None:
     cell = Cell()
-    cell.machine("m1")
-    v1 = spec(replicas=2, user="alice")
-    cell.submit(v1)
-    for i in (0, 1):
-        cell.place("web", i, "m1")
-        cell.update("web", i, "running")
-    cell.submit(spec(replicas=2, user="alice", command=["false"]))  # v2: a bad template
-    # the rollout replaced task 0 only, then halted
-    t0 = cell.store.tasks[("web", 0)]
-    cell.apply(C.ReplaceTasks(job="web", tasks=[C.TaskRef(0, t0.incarnation)], reason="updated"))
-    cell.place("web", 0, "m1", version=2)
-    cell.apply(C.SetRollout(job="web", version=2, status="halted: task 0 on version 2 failed"))
-    kept = cell.store.tasks[("web", 1)].incarnation
-    r = cell.apply(C.Rollback(name="web", user="alice"))
-    assert r == {"name": "web", "version": 3, "result": "rolled-back"}
-    t0, t1 = cell.store.job_tasks("web")
-    # task 1 already runs v1's template (= v3's): same incarnation, now at version 3
-    assert (t1.version, t1.incarnation, t1.state) == (3, kept, "running")
-    # task 0 runs v2's template: still to be replaced by the rollout controller
-    assert t0.version == 2 and t0.state == ASSIGNED
-    assert cell.store.jobs["web"].spec.command == v1.command
-    assert [t.version for t in cell.store.desired_for("m1")] == [2, 3]
+    register(cell, "a", ["nobody"])
+    register(cell, "b", ["nobody", "www"])
+    before = cell.store.digest()
+    r = cell.submit(spec(run_as="daemon"))
+    assert r["error"] == "invalid" and "'daemon'" in r["message"], r
+    assert "nobody, www" in r["message"]
+    assert cell.store.digest() == before
+    assert cell.submit(spec(name="ok", run_as="www"))["result"] == "created"
+    assert cell.submit(spec(name="dflt"))["result"] == "created"
+
+
+def test_run_as_is_accepted_when_the_master_cannot_know() -> None:
+    cell = Cell()
+    assert cell.submit(spec(name="nomachines", run_as="daemon"))["result"] == "created"
+    register(cell, "old", [])  # a Borglet that does not report its accounts
+    register(cell, "new", ["nobody"])
+    assert cell.submit(spec(name="unknown", run_as="daemon"))["result"] == "created"
+
+
+def test_lost_machines_do_not_count_for_run_as() -> None:
+    cell = Cell()
+    register(cell, "a", ["nobody"])
+    register(cell, "b", ["daemon"])
+    cell.apply(C.MachineLost(ts_ms=2, name="b"))
+    assert cell.store.machines["b"].state == MACHINE_LOST
+    r = cell.submit(spec(run_as="daemon"))
+    assert r.get("error") == "invalid", r

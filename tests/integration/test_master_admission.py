@@ -1,6 +1,7 @@
-"""QA-pass fixes against real processes: the Raft port binds only the --raft host, a master
-whose ports are taken fails at start with one line, ownership by the acting user, an
-idempotent `down`, and `quota set` keeping the limits it does not name."""
+"""A master process at start and at admission, against real processes: the Raft port binds
+only the --raft host, a master whose ports are taken fails at start with one line, ownership
+by the acting user, an idempotent `down`, and `quota set` keeping the limits it does not
+name."""
 
 from __future__ import annotations
 
