@@ -37,6 +37,7 @@ def job_json(job: pb.Job) -> dict[str, Any]:
         "state": job.state,
         "version": job.version,
         "running": job.running,
+        "ready": job.ready,
         "rollout": job.rollout,
         "tasks": [
             {
@@ -51,6 +52,7 @@ def job_json(job: pb.Job) -> dict[str, Any]:
                 "cpu_seconds": t.cpu_seconds,
                 "memory_bytes": t.memory_bytes,
                 "ports": dict(t.ports),
+                "ready": t.ready,
             }
             for t in job.tasks
         ],
