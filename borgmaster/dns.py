@@ -50,6 +50,36 @@ MAX_TCP_CLIENTS = 64
 TCP_IDLE_S = 10.0
 MAX_QUESTION = 512
 """A query longer than this is not a question this zone answers (names are <= 255 bytes)."""
+PER_SOURCE_QPS = 1000.0
+"""UDP queries per second answered for one source address (burst: one second's worth); the
+rest are dropped unread. A machine's stub resolver caches for the 5 s TTL, so this is far
+above what a machine's tasks ask; it keeps one flooding source (a task, a reflection attack)
+from taking the replica's CPU from its API and Raft (response rate limiting, as BIND's RRL)."""
+MAX_SOURCES = 4096
+"""Rate buckets kept (the least recently used go first)."""
+
+
+class SourceLimiter:
+    """A token bucket per source address; `allow(ip, now)` spends one token if there is one."""
+
+    def __init__(self, rate: float = PER_SOURCE_QPS, max_sources: int = MAX_SOURCES) -> None:
+        self.rate = rate
+        self.max_sources = max_sources
+        self.buckets: dict[str, tuple[float, float]] = {}  # ip -> (tokens, last refill)
+        self.limited = 0
+
+    def allow(self, ip: str, now: float) -> bool:
+        tokens, last = self.buckets.pop(ip, (self.rate, now))
+        tokens = min(self.rate, tokens + (now - last) * self.rate)
+        ok = tokens >= 1.0
+        if ok:
+            tokens -= 1.0
+        else:
+            self.limited += 1
+        self.buckets[ip] = (tokens, now)  # re-inserted: dict order is recency
+        if len(self.buckets) > self.max_sources:
+            del self.buckets[next(iter(self.buckets))]
+        return ok
 
 
 def _rdata(r: Record) -> object:
@@ -207,6 +237,7 @@ class DnsServer:
         self.tcp.listen(64)
         self._stop = threading.Event()
         self._clients = threading.BoundedSemaphore(MAX_TCP_CLIENTS)
+        self.limiter = SourceLimiter()
         self.queries = 0
         self.dropped = 0
 
@@ -245,12 +276,14 @@ class DnsServer:
                     return
                 time.sleep(0.01)
                 continue
+            if not self.limiter.allow(peer[0], time.monotonic()):
+                continue
             reply, payload = self._answer(data)
             if reply is None:
                 continue
             try:
                 self.udp.sendto(pack_within(reply, payload), peer)
-            except OSError:
+            except Exception:  # a reply that cannot be packed or sent: drop it, keep serving
                 continue
 
     def _serve_tcp(self) -> None:

@@ -15,8 +15,8 @@ import dns.rdatatype
 import pytest
 
 from borgmaster import commands as C
-from borgmaster.dns import UDP_DEFAULT_PAYLOAD, pack_within, respond
-from borgmaster.model import Machine, Requirements, Resources
+from borgmaster.dns import UDP_DEFAULT_PAYLOAD, SourceLimiter, pack_within, respond
+from borgmaster.model import HealthCheck, HealthKind, Machine, Requirements, Resources
 from borgmaster.naming import Rcode, Zone, task_name
 from tests.unit.test_store import Cell, GiB, spec
 
@@ -99,7 +99,7 @@ def test_srv_names_one_record_per_serving_task_with_that_port(cell: Cell) -> Non
 def test_unhealthy_tasks_leave_the_zone_when_the_job_has_a_check() -> None:
     c = Cell()
     register(c, "m1", "10.0.0.1:7071")
-    c.submit(spec("api", replicas=2, user="bob", health={"tcp": {"port": "http"}}))
+    c.submit(spec("api", replicas=2, user="bob", health=HealthCheck(HealthKind.TCP, "http")))
     c.place("api", 0, "m1")
     c.place("api", 1, "m1")
     c.update("api", 0, "running", health="healthy")
@@ -238,3 +238,16 @@ def test_a_bigger_edns_payload_carries_more_records() -> None:
     assert big_reply is not None and big_payload == 1232
     big = dns.message.from_wire(pack_within(big_reply, big_payload))
     assert len(small.answer[0]) < len(big.answer[0]) <= 60
+
+
+def test_one_source_is_rate_limited_and_others_are_not() -> None:
+    lim = SourceLimiter(rate=100)
+    sent = [lim.allow("10.0.0.9", 0.0) for _ in range(150)]
+    assert sent.count(True) == 100 and lim.limited == 50
+    assert lim.allow("10.0.0.8", 0.0)  # another source has its own bucket
+    assert not lim.allow("10.0.0.9", 0.001)
+    assert sum(lim.allow("10.0.0.9", 0.5) for _ in range(60)) == 50  # refilled at 100/s
+    small = SourceLimiter(rate=10, max_sources=3)
+    for ip in ("a", "b", "c", "d"):
+        small.allow(ip, 0.0)
+    assert list(small.buckets) == ["b", "c", "d"]
