@@ -29,6 +29,8 @@ from borgmaster.model import (
     JobSpec,
     Requirements,
     Resources,
+    Taint,
+    TaintEffect,
     Toleration,
 )
 from borgmaster.scheduler.borg import BorgScheduler
@@ -52,7 +54,7 @@ def build_cell(machines: int, tasks: int, seed: int) -> Snapshot:
                 capacity=Resources(cpu=cpu, ram=ram * GiB, disk=1 << 40, gpu=gpu),
                 used=Resources(),
                 attrs={"rack": f"r{i % racks}", "zone": f"z{i % 3}"},
-                taints=[{"key": "gpu", "value": "true", "effect": "NoSchedule"}] if gpu else [],
+                taints=[Taint("gpu", "true", TaintEffect.NO_SCHEDULE)] if gpu else [],
                 state=MACHINE_DRAINING if rng.random() < 0.01 else MACHINE_UP,
             )
         )

@@ -1,9 +1,9 @@
 """Health checks of running tasks: the verdict logic (pure) and the three probes (I/O).
 
-A check is the job's normalised ``health`` dict (cfg/schema.py): one of
-``{"http": {port, path}}``, ``{"tcp": {port}}`` or ``{"exec": [argv]}`` plus ``interval_ms``,
-``timeout_ms``, ``failure_threshold`` and ``initial_delay_ms``. ``port`` names one of the
-task's ``requirements.ports``; the Borglet resolves it to the number it allocated.
+A check is the job's ``HealthCheck`` (cfg/model.py): http (port, path), tcp (port) or exec
+(argv), with ``interval_ms``, ``timeout_ms``, ``failure_threshold`` and ``initial_delay_ms``.
+``port`` names one of the task's ``requirements.ports``; the Borglet resolves it to the
+number it allocated.
 
 Like the kubelet's liveness probes: the first probe runs ``initial_delay`` after the start,
 then one every ``interval``; ``failure_threshold`` consecutive failures make the task
@@ -21,47 +21,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 from urllib.parse import quote
 
 from borglet.runtime.process import SHIM_PATH
-
-HTTP = "http"
-TCP = "tcp"
-EXEC = "exec"
-
-
-@dataclass
-class HealthCheck:
-    kind: str
-    port: str = ""
-    path: str = "/"
-    argv: list[str] = field(default_factory=list)
-    interval_ms: int = 10_000
-    timeout_ms: int = 1_000
-    failure_threshold: int = 3
-    initial_delay_ms: int = 0
-
-    @classmethod
-    def from_spec(cls, health: dict[str, Any] | None) -> HealthCheck | None:
-        """None when the job has no health check."""
-        if not health:
-            return None
-        if EXEC in health:
-            check = cls(kind=EXEC, argv=[str(a) for a in health[EXEC]])
-        else:
-            kind = next((k for k in (HTTP, TCP) if k in health), "")
-            if not kind:
-                return None
-            body = health[kind] or {}
-            check = cls(
-                kind=kind, port=str(body.get("port", "")), path=str(body.get("path") or "/")
-            )
-        for k in ("interval_ms", "timeout_ms", "failure_threshold", "initial_delay_ms"):
-            if health.get(k) is not None:
-                setattr(check, k, int(health[k]))
-        return check
+from cfg.model import HealthCheck
 
 
 @dataclass

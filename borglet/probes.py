@@ -12,13 +12,13 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent import futures
-from typing import Any
 
 from borglet.accounts import TaskAccounts
 from borglet.clock import now_ms
-from borglet.health import EXEC, HTTP, HealthCheck, HealthTracker, probe_exec, probe_http, probe_tcp
+from borglet.health import HealthTracker, probe_exec, probe_http, probe_tcp
 from borglet.runtime.process import DEFAULT_PATH
 from borglet.state import HealthResult, LocalTask, TaskKey, task_id_of
+from cfg.model import HealthCheck, HealthKind
 
 log = logging.getLogger("borglet")
 
@@ -47,8 +47,7 @@ class HealthProber:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def track(self, key: TaskKey, health: Any, started_ms: int) -> None:
-        check = HealthCheck.from_spec(health)
+    def track(self, key: TaskKey, check: HealthCheck | None, started_ms: int) -> None:
         if check is None:
             return
         with self._lock:
@@ -119,7 +118,7 @@ class HealthProber:
 
     def _run(self, key: TaskKey, check: HealthCheck, t: LocalTask) -> bool:
         timeout = check.timeout_ms / 1000
-        if check.kind == EXEC:
+        if check.kind is HealthKind.EXEC:
             acct = self.accounts.resolve(t.spec.run_as)
             user = (acct.uid, acct.gid, list(acct.groups))
             env = dict(t.spec.env)
@@ -131,6 +130,6 @@ class HealthProber:
             procs = self.procs_files(task_id_of(key))
             return probe_exec(check.argv, env, self.sandbox_of(key), user, timeout, procs)
         port = t.ports.get(check.port, 0)
-        if check.kind == HTTP:
+        if check.kind is HealthKind.HTTP:
             return port > 0 and probe_http(port, check.path, timeout)
         return port > 0 and probe_tcp(port, timeout)

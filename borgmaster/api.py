@@ -29,6 +29,7 @@ from borgmaster.model import (
     MACHINE_DRAINING,
     MACHINE_UP,
     Resources,
+    TaintEffect,
 )
 from borgmaster.store import ACTIVE_STATES
 from cfg.bns import task_name
@@ -51,6 +52,11 @@ CODES = {
 
 FORWARDED_HEADER = "borg-forwarded"
 """Metadata on a read a follower forwards to the leader (see `_from_leader`)."""
+
+
+# A Sync's taint effects must be ones the contract knows: the store's Raft entries are checked
+# against the enum, so an unknown effect is refused here, at the edge, with a clear message.
+TAINT_EFFECTS = frozenset(e.value for e in TaintEffect)
 
 
 def _abort(context: grpc.ServicerContext, code: str, message: str) -> NoReturn:
@@ -277,6 +283,11 @@ class MasterServicer(borg_pb2_grpc.BorgmasterServicer):
             _abort(context, "not-leader", f"not the leader; leader: {leader or 'unknown'}")
         if not request.machine:
             _abort(context, "invalid", "machine: required")
+        for t in request.taints:
+            if t.effect not in TAINT_EFFECTS:
+                _abort(
+                    context, "invalid", f"taints: unknown effect {t.effect!r:.40} of {t.key!r:.40}"
+                )
         try:
             return self.m.link.sync(request)
         except ProposeError as e:

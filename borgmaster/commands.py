@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Literal, Union, get_args, get_origin, get_type
 
 import msgpack
 
-from borgmaster.model import JobSpec, Machine, Replica
+from borgmaster.model import HealthCheck, JobSpec, Machine, Replica
 from cfg.model import QUOTA_KEEP, UNLIMITED
 
 __all__ = ["QUOTA_KEEP", "UNLIMITED"]
@@ -669,6 +669,11 @@ def _tuple(v: Any, path: str, types: tuple[type, ...]) -> list[Any]:
     return v
 
 
+# Contract records whose wire form is not the map of their fields (a health check is keyed by
+# its kind): their own strict `from_dict` is the check.
+_OWN_WIRE_FORM: dict[Any, Callable[[Any], Any]] = {HealthCheck: HealthCheck.from_dict}
+
+
 def _check_wire(v: Any, tp: Any, path: str) -> None:
     """Check a decoded msgpack value against a type hint: scalars, `X | None`, lists, dicts,
     Literals, enums and dataclasses (as maps of their fields: unknown keys and missing
@@ -710,6 +715,13 @@ def _check_wire(v: Any, tp: Any, path: str) -> None:
             raise CommandError(f"{path}: {v!r:.60} is not one of {list(get_args(tp))}")
         return
     if origin is not None:
+        return
+    own = _OWN_WIRE_FORM.get(tp)
+    if own is not None:
+        try:
+            own(v)
+        except (ValueError, TypeError) as e:
+            raise CommandError(f"{path}: {e}") from None
         return
     if is_dataclass(tp) and isinstance(tp, type):
         if not isinstance(v, dict):

@@ -105,7 +105,7 @@ def machine_pb(
         tasks=ntasks,
         address=m.address,
         http=m.http,
-        taints=[pb.Taint(**t) for t in m.taints],
+        taints=[pb.Taint(**t.to_dict()) for t in m.taints],
         usage=resources_pb(usage or Resources()),
         last_seen_ms=last_seen_ms,
     )

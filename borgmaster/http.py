@@ -196,10 +196,7 @@ def machine_rows(store: Store) -> list[MachineRow]:
                 capacity=_res(m.capacity),
                 allocated=_res(store.used(name)),
                 attrs=dict(sorted(m.attrs.items())),
-                taints=[
-                    f"{t.get('key', '')}={t.get('value', '')}:{t.get('effect', '')}"
-                    for t in m.taints
-                ],
+                taints=[t.flag() for t in m.taints],
                 tasks=n,
             )
         )

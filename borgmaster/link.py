@@ -30,6 +30,8 @@ from borgmaster.model import (
     TERMINAL_TASK_STATES,
     Machine,
     Resources,
+    Taint,
+    TaintEffect,
 )
 from borgmaster.store import ACTIVE_STATES, Store
 from cfg.schema import spec_to_config
@@ -76,14 +78,15 @@ class Observed:
 
 
 def machine_from_sync(request: pb.SyncRequest) -> Machine:
-    """The machine as its Borglet describes itself in a Sync."""
+    """The machine as its Borglet describes itself in a Sync (the API has checked each taint's
+    effect; an unknown one raises ValueError)."""
     return Machine(
         name=request.machine,
         address=request.address,
         http=request.http,
         capacity=resources_from(request.capacity),
         attrs=dict(request.attrs),
-        taints=[{"key": t.key, "value": t.value, "effect": t.effect} for t in request.taints],
+        taints=[Taint(t.key, t.value, TaintEffect(t.effect)) for t in request.taints],
         task_users=list(request.task_users),
     )
 

@@ -30,12 +30,16 @@ from cfg.model import (
     TASK_STATES,
     TERMINAL_TASK_STATES,
     Constraint,
+    HealthCheck,
+    HealthKind,
     JobSpec,
     Kind,
     MachineState,
     Requirements,
     Resources,
     RestartPolicy,
+    Taint,
+    TaintEffect,
     TaskState,
     Toleration,
     UpdatePolicy,
@@ -63,6 +67,8 @@ __all__ = [
     "TERMINAL_TASK_STATES",
     "Constraint",
     "Event",
+    "HealthCheck",
+    "HealthKind",
     "Job",
     "JobSpec",
     "Kind",
@@ -72,6 +78,8 @@ __all__ = [
     "Requirements",
     "Resources",
     "RestartPolicy",
+    "Taint",
+    "TaintEffect",
     "Task",
     "TaskState",
     "Toleration",
@@ -187,7 +195,7 @@ class Machine:
     http: str = ""
     capacity: Resources = field(default_factory=Resources)
     attrs: dict[str, str] = field(default_factory=dict)
-    taints: list[dict[str, str]] = field(default_factory=list)  # {key, value, effect}
+    taints: list[Taint] = field(default_factory=list)
     state: str = MACHINE_UP
     registered_ms: int = 0
     # Accounts the Borglet lets tasks run as ([]: it did not say, e.g. an older Borglet).
@@ -195,12 +203,14 @@ class Machine:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d["taints"] = [t.to_dict() for t in self.taints]
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Machine:
         d = dict(d)
         d["capacity"] = Resources.from_dict(d.get("capacity") or {})
+        d["taints"] = [Taint.from_dict(t) for t in d.get("taints") or []]
         return cls(**d)
 
 

@@ -13,6 +13,7 @@ Units: cpu in cores (float), ram/disk in bytes (int), durations in milliseconds 
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -115,8 +116,162 @@ class Constraint:
 
 @dataclass
 class Toleration:
+    """Lets a job's tasks onto machines with a matching taint (the key, and the value if named)."""
+
     key: str
     value: str | None = None
+
+    def matches(self, taint: Taint) -> bool:
+        return self.key == taint.key and (self.value is None or self.value == taint.value)
+
+
+class TaintEffect(StrEnum):
+    """What a machine's taint does to tasks that do not tolerate it.
+
+    The values are Kubernetes' spellings because they are what `borglet --taint` takes and what
+    machines have registered with (Raft entries, snapshots, the Sync protocol)."""
+
+    NO_SCHEDULE = "NoSchedule"
+    PREFER_NO_SCHEDULE = "PreferNoSchedule"
+    # Not offered by `borglet --taint`; known so a machine that would evict a task (as in
+    # Kubernetes) is not given one either. Nothing evicts here.
+    NO_EXECUTE = "NoExecute"
+
+    @property
+    def rejects(self) -> bool:
+        """Whether the effect keeps new untolerated tasks off the machine (Prefer only hints)."""
+        return self is not TaintEffect.PREFER_NO_SCHEDULE
+
+
+@dataclass(frozen=True)
+class Taint:
+    """A mark on a machine that keeps tasks without a matching toleration away.
+
+    Wire form (`to_dict`): `{key, value, effect}`, as machines have always registered, so Raft
+    entries, snapshots and API replies keep their bytes."""
+
+    key: str
+    value: str = ""
+    effect: TaintEffect = TaintEffect.NO_SCHEDULE
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "value": self.value, "effect": self.effect.value}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Taint:
+        """Strict (a wire form comes from Raft entries and Borglets): unknown keys, non-string
+        fields and unknown effects raise ValueError."""
+        if not isinstance(d, dict) or set(d) - {"key", "value", "effect"}:
+            raise ValueError(f"a taint is a map of key, value, effect, not {d!r:.60}")
+        key, value = d.get("key"), d.get("value", "")
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise ValueError(f"a taint's key and value are strings, not {d!r:.60}")
+        return cls(key=key, value=value, effect=TaintEffect(d.get("effect", "NoSchedule")))
+
+    @classmethod
+    def parse(cls, text: str) -> Taint:
+        """`KEY=VALUE:EFFECT` (`borglet --taint`); ValueError when it is not that."""
+        kv, sep, effect = text.rpartition(":")
+        key, sep2, value = kv.partition("=")
+        if not sep or not sep2 or not key:
+            raise ValueError(f"{text!r} is not KEY=VALUE:EFFECT")
+        return cls(key=key, value=value, effect=TaintEffect(effect))
+
+    def flag(self) -> str:
+        """The `KEY=VALUE:EFFECT` form `parse` reads (the web UI shows it)."""
+        return f"{self.key}={self.value}:{self.effect.value}"
+
+    def tolerated_by(self, tolerations: Sequence[Toleration]) -> bool:
+        return any(t.matches(self) for t in tolerations)
+
+
+class HealthKind(StrEnum):
+    """How a health check probes a task: an HTTP GET, a TCP connect, or a command's exit."""
+
+    HTTP = "http"
+    TCP = "tcp"
+    EXEC = "exec"
+
+
+DEFAULT_HEALTH_INTERVAL_MS = 10_000
+DEFAULT_HEALTH_TIMEOUT_MS = 1_000
+DEFAULT_FAILURE_THRESHOLD = 3
+_HEALTH_TIMING = ("interval_ms", "timeout_ms", "failure_threshold", "initial_delay_ms")
+
+
+@dataclass
+class HealthCheck:
+    """A job's health check, normalised (cfg/schema.py builds it from the config's `health`).
+
+    `port` (http, tcp) names one of the task's `requirements.ports`; the Borglet resolves it
+    to the number it allocated. `path` is for http, `argv` for exec.
+
+    Wire form (`to_dict`), unchanged from when checks were dicts, so Raft entries, snapshots and
+    the Borglet's state file keep their bytes: the kind is the key of its body,
+    `{"http": {port, path}}`, `{"tcp": {port}}` or `{"exec": [argv]}`, followed by
+    `interval_ms`, `timeout_ms`, `failure_threshold`, `initial_delay_ms`."""
+
+    kind: HealthKind
+    port: str = ""
+    path: str = "/"
+    argv: list[str] = field(default_factory=list)
+    interval_ms: int = DEFAULT_HEALTH_INTERVAL_MS
+    timeout_ms: int = DEFAULT_HEALTH_TIMEOUT_MS
+    failure_threshold: int = DEFAULT_FAILURE_THRESHOLD
+    initial_delay_ms: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        body: Any
+        if self.kind is HealthKind.EXEC:
+            body = list(self.argv)
+        elif self.kind is HealthKind.HTTP:
+            body = {"port": self.port, "path": self.path}
+        else:
+            body = {"port": self.port}
+        return {
+            self.kind.value: body,
+            "interval_ms": self.interval_ms,
+            "timeout_ms": self.timeout_ms,
+            "failure_threshold": self.failure_threshold,
+            "initial_delay_ms": self.initial_delay_ms,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> HealthCheck:
+        """Strict (the wire form comes from Raft entries and state files): exactly one kind,
+        no unknown keys, every field of its type; ValueError otherwise. A timing left out
+        takes its default."""
+        if not isinstance(d, dict):
+            raise ValueError(f"a health check is a map, not {d!r:.60}")
+        kinds = [k for k in HealthKind if k.value in d]
+        if len(kinds) != 1:
+            raise ValueError(f"a health check has exactly one of http, tcp, exec: {d!r:.60}")
+        kind = kinds[0]
+        unknown = set(d) - {kind.value, *_HEALTH_TIMING}
+        if unknown:
+            raise ValueError(f"unknown health check fields {sorted(unknown, key=repr)}")
+        body = d[kind.value]
+        check = cls(kind=kind)
+        if kind is HealthKind.EXEC:
+            if not isinstance(body, list) or not all(isinstance(a, str) for a in body):
+                raise ValueError(f"health.exec is a list of strings, not {body!r:.60}")
+            check.argv = list(body)
+        else:
+            allowed = {"port", "path"} if kind is HealthKind.HTTP else {"port"}
+            if not isinstance(body, dict) or set(body) - allowed:
+                raise ValueError(f"health.{kind.value} is a map of {sorted(allowed)}")
+            if not all(isinstance(v, str) for v in body.values()):
+                raise ValueError(f"health.{kind.value} holds strings, not {body!r:.60}")
+            check.port = body.get("port", "")
+            check.path = body.get("path", "/")
+        for k in _HEALTH_TIMING:
+            v = d.get(k)
+            if v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ValueError(f"health.{k} is an integer, not {v!r:.60}")
+            setattr(check, k, v)
+        return check
 
 
 @dataclass
@@ -133,7 +288,7 @@ class JobSpec:
     env: dict[str, str] = field(default_factory=dict)
     requirements: Requirements = field(default_factory=Requirements)
     restart: RestartPolicy = field(default_factory=RestartPolicy)
-    health: dict[str, Any] | None = None
+    health: HealthCheck | None = None
     constraints: list[Constraint] = field(default_factory=list)
     tolerations: list[Toleration] = field(default_factory=list)
     spread: str | None = None
@@ -166,7 +321,7 @@ class JobSpec:
                 "max_restarts": rs.max_restarts,
                 "backoff_ms": rs.backoff_ms,
             },
-            "health": copy.deepcopy(self.health),
+            "health": None if self.health is None else self.health.to_dict(),
             "constraints": [
                 {"attr": c.attr, "op": c.op, "value": copy.deepcopy(c.value)}
                 for c in self.constraints
@@ -186,6 +341,8 @@ class JobSpec:
         d["update"] = UpdatePolicy(**d.get("update") or {})
         d["constraints"] = [Constraint(**c) for c in d.get("constraints") or []]
         d["tolerations"] = [Toleration(**t) for t in d.get("tolerations") or []]
+        if d.get("health") is not None:
+            d["health"] = HealthCheck.from_dict(d["health"])
         return cls(**d)
 
     def task_template(self) -> dict[str, Any]:

@@ -25,6 +25,8 @@ from cfg.model import (
     BATCH,
     SERVICE,
     Constraint,
+    HealthCheck,
+    HealthKind,
     JobSpec,
     Requirements,
     RestartPolicy,
@@ -48,7 +50,7 @@ _IDENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 KINDS = (str(SERVICE), str(BATCH))
 RESTART_POLICIES = ("always", "on-failure", "never")
 CONSTRAINT_OPS = ("==", "!=", "in", "not-in", "exists")
-HEALTH_CHECKS = ("http", "tcp", "exec")
+HEALTH_CHECKS = tuple(k.value for k in HealthKind)
 
 MAX_PRIORITY = 399
 MAX_REPLICAS = 100_000
@@ -61,9 +63,6 @@ MAX_INT = 2**31 - 1
 
 DEFAULT_RAM = 64 << 20
 DEFAULT_KILL_TIMEOUT_MS = 10_000
-DEFAULT_HEALTH_INTERVAL_MS = 10_000
-DEFAULT_HEALTH_TIMEOUT_MS = 1_000
-DEFAULT_FAILURE_THRESHOLD = 3
 
 JOB_KEYS = (
     "name",
@@ -439,49 +438,42 @@ class _Validator:
             out.backoff_ms = self.duration(d["backoff"], (*path, "backoff"), positive=True)
         return out
 
-    def health(self, v: object, ports: list[str]) -> dict[str, Any]:
+    def health(self, v: object, ports: list[str]) -> HealthCheck:
         path: Path = ("health",)
         d = {k: x for k, x in self.obj(v, path, HEALTH_KEYS).items() if x is not None}
         checks = [k for k in HEALTH_CHECKS if k in d]
         if len(checks) != 1:
             got = f"got {', '.join(checks)}" if checks else "got none"
             self.fail(path, f"needs exactly one of 'http', 'tcp', 'exec' ({got})")
-        check = checks[0]
-        out: dict[str, Any] = {}
-        cpath: Path = (*path, check)
-        if check == "exec":
-            out["exec"] = self.argv(d["exec"], cpath)
+        out = HealthCheck(kind=HealthKind(checks[0]))
+        cpath: Path = (*path, out.kind.value)
+        if out.kind is HealthKind.EXEC:
+            out.argv = self.argv(d["exec"], cpath)
         else:
-            keys = HTTP_KEYS if check == "http" else TCP_KEYS
-            c = self.obj(d[check], cpath, keys)
+            keys = HTTP_KEYS if out.kind is HealthKind.HTTP else TCP_KEYS
+            c = self.obj(d[out.kind.value], cpath, keys)
             if c.get("port") is None:
                 self.fail(cpath, "missing required key 'port'")
-            port = self.string(c["port"], (*cpath, "port"))
-            if port not in ports:
-                self.fail((*cpath, "port"), f"{_quote(port)} is not one of requirements.ports")
-            body: dict[str, Any] = {"port": port}
-            if check == "http":
+            out.port = self.string(c["port"], (*cpath, "port"))
+            if out.port not in ports:
+                self.fail((*cpath, "port"), f"{_quote(out.port)} is not one of requirements.ports")
+            if out.kind is HealthKind.HTTP:
                 hpath = "/" if c.get("path") is None else self.string(c["path"], (*cpath, "path"))
                 if not hpath.startswith("/") or any(ch.isspace() or ord(ch) < 32 for ch in hpath):
                     self.fail(
                         (*cpath, "path"), f"{_quote(hpath)} is not a URL path starting with '/'"
                     )
-                body["path"] = hpath
-            out[check] = body
-        out["interval_ms"] = DEFAULT_HEALTH_INTERVAL_MS
+                out.path = hpath
         if "interval" in d:
-            out["interval_ms"] = self.duration(d["interval"], (*path, "interval"), positive=True)
-        out["timeout_ms"] = DEFAULT_HEALTH_TIMEOUT_MS
+            out.interval_ms = self.duration(d["interval"], (*path, "interval"), positive=True)
         if "timeout" in d:
-            out["timeout_ms"] = self.duration(d["timeout"], (*path, "timeout"), positive=True)
-        out["failure_threshold"] = DEFAULT_FAILURE_THRESHOLD
+            out.timeout_ms = self.duration(d["timeout"], (*path, "timeout"), positive=True)
         if "failure_threshold" in d:
             fpath = (*path, "failure_threshold")
-            out["failure_threshold"] = self.integer(d["failure_threshold"], fpath, 1, MAX_INT)
-        out["initial_delay_ms"] = 0
+            out.failure_threshold = self.integer(d["failure_threshold"], fpath, 1, MAX_INT)
         if "initial_delay" in d:
             ipath = (*path, "initial_delay")
-            out["initial_delay_ms"] = self.duration(d["initial_delay"], ipath, positive=False)
+            out.initial_delay_ms = self.duration(d["initial_delay"], ipath, positive=False)
         return out
 
     def constraint(self, v: object, path: Path) -> Constraint:
@@ -588,13 +580,16 @@ def spec_to_config(spec: JobSpec) -> dict[str, Any]:
     if spec.health is not None:
         h = spec.health
         health: dict[str, Any] = {}
-        for check in HEALTH_CHECKS:
-            if check in h:
-                health[check] = list(h[check]) if check == "exec" else dict(h[check])
-        health["interval"] = format_duration(h.get("interval_ms", DEFAULT_HEALTH_INTERVAL_MS))
-        health["timeout"] = format_duration(h.get("timeout_ms", DEFAULT_HEALTH_TIMEOUT_MS))
-        health["failure_threshold"] = h.get("failure_threshold", DEFAULT_FAILURE_THRESHOLD)
-        health["initial_delay"] = format_duration(h.get("initial_delay_ms", 0))
+        if h.kind is HealthKind.EXEC:
+            health["exec"] = list(h.argv)
+        elif h.kind is HealthKind.HTTP:
+            health["http"] = {"port": h.port, "path": h.path}
+        else:
+            health["tcp"] = {"port": h.port}
+        health["interval"] = format_duration(h.interval_ms)
+        health["timeout"] = format_duration(h.timeout_ms)
+        health["failure_threshold"] = h.failure_threshold
+        health["initial_delay"] = format_duration(h.initial_delay_ms)
         out["health"] = health
     constraints = []
     for c in spec.constraints:

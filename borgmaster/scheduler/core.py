@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from borgmaster.commands import Placement
-from borgmaster.model import MACHINE_UP, JobSpec, Requirements, Resources
+from borgmaster.model import MACHINE_UP, JobSpec, Requirements, Resources, Taint
 from borgmaster.scheduler.table import CellTable
 
 
@@ -19,7 +19,7 @@ class MachineView:
     capacity: Resources
     used: Resources
     attrs: dict[str, str] = field(default_factory=dict)
-    taints: list[dict[str, str]] = field(default_factory=list)
+    taints: list[Taint] = field(default_factory=list)
     state: str = MACHINE_UP
 
 

@@ -18,13 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from borgmaster.model import MACHINE_UP, Constraint, JobSpec, Toleration
+from borgmaster.model import MACHINE_UP, Constraint, JobSpec, Taint, Toleration
 
 # Resource dimensions in the scheduler's vectors, in the order "why pending?" tests them.
 RESOURCES = ("cpu", "ram", "disk", "gpu", "ports")
-# Taint effects that keep new tasks off a machine (NoExecute also evicts in Kubernetes; here
-# nothing evicts, but a machine that would evict a task must not receive it either).
-REJECTING_EFFECTS = frozenset({"NoSchedule", "NoExecute"})
 # Comparison slack for float cpu so 0.1 + 0.2 cores fit in 0.3.
 EPS = 1e-9
 
@@ -75,24 +72,16 @@ def constraint_ok(c: Constraint, attrs: dict[str, str]) -> bool:
     return False
 
 
-def taint_name(t: dict[str, str]) -> str:
-    return f"taint {t.get('key', '')}={t.get('value', '')}"
+def taint_name(t: Taint) -> str:
+    return f"taint {t.key}={t.value}"
 
 
-def tolerated(t: dict[str, str], tolerations: Sequence[Toleration]) -> bool:
-    """A toleration matches a taint on key and, if it names one, on value."""
-    for tol in tolerations:
-        if tol.key == t.get("key") and (tol.value is None or tol.value == t.get("value")):
-            return True
-    return False
-
-
-def first_blocking_taint(
-    taints: Sequence[dict[str, str]], tolerations: Sequence[Toleration]
-) -> str | None:
-    """Name of the first NoSchedule taint the task does not tolerate, or None."""
+def first_blocking_taint(taints: Sequence[Taint], tolerations: Sequence[Toleration]) -> str | None:
+    """Name of the first NoSchedule taint the task does not tolerate, or None (NoExecute
+    rejects too: nothing evicts here, but a machine that would evict a task must not get one;
+    `TaintEffect.rejects`)."""
     for t in taints:
-        if t.get("effect", "NoSchedule") in REJECTING_EFFECTS and not tolerated(t, tolerations):
+        if t.effect.rejects and not t.tolerated_by(tolerations):
             return taint_name(t)
     return None
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from borgmaster.model import MACHINE_UP, Requirements, Resources
+from borgmaster.model import MACHINE_UP, Requirements, Resources, Taint
 
 if TYPE_CHECKING:
     from borgmaster.scheduler.core import Snapshot
@@ -46,7 +46,7 @@ class CellTable:
     index: dict[str, int] = field(default_factory=dict)
     state: list[str] = field(default_factory=list)
     attrs: list[dict[str, str]] = field(default_factory=list)
-    taints: list[list[dict[str, str]]] = field(default_factory=list)
+    taints: list[list[Taint]] = field(default_factory=list)
     cap: np.ndarray = field(default_factory=lambda: np.zeros((4, 64), dtype=np.float64))
     used: np.ndarray = field(default_factory=lambda: np.zeros((NRES, 64), dtype=np.float64))
     # Placed tasks.
@@ -87,7 +87,7 @@ class CellTable:
         *,
         state: str = MACHINE_UP,
         attrs: dict[str, str] | None = None,
-        taints: list[dict[str, str]] | None = None,
+        taints: list[Taint] | None = None,
     ) -> int:
         """Add a machine, or change a known one's capacity, state, attributes or taints."""
         i = self.index.get(name)

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from borglet.health import (
-    HealthCheck,
     HealthTracker,
     probe_exec,
     probe_http,
@@ -20,12 +19,13 @@ from borglet.health import (
 )
 from borglet.logs import follow_file
 from borglet.ports import PortAllocator, parse_range
+from cfg.model import HealthCheck, HealthKind
 
 # ----- health ------------------------------------------------------------------------------
 
 
 def test_health_check_from_normalised_spec() -> None:
-    c = HealthCheck.from_spec(
+    c = HealthCheck.from_dict(
         {
             "http": {"port": "web", "path": "/healthz"},
             "interval_ms": 200,
@@ -34,17 +34,15 @@ def test_health_check_from_normalised_spec() -> None:
             "initial_delay_ms": 1000,
         }
     )
-    assert c == HealthCheck("http", "web", "/healthz", [], 200, 50, 2, 1000)
-    tcp = HealthCheck.from_spec({"tcp": {"port": "x"}})
-    assert tcp is not None and (tcp.kind, tcp.port) == ("tcp", "x")
-    ex = HealthCheck.from_spec({"exec": ["true"], "interval_ms": 5})
-    assert ex is not None and (ex.kind, ex.argv, ex.interval_ms) == ("exec", ["true"], 5)
-    assert HealthCheck.from_spec(None) is None
-    assert HealthCheck.from_spec({}) is None
+    assert c == HealthCheck(HealthKind.HTTP, "web", "/healthz", [], 200, 50, 2, 1000)
+    tcp = HealthCheck.from_dict({"tcp": {"port": "x"}})
+    assert (tcp.kind, tcp.port) == (HealthKind.TCP, "x")
+    ex = HealthCheck.from_dict({"exec": ["true"], "interval_ms": 5})
+    assert (ex.kind, ex.argv, ex.interval_ms) == (HealthKind.EXEC, ["true"], 5)
 
 
 def test_tracker_waits_initial_delay_then_interval() -> None:
-    c = HealthCheck("tcp", "p", interval_ms=100, initial_delay_ms=500)
+    c = HealthCheck(HealthKind.TCP, "p", interval_ms=100, initial_delay_ms=500)
     tr = HealthTracker.starting(c, started_ms=1000)
     assert not tr.due(1499)
     assert tr.due(1500)
@@ -55,7 +53,7 @@ def test_tracker_waits_initial_delay_then_interval() -> None:
 
 
 def test_tracker_unhealthy_after_threshold_once_and_recovers() -> None:
-    tr = HealthTracker.starting(HealthCheck("tcp", "p", failure_threshold=3), 0)
+    tr = HealthTracker.starting(HealthCheck(HealthKind.TCP, "p", failure_threshold=3), 0)
     assert tr.status == ""
     assert [tr.record(False) for _ in range(2)] == [False, False]
     assert tr.status == ""

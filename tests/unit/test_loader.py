@@ -48,7 +48,7 @@ def test_web_example() -> None:
     [spec] = load_file(str(EXAMPLES / "web.yaml"))
     assert spec.requirements.ports == ["http"]
     assert spec.health is not None
-    assert spec.health["http"]["port"] == "http"
+    assert (spec.health.kind, spec.health.port) == ("http", "http")
     assert spec.spread == "rack"
     assert "$BORG_PORT" in spec.command[2]
 
@@ -92,7 +92,7 @@ def test_library_is_on_the_path_from_any_directory(tmp_path: Path) -> None:
     assert spec.env == {"A": "b"}
     assert spec.requirements.ram == 64 << 20  # template default kept by requirements+:
     assert spec.health is not None
-    assert spec.health["http"] == {"port": "http", "path": "/healthz"}
+    assert (spec.health.port, spec.health.path) == ("http", "/healthz")
 
 
 def test_relative_imports(tmp_path: Path) -> None:
@@ -312,7 +312,7 @@ def test_library_helpers(tmp_path: Path) -> None:
     [s] = load_file(f)
     assert (s.name, s.kind, s.priority, s.replicas) == ("web", "service", 200, 3)
     assert s.requirements.ports == ["http"]
-    assert s.health is not None and s.health["http"] == {"port": "http", "path": "/ok"}
+    assert s.health is not None and s.health.to_dict()["http"] == {"port": "http", "path": "/ok"}
     assert (s.requirements.cpu, s.requirements.ram, s.requirements.gpu) == (0.5, 2 << 30, 2)
     assert [(t.key, t.value) for t in s.tolerations] == [("gpu", None)]
     assert s.spread == "rack"
@@ -327,7 +327,7 @@ def test_api_example_takes_a_tla(tmp_path: Path) -> None:
     [spec] = load_file(str(EXAMPLES / "api.jsonnet"), tla_str={"env": "prod"})
     assert spec.name == "api-prod"
     assert spec.env == {"DEPLOY_ENV": "prod"}
-    assert spec.health is not None and spec.health["initial_delay_ms"] == 2000
+    assert spec.health is not None and spec.health.initial_delay_ms == 2000
 
 
 def test_every_config_block_in_docs_validates(tmp_path: Path) -> None:

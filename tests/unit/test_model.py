@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, fields
 
-from borgmaster.model import Constraint, JobSpec, Requirements, Toleration
+from borgmaster.model import (
+    Constraint,
+    HealthCheck,
+    HealthKind,
+    JobSpec,
+    Requirements,
+    Toleration,
+)
 
 
 def test_jobspec_to_dict_matches_asdict_for_every_field() -> None:
@@ -15,14 +22,22 @@ def test_jobspec_to_dict_matches_asdict_for_every_field() -> None:
         command=["x", "y"],
         env={"A": "1"},
         requirements=Requirements(cpu=0.5, ram=1, disk=2, gpu=1, ports=["p"]),
-        health={"tcp": {"port": "p"}, "interval_ms": 1000},
+        health=HealthCheck(HealthKind.TCP, "p", interval_ms=1000),
         constraints=[Constraint("rack", "in", ["r1"]), Constraint("os", "exists")],
         tolerations=[Toleration("gpu", "true"), Toleration("k")],
         spread="rack",
         distinct_machines=True,
     )
     d = s.to_dict()
-    assert d == asdict(s)
+    # The health check is the one field whose wire form is not its fields (keyed by its kind).
+    assert d["health"] == {
+        "tcp": {"port": "p"},
+        "interval_ms": 1000,
+        "timeout_ms": 1000,
+        "failure_threshold": 3,
+        "initial_delay_ms": 0,
+    }
+    assert {**d, "health": None} == {**asdict(s), "health": None}
     assert set(d) == {f.name for f in fields(JobSpec)}
     assert JobSpec.from_dict(d) == s
     d["env"]["B"] = "2"

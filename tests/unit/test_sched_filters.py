@@ -11,6 +11,8 @@ from borgmaster.model import (
     JobSpec,
     Requirements,
     Resources,
+    Taint,
+    TaintEffect,
     Toleration,
 )
 from borgmaster.scheduler import BorgScheduler, MachineView, Plan, Snapshot, TaskRequest
@@ -26,7 +28,7 @@ def mv(
     ram: int = 8 * GiB,
     gpu: int = 0,
     attrs: dict[str, str] | None = None,
-    taints: list[dict[str, str]] | None = None,
+    taints: list[Taint] | None = None,
     state: str = "up",
     used: Resources | None = None,
 ) -> MachineView:
@@ -141,13 +143,13 @@ def test_in_and_exists_constraints_select_machines() -> None:
 
 
 def test_taint_rejects_without_toleration() -> None:
-    taint = [{"key": "gpu", "value": "true", "effect": "NoSchedule"}]
+    taint = [Taint("gpu", "true", TaintEffect.NO_SCHEDULE)]
     plan = run([mv("g", taints=taint)], reqs("a"))
     assert plan.failures[0][2] == "no-feasible-machine: taint gpu=true 1"
 
 
 def test_toleration_matches_key_and_value() -> None:
-    taint = [{"key": "gpu", "value": "true", "effect": "NoSchedule"}]
+    taint = [Taint("gpu", "true", TaintEffect.NO_SCHEDULE)]
     ok = run([mv("g", taints=taint)], reqs("a", tolerations=[Toleration("gpu", "true")]))
     assert placed(ok) == {0: "g"}
     any_value = run([mv("g", taints=taint)], reqs("a", tolerations=[Toleration("gpu")]))
@@ -157,7 +159,7 @@ def test_toleration_matches_key_and_value() -> None:
 
 
 def test_prefer_no_schedule_taint_does_not_reject() -> None:
-    taint = [{"key": "old", "value": "1", "effect": "PreferNoSchedule"}]
+    taint = [Taint("old", "1", TaintEffect.PREFER_NO_SCHEDULE)]
     assert placed(run([mv("m", taints=taint)], reqs("a"))) == {0: "m"}
 
 

@@ -372,7 +372,7 @@ def test_full_job() -> None:
         cpu=0.5, ram=3 << 29, disk=100 << 20, gpu=0, ports=["http", "admin"]
     )
     assert spec.restart == RestartPolicy(policy="always", max_restarts=5, backoff_ms=2000)
-    assert spec.health == {
+    assert spec.health is not None and spec.health.to_dict() == {
         "http": {"port": "http", "path": "/healthz"},
         "interval_ms": 5000,
         "timeout_ms": 1000,
@@ -395,10 +395,10 @@ def test_health_variants() -> None:
         job(requirements={"ports": ["db"]}, health={"tcp": {"port": "db"}, "timeout": "2s"})
     )
     assert tcp.health is not None
-    assert tcp.health["tcp"] == {"port": "db"}
-    assert tcp.health["timeout_ms"] == 2000
+    assert tcp.health.to_dict()["tcp"] == {"port": "db"}
+    assert tcp.health.timeout_ms == 2000
     ex = validate_job(job(health={"exec": ["true"], "initial_delay": "3s", "failure_threshold": 5}))
-    assert ex.health == {
+    assert ex.health is not None and ex.health.to_dict() == {
         "exec": ["true"],
         "interval_ms": 10_000,
         "timeout_ms": 1000,
@@ -407,7 +407,7 @@ def test_health_variants() -> None:
     }
     http = validate_job(job(requirements={"ports": ["http"]}, health={"http": {"port": "http"}}))
     assert http.health is not None
-    assert http.health["http"] == {"port": "http", "path": "/"}
+    assert http.health.to_dict()["http"] == {"port": "http", "path": "/"}
 
 
 def test_null_means_default() -> None:

@@ -14,6 +14,8 @@ from borgmaster.model import (
     MACHINE_DRAINING,
     PENDING,
     RUNNING,
+    HealthCheck,
+    HealthKind,
     JobSpec,
     Requirements,
     UpdatePolicy,
@@ -187,7 +189,7 @@ def test_rollback_without_previous_version_is_invalid() -> None:
 def test_health_checked_tasks_count_as_unavailable_until_healthy() -> None:
     cell = Cell()
     cell.machine("m1", cpu=16, ram=64 * GiB)
-    hs = {"tcp": {"port": "p"}, "interval_ms": 1000}
+    hs = HealthCheck(HealthKind.TCP, "p", interval_ms=1000)
     s = spec(replicas=2, health=hs, requirements=Requirements(cpu=1, ram=GiB, ports=["p"]))
     cell.submit(s)
     for i in range(2):
