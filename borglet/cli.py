@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import signal
@@ -20,6 +21,41 @@ from cfg.options import key_values
 from cfg.units import parse_size
 
 log = logging.getLogger("borglet")
+
+
+LOCK_FILE = "borglet.lock"
+"""Held (flock) by the one Borglet that uses the data dir; it holds that Borglet's pid."""
+
+_held_lock: list[int] = []  # the lock file's fd, kept open for the life of the process
+
+
+class DataDirInUse(OSError):
+    """Another live process holds the data dir's lock."""
+
+
+def lock_data_dir(data_dir: str) -> None:
+    """Take the data dir for this process, or raise DataDirInUse naming the holder's pid.
+
+    Two Borglets on one data dir would both adopt the same tasks, kill each other's
+    "unknown" cgroups and overwrite one state.json: the second must stop at start. `flock`
+    belongs to the open file, so the lock ends when the Borglet dies (SIGKILL included)
+    while its tasks run on (their supervisors are spawned with close_fds, and the fd is
+    close-on-exec): the next Borglet on the dir takes it and re-adopts them."""
+    fd = os.open(os.path.join(data_dir, LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise DataDirInUse(
+            f"data dir {data_dir} is in use by another process (pid {holder})"
+        ) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _held_lock.append(fd)
 
 
 def _taints(values: tuple[str, ...]) -> list[dict[str, str]]:
@@ -167,6 +203,11 @@ def run(
     # dirs); the data dir itself stays traversable so tasks reach their (0700) sandboxes.
     os.umask(0o077)
     os.makedirs(data_dir, exist_ok=True)
+    try:
+        lock_data_dir(data_dir)
+    except OSError as e:
+        click.echo(f"borglet: {e}", err=True)
+        sys.exit(1)
     os.chmod(data_dir, 0o711)
     if dsk is None:
         dsk = psutil.disk_usage(data_dir).free

@@ -16,7 +16,7 @@ from typing import NoReturn
 import click
 import psutil
 
-from borgmaster.fsm import DataDirError, own_raft_secret
+from borgmaster.fsm import DataDirError, lock_data_dir, own_raft_secret
 from borgmaster.server import Master, MasterConfig
 from cfg.logsetup import log_options, setup_logging
 from cfg.options import host_port
@@ -146,8 +146,9 @@ def run(
         log.warning("%d replicas: a cell normally has 1, 3 or 5", len(peers) + 1)
     os.umask(0o077)  # the journal, snapshots and secrets are the master's alone
     try:
+        lock_data_dir(data_dir)  # before anything reads or writes the dir (the secret too)
         secret = raft_secret(raft_secret_file, data_dir, bool(peers) or join)
-    except DataDirError as e:
+    except (OSError, DataDirError) as e:
         click.echo(f"borgmaster: {e}", err=True)
         sys.exit(1)
     cfg = MasterConfig(
@@ -235,6 +236,7 @@ def dev(
     os.makedirs(os.path.join(data_dir, "borglet"), exist_ok=True)
     os.umask(0o077)
     try:
+        lock_data_dir(os.path.join(data_dir, "master"))
         secret = own_raft_secret(os.path.join(data_dir, "master"))
     except (OSError, DataDirError) as e:
         click.echo(f"borgmaster dev: {e}", err=True)

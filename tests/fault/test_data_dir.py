@@ -42,6 +42,7 @@ def one_error_line(r: subprocess.CompletedProcess[str]) -> str:
 def test_replica_refuses_another_replicas_data_dir(cell: Cell) -> None:
     m0, m1 = cell.masters[0], cell.masters[1]
     assert m1.stop() == 0
+    assert m0.stop() == 0  # else m0's lock on its dir refuses m1 first
     r = run_argv(with_data_dir(m1, m0.info["data"]))
     assert r.returncode == 1, r.stderr
     line = one_error_line(r)
