@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import logging
 import os
 import secrets
@@ -25,6 +26,7 @@ from typing import Any
 
 import msgpack
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
+from pysyncobj.journal import dumps as pysyncobj_dumps
 from pysyncobj.monotonic import monotonic as raft_clock
 from pysyncobj.node import TCPNode
 
@@ -204,13 +206,22 @@ class BorgFSM(SyncObj):  # type: ignore[misc]
         add = journal.add
         flush = getattr(journal, "flush", None)
         if flush is None:
-            return
+            # Never run without the sync the operator asked for: a PySyncObj whose journal
+            # cannot flush (an in-memory one, or a renamed method) must stop the start.
+            raise RuntimeError(f"--fsync: the Raft journal ({type(journal).__name__}) cannot sync")
 
         def add_and_sync(command: bytes, idx: int, term: int) -> None:
             add(command, idx, term)
             flush()
 
         journal.add = add_and_sync
+        # The term and vote (`raft.journal.meta`) must be durable before a vote is sent, or a
+        # replica that crashes after voting may vote again in the same term. PySyncObj writes
+        # the file and renames it over the old one without syncing either.
+        meta = getattr(journal, "_FileJournal__metaStorer", None)
+        if meta is None:
+            raise RuntimeError("--fsync: the Raft journal's term and vote cannot be synced")
+        meta.storeMeta = functools.partial(_store_meta_synced, meta.getPath())
 
     # ----- typed accessors: what the rest of the master may know of PySyncObj ------------
 
@@ -429,6 +440,22 @@ def own_raft_secret(data_dir: str) -> str:
 
 class DataDirError(Exception):
     """A data dir that belongs to another cell or replica, or is damaged: refuse to start."""
+
+
+def _store_meta_synced(path: str, meta: dict[str, Any]) -> None:
+    """PySyncObj's MetaStorer.storeMeta, durable: temp file, fsync, rename, directory fsync
+    (a crash leaves the old meta or the new one, both on disk, never an empty file)."""
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(pysyncobj_dumps(meta))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 LOCK_FILE = "lock"
