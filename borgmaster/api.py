@@ -64,6 +64,11 @@ def _abort(context: grpc.ServicerContext, code: str, message: str) -> NoReturn:
     raise AssertionError("unreachable")  # context.abort raises
 
 
+MAX_SPEC_BYTES = 1 << 20
+"""A job spec larger than this (as sent) is refused before it is decoded (SPEC part 2, Limits):
+every replica keeps it in memory, in the journal and in snapshots."""
+
+
 class MasterServicer(borg_pb2_grpc.BorgmasterServicer):
     def __init__(self, master: ApiHost) -> None:
         self.m = master
@@ -110,11 +115,22 @@ class MasterServicer(borg_pb2_grpc.BorgmasterServicer):
         must_exist: bool,
         method: str,
     ) -> pb.SubmitJobResponse:
+        size = request.spec.ByteSize()
+        if size > MAX_SPEC_BYTES:
+            self._count(method, "invalid", time.monotonic())
+            _abort(
+                context,
+                "invalid",
+                f"spec: {size} bytes encoded, over the {MAX_SPEC_BYTES >> 20} MiB a job may be",
+            )
         try:
             spec = validate_job(dict_from(request.spec), default_user=request.user)
         except ConfigError as e:
             self._count(method, "invalid", time.monotonic())
             _abort(context, "invalid", str(e))
+        except ValueError as e:  # NaN or Infinity in a number: not a value a config can hold
+            self._count(method, "invalid", time.monotonic())
+            _abort(context, "invalid", f"spec: {e}")
         if not spec.user:
             _abort(context, "invalid", "user: the job has no owner (set user or pass --user)")
         cmd = C.SubmitJob(

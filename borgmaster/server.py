@@ -282,7 +282,9 @@ class Master:
         self.metrics = MasterMetrics(self)
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="grpc"),
-            options=[("grpc.so_reuseport", 0)],
+            # A request over 4 MiB is refused by gRPC itself (RESOURCE_EXHAUSTED) before any of
+            # it reaches a handler (SPEC part 2, Limits; a spec alone may be 1 MiB: api.py).
+            options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 4 << 20)],
         )
         borg_pb2_grpc.add_BorgmasterServicer_to_server(MasterServicer(self), server)
         health_servicer = health.HealthServicer()
