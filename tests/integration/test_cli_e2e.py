@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -163,3 +164,40 @@ def test_cell_json_keys(cell1: Cell) -> None:
     [rep] = wait_for(lambda: cell1.cell_json(), 10, what="cell status")
     assert set(rep) >= {"id", "raft", "grpc", "role", "term", "commit_index", "leader"}
     assert rep["role"] == "leader" and rep["leader"] == rep["raft"]
+
+
+def test_up_wait_judges_readiness_by_the_masters_clock_not_the_clients(
+    cell1: Cell, tmp_path: Path
+) -> None:
+    """A client whose clock is 30 s ahead: with readiness judged on the client, a task that
+    restarts every half second looked "up for 30 s" and `--wait` called a crash loop ready.
+    The master judges it now, so the crash loop times out and a healthy job is ready."""
+    from unittest import mock
+
+    from click.testing import CliRunner
+
+    from cfg.cli import main
+
+    real = time.time
+    runner = CliRunner()
+    master = ["--master", cell1.master_addrs, "--user", "tester"]
+    crashy = write(
+        tmp_path,
+        "skew-crash.yaml",
+        "name: skew-crash\nrun_as: nobody\nrequirements: {cpu: 0.05, ram: 16Mi}\n"
+        "restart: {policy: always, backoff: 100ms}\ncommand: 'sleep 0.5; exit 1'\n",
+    )
+    fine = write(
+        tmp_path,
+        "skew-ok.yaml",
+        "name: skew-ok\nrun_as: nobody\nrequirements: {cpu: 0.05, ram: 16Mi}\n"
+        "command: 'sleep 100000'\n",
+    )
+    with mock.patch("time.time", lambda: real() + 30):
+        r = runner.invoke(main, [*master, "up", crashy, "--wait", "--timeout", "6"])
+        assert r.exit_code == 1, r.output
+        assert "timed out" in r.output and "ready" not in r.output.split("timed out")[0]
+        ok = runner.invoke(main, [*master, "up", fine, "--wait", "--timeout", "30"])
+        assert ok.exit_code == 0, ok.output
+    for job in ("skew-crash", "skew-ok"):
+        assert borgcfg("down", job, master=cell1.master_addrs).returncode == 0
