@@ -128,6 +128,157 @@ class _Class:
     failed: str | None = None
 
 
+# --- the filter table -------------------------------------------------------------------------
+
+# Machines a step looks at: indices into the cell, or all of them.
+Machines = np.ndarray | slice
+ALL: slice = slice(None)
+# What a step returns: its named checks in order, each with the mask of machines passing it.
+Checks = list[tuple[str, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class FilterStep:
+    """One named step of the filter chain, like a kube-scheduler Filter plugin.
+
+    The same steps place a task (`_Pass.static_mask` and `_Pass.feasible` AND their masks)
+    and explain it (`_Pass.rejections` counts, under the first named check that fails, the
+    machines each removes), so `borgcfg why` cannot drift from the decision.
+
+    name: the step, as docs/scheduler.md lists it.
+    per_machine: the step depends only on the machines and the job's spec (state, taints,
+        constraints): it runs over the whole cell once per spec signature, and the result is
+        cached with the cell table. The other steps depend on what the pass has placed so far
+        and run over the machines a scan looks at.
+    room: evicting lower-priority tasks can make the machine pass (resources only), so the
+        preemption search relaxes this step and keeps the others.
+    checks: (pass, spec, class, machines, free) -> named checks in order. Per-machine steps
+        get no class and always look at every machine.
+    one: for the per-pass steps, the same test for one machine in plain floats (the score
+        cache's fast path, a few candidates per placement); a unit test checks it agrees
+        with `checks`.
+    """
+
+    name: str
+    per_machine: bool
+    checks: Callable[[_Pass, JobSpec, _Class | None, Machines, np.ndarray], Checks]
+    one: Callable[[_Pass, _Class, int, list[float]], bool] | None = None
+    room: bool = False
+
+
+def _state_checks(
+    p: _Pass, spec: JobSpec, c: _Class | None, idx: Machines, free: np.ndarray
+) -> Checks:
+    """A machine that is not up takes nothing; rejected under its state (`draining`, `lost`)."""
+    return list(p.not_in_state.items())
+
+
+def _taint_checks(
+    p: _Pass, spec: JobSpec, c: _Class | None, idx: Machines, free: np.ndarray
+) -> Checks:
+    """Up machines with a NoSchedule/NoExecute taint the task does not tolerate, by the name
+    of the first such taint (`taint gpu=true`)."""
+    blocked: dict[str, np.ndarray] = {}
+    for i in p.tainted:
+        name = first_blocking_taint(p.t.taints[i], spec.tolerations)
+        if name:
+            ok = blocked.get(name)
+            if ok is None:
+                ok = blocked[name] = np.ones(p.n, dtype=bool)
+            ok[i] = False
+    return list(blocked.items())
+
+
+def _constraint_checks(
+    p: _Pass, spec: JobSpec, c: _Class | None, idx: Machines, free: np.ndarray
+) -> Checks:
+    """One check per constraint, in the spec's order (`constraint rack!=r1`)."""
+    return [(constraint_name(con), p.attrs.constraint_mask(con)) for con in spec.constraints]
+
+
+def _distinct_checks(
+    p: _Pass, spec: JobSpec, c: _Class | None, idx: Machines, free: np.ndarray
+) -> Checks:
+    """Distinct-machines jobs: not where the job already has a task (placed or planned)."""
+    assert c is not None
+    used = c.job.used_mask
+    return [] if used is None else [(DISTINCT, ~used[idx])]
+
+
+def _distinct_one(p: _Pass, c: _Class, m: int, col: list[float]) -> bool:
+    used = c.job.used_mask
+    return used is None or not used[m]
+
+
+def _spread_checks(
+    p: _Pass, spec: JobSpec, c: _Class | None, idx: Machines, free: np.ndarray
+) -> Checks:
+    """Hard spread: not on a value of the attribute that holds its share of the job."""
+    assert c is not None
+    js = c.job
+    if not js.spread_full or js.spread_codes is None:
+        return []
+    full = np.fromiter(js.spread_full, dtype=np.int64)
+    return [(f"spread {spec.spread}", ~np.isin(js.spread_codes[idx], full))]
+
+
+def _spread_one(p: _Pass, c: _Class, m: int, col: list[float]) -> bool:
+    js = c.job
+    codes = js.spread_codes
+    return not (js.spread_full and codes is not None and int(codes[m]) in js.spread_full)
+
+
+def _resource_checks(
+    p: _Pass, spec: JobSpec, c: _Class | None, idx: Machines, free: np.ndarray
+) -> Checks:
+    """Enough free cpu, ram, disk, gpu and named ports (capacity minus used minus this pass's
+    placements, plus the overcommit slack for non-production tasks): `fits_columns`."""
+    assert c is not None
+    return [
+        (RESOURCES[d], ok)
+        for d, ok in zip(c.dims, fits_columns(c.req, free, idx, c.dims, c.slack), strict=True)
+    ]
+
+
+def _resource_one(p: _Pass, c: _Class, m: int, col: list[float]) -> bool:
+    slack = c.slack
+    req = c.reql
+    for d in c.dims:
+        have = col[d] if slack is None else col[d] + float(slack[d, m])
+        if have < req[d] - EPS:
+            return False
+    return True
+
+
+def fits_columns(
+    req: np.ndarray,
+    free: np.ndarray,
+    idx: Machines,
+    dims: Sequence[int],
+    slack: np.ndarray | None = None,
+) -> list[np.ndarray]:
+    """Per resource in `dims`, which machines `idx` have `req` free (`Resources.fits` over
+    numpy columns: the same tolerance, `EPS`, on every resource)."""
+    if slack is None:
+        return [free[d, idx] >= req[d] - EPS for d in dims]
+    return [free[d, idx] + slack[d, idx] >= req[d] - EPS for d in dims]
+
+
+FILTERS: tuple[FilterStep, ...] = (
+    FilterStep("state", True, _state_checks),
+    FilterStep("taint", True, _taint_checks),
+    FilterStep("constraint", True, _constraint_checks),
+    FilterStep(DISTINCT, False, _distinct_checks, _distinct_one),
+    FilterStep("spread", False, _spread_checks, _spread_one),
+    FilterStep("resources", False, _resource_checks, _resource_one, room=True),
+)
+"""The filter chain, in the order "why pending?" attributes rejections (docs/scheduler.md)."""
+PER_MACHINE = tuple(f for f in FILTERS if f.per_machine)
+PER_PASS = tuple(f for f in FILTERS if not f.per_machine)
+PER_PASS_ONE = tuple(f.one for f in PER_PASS if f.one is not None)
+assert len(PER_PASS_ONE) == len(PER_PASS), "every per-pass step needs its one-machine test"
+
+
 class BorgScheduler:
     """The Borg-grade scheduler behind the `Scheduler` protocol.
 
@@ -203,14 +354,20 @@ class BorgScheduler:
     def explain(self, snapshot: Snapshot, job: str, index: int) -> tuple[dict[str, int], int]:
         """Why task job/index is pending: machines rejected per filter, and how many fit.
 
-        Counts each machine once, under the first filter that rejects it (state, taints,
-        constraints, distinct-machines, spread, then cpu, ram, disk, gpu, ports). Raises
-        KeyError if the task is not among the snapshot's pending tasks.
+        Counts each machine once, under the first filter that rejects it, in the order of
+        the filter table `FILTERS` (state, taints, constraints, distinct-machines, spread,
+        then cpu, ram, disk, gpu, ports): the steps a pass places with. Raises KeyError if
+        the task is not among the snapshot's pending tasks.
         """
         for t in snapshot.pending:
             if t.job == job and t.index == index:
-                return _Pass(self, snapshot).explain(t)
+                return self.explain_request(snapshot, t)
         raise KeyError(f"{job}/{index} is not pending")
+
+    def explain_request(self, snapshot: Snapshot, task: TaskRequest) -> tuple[dict[str, int], int]:
+        """`explain` for any task, pending or not (a running task: where it would fit now),
+        through the same filter table."""
+        return _Pass(self, snapshot).explain(task)
 
 
 def explain(
@@ -264,6 +421,11 @@ class _Pass:
         self.down: dict[str, int] = machines[1]
         self.tainted: list[int] = machines[2]
         self.attrs: AttrIndex = machines[3]
+        # Per state that is not up, the machines not in it (the `state` filter step's checks).
+        self.not_in_state: dict[str, np.ndarray] = t.derived("not_in_state") or t.remember(
+            "not_in_state",
+            {st: np.array([x != st for x in t.state], dtype=bool) for st in self.down},
+        )
         self.mver = np.zeros(n, dtype=np.int64)
         self.rng = np.random.default_rng(s.seed)
         self.perm = self.rng.permutation(n).astype(np.int64)
@@ -308,16 +470,15 @@ class _Pass:
         return f
 
     def static_mask(self, spec: JobSpec) -> np.ndarray:
-        """Machines passing state, taint and constraint filters; shared by equal signatures."""
+        """Machines passing the per-machine filter steps (state, taints, constraints); shared by
+        equal signatures and kept with the table until a machine changes."""
         sig = static_signature(spec)
         got = self.static_cache.get(sig)
         if got is None:
-            got = self.up.copy()
-            for i in self.tainted:
-                if first_blocking_taint(self.t.taints[i], spec.tolerations):
-                    got[i] = False
-            for c in spec.constraints:
-                got &= self.attrs.constraint_mask(c)
+            got = np.ones(self.n, dtype=bool)
+            for step in PER_MACHINE:
+                for _, ok in step.checks(self, spec, None, ALL, self.free):
+                    got &= ok
             self.static_cache[sig] = got
         return got
 
@@ -433,19 +594,15 @@ class _Pass:
             self.classes[key] = c
         return c
 
-    def feasible(self, c: _Class, idx: np.ndarray, free: np.ndarray) -> np.ndarray:
-        ok = c.static[idx]
-        if c.slack is None:
-            for d in c.dims:
-                ok &= free[d, idx] >= c.req[d] - EPS
-        else:
-            for d in c.dims:
-                ok &= free[d, idx] + c.slack[d, idx] >= c.req[d] - EPS
-        js = c.job
-        if js.used_mask is not None:
-            ok &= ~js.used_mask[idx]
-        if js.spread_full and js.spread_codes is not None:
-            ok &= ~np.isin(js.spread_codes[idx], np.fromiter(js.spread_full, dtype=np.int64))
+    def feasible(
+        self, c: _Class, idx: Machines, free: np.ndarray, steps: Sequence[FilterStep] = PER_PASS
+    ) -> np.ndarray:
+        """Which of machines `idx` pass every filter step for class c: the cached per-machine
+        mask, then the per-pass `steps` (all of them when placing)."""
+        ok = c.static[idx].copy() if isinstance(idx, slice) else c.static[idx]
+        for step in steps:
+            for _, passing in step.checks(self, c.spec, c, idx, free):
+                ok &= passing
         return ok
 
     def score(self, c: _Class, idx: np.ndarray, free: np.ndarray) -> np.ndarray:
@@ -471,18 +628,12 @@ class _Pass:
         if not c.static[m]:
             return NEG
         col = free[:, m].tolist()
+        for ok in PER_PASS_ONE:
+            if not ok(self, c, m, col):
+                return NEG
         slack = c.slack
         req = c.reql
-        for d in c.dims:
-            have = col[d] if slack is None else col[d] + float(slack[d, m])
-            if have < req[d] - EPS:
-                return NEG
         js = c.job
-        if js.used_mask is not None and js.used_mask[m]:
-            return NEG
-        codes = js.spread_codes
-        if js.spread_full and codes is not None and int(codes[m]) in js.spread_full:
-            return NEG
         fc, fr, cc, cr = col[CPU], col[RAM], self.capl[CPU][m], self.capl[RAM][m]
         if slack is not None:
             s0, s1 = float(slack[CPU, m]), float(slack[RAM, m])
@@ -641,12 +792,8 @@ class _Pass:
         ceiling = victim_ceiling(prio)
         levels = self.levels(ceiling)
         free = self.cur_free()
-        base = c.static.copy()
-        js = c.job
-        if js.used_mask is not None:
-            base &= ~js.used_mask
-        if js.spread_full and js.spread_codes is not None:
-            base &= ~np.isin(js.spread_codes, np.fromiter(js.spread_full, dtype=np.int64))
+        # Every filter step but the ones evicting can change (resources): checked below.
+        base = self.feasible(c, ALL, free, [f for f in PER_PASS if not f.room])
         have = free if c.slack is None else free + c.slack
         short = c.req[:, None] - have  # per resource and machine, what is missing
         dims = c.dims
@@ -735,37 +882,18 @@ class _Pass:
     # --- "why pending?" ------------------------------------------------------------------
 
     def rejections(self, c: _Class) -> tuple[dict[str, int], int]:
-        """Machines rejected per filter (each under its first failing filter), and feasible."""
-        out: dict[str, int] = dict(self.down)
-
-        def add(name: str, k: int) -> None:
-            if k:
-                out[name] = out.get(name, 0) + k
-
-        remaining = self.up.copy()
-        for i in self.tainted:
-            name = first_blocking_taint(self.t.taints[i], c.spec.tolerations)
-            if name:
-                add(name, 1)
-                remaining[i] = False
-        for con in c.spec.constraints:
-            ok = self.attrs.constraint_mask(con)
-            add(constraint_name(con), int(np.count_nonzero(remaining & ~ok)))
-            remaining &= ok
-        js = c.job
-        if js.used_mask is not None:
-            add(DISTINCT, int(np.count_nonzero(remaining & js.used_mask)))
-            remaining &= ~js.used_mask
-        if js.spread_full and js.spread_codes is not None:
-            full = np.isin(js.spread_codes, np.fromiter(js.spread_full, dtype=np.int64))
-            add(f"spread {c.spec.spread}", int(np.count_nonzero(remaining & full)))
-            remaining &= ~full
+        """Machines rejected per named check of the filter table (each machine under the
+        first check it fails, in table order), and how many pass them all: the same steps
+        `static_mask` and `feasible` place with."""
+        out: dict[str, int] = {}
+        remaining = np.ones(self.n, dtype=bool)
         free = self.cur_free()
-        for d in c.dims:
-            have = free[d] if c.slack is None else free[d] + c.slack[d]
-            short = have < c.req[d] - EPS
-            add(RESOURCES[d], int(np.count_nonzero(remaining & short)))
-            remaining &= ~short
+        for step in FILTERS:
+            for name, ok in step.checks(self, c.spec, None if step.per_machine else c, ALL, free):
+                k = int(np.count_nonzero(remaining & ~ok))
+                if k:
+                    out[name] = out.get(name, 0) + k
+                remaining &= ok
         return out, int(np.count_nonzero(remaining))
 
     def explain(self, t: TaskRequest) -> tuple[dict[str, int], int]:
