@@ -125,6 +125,8 @@ class _Class:
     cscore: np.ndarray = field(default_factory=lambda: np.empty(16, dtype=np.float64))
     live: int = 0  # candidates with a finite score
     reql: list[float] = field(default_factory=list)  # req as plain floats
+    # The one-machine tests of the per-pass filter steps that apply to the class's job.
+    ones: tuple[Callable[[_Pass, _Class, int, list[float]], bool], ...] = ()
     failed: str | None = None
 
 
@@ -157,6 +159,8 @@ class FilterStep:
     one: for the per-pass steps, the same test for one machine in plain floats (the score
         cache's fast path, a few candidates per placement); a unit test checks it agrees
         with `checks`.
+    applies: whether a per-pass step can reject anything for a job (distinct-machines and
+        spread only for jobs that ask), so the fast path skips the others' calls.
     """
 
     name: str
@@ -164,6 +168,7 @@ class FilterStep:
     checks: Callable[[_Pass, JobSpec, _Class | None, Machines, np.ndarray], Checks]
     one: Callable[[_Pass, _Class, int, list[float]], bool] | None = None
     room: bool = False
+    applies: Callable[[_JobState], bool] = lambda js: True
 
 
 def _state_checks(
@@ -268,15 +273,16 @@ FILTERS: tuple[FilterStep, ...] = (
     FilterStep("state", True, _state_checks),
     FilterStep("taint", True, _taint_checks),
     FilterStep("constraint", True, _constraint_checks),
-    FilterStep(DISTINCT, False, _distinct_checks, _distinct_one),
-    FilterStep("spread", False, _spread_checks, _spread_one),
+    FilterStep(DISTINCT, False, _distinct_checks, _distinct_one, applies=lambda js: js.distinct),
+    FilterStep(
+        "spread", False, _spread_checks, _spread_one, applies=lambda js: js.spread_codes is not None
+    ),
     FilterStep("resources", False, _resource_checks, _resource_one, room=True),
 )
 """The filter chain, in the order "why pending?" attributes rejections (docs/scheduler.md)."""
 PER_MACHINE = tuple(f for f in FILTERS if f.per_machine)
 PER_PASS = tuple(f for f in FILTERS if not f.per_machine)
-PER_PASS_ONE = tuple(f.one for f in PER_PASS if f.one is not None)
-assert len(PER_PASS_ONE) == len(PER_PASS), "every per-pass step needs its one-machine test"
+assert all(f.one is not None for f in PER_PASS), "every per-pass step needs its one-machine test"
 
 
 class BorgScheduler:
@@ -586,6 +592,7 @@ class _Pass:
                 dims=[d for d in (CPU, RAM, DISK, GPU) if req[d] > 0 or self.may_be_over]
                 + ([PORTS] if req[PORTS] > 0 else []),
                 reql=req.tolist(),
+                ones=tuple(f.one for f in PER_PASS if f.one is not None and f.applies(js)),
                 static=self.static_mask(spec),
                 slack=self.slack if spec.priority < PROD_LOW else None,
                 offset=int(self.rng.integers(self.n)) if self.n else 0,
@@ -628,7 +635,7 @@ class _Pass:
         if not c.static[m]:
             return NEG
         col = free[:, m].tolist()
-        for ok in PER_PASS_ONE:
+        for ok in c.ones:
             if not ok(self, c, m, col):
                 return NEG
         slack = c.slack
