@@ -21,14 +21,17 @@ SMALL = {"requirements": {"cpu": 0.1, "ram": "16Mi"}}
 
 
 def full_state(stubs: Stubs, addr: str) -> dict[str, Any]:
-    """Everything a client can see of the cell, read linearizably from one replica."""
+    """Everything replicated a client can see of the cell, read from this replica's OWN store
+    (--stale: a consistent GetJob or ListMachines on a follower is answered by the leader,
+    so "every replica" would read the leader's state three times)."""
     s = stubs.get(addr)
-    jobs = list_rows(stubs, addr)
+    own = pb.ReadOptions(stale=True)
+    jobs = list_rows(stubs, addr, stale=True)
     tasks = []
     for name, *_ in jobs:
-        j = s.GetJob(pb.GetJobRequest(name=name), timeout=5)
+        j = s.GetJob(pb.GetJobRequest(name=name, options=own), timeout=5)
         tasks += [(name, t.index, t.state, t.machine, t.version) for t in j.tasks]
-    ms = s.ListMachines(pb.ListMachinesRequest(), timeout=5).machines
+    ms = s.ListMachines(pb.ListMachinesRequest(options=own), timeout=5).machines
     machines = [
         (m.name, m.state, m.capacity.cpu, m.capacity.ram, m.used.cpu, m.used.ram, m.tasks)
         for m in ms
@@ -106,7 +109,14 @@ def test_cold_restart_of_every_replica_restores_the_same_state(stubs: Stubs) -> 
         cell.wait_ready()
         print(f"cold restart: ready in {time.monotonic() - t0:.2f}s")
         for addr in addrs:
-            assert full_state(stubs, addr) == before, f"state on {addr} changed"
+            # Ready = caught up with the commit index it knows; it may still learn a later
+            # one, so give each replica a moment to apply, then its own state must match.
+            try:
+                wait_for(lambda a=addr: full_state(stubs, a) == before, 10, what=addr)
+            except TimeoutError:
+                raise AssertionError(
+                    f"state on {addr} changed: {full_state(stubs, addr)} != {before}"
+                ) from None
 
         # It elects a leader and takes writes.
         leader = cell.leader()

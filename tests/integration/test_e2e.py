@@ -161,10 +161,44 @@ def test_write_through_follower_is_read_back_everywhere(cell3: Cell, tmp_path: P
     cfg = write(tmp_path, "f.yaml", "name: viafollower\ncommand: 'sleep 1000'\n")
     r = cell3.borgcfg("up", cfg, master=follower.info["grpc"])
     assert r.returncode == 0, r.stderr
-    for m in cell3.masters:
-        j = cell3.borgcfg_json("status", "viafollower", master=m.info["grpc"])
-        assert j["name"] == "viafollower"
+    # Each replica's OWN state (--stale: a consistent read on a follower is forwarded to the
+    # leader, which would read the leader three times): the job, and its task running, the
+    # same on all three once each has applied the log.
+    wait_for(
+        lambda: cell3.borgcfg_json(
+            "status", "viafollower", "--stale", master=follower.info["grpc"]
+        ),
+        10,
+        what="the job in the follower's own state (borgcfg status --stale)",
+    )
+    wait_for(lambda: own_views_agree(cell3, "viafollower", running=1), 20, what="replicas agree")
     assert cell3.borgcfg("down", "viafollower", "--wait").returncode == 0
+
+
+def own_view(addr: str, job: str) -> tuple[object, ...] | None:
+    """What one replica's own store says of a job (stale read: never forwarded)."""
+    with grpc.insecure_channel(addr) as ch:
+        try:
+            j = borg_pb2_grpc.BorgmasterStub(ch).GetJob(
+                pb.GetJobRequest(name=job, options=pb.ReadOptions(stale=True)), timeout=5
+            )
+        except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise
+    tasks = tuple((t.index, t.state, t.machine, t.version, t.incarnation) for t in j.tasks)
+    return (j.name, j.user, j.priority, j.replicas, j.version, j.state, tasks)
+
+
+def own_views_agree(cell: Cell, job: str, running: int) -> bool:
+    """Every replica's own view of `job` is the same, with `running` tasks running."""
+    views = [own_view(m.info["grpc"], job) for m in cell.masters]
+    first = views[0]
+    if first is None or any(v != first for v in views):
+        return False
+    tasks = first[-1]
+    assert isinstance(tasks, tuple)
+    return sum(1 for t in tasks if t[1] == "running") == running
 
 
 @pytest.mark.parametrize(
