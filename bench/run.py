@@ -1,6 +1,7 @@
 """`make bench`: headline figures, written to bench/results/*.json.
 
-- scheduler: one BestFitScheduler pass over synthetic machines and tasks (pure, no I/O).
+- scheduler: one BestFitScheduler pass (bench/bestfit.py: the first scheduler, kept as a
+  baseline, not in the product) over synthetic machines and tasks (pure, no I/O).
 - master_pass: the master's own scheduler (BorgScheduler, default options) on the kind of
   snapshot the leader builds (lists of machines and placed tasks), so a change to the
   scheduler shows whether a real cell's pass got slower.
@@ -23,9 +24,9 @@ from typing import Any
 
 import grpc
 
+from bench.bestfit import BestFitScheduler
 from borgmaster.model import JobSpec, Requirements, Resources
 from borgmaster.scheduler import (
-    BestFitScheduler,
     BorgScheduler,
     MachineView,
     PlacedTask,

@@ -7,7 +7,6 @@ lets the same code run in unit tests, in the trace-replay benchmark and on the l
 
 from __future__ import annotations
 
-from borgmaster.scheduler.bestfit import BestFitScheduler
 from borgmaster.scheduler.borg import BorgScheduler, explain, format_reason
 from borgmaster.scheduler.core import (
     MachineView,
@@ -20,7 +19,6 @@ from borgmaster.scheduler.core import (
 )
 
 __all__ = [
-    "BestFitScheduler",
     "BorgScheduler",
     "MachineView",
     "PlacedTask",

@@ -8,9 +8,10 @@ import random
 
 import pytest
 
+import borgmaster.scheduler
+from bench.bestfit import BestFitScheduler
 from borgmaster.model import Constraint, JobSpec, Requirements, Resources
 from borgmaster.scheduler import (
-    BestFitScheduler,
     BorgScheduler,
     MachineView,
     Plan,
@@ -148,7 +149,10 @@ def test_nonprod_overcommit_applies_below_production_only() -> None:
         BorgScheduler(nonprod_overcommit={"cpu": 0.5})
 
 
-def test_bestfit_scheduler_still_available() -> None:
+def test_bestfit_scheduler_is_only_a_baseline() -> None:
+    """The master runs BorgScheduler; the first scheduler lives on in bench/ (make bench's
+    scheduler_bestfit figure, tests/unit/test_scheduler.py)."""
+    assert not hasattr(borgmaster.scheduler, "BestFitScheduler")
     snap = cell(10, 3, 1)
     assert isinstance(BestFitScheduler().schedule(snap, lambda: "x"), Plan)
 

@@ -1,10 +1,12 @@
-"""BestFitScheduler: a pure function from plain snapshot data to a plan."""
+"""BestFitScheduler (bench/bestfit.py, the first scheduler, now a baseline and test oracle):
+a pure function from plain snapshot data to a plan."""
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
 
+from bench.bestfit import BestFitScheduler
 from borgmaster.model import (
     MACHINE_DRAINING,
     MACHINE_LOST,
@@ -13,7 +15,7 @@ from borgmaster.model import (
     Requirements,
     Resources,
 )
-from borgmaster.scheduler import BestFitScheduler, MachineView, Plan, Snapshot, TaskRequest
+from borgmaster.scheduler import MachineView, Plan, Snapshot, TaskRequest
 
 GiB = 1 << 30
 
