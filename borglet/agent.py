@@ -154,6 +154,7 @@ class Borglet:
         self._timer_wake = threading.Event()
         self._threads: list[threading.Thread] = []
         self.runners = TaskRunners()
+        self._same_boot = True  # whether the state file was written in this boot
         self.checkpoint = Checkpoint(cfg.data_dir, self._snapshot)
         self.watcher = ExitWatcher(self.on_exit)
         self.link: Link = (
@@ -334,7 +335,7 @@ class Borglet:
         self.housekeeper.stop()
         for th in self._threads:
             th.join(timeout=5)
-        if self.cfg.kill_tasks_on_exit:
+        if self.cfg.kill_tasks_on_exit and not self.checkpoint.refused:
             self._kill_all_for_exit()
         self.watcher.stop()
         self.checkpoint.flush(force=True)
@@ -375,9 +376,17 @@ class Borglet:
         while we were away is reported with the exit status its shim recorded; one whose shim
         vanished without a status is reported failed (`supervisor-lost`). Cgroups of tasks the
         state file does not know are removed when empty and stopped otherwise (nobody could
-        report on them).
+        report on them). Tasks of an earlier boot are never adopted. A state file that cannot
+        be read back makes the Borglet refuse: nothing is swept, started or reported.
         """
         loaded = self.checkpoint.load()
+        if loaded.error:
+            # Forgetting the file's tasks would sweep their live processes as unknown and
+            # start them again beside themselves: touch nothing, run nothing, say why.
+            log.error("%s", loaded.error)
+            self.checkpoint.refuse(loaded.error)
+            return
+        self._same_boot = loaded.same_boot
         known = {task_id_of(t.key) for t in loaded.tasks}
         # Adopted, or finished while we were away: handled with their exits, not swept.
         watched = {task_id_of(t.key) for t in loaded.tasks if t.phase in (ACTIVE, STOPPING)}
@@ -407,8 +416,13 @@ class Borglet:
         """Carry out Adopt (at start, under the lock): find the shim of a restored task."""
         tid = task_id_of(key)
         control = self.runtime.control_dir(tid)
-        proc = self.runtime.adopt(tid, control)
+        # A shim of an earlier boot is gone whatever /proc says now (its pid and start time
+        # may belong to another process): never adopt across boots; collecting it as lost
+        # also stops anything still in its cgroup.
+        proc = self.runtime.adopt(tid, control) if self._same_boot else None
         if proc is None:
+            if not self._same_boot:
+                log.warning("task %s/%d is from an earlier boot: not re-adopted", key[0], key[1])
             t = self.states.tasks[key]
             self.procs[key] = self.runtime.orphan(tid, control, t.pid)
             self.runners.submit(key, partial(self._collect_exit, key))
@@ -574,6 +588,8 @@ class Borglet:
                     self.feed(PidsLimitHit(key))
 
     def gc_sandboxes(self, now: float | None = None) -> int:
+        if self.checkpoint.refused:  # the tasks we do not know may be running: keep all
+            return 0
         with self.lock:
             known = list(self.states.tasks)
         return gc_sandboxes(self.cfg.data_dir, known, time.time() if now is None else now)

@@ -8,6 +8,12 @@ itself survives a power cut. Writes are coalesced: `mark_dirty` after each chang
 each report to the master. While the file cannot be written `error` says why: the shell then
 sends no reports (the master must never hear of a task the file does not know) and /healthz
 answers 503 with it.
+
+A file that exists but cannot be read back (not JSON, not the expected shape, a task that does
+not parse) is never taken for an empty table: that would forget tasks that may still be
+running, and the start's sweep would then stop their processes as unknown. `load` says why
+instead, and `refuse` keeps the Borglet from writing over the evidence until an operator has
+repaired or removed the file (see docs/borglet.md, "Re-adoption").
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ class Loaded:
 
     tasks: tuple[LocalTask, ...]
     same_boot: bool
+    error: str = ""  # why the file cannot be trusted ("" when it was read, or is absent)
 
 
 class Checkpoint:
@@ -53,12 +60,20 @@ class Checkpoint:
         self._dirty = False
         self._lock = threading.Lock()  # one writer at a time
         self.error = ""  # why the state file cannot be written ("" when it can)
+        self.refused = ""  # why the file must not be written at all (see `refuse`)
+
+    def refuse(self, why: str) -> None:
+        """Never write the file again in this process (the unreadable one stays as it is for
+        the operator), and report `why` as the state error: no reports, /healthz 503."""
+        self.refused = self.error = why
 
     def mark_dirty(self) -> None:
         self._dirty = True
 
     def flush(self, force: bool = False) -> bool:
         """Write the table when it changed. False when it cannot be written."""
+        if self.refused:
+            return False
         if not (self._dirty or force):
             return not self.error
         with self._lock:
@@ -78,26 +93,31 @@ class Checkpoint:
             return True
 
     def load(self) -> Loaded:
-        """The tasks of the last write; none (logged) when the file is missing or unreadable,
-        and a task that does not parse is skipped, not the file."""
+        """The tasks of the last write; none when the file is missing. A file that cannot be
+        read back, or holds a task that does not parse, gives no tasks and `error` says why
+        (the caller refuses to run rather than forget tasks that may be running)."""
         try:
             with open(self.path) as f:
                 doc = json.load(f)
         except FileNotFoundError:
             return Loaded((), True)
         except (OSError, ValueError) as e:
-            log.error("ignoring unreadable state file %s: %s", self.path, e)
-            return Loaded((), True)
-        if not isinstance(doc, dict):
-            log.error("ignoring unreadable state file %s: not an object", self.path)
-            return Loaded((), True)
+            return Loaded((), True, self._unreadable(str(e)))
+        if not isinstance(doc, dict) or not isinstance(doc.get("tasks", []), list):
+            return Loaded((), True, self._unreadable("not a state document"))
         out = []
         for d in doc.get("tasks", []):
             try:
                 out.append(LocalTask.from_dict(d))
             except (KeyError, TypeError, ValueError, AttributeError) as e:
-                log.error("ignoring unreadable task in state file: %s", e)
+                return Loaded((), True, self._unreadable(f"a task does not parse: {e!r}"))
         return Loaded(tuple(out), doc.get("boot_id") == boot_id())
+
+    def _unreadable(self, detail: str) -> str:
+        return (
+            f"state file {self.path} is unreadable ({detail}): running no tasks until it is "
+            "repaired or removed (tasks it listed may still be running)"
+        )
 
 
 def write_atomic(path: str, data: bytes) -> None:

@@ -275,19 +275,32 @@ def test_state_file_keeps_its_format_and_mode(shell: Shell) -> None:
     assert t["spec"]["name"] == "web" and t["shim_pid"] > 0
 
 
-def test_corrupt_state_file_is_ignored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(borglet.agent, "first_closed_dir", lambda path: "")
-    (tmp_path / "state.json").write_text("{not json")
-    s = Shell(tmp_path, FakeRuntime())
-    try:
-        assert s.b.reports() == []
-        d = desired()
-        s.sync(d)
-        wait_for(lambda: (s.report(d.key) or {}).get("pid"))
-        s.sync(d)
-        assert json.loads((tmp_path / "state.json").read_text())["tasks"]
-    finally:
-        s.b.stop()
+@pytest.mark.parametrize(
+    "corrupt",
+    ["{not json", '{"version": 1, "tasks": [{"job": "web"}]}', "[]"],
+    ids=["not-json", "task-does-not-parse", "not-an-object"],
+)
+def test_unreadable_state_file_is_refused_not_forgotten(shell: Shell, corrupt: str) -> None:
+    """A state file that cannot be read back is not an empty table: the Borglet touches none
+    of the tasks that may still run (no stop, no start beside them), sends no report,
+    says why in its state error (/healthz 503), and leaves the file for the operator."""
+    d = desired()
+    shell.sync(d)
+    wait_for(lambda: (shell.report(d.key) or {}).get("pid"))
+    shell.b.stop()
+    (shell.data / "state.json").write_text(corrupt)
+    shell.b, shell.link = shell._new()
+    assert "state.json is unreadable" in shell.b.state_error
+    assert "running no tasks until it is repaired or removed" in shell.b.state_error
+    assert shell.b.reports() == []
+    assert shell.sync(d) is None  # nothing reported, so no desired set arrives either
+    assert shell.runtime.busy(tid(d)) and shell.runtime.starts == [tid(d)]
+    shell.b.stop()
+    assert (shell.data / "state.json").read_text() == corrupt
+    # Removed by the operator: the next Borglet starts empty (the sweep handles the rest).
+    (shell.data / "state.json").unlink()
+    shell.b, shell.link = shell._new()
+    assert shell.b.state_error == "" and shell.sync() == []
 
 
 def test_no_reports_while_the_state_file_cannot_be_written(shell: Shell) -> None:
