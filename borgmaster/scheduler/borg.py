@@ -113,6 +113,7 @@ class _Class:
     spec: JobSpec
     req: np.ndarray
     dims: list[int]  # resources its feasibility compares
+    names: list[str]  # their names (`cpu`, `ram`, ...)
     static: np.ndarray  # machines passing state, taint and constraint filters
     slack: np.ndarray | None  # per resource and machine, capacity beyond 100% it may use
     offset: int  # where in the pass's machine permutation its scan starts
@@ -125,7 +126,8 @@ class _Class:
     cscore: np.ndarray = field(default_factory=lambda: np.empty(16, dtype=np.float64))
     live: int = 0  # candidates with a finite score
     reql: list[float] = field(default_factory=list)  # req as plain floats
-    # The one-machine tests of the per-pass filter steps that apply to the class's job.
+    # The per-pass filter steps that apply to the class's job, and their one-machine tests.
+    steps: tuple[FilterStep, ...] = ()
     ones: tuple[Callable[[_Pass, _Class, int, list[float]], bool], ...] = ()
     failed: str | None = None
 
@@ -239,10 +241,7 @@ def _resource_checks(
     """Enough free cpu, ram, disk, gpu and named ports (capacity minus used minus this pass's
     placements, plus the overcommit slack for non-production tasks): `fits_columns`."""
     assert c is not None
-    return [
-        (RESOURCES[d], ok)
-        for d, ok in zip(c.dims, fits_columns(c.req, free, idx, c.dims, c.slack), strict=True)
-    ]
+    return list(zip(c.names, fits_columns(c.req, free, idx, c.dims, c.slack), strict=True))
 
 
 def _resource_one(p: _Pass, c: _Class, m: int, col: list[float]) -> bool:
@@ -582,16 +581,19 @@ class _Pass:
         if c is None:
             js = self.job_state(spec)
             req = _req_vector(spec)
+            # Every resource the store's re-check compares, even unrequested ones (a machine
+            # already over capacity in one takes nothing more) where a machine can be over
+            # capacity at all, and ports if asked.
+            dims = [d for d in (CPU, RAM, DISK, GPU) if req[d] > 0 or self.may_be_over]
+            dims += [PORTS] if req[PORTS] > 0 else []
             c = _Class(
                 job=js,
                 spec=spec,
                 req=req,
-                # Every resource the store's re-check compares, even unrequested ones (a
-                # machine already over capacity in one takes nothing more) where a machine
-                # can be over capacity at all, and ports if asked.
-                dims=[d for d in (CPU, RAM, DISK, GPU) if req[d] > 0 or self.may_be_over]
-                + ([PORTS] if req[PORTS] > 0 else []),
+                dims=dims,
+                names=[RESOURCES[d] for d in dims],
                 reql=req.tolist(),
+                steps=tuple(f for f in PER_PASS if f.applies(js)),
                 ones=tuple(f.one for f in PER_PASS if f.one is not None and f.applies(js)),
                 static=self.static_mask(spec),
                 slack=self.slack if spec.priority < PROD_LOW else None,
@@ -602,12 +604,17 @@ class _Pass:
         return c
 
     def feasible(
-        self, c: _Class, idx: Machines, free: np.ndarray, steps: Sequence[FilterStep] = PER_PASS
+        self,
+        c: _Class,
+        idx: Machines,
+        free: np.ndarray,
+        steps: Sequence[FilterStep] | None = None,
     ) -> np.ndarray:
         """Which of machines `idx` pass every filter step for class c: the cached per-machine
-        mask, then the per-pass `steps` (all of them when placing)."""
+        mask, then the per-pass `steps` (None: those that apply to the class's job, all that
+        can reject anything when placing)."""
         ok = c.static[idx].copy() if isinstance(idx, slice) else c.static[idx]
-        for step in steps:
+        for step in c.steps if steps is None else steps:
             for _, passing in step.checks(self, c.spec, c, idx, free):
                 ok &= passing
         return ok
@@ -800,7 +807,7 @@ class _Pass:
         levels = self.levels(ceiling)
         free = self.cur_free()
         # Every filter step but the ones evicting can change (resources): checked below.
-        base = self.feasible(c, ALL, free, [f for f in PER_PASS if not f.room])
+        base = self.feasible(c, ALL, free, [f for f in c.steps if not f.room])
         have = free if c.slack is None else free + c.slack
         short = c.req[:, None] - have  # per resource and machine, what is missing
         dims = c.dims
