@@ -405,7 +405,7 @@ class ReplaceTasks(Command):
 
 @dataclass
 class SetRollout(Command):
-    """Record a rollout's status ("" done, "halted: why")."""
+    """Record a rollout's status ("" done, "rolling", "halted: why"; cfg.model.RolloutState)."""
 
     type: ClassVar[CommandType] = CommandType.SET_ROLLOUT
     job: str = ""

@@ -12,6 +12,7 @@ from borgmaster import commands as C
 from borgmaster import controllers
 from borgmaster.facade import ProposeError, now_ms
 from borgmaster.store import Store
+from cfg.model import Reason
 
 log = logging.getLogger("borgmaster")
 
@@ -45,13 +46,13 @@ class ControllerShell:
                 if a.replace_drain:
                     self.propose(
                         C.ReplaceTasks(
-                            job=a.job, tasks=a.replace_drain, reason="drained", term=term
+                            job=a.job, tasks=a.replace_drain, reason=Reason.DRAINED, term=term
                         )
                     )
                 if a.replace_update:
                     self.propose(
                         C.ReplaceTasks(
-                            job=a.job, tasks=a.replace_update, reason="updated", term=term
+                            job=a.job, tasks=a.replace_update, reason=Reason.UPDATED, term=term
                         )
                     )
                     log.info(

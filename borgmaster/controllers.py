@@ -21,7 +21,7 @@ from borgmaster.model import (
     Task,
 )
 from borgmaster.store import ACTIVE_STATES, Store
-from cfg.model import MIN_READY_MS
+from cfg.model import MIN_READY_MS, RolloutState, halted_rollout
 
 # A new-version task that has restarted this often is crash-looping: halt the rollout.
 ROLLOUT_MAX_RESTARTS = 3
@@ -50,7 +50,7 @@ def available(store: Store, job: Job, t: Task, now_ms: int | None = None) -> boo
     spec = job.spec_for(t.version)
     if spec.health is not None and t.health != "healthy":
         return False
-    if now_ms is not None and job.rollout == "rolling" and t.version == job.version:
+    if now_ms is not None and job.rollout == RolloutState.ROLLING and t.version == job.version:
         return t.restarts == 0 and now_ms - t.updated_ms >= MIN_READY_MS
     return True
 
@@ -67,7 +67,7 @@ def _halt_reason(job: Job, tasks: list[Task]) -> str:
         elif t.state == RUNNING and t.health == "unhealthy":
             why = "unhealthy"
         if why:
-            return f"halted: task {t.index} on version {job.version} {why}"
+            return halted_rollout(f"task {t.index} on version {job.version} {why}")
     return ""
 
 
@@ -97,7 +97,7 @@ def plan_job(store: Store, job: Job, now_ms: int | None = None) -> JobActions | 
         out.replace_drain.append(C.TaskRef(t.index, t.incarnation))
     moving = {r.index for r in out.replace_drain}
 
-    if job.rollout == "rolling":
+    if job.rollout == RolloutState.ROLLING:
         halt = _halt_reason(job, tasks)
         if job.spec.kind == BATCH and job.state in (SUCCEEDED, FAILED):
             out.rollout_status = ""  # a finished batch job has nothing left to roll

@@ -104,7 +104,8 @@ class Job:
     killed_ms: int = 0
     previous_version: int = 0
     history: dict[int, JobSpec] = field(default_factory=dict)
-    # "" when no rollout is in progress, "rolling", or "halted: <why>".
+    # A RolloutState as stored: "" (none in progress), "rolling", or "halted: <why>"
+    # (cfg.model.halted_rollout; read it with rollout_state).
     rollout: str = ""
 
     @property

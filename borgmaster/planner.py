@@ -20,14 +20,13 @@ from borgmaster.metrics import waiting_since_ms
 from borgmaster.model import MACHINE_LOST
 from borgmaster.scheduler import MachineView, PlacedTask, Plan, Snapshot, TaskRequest
 from borgmaster.store import ACTIVE_STATES, Store
+from cfg.model import Reason, reason_word
 
 TaskIndex = tuple[str, int]
 
-HELD_PREFIX = "waiting for its previous copy"
-
 
 def held_reason(where: str) -> str:
-    return f"{HELD_PREFIX} on {where} to stop"
+    return f"{Reason.HELD.value} on {where} to stop"
 
 
 def build_snapshot(
@@ -87,14 +86,13 @@ def still_learning(
     )
 
 
+_MAY_HAVE_A_COPY = frozenset({Reason.UPDATED, Reason.DRAINED, Reason.PREEMPTED, Reason.HELD})
+
+
 def may_have_a_copy(reason: str) -> bool:
     """A pending task whose last copy may still run: replaced (rollout, drain), preempted, or
     already held back for its previous copy (reasons the store and the scheduler record)."""
-    return (
-        reason in ("updated", "drained")
-        or reason.startswith("preempted")
-        or reason.startswith(HELD_PREFIX)
-    )
+    return reason_word(reason) in _MAY_HAVE_A_COPY
 
 
 @dataclass

@@ -40,6 +40,7 @@ from borgmaster.model import (
     Task,
     band_of,
 )
+from cfg.model import Reason, RolloutState, reason_word, rollout_state
 
 SNAPSHOT_FORMAT = 2
 # How many recent request ids are remembered for exactly-once retries.
@@ -410,7 +411,7 @@ class Store:
             job.history[job.version] = job.spec
             job.previous_version = job.version
             job.version += 1
-            job.rollout = "rolling"
+            job.rollout = RolloutState.ROLLING
             self.rolling.add(job.name)
         job.spec = spec
         job.updated_ms = ts
@@ -438,7 +439,7 @@ class Store:
                 if t.version == job.version:
                     continue
                 if t.state not in ACTIVE_STATES:
-                    self._reset_task(t, job.version, ts, reason="updated")
+                    self._reset_task(t, job.version, ts, reason=Reason.UPDATED)
                     continue
                 if t.version not in same:
                     same[t.version] = job.spec_for(t.version).task_template() == template
@@ -487,7 +488,7 @@ class Store:
         job.killed = True
         job.killed_ms = cmd.ts_ms
         job.updated_ms = cmd.ts_ms
-        job.rollout = ""
+        job.rollout = RolloutState.NONE
         self.rolling.discard(job.name)
         to_stop = 0
         for t in self.job_tasks(job.name):
@@ -525,15 +526,16 @@ class Store:
         if job is None or job.version != cmd.version or job.killed:
             return err("not-found", f"job '{cmd.job}' version {cmd.version} is not current")
         if job.rollout != cmd.status:
-            before = job.rollout
+            before = rollout_state(job.rollout)
             job.rollout = cmd.status
-            if cmd.status == "rolling":
+            now = rollout_state(cmd.status)
+            if now is RolloutState.ROLLING:
                 self.rolling.add(job.name)
             else:
                 self.rolling.discard(job.name)
-            if cmd.status.startswith("halted"):
+            if now is RolloutState.HALTED:
                 self._event("rollout-halted", job.name, message=cmd.status)
-            elif cmd.status == "" and before == "rolling":
+            elif now is RolloutState.NONE and before is RolloutState.ROLLING:
                 self._event("rolled", job.name, message=f"all tasks on version {job.version}")
         return {"ok": True}
 
@@ -630,7 +632,7 @@ class Store:
             if t.state in ACTIVE_STATES:
                 job = self.jobs[t.job]
                 t.state = KILLED if job.killed else LOST
-                t.reason = "machine-lost"
+                t.reason = Reason.MACHINE_LOST
                 t.updated_ms = cmd.ts_ms
                 t.health = ""
                 if not job.killed and t.version != job.version:
@@ -663,7 +665,7 @@ class Store:
             if t is None or t.incarnation != v.incarnation or t.state not in ACTIVE_STATES:
                 continue
             machine = t.machine
-            self._reset_task(t, self.jobs[t.job].version, cmd.ts_ms, reason="preempted")
+            self._reset_task(t, self.jobs[t.job].version, cmd.ts_ms, reason=Reason.PREEMPTED)
             self._event("preempted", t.job, t.index, machine, v.reason)
             self._recompute_job(self.jobs[t.job])
             preempted += 1
@@ -711,8 +713,9 @@ class Store:
             if t is None or t.state not in (PENDING, LOST):
                 continue
             reason = f.reason
-            if t.reason.startswith("preempted"):
-                reason = f"preempted ({reason})"  # keep why it left, say why it still waits
+            if reason_word(t.reason) is Reason.PREEMPTED:
+                # Keep why it left, say why it still waits.
+                reason = f"{Reason.PREEMPTED.value} ({reason})"
             if t.reason != reason:
                 t.reason = reason
         return {"placed": placed, "rejected": rejected, "preempted": preempted}
@@ -828,7 +831,7 @@ class Store:
             self.new_pending = set()
             for t in self.tasks.values():
                 self._reindex(t)
-            self.rolling = {n for n, j in self.jobs.items() if j.rollout == "rolling"}
+            self.rolling = {n for n, j in self.jobs.items() if j.rollout == RolloutState.ROLLING}
             self._freed()
             for name in self.machines:
                 self._touch_machine(name)

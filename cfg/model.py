@@ -386,6 +386,59 @@ class Resources:
         )
 
 
+class Reason(StrEnum):
+    """The fixed words the master records as a pending or lost task's `reason` (and, for some,
+    as event types). A reason may carry detail after its word (`no-feasible-machine: ram 3`,
+    `preempted (no-feasible-machine: ...)`, `waiting for its previous copy on m1 to stop`):
+    the wire keeps the string, `reason_word` reads the word back. A Borglet's reasons
+    (`exit 1`, `oom-killed`, ...) are free text here."""
+
+    PREEMPTED = "preempted"
+    UPDATED = "updated"
+    DRAINED = "drained"
+    MACHINE_LOST = "machine-lost"
+    NO_FEASIBLE_MACHINE = "no-feasible-machine"
+    HELD = "waiting for its previous copy"
+
+
+def with_detail(word: StrEnum, detail: str) -> str:
+    """`word: detail` (or the word alone): the one spelling of a reason or rollout status that
+    carries detail."""
+    return f"{word.value}: {detail}" if detail else word.value
+
+
+def reason_word(reason: str) -> Reason | None:
+    """The fixed word `reason` starts with (the whole string, or the word followed by `:` or a
+    space), or None for free text such as a Borglet's exit reason."""
+    for word in Reason:
+        w = word.value
+        if reason.startswith(w) and (len(reason) == len(w) or reason[len(w)] in ": "):
+            return word
+    return None
+
+
+class RolloutState(StrEnum):
+    """Where a job's rolling update stands. `Job.rollout` stores it as a string: "" (none in
+    progress), "rolling", or "halted: <why>" (`halted_rollout`); `rollout_state` reads it."""
+
+    NONE = ""
+    ROLLING = "rolling"
+    HALTED = "halted"
+
+
+def halted_rollout(why: str) -> str:
+    """The stored rollout status of a halted rollout: `halted: why`."""
+    return with_detail(RolloutState.HALTED, why)
+
+
+def rollout_state(rollout: str) -> RolloutState:
+    """The state of a stored rollout status (anything unknown reads as halted: it is a
+    status the master did not write, and a halt is the state that asks for a look)."""
+    if rollout in (RolloutState.NONE, RolloutState.ROLLING):
+        return RolloutState(rollout)
+    return RolloutState.HALTED
+
+
 UNLIMITED = -1
 """A quota limit with no bound (in SetQuota requests and in the store)."""
 QUOTA_KEEP = -2

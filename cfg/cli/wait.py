@@ -20,6 +20,8 @@ from cfg.cli.output import (
 from cfg.model import (
     RUNNING,
     TERMINAL_TASK_STATES,
+    RolloutState,
+    rollout_state,
 )
 from proto.borg.v1 import borg_pb2 as pb
 
@@ -84,7 +86,8 @@ def job_progress(job: pb.Job | None, name: str, until: str) -> JobProgress:
         for t in job.tasks
         if t.version == job.version and t.restarts > 0 and t.state == RUNNING and not t.ready
     ]
-    if job.rollout.startswith("halted"):
+    rollout = rollout_state(job.rollout)
+    if rollout is RolloutState.HALTED:
         p.finished, p.failed = True, job.rollout
     elif job.state in ("failed", "killed"):
         p.finished, p.failed = True, f"job {job.state}"
@@ -92,7 +95,7 @@ def job_progress(job: pb.Job | None, name: str, until: str) -> JobProgress:
         p.finished = True  # a service whose tasks all exited 0 and are not restarted
         p.done = p.total
     else:
-        p.finished = p.done >= job.replicas and not job.rollout.startswith("rolling")
+        p.finished = p.done >= job.replicas and rollout is not RolloutState.ROLLING
     return p
 
 
