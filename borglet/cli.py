@@ -17,10 +17,15 @@ from borglet.accounts import AccountError, TaskAccounts
 from borglet.agent import Borglet, BorgletConfig
 from borglet.ports import parse_range
 from cfg.logsetup import log_options, setup_logging
+from cfg.model import Taint, TaintEffect
 from cfg.options import key_values
 from cfg.units import parse_size
 
 log = logging.getLogger("borglet")
+
+
+# The effects `--taint` offers (NoExecute is only known to the scheduler; nothing evicts).
+TAINT_FLAG_EFFECTS = (TaintEffect.NO_SCHEDULE, TaintEffect.PREFER_NO_SCHEDULE)
 
 
 LOCK_FILE = "borglet.lock"
@@ -58,14 +63,16 @@ def lock_data_dir(data_dir: str) -> None:
     _held_lock.append(fd)
 
 
-def _taints(values: tuple[str, ...]) -> list[dict[str, str]]:
+def _taints(values: tuple[str, ...]) -> list[Taint]:
     out = []
     for v in values:
-        kv, sep, effect = v.rpartition(":")
-        k, sep2, val = kv.partition("=")
-        if not sep or not sep2 or not k or effect not in ("NoSchedule", "PreferNoSchedule"):
+        try:
+            taint = Taint.parse(v)
+        except ValueError:
+            taint = None
+        if taint is None or taint.effect not in TAINT_FLAG_EFFECTS:
             raise click.BadParameter(f"'{v}' is not KEY=VALUE:NoSchedule", param_hint="--taint")
-        out.append({"key": k, "value": val, "effect": effect})
+        out.append(taint)
     return out
 
 

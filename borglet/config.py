@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from cfg.model import Taint
+
 
 @dataclass
 class BorgletConfig:
@@ -17,7 +19,7 @@ class BorgletConfig:
     disk: int = 0
     gpu: int = 0
     attrs: dict[str, str] = field(default_factory=dict)
-    taints: list[dict[str, str]] = field(default_factory=list)
+    taints: list[Taint] = field(default_factory=list)
     task_user: str = "nobody"
     task_users: list[str] = field(default_factory=list)  # more accounts run_as may name
     allow_root: bool = False

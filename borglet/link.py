@@ -104,7 +104,7 @@ class MasterLink:
                 cpu=cfg.offered_cpu, ram=cfg.offered_memory, disk=cfg.disk, gpu=cfg.gpu
             ),
             attrs=cfg.attrs,
-            taints=[pb.Taint(**t) for t in cfg.taints],
+            taints=[pb.Taint(**t.to_dict()) for t in cfg.taints],
             task_users=self.task_users,
             tasks=[pb.ObservedTask(**r) for r in reports],
             known_generation=self._known_generation,

@@ -19,7 +19,7 @@ from borglet.agent import Borglet, BorgletConfig
 from borglet.runtime.fake import FakeRuntime
 from borglet.runtime.process import ExecError
 from borglet.state import Desired, TaskKey
-from cfg.model import SERVICE, JobSpec, RestartPolicy
+from cfg.model import SERVICE, HealthCheck, HealthKind, JobSpec, RestartPolicy
 
 
 class FakeLink:
@@ -164,7 +164,7 @@ def test_unhealthy_task_is_stopped_and_restarted_as_a_failure(shell: Shell) -> N
     after the backoff, counted as a failed run with reason `unhealthy`."""
     d = desired(backoff_ms=400)
     d.spec.requirements.ports = ["http"]
-    d.spec.health = {"tcp": {"port": "http"}, "interval_ms": 30, "failure_threshold": 2}
+    d.spec.health = HealthCheck(HealthKind.TCP, "http", interval_ms=30, failure_threshold=2)
     shell.sync(d)
     wait_for(lambda: shell.runtime.busy(tid(d)))
     port = shell.runtime.running[tid(d)].spec.env["BORG_PORT_HTTP"]  # type: ignore[union-attr]
