@@ -27,6 +27,7 @@ def test_unknown_sandboxes_go_after_the_retention_known_ones_stay(tmp_path: Path
         cfg=SimpleNamespace(data_dir=str(tmp_path)),
         lock=threading.Lock(),
         states=SimpleNamespace(tasks={("web", 0, "bbb"): object()}),
+        checkpoint=SimpleNamespace(refused=False),
     )
     assert Borglet.gc_sandboxes(fake, now) == 2  # type: ignore[arg-type]
     # known (bbb) stays however old; recent (ccc) stays; old unknown ones are gone
