@@ -38,6 +38,7 @@ from borgmaster.model import RUNNING, band_of
 from borgmaster.store import ACTIVE_STATES, Store, needs_placement
 from cfg.bns import task_name
 from cfg.schema import JOB_NAME_RE
+from cfg.units import human_size
 from proto.borg.v1 import borg_pb2 as pb
 from proto.borg.v1 import borg_pb2_grpc
 
@@ -445,11 +446,9 @@ def _ms(ts_ms: int) -> str:
 
 
 def _fmt(resource: str, v: float) -> str:
+    """One amount for the page: sizes as `borgcfg` shows them (`human_size`), cpu in cores."""
     if resource in ("ram", "disk"):
-        for unit, size in (("Ti", 2**40), ("Gi", 2**30), ("Mi", 2**20), ("Ki", 2**10)):
-            if abs(v) >= size:
-                return f"{v / size:.1f} {unit}"
-        return f"{v:.0f} B"
+        return human_size(v)
     if resource == "cpu":
         return f"{v:.2f} cores"
     return f"{v:.0f}"

@@ -36,11 +36,13 @@ from borgmaster.model import (
     JobSpec,
     Machine,
     Replica,
+    Requirements,
     Resources,
     Task,
     band_of,
 )
 from cfg.model import Reason, RolloutState, reason_word, rollout_state
+from cfg.units import human_size
 
 SNAPSHOT_FORMAT = 2
 # How many recent request ids are remembered for exactly-once retries.
@@ -71,12 +73,15 @@ def _fmt_limit(resource: str, amount: float) -> str:
 
 
 def _fmt_amount(resource: str, amount: float) -> str:
-    if resource == "ram":
-        for unit, size in (("Ti", 1 << 40), ("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)):
-            if amount >= size:
-                return f"{amount / size:.4g}{unit}"
-        return f"{int(amount)}"
+    """An amount in a message: sizes as `borgcfg` shows them (`human_size`), others plain."""
+    if resource in ("ram", "disk"):
+        return human_size(amount)
     return f"{amount:g}"
+
+
+def _request(r: Requirements) -> Resources:
+    """A task's request as Resources (named ports take no machine resources here)."""
+    return Resources(cpu=r.cpu, ram=r.ram, disk=r.disk, gpu=r.gpu)
 
 
 class Store:
@@ -647,14 +652,10 @@ class Store:
     # ----- scheduling ----------------------------------------------------------------------
 
     def fits(self, machine: Machine, used: Resources, spec: JobSpec) -> bool:
-        req = spec.requirements
-        cap = machine.capacity
-        return (
-            used.cpu + req.cpu <= cap.cpu + 1e-9
-            and used.ram + req.ram <= cap.ram
-            and used.disk + req.disk <= cap.disk
-            and used.gpu + req.gpu <= cap.gpu
-        )
+        """Whether the task fits beside `used` on the machine: (used + request) fits in the
+        capacity (`Resources.add/fits`, the same sums and tolerance as always, so journals
+        replay to the same placements)."""
+        return used.add(_request(spec.requirements)).fits(machine.capacity)
 
     def _apply_plan(self, cmd: C.ApplyPlan) -> Result:
         placed = 0
@@ -688,11 +689,7 @@ class Store:
                 if used is None:
                     used = used_cache[m.name] = self.used(m.name)
                 if self.fits(m, used, job.spec):
-                    req = job.spec.requirements
-                    used.cpu += req.cpu
-                    used.ram += req.ram
-                    used.disk += req.disk
-                    used.gpu += req.gpu
+                    used_cache[m.name] = used.add(_request(job.spec.requirements))
                     self._set_task_machine(t, m.name)
                     t.state = ASSIGNED
                     t.version = job.version
