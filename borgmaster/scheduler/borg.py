@@ -60,7 +60,7 @@ from borgmaster.scheduler.scores import (
     fit_scores,
     spread_scores,
 )
-from borgmaster.scheduler.table import CellTable
+from borgmaster.scheduler.table import CellTable, req_tuple
 
 NO_FEASIBLE = "no-feasible-machine"
 SCARCE_SAMPLE = 4  # sample_size multiplier where under half the eligible machines have room
@@ -82,8 +82,8 @@ def format_reason(rejected: dict[str, int], machines: int) -> str:
 
 
 def _req_vector(spec: JobSpec) -> np.ndarray:
-    r = spec.requirements
-    return np.array([r.cpu, r.ram, r.disk, r.gpu, len(r.ports)], dtype=np.float64)
+    """The task's request in the rows of the cell table's columns (cpu, ram, disk, gpu, ports)."""
+    return np.array(req_tuple(spec.requirements), dtype=np.float64)
 
 
 @dataclass
