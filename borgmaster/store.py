@@ -42,7 +42,7 @@ from borgmaster.model import (
     band_of,
 )
 from cfg.model import Reason, RolloutState, reason_word, rollout_state
-from cfg.units import human_size
+from cfg.units import format_amount
 
 SNAPSHOT_FORMAT = 2
 # How many recent request ids are remembered for exactly-once retries.
@@ -66,17 +66,6 @@ Result = dict[str, Any]
 def err(code: str, message: str) -> Result:
     """Errors are values: a replicated method that raises is retried forever by PySyncObj."""
     return {"error": code, "message": message}
-
-
-def _fmt_limit(resource: str, amount: float) -> str:
-    return "unlimited" if amount < 0 else _fmt_amount(resource, amount)
-
-
-def _fmt_amount(resource: str, amount: float) -> str:
-    """An amount in a message: sizes as `borgcfg` shows them (`human_size`), others plain."""
-    if resource in ("ram", "disk"):
-        return human_size(amount)
-    return f"{amount:g}"
 
 
 def _request(r: Requirements) -> Resources:
@@ -349,7 +338,7 @@ class Store:
             if cap < 0:
                 continue  # UNLIMITED
             if want > cap + 1e-9:
-                over.append(f"{r} {_fmt_amount(r, want - cap)}")
+                over.append(f"{r} {format_amount(r, want - cap)}")
         if over:
             return err("quota", f"quota for {spec.user}/{band} exceeded by {', '.join(over)}")
         return None
@@ -569,7 +558,7 @@ class Store:
             merged[k] = int(merged[k])
         limit = Resources.from_dict(merged)
         self.quotas[(cmd.user, cmd.band)] = limit
-        shown = ", ".join(f"{r} {_fmt_limit(r, getattr(limit, r))}" for r in QUOTA_RESOURCES)
+        shown = ", ".join(f"{r} {format_amount(r, getattr(limit, r))}" for r in QUOTA_RESOURCES)
         self._event("quota-set", message=f"{cmd.user}/{cmd.band}: {shown}")
         return {"ok": True, "limit": limit.to_dict()}
 

@@ -122,3 +122,14 @@ def human_size(n: int | float) -> str:
             text = f"{value:.1f}" if value >= 10 else f"{value:.2f}"
             return text.rstrip("0").rstrip(".") + suffix
     raise AssertionError("unreachable")
+
+
+def format_amount(resource: str, amount: float) -> str:
+    """One resource amount or limit for people: "unlimited" below 0 (`UNLIMITED`), ram and
+    disk as `human_size`, cpu and gpu as plain numbers. borgcfg's quota tables and the
+    master's quota messages both use it, so they read the same."""
+    if amount < 0:
+        return "unlimited"
+    if resource in ("ram", "disk"):
+        return human_size(amount)
+    return f"{amount:g}"

@@ -24,7 +24,7 @@ from cfg.model import (
     QUOTA_KEEP,
     UNLIMITED,
 )
-from cfg.units import human_size, parse_size
+from cfg.units import format_amount, human_size, parse_size
 from proto.borg.v1 import borg_pb2 as pb
 
 
@@ -70,11 +70,7 @@ def parse_quota_limits(items: tuple[str, ...]) -> pb.Resources:
 
 def _limit_text(resource: str, amount: float) -> str:
     """One limit for people: `unlimited`, cores, a human size or a count."""
-    if amount < 0:
-        return "unlimited"
-    if resource in ("ram", "disk"):
-        return human_size(int(amount))
-    return f"{amount:g}"
+    return format_amount(resource, amount)
 
 
 def _limit_json(r: pb.Resources) -> dict[str, Any]:

@@ -6,7 +6,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cfg.units import format_duration, format_size, human_size, parse_duration_ms, parse_size
+from cfg.units import (
+    format_amount,
+    format_duration,
+    format_size,
+    human_size,
+    parse_duration_ms,
+    parse_size,
+)
 
 
 @pytest.mark.parametrize(
@@ -157,3 +164,19 @@ def test_duration_round_trip(ms: int) -> None:
 )
 def test_human_size(n: int, text: str) -> None:
     assert human_size(n) == text
+
+
+@pytest.mark.parametrize(
+    ("resource", "amount", "text"),
+    [
+        ("cpu", 0.5, "0.5"),
+        ("cpu", -1, "unlimited"),
+        ("ram", 512 << 20, "512Mi"),
+        ("disk", 1.5 * 2**30, "1.5Gi"),
+        ("gpu", 2, "2"),
+        ("ram", -1, "unlimited"),
+    ],
+)
+def test_format_amount(resource: str, amount: float, text: str) -> None:
+    """One spelling for quota amounts, in borgcfg's tables and the master's messages."""
+    assert format_amount(resource, amount) == text
