@@ -20,6 +20,10 @@ state between calls, so the same snapshot and seed always give the same plan. Th
    preemptible tasks makes room (SPEC.md bands), evicts them in the plan and places the task.
 
 Each trick can be switched off in the constructor to measure it (bench/scheduler.py).
+
+Feasibility is one ordered filter table, `FILTERS` (state, taint, constraint,
+distinct-machines, spread, resources): placing ANDs its steps' masks and `explain` counts the
+machines each step removes, so "why pending?" is the decision's own account.
 """
 
 from __future__ import annotations
@@ -162,7 +166,8 @@ class FilterStep:
         cache's fast path, a few candidates per placement); a unit test checks it agrees
         with `checks`.
     applies: whether a per-pass step can reject anything for a job (distinct-machines and
-        spread only for jobs that ask), so the fast path skips the others' calls.
+        spread only for jobs that ask): a class keeps only the steps that apply, so placing
+        skips the others' calls (explaining runs them all; they return no check).
     """
 
     name: str
