@@ -111,8 +111,11 @@ def test_cold_restart_of_every_replica_restores_the_same_state(stubs: Stubs) -> 
         for addr in addrs:
             # Ready = caught up with the commit index it knows; it may still learn a later
             # one, so give each replica a moment to apply, then its own state must match.
+            def restored(a: str = addr) -> bool:
+                return full_state(stubs, a) == before
+
             try:
-                wait_for(lambda a=addr: full_state(stubs, a) == before, 10, what=addr)
+                wait_for(restored, 10, what=addr)
             except TimeoutError:
                 raise AssertionError(
                     f"state on {addr} changed: {full_state(stubs, addr)} != {before}"

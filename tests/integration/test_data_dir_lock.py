@@ -57,8 +57,7 @@ def test_second_master_on_a_data_dir_in_use_exits_1_naming_the_holder(cell: Cell
     )
     assert r.returncode == 1, r.stdout + r.stderr
     assert one_line(r) == (
-        f"borgmaster: data dir {m.info['data']} is in use by another process "
-        f"(pid {m.popen.pid})"
+        f"borgmaster: data dir {m.info['data']} is in use by another process (pid {m.popen.pid})"
     )
     # The holder is untouched, and the lock goes with it: SIGKILL, and the same command
     # line starts again on the dir.
