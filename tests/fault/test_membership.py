@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -35,20 +34,6 @@ def write_jobs(cell: Cell, stubs: Stubs, prefix: str, n: int) -> None:
 
 def by_raft(cell: Cell, via: str) -> dict[str, dict[str, object]]:
     return {r["raft"]: r for r in cell.cell_json_via(via)}
-
-
-def joining_proc(cell: Cell, index: int) -> Proc:
-    """A replica for `index` with every current member as peer (not started)."""
-    raft = f"127.0.0.1:{free_port()}"
-    grpc_addr = f"127.0.0.1:{free_port()}"
-    http_addr = f"127.0.0.1:{free_port()}"
-    data = os.path.join(cell.base, f"m{index}")
-    peers = [m.info["raft"] for m in cell.masters]
-    argv = [sys.executable, "-m", "tests.fault.join_replica", f"m{index}", raft, grpc_addr]
-    argv += [http_addr, data, *peers]
-    p = Proc(f"m{index}", argv, os.path.join(cell.base, f"m{index}.log"))
-    p.info = {"raft": raft, "grpc": grpc_addr, "http": http_addr, "data": data}
-    return p
 
 
 def raft_term(cell: Cell, p: Proc) -> int:
@@ -118,14 +103,13 @@ def test_join_procedure_of_the_readme_with_a_restart_before_cell_add(
 
 
 def add_fourth(cell: Cell, stubs: Stubs) -> Proc:
-    """Start a 4th replica (joining) with every member as peer and `borgcfg cell add` it."""
-    new = joining_proc(cell, 3)
-    new.start()
-    cell.masters.append(new)  # closed with the cell
-    wait_for(lambda: cell.http_get(new.info["http"], "/healthz")[0] == 200, 20, what="serving")
-    # Time for an election timeout (0.3-0.6 s) or two to pass before it is added: a
-    # replica that campaigned meanwhile would now hold a higher term than the cell.
-    time.sleep(1.5)  # the wait is the scenario, not synchronisation
+    """Start a 4th replica as the README says (`borgmaster run --join`, every member as
+    `--peer`, the cell's secret file) and `borgcfg cell add` it once election timeouts have
+    passed without it campaigning (one that had would now hold a higher term than the cell)."""
+    peers = [m.info["raft"] for m in cell.masters]
+    new = add_master_with_args(cell, 3, f"127.0.0.1:{free_port()}", peers, extra=["--join"])
+    wait_for(lambda: raft_term(cell, new) == 0, 30, what="joiner serving")
+    holds_for(lambda: new.alive() and raft_term(cell, new) == 0, 1.5, "joiner stays at term 0")
     r = cell.borgcfg("cell", "add", new.info["raft"], "-o", "json")
     assert r.returncode == 0, r.stderr
     return new
