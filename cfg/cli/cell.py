@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import click
-from rich.markup import escape
 
 from cfg.cli.base import (
     Ctx,
@@ -19,6 +18,7 @@ from cfg.cli.output import (
     styled,
     table,
 )
+from cfg.cli.term import escape
 from cfg.options import host_port
 from proto.borg.v1 import borg_pb2 as pb
 

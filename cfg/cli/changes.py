@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import click
-from rich.markup import escape
 
 from cfg.cli.base import (
     Ctx,
@@ -22,6 +21,7 @@ from cfg.cli.base import (
 from cfg.cli.output import (
     make_console,
 )
+from cfg.cli.term import escape
 from cfg.cli.validate import load, with_jsonnet_opts
 from cfg.cli.wait import wait_jobs
 from cfg.errors import CellError, ConfigError, Unreachable

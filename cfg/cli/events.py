@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import click
-from rich.markup import escape
 
 from cfg.cli.base import (
     Ctx,
@@ -20,6 +19,7 @@ from cfg.cli.base import (
 from cfg.cli.output import (
     make_console,
 )
+from cfg.cli.term import escape
 from proto.borg.v1 import borg_pb2 as pb
 
 

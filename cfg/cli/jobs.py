@@ -6,8 +6,6 @@ import sys
 from typing import Any
 
 import click
-from rich.markup import escape
-from rich.table import Table
 
 from cfg.cli.base import (
     Ctx,
@@ -23,6 +21,7 @@ from cfg.cli.output import (
     styled,
     table,
 )
+from cfg.cli.term import Table, escape
 from cfg.units import human_size
 from proto.borg.v1 import borg_pb2 as pb
 

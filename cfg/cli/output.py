@@ -1,17 +1,15 @@
-"""Tables and states for people (rich): laid out to the terminal, or plain off one."""
+"""Tables and states for people: in colour on a terminal, plain off one (cfg/cli/term.py;
+rich only draws `--wait`'s progress bars)."""
 
 from __future__ import annotations
 
-import sys
 import time
 from typing import Any
 
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
-from rich.text import Text
-
+from cfg.cli.term import Table, Term, escape
 from cfg.model import BANDS
+
+__all__ = ["Table", "Term", "escape"]
 
 STATE_STYLE = {
     "running": "green",
@@ -34,46 +32,23 @@ STATE_STYLE = {
 BAND_NAMES = [b[0] for b in BANDS]
 
 
-def make_console(stderr: bool = False) -> Console:
-    """A console for tables: the terminal's width on a TTY; otherwise wide enough that no
-    column is truncated or wrapped (pipes, `watch`, CI logs), without colour codes."""
-    stream = sys.stderr if stderr else sys.stdout
-    if stream.isatty():
-        return Console(stderr=stderr, highlight=False)
-    return Console(
-        file=stream, width=500, no_color=True, highlight=False, soft_wrap=True, emoji=False
-    )
+def make_console(stderr: bool = False) -> Term:
+    """Where tables and lines go: stdout (or stderr), in colour only on a terminal."""
+    return Term(stderr=stderr)
 
 
 PLAIN_TABLE_ROWS = 200
-"""Tables longer than this are laid out by `plain_table` (rich takes ~1.3 ms a row)."""
+"""Kept for scripts that read it: every table is now laid out the plain way (term.py)."""
 
 
 def plain_table(t: Table) -> str:
-    """A big table as plain columns, two spaces apart, like rich's layout without styles:
-    `status` of a 5,000-task job in milliseconds instead of seconds."""
-    cols = [[Text.from_markup(str(c)).plain for c in col._cells] for col in t.columns]
-    heads = [str(col.header) for col in t.columns]
-    widths = [max([len(h), *(len(v) for v in col)]) for h, col in zip(heads, cols, strict=True)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(heads, widths, strict=True)).rstrip()]
-    for row in zip(*cols, strict=True):
-        lines.append("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
-    return "\n".join(lines) + "\n"
+    """A table as plain columns, two spaces apart (rich's layout without styles)."""
+    return "\n".join(t.lines(colour=False)) + "\n"
 
 
-def show(console: Console, renderable: Any) -> None:
-    """Print a table; off a terminal, without the padding rich leaves at line ends (so `diff`
-    and golden files see clean lines)."""
-    if isinstance(renderable, Table) and renderable.row_count > PLAIN_TABLE_ROWS:
-        console.file.write(plain_table(renderable))
-        return
-    if console.is_terminal:
-        console.print(renderable)
-        return
-    with console.capture() as cap:
-        console.print(renderable)
-    text = "\n".join(line.rstrip() for line in cap.get().splitlines())
-    console.file.write(text + "\n")
+def show(console: Term, renderable: Any) -> None:
+    """Print a table or a markup line."""
+    console.print(renderable)
 
 
 def styled(state: str) -> str:
@@ -96,7 +71,4 @@ def age(ms: int, now: float | None = None) -> str:
 
 
 def table(*cols: str) -> Table:
-    t = Table(box=None, header_style="bold", pad_edge=False)
-    for c in cols:
-        t.add_column(c, no_wrap=True, overflow="fold")
-    return t
+    return Table(*cols)

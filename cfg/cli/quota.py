@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import click
-from rich.markup import escape
 
 from cfg.cli.base import (
     Ctx,
@@ -20,6 +19,7 @@ from cfg.cli.output import (
     show,
     table,
 )
+from cfg.cli.term import escape
 from cfg.model import (
     QUOTA_KEEP,
     UNLIMITED,

@@ -7,15 +7,13 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cfg.cli.base import (
     Ctx,
     fail,
-)
-from cfg.cli.output import (
-    make_console,
 )
 from cfg.model import (
     RUNNING,
@@ -99,6 +97,16 @@ def job_progress(job: pb.Job | None, name: str, until: str) -> JobProgress:
     return p
 
 
+def _stderr_console() -> Console:
+    """rich's console for the live bars: the terminal's width on a TTY; off one, wide enough
+    that no summary line is wrapped, without colour codes."""
+    if sys.stderr.isatty():
+        return Console(stderr=True, highlight=False)
+    return Console(
+        file=sys.stderr, width=500, no_color=True, highlight=False, soft_wrap=True, emoji=False
+    )
+
+
 def wait_jobs(ctx: Ctx, names: list[str], timeout: float, until: str) -> None:
     """A live bar per job with its task counts, then one summary line per job.
 
@@ -108,7 +116,7 @@ def wait_jobs(ctx: Ctx, names: list[str], timeout: float, until: str) -> None:
     start = time.monotonic()
     deadline = start + timeout
     latest: dict[str, JobProgress] = {}
-    err = make_console(stderr=True)
+    err = _stderr_console()
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),

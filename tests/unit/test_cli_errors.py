@@ -327,25 +327,46 @@ def test_up_wait_counts_a_task_ready_once_up_for_min_ready(tmp_path: Path) -> No
         assert time.monotonic() - start >= 1.0  # not ready at the first sight of "running"
 
 
-def test_big_tables_are_laid_out_like_rich_but_fast() -> None:
+def test_tables_and_lines_are_laid_out_as_rich_laid_them_out() -> None:
+    """borgcfg's own renderer (cfg/cli/term.py, no rich import) prints what rich printed for
+    the same tables and markup lines off a terminal, escapes included."""
     import io
 
     from rich.console import Console
+    from rich.markup import escape as rich_escape
+    from rich.table import Table as RichTable
 
-    from cfg.cli.output import PLAIN_TABLE_ROWS, plain_table, show, table
+    from cfg.cli.output import escape, plain_table, show, styled, table
+    from cfg.cli.term import Term
 
-    def filled(n: int) -> Any:
-        t = table("INDEX", "STATE", "MACHINE")
-        for i in range(n):
-            t.add_row(str(i), "[green]running[/]" if i % 2 else "pending", f"machine-{i % 13}")
-        return t
-
-    small = filled(20)
-    buf = io.StringIO()
-    show(Console(file=buf, width=500, no_color=True, highlight=False, soft_wrap=True), small)
-    assert plain_table(small) == buf.getvalue()  # same layout as rich, styles dropped
-    big = filled(PLAIN_TABLE_ROWS + 1)
+    cols = ("INDEX", "STATE", "MACHINE", "REASON")
+    rows = [
+        (str(i), styled("running" if i % 2 else "pending"), f"machine-{i % 13}", r)
+        for i, r in enumerate(["", "oom [exit 137]", "a\\b", "[bold]not a tag", "x" * 40] * 5)
+    ]
+    ours = table(*cols)
+    theirs = RichTable(box=None, header_style="bold", pad_edge=False)
+    for c in cols:
+        theirs.add_column(c, no_wrap=True, overflow="fold")
+    for idx, state, machine, reason in rows:
+        ours.add_row(idx, state, escape(machine), escape(reason))
+        theirs.add_row(idx, state, rich_escape(machine), rich_escape(reason))
+    rich_out = io.StringIO()
+    console = Console(file=rich_out, width=500, no_color=True, highlight=False, soft_wrap=True)
+    with console.capture() as cap:
+        console.print(theirs)
+    expected = "\n".join(line.rstrip() for line in cap.get().splitlines()) + "\n"
     out = io.StringIO()
-    show(Console(file=out, width=500, no_color=True), big)
-    assert out.getvalue() == plain_table(big)
-    assert out.getvalue().splitlines()[2] == "1      running  machine-1"
+    show(Term(file=out), ours)
+    assert out.getvalue() == expected == plain_table(ours)
+    line = f"[bold]{escape('web[1]')}/0[/]: {styled('running')} on {escape('m[2]')}"
+    with console.capture() as cap:
+        console.print(line)
+    out = io.StringIO()
+    Term(file=out).print(line)
+    assert out.getvalue() == cap.get()
+    colour = io.StringIO()
+    term = Term(file=colour)
+    term.is_terminal = True
+    term.print(line)
+    assert "\x1b[32mrunning\x1b[0m" in colour.getvalue() and "web[1]/0" in colour.getvalue()
