@@ -399,6 +399,7 @@ def test_sandbox_gc_deletes_links_never_their_targets(tmp_path: Path) -> None:
         cfg=SimpleNamespace(data_dir=str(tmp_path / "data")),
         lock=threading.Lock(),
         states=SimpleNamespace(tasks={}),
+        checkpoint=SimpleNamespace(refused=False),
     )
     assert Borglet.gc_sandboxes(fake, time.time() + 10 * SANDBOX_RETENTION_S) == 1  # type: ignore[arg-type]
     assert not sb.exists()
@@ -417,6 +418,7 @@ def test_sandbox_gc_is_not_fooled_by_an_mtime_in_the_future(tmp_path: Path) -> N
         cfg=SimpleNamespace(data_dir=str(tmp_path)),
         lock=threading.Lock(),
         states=SimpleNamespace(tasks={}),
+        checkpoint=SimpleNamespace(refused=False),
     )
     assert Borglet.gc_sandboxes(fake, time.time() + 2 * SANDBOX_RETENTION_S) == 1  # type: ignore[arg-type]
     assert not sb.exists()
