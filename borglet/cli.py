@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import signal
@@ -16,6 +15,7 @@ import psutil
 from borglet.accounts import AccountError, TaskAccounts
 from borglet.agent import Borglet, BorgletConfig
 from borglet.ports import parse_range
+from cfg import datadir
 from cfg.logsetup import log_options, setup_logging
 from cfg.model import Taint, TaintEffect
 from cfg.options import key_values
@@ -31,36 +31,12 @@ TAINT_FLAG_EFFECTS = (TaintEffect.NO_SCHEDULE, TaintEffect.PREFER_NO_SCHEDULE)
 LOCK_FILE = "borglet.lock"
 """Held (flock) by the one Borglet that uses the data dir; it holds that Borglet's pid."""
 
-_held_lock: list[int] = []  # the lock file's fd, kept open for the life of the process
-
-
-class DataDirInUse(OSError):
-    """Another live process holds the data dir's lock."""
-
 
 def lock_data_dir(data_dir: str) -> None:
-    """Take the data dir for this process, or raise DataDirInUse naming the holder's pid.
-
-    Two Borglets on one data dir would both adopt the same tasks, kill each other's
-    "unknown" cgroups and overwrite one state.json: the second must stop at start. `flock`
-    belongs to the open file, so the lock ends when the Borglet dies (SIGKILL included)
-    while its tasks run on (their supervisors are spawned with close_fds, and the fd is
-    close-on-exec): the next Borglet on the dir takes it and re-adopts them."""
-    fd = os.open(os.path.join(data_dir, LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        raise DataDirInUse(
-            f"data dir {data_dir} is in use by another process (pid {holder})"
-        ) from None
-    except BaseException:
-        os.close(fd)
-        raise
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    _held_lock.append(fd)
+    """Take the data dir for this Borglet, or raise DataDirInUse naming the holder's pid
+    (cfg/datadir.py). Its tasks run on when the Borglet dies, and their supervisors do not
+    hold the lock, so the next Borglet on the dir takes it and re-adopts them."""
+    datadir.lock(data_dir, LOCK_FILE, mode=0o711)
 
 
 def _taints(values: tuple[str, ...]) -> list[Taint]:

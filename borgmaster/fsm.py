@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import functools
 import logging
 import os
@@ -32,6 +31,8 @@ from pysyncobj.node import TCPNode
 
 from borgmaster import raft_guard
 from borgmaster.store import Store
+from cfg import datadir
+from cfg.datadir import DataDirInUse
 
 raft_guard.install()
 
@@ -461,39 +462,15 @@ def _store_meta_synced(path: str, meta: dict[str, Any]) -> None:
 LOCK_FILE = "lock"
 """Held (flock) by the one process that uses the data dir; it holds that process's pid."""
 
-_held_locks: dict[str, int] = {}
-"""Data dirs this process has locked (real path -> the lock file's fd), kept for its life:
-the kernel drops the lock when the process dies, however it dies."""
-
 
 def lock_data_dir(data_dir: str) -> None:
-    """Take the data dir for this process, or raise DataDirError naming the holder's pid.
-
-    Two replicas on one data dir would interleave their writes to one journal through two
-    mmaps and each believe the file is theirs: the journal ends up corrupt, and whichever
-    restarts next replays it. A second `run` on a dir in use must stop at start instead.
-    `flock` belongs to the open file, so the lock ends with the process (SIGKILL included)
-    and never needs cleaning up; the fd is close-on-exec, so no child inherits it. Taking
-    it again in the same process is a no-op (in-process tests restart a replica on its dir)."""
-    os.makedirs(data_dir, mode=0o700, exist_ok=True)
-    real = os.path.realpath(data_dir)
-    if real in _held_locks:
-        return
-    fd = os.open(os.path.join(real, LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    """Take the data dir for this process, or raise DataDirError naming the holder's pid
+    (cfg/datadir.py): two replicas on one data dir would interleave their writes to one
+    journal through two mmaps, and whichever restarts next replays a corrupt file."""
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        raise DataDirError(
-            f"data dir {data_dir} is in use by another process (pid {holder})"
-        ) from None
-    except BaseException:
-        os.close(fd)
-        raise
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    _held_locks[real] = fd
+        datadir.lock(data_dir, LOCK_FILE)
+    except DataDirInUse as e:
+        raise DataDirError(str(e)) from None
 
 
 def check_data_dir(data_dir: str, cell: str, replica: str) -> None:
