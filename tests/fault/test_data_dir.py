@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 import uuid
 
@@ -78,7 +79,7 @@ def test_replica_with_peers_and_no_raft_secret_is_refused(tmp_path: object) -> N
     """PySyncObj unpickles unauthenticated frames: a replica with peers must have a secret
     (one line, exit 2), and a secret under 16 characters is refused the same way."""
     base = str(tmp_path)
-    argv = [os.path.join(REPO, ".venv", "bin", "python"), "-m", "borgmaster.cli", "run"]
+    argv = [sys.executable, "-m", "borgmaster.cli", "run"]
     argv += ["--id", "m0", "--raft", f"127.0.0.1:{free_port()}"]
     argv += ["--peer", f"127.0.0.1:{free_port()}", "--peer", f"127.0.0.1:{free_port()}"]
     argv += ["--grpc", f"127.0.0.1:{free_port()}", "--http", f"127.0.0.1:{free_port()}"]
