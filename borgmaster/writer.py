@@ -52,7 +52,13 @@ class Writer:
 
     def barrier(self, timeout: float = 5.0) -> None:
         """Linearizable read: wait for a (shared) no-op to commit, so this replica has applied
-        every write acknowledged before the read began."""
+        every write acknowledged before the read began.
+
+        A replica alone in its cell (no other members) that leads needs none: nobody else can
+        lead or commit, and a write is acknowledged only once applied here, so its store
+        already holds every acknowledged write (saves a Raft round, ~10 ms, per read)."""
+        if self.fsm.is_leader() and not self.fsm.members():
+            return
         self.wait_for_a_leader()
         self._await(self.proposer.barrier(), timeout)
 
