@@ -71,15 +71,31 @@ def _halt_reason(job: Job, tasks: list[Task]) -> str:
     return ""
 
 
+def replace_budget(store: Store, job: Job, tasks: list[Task], now_ms: int | None = None) -> int:
+    """How many available tasks may be taken down now: the available ones (of any version,
+    surge tasks included) above the floor of `replicas - max_unavailable` (Kubernetes'
+    rule). Without surge tasks this is `max_unavailable - unavailable replicas`, as before;
+    with them, `max_unavailable: 0` works: a replica goes only once a surge task stands in
+    for it. A job with no surge tasks (none configured, not rolling, a batch job) still
+    moves one at a time, so a drain can always make progress."""
+    max_unavailable = job.spec.update.max_unavailable
+    if job.surge == 0:
+        max_unavailable = max(1, max_unavailable)
+    up = sum(1 for t in tasks if available(store, job, t, now_ms))
+    return up - (job.spec.replicas - max_unavailable)
+
+
 def plan_job(store: Store, job: Job, now_ms: int | None = None) -> JobActions | None:
-    """Rolling-update and drain replacements for one job, within its max_unavailable."""
+    """Rolling-update and drain replacements for one job, within its max_unavailable (and
+    its surge tasks' extra capacity, see `replace_budget`)."""
     if job.killed:
         return None
     tasks = store.job_tasks(job.name)
+    # The replicas proper; surge tasks (indexes >= replicas) are extra capacity that goes
+    # when the rollout is done, so they neither need replacing nor hold up its end.
+    replicas = [t for t in tasks if t.index < job.spec.replicas]
     out = JobActions(job=job.name, version=job.version)
-    max_unavailable = max(1, job.spec.update.max_unavailable)
-    unavailable = sum(1 for t in tasks if not available(store, job, t, now_ms))
-    budget = max_unavailable - unavailable
+    budget = replace_budget(store, job, tasks, now_ms)
 
     draining = [
         t
@@ -103,13 +119,13 @@ def plan_job(store: Store, job: Job, now_ms: int | None = None) -> JobActions | 
             out.rollout_status = ""  # a finished batch job has nothing left to roll
         elif halt:
             out.rollout_status = halt
-        elif all(t.version == job.version for t in tasks):
-            if all(available(store, job, t, now_ms) or t.state == SUCCEEDED for t in tasks):
-                out.rollout_status = ""  # done: every task on the new version and ready
+        elif all(t.version == job.version for t in replicas):
+            if all(available(store, job, t, now_ms) or t.state == SUCCEEDED for t in replicas):
+                out.rollout_status = ""  # done: every replica on the new version and ready
         else:
             outdated = [
                 t
-                for t in tasks
+                for t in replicas
                 if t.version != job.version and t.state in ACTIVE_STATES and t.index not in moving
             ]
             for t in sorted(outdated, key=lambda t: (available(store, job, t, now_ms), t.index)):

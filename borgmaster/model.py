@@ -107,6 +107,10 @@ class Job:
     # A RolloutState as stored: "" (none in progress), "rolling", or "halted: <why>"
     # (cfg.model.halted_rollout; read it with rollout_state).
     rollout: str = ""
+    # Surge tasks (update.max_surge): extra new-version tasks at indices replicas ..
+    # replicas+surge-1 that keep capacity up while a rollout replaces the others. Zero
+    # outside a rollout; left out of to_dict when zero, so older states encode as before.
+    surge: int = 0
 
     @property
     def name(self) -> str:
@@ -130,7 +134,7 @@ class Job:
             "previous_version": self.previous_version,
             "history": [[v, s.to_dict()] for v, s in sorted(self.history.items())],
             "rollout": self.rollout,
-        }
+        } | ({"surge": self.surge} if self.surge else {})
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Job:

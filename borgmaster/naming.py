@@ -162,7 +162,8 @@ class Zone:
             return True, records, []
         if len(labels) == 3 and labels[0].isdigit() and len(labels[0]) < 7:
             task = self.store.tasks.get((job.name, int(labels[0])))
-            if task is None or int(labels[0]) >= job.spec.replicas:
+            # Surge tasks (past the replicas, while a rollout has them) serve and resolve too.
+            if task is None or int(labels[0]) >= job.spec.replicas + job.surge:
                 return False, [], []
             host = self._host(job, task)
             return True, address_records(name, host) if host else [], []

@@ -29,6 +29,7 @@ from borgmaster.model import (
     MACHINE_UP,
     PENDING,
     RUNNING,
+    SERVICE,
     SUCCEEDED,
     TERMINAL_TASK_STATES,
     Event,
@@ -109,10 +110,12 @@ class Store:
     # ----- reads -------------------------------------------------------------------------
 
     def job_tasks(self, name: str) -> list[Task]:
+        """The job's tasks: its replicas, then its surge tasks while a rollout has some."""
         job = self.jobs.get(name)
         if job is None:
             return []
-        return [t for i in range(job.spec.replicas) if (t := self.tasks.get((name, i)))]
+        n = job.spec.replicas + job.surge
+        return [t for i in range(n) if (t := self.tasks.get((name, i)))]
 
     def desired_for(self, machine: str) -> list[Task]:
         """Tasks the Borglet on `machine` should be running now."""
@@ -150,9 +153,10 @@ class Store:
             if j.spec.user != user or band_of(j.spec.priority) != band:
                 continue
             req = j.spec.requirements
-            r.cpu += req.cpu * j.spec.replicas
-            r.ram += req.ram * j.spec.replicas
-            r.gpu += req.gpu * j.spec.replicas
+            n = j.spec.replicas + j.surge  # surge tasks hold resources like any task
+            r.cpu += req.cpu * n
+            r.ram += req.ram * n
+            r.gpu += req.gpu * n
         return r
 
     def events_since(self, index: int, job: str = "") -> list[Event]:
@@ -314,6 +318,31 @@ class Store:
         self.pending.discard(t.key)
         self.new_pending.discard(t.key)
 
+    def _surge_after_update(self, job: Job, spec: JobSpec) -> int:
+        """How many surge tasks `job` will have once `_update` applies `spec` (for quota)."""
+        if job.spec.task_template() != spec.task_template() or (
+            rollout_state(job.rollout) is RolloutState.ROLLING
+        ):
+            return surge_target(job, spec)
+        return job.surge if spec.replicas == job.spec.replicas else 0
+
+    def _set_surge(self, job: Job, n: int, ts: int, why: str) -> None:
+        """Make the job have `n` surge tasks: new ones (current version) are queued for the
+        scheduler; extra ones are dropped, so their Borglets stop them (as a scale-down
+        does), with a `killed` event each but no change to the job's state."""
+        base = job.spec.replicas
+        for i in range(base + n, base + job.surge):
+            gone = self.tasks.get((job.name, i))
+            if gone is None:
+                continue
+            machine, was = gone.machine, gone.state
+            self._drop_task(gone)
+            if was not in TERMINAL_TASK_STATES:
+                self._event("killed", job.name, i, machine, f"surge task removed: {why}")
+        for i in range(base + job.surge, base + n):
+            self._new_task(job, i, ts)
+        job.surge = n
+
     def _prune_history(self, job: Job) -> None:
         """Keep the specs tasks still run, and the previous version for rollback."""
         used = {t.version for t in self.job_tasks(job.name)}
@@ -322,7 +351,7 @@ class Store:
 
     # ----- jobs --------------------------------------------------------------------------
 
-    def _check_quota(self, spec: JobSpec) -> Result | None:
+    def _check_quota(self, spec: JobSpec, surge: int = 0) -> Result | None:
         band = band_of(spec.priority)
         if band == "free":
             return None
@@ -333,14 +362,15 @@ class Store:
         req = spec.requirements
         over = []
         for r in QUOTA_RESOURCES:
-            want = getattr(used, r) + getattr(req, r) * spec.replicas
+            want = getattr(used, r) + getattr(req, r) * (spec.replicas + surge)
             cap = getattr(limit, r)
             if cap < 0:
                 continue  # UNLIMITED
             if want > cap + 1e-9:
                 over.append(f"{r} {format_amount(r, want - cap)}")
         if over:
-            return err("quota", f"quota for {spec.user}/{band} exceeded by {', '.join(over)}")
+            why = f" (counting {surge} surge task(s) of update.max_surge)" if surge else ""
+            return err("quota", f"quota for {spec.user}/{band} exceeded by {', '.join(over)}{why}")
         return None
 
     def _check_run_as(self, spec: JobSpec) -> Result | None:
@@ -377,7 +407,10 @@ class Store:
             )
         if live and old is not None and old.spec == spec:
             return {"name": spec.name, "version": old.version, "result": "unchanged"}
-        quota = self._check_quota(spec)
+        surge = 0
+        if live and old is not None:
+            surge = self._surge_after_update(old, spec)
+        quota = self._check_quota(spec, surge)
         if quota is not None:
             return quota
         run_as = self._check_run_as(spec)
@@ -401,6 +434,11 @@ class Store:
         template_changed = job.spec.task_template() != spec.task_template()
         old_replicas = job.spec.replicas
         old_priority = job.spec.priority
+        if template_changed or spec.replicas != old_replicas:
+            # Surge tasks sit just past the replicas and run the version being rolled out:
+            # a new version or a new replica count makes them wrong, so they go first (and
+            # come back below, at the new indexes and version, if the job is rolling).
+            self._set_surge(job, 0, ts, "update changed")
         if template_changed:
             job.history[job.version] = job.spec
             job.previous_version = job.version
@@ -447,6 +485,8 @@ class Store:
             for t in self.job_tasks(spec.name):
                 if t.key in self.pending:
                     self.new_pending.add(t.key)
+        if rollout_state(job.rollout) is RolloutState.ROLLING:
+            self._set_surge(job, surge_target(job), ts, "max_surge lowered")
         self._prune_history(job)
         self._recompute_job(job)
         self._event(how, spec.name, message=f"version {job.version}, {spec.replicas} tasks")
@@ -527,6 +567,12 @@ class Store:
                 self.rolling.add(job.name)
             else:
                 self.rolling.discard(job.name)
+            if now is RolloutState.NONE:
+                # Done: every replica runs the new version, so the extra capacity goes. A
+                # halted rollout keeps its surge tasks (they hold the availability floor
+                # while the old and broken versions are mixed) until the next update,
+                # rollback or kill.
+                self._set_surge(job, 0, cmd.ts_ms, "rollout done")
             if now is RolloutState.HALTED:
                 self._event("rollout-halted", job.name, message=cmd.status)
             elif now is RolloutState.NONE and before is RolloutState.ROLLING:
@@ -832,6 +878,15 @@ class Store:
 
 def _not_owner(job: str, owner: str, acting: str) -> str:
     return f"job '{job}' belongs to {owner} (acting user {acting})"
+
+
+def surge_target(job: Job, spec: JobSpec | None = None) -> int:
+    """Surge tasks a rolling service keeps: update.max_surge, never more than its replicas
+    (each surge task stands in for one replica being replaced). Batch jobs do not surge."""
+    spec = spec or job.spec
+    if spec.kind != SERVICE:
+        return 0
+    return min(spec.update.max_surge, spec.replicas)
 
 
 def needs_placement(t: Task, job: Job) -> bool:

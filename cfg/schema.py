@@ -524,9 +524,16 @@ class _Validator:
         out = UpdatePolicy(max_unavailable=1, max_surge=0)
         if "max_unavailable" in d:
             mpath = (*path, "max_unavailable")
-            out.max_unavailable = self.integer(d["max_unavailable"], mpath, 1, MAX_INT)
+            out.max_unavailable = self.integer(d["max_unavailable"], mpath, 0, MAX_INT)
         if "max_surge" in d:
             out.max_surge = self.integer(d["max_surge"], (*path, "max_surge"), 0, MAX_INT)
+        if out.max_unavailable == 0 and out.max_surge == 0:
+            # Nothing could ever be replaced: no task may go down, and none may be added.
+            self.fail(
+                (*path, "max_unavailable"),
+                "must be at least 1 when max_surge is 0, got 0 (a rollout could never "
+                "replace a task; set max_surge >= 1 to roll without losing capacity)",
+            )
         return out
 
 

@@ -190,13 +190,15 @@ def service(
     extra: str = "",
     locks: OverlapLocks | None = None,
     max_unavailable: int = 1,
+    max_surge: int = 0,
 ) -> str:
     command = locks.command(greeting) if locks is not None else f"echo {greeting}; exec sleep 1000"
+    surge = f", max_surge: {max_surge}" if max_surge else ""
     return (
         f"name: {name}\nreplicas: {replicas}\nrun_as: nobody\n"
         f"command: '{command}'\n"
         f"requirements: {{cpu: 0.05, ram: 16Mi}}\n"
-        f"update: {{max_unavailable: {max_unavailable}}}\n"
+        f"update: {{max_unavailable: {max_unavailable}{surge}}}\n"
         f"kill_timeout: 2s\n{extra}"
     )
 
@@ -265,6 +267,43 @@ def test_rolling_update_with_max_unavailable_2_replaces_two_at_a_time(
     replay.check(min_running=2, replaced=4)
     assert locks.overlaps() == {}
     assert cell2.borgcfg("down", "rolltwo", "--wait").returncode == 0
+
+
+@pytest.mark.parametrize(("max_unavailable", "max_surge"), [(0, 1), (1, 2)])
+def test_rolling_update_with_max_surge_never_drops_below_replicas_minus_max_unavailable(
+    cell2: Cell, tmp_path: Path, max_unavailable: int, max_surge: int
+) -> None:
+    name = f"surge{max_surge}"
+    floor = 4 - max_unavailable
+    locks = OverlapLocks(cell2, name)
+
+    def config(file: str, greeting: str) -> str:
+        text = service(
+            name, 4, greeting, locks=locks, max_unavailable=max_unavailable, max_surge=max_surge
+        )
+        return write(tmp_path, file, text)
+
+    assert cell2.borgcfg("up", config("s1.yaml", "v1"), "--wait", "--timeout", "30").returncode == 0
+    replay = RunningReplay(cell2, name)
+
+    def rolled() -> bool:
+        tasks = cell2.job(name)["tasks"]
+        done = [t for t in tasks if t["state"] == "running" and t["version"] == 2]
+        return len(tasks) == len(done) == 4 and _rollout(cell2, name) == ""
+
+    with Sampler(cell2, name) as s:
+        assert cell2.borgcfg("up", config("s2.yaml", "v2")).returncode == 0
+        wait_for(rolled, 90, what="all four on version 2 and the surge tasks gone")
+    s.check(min_running=floor)
+    # Exact: never below replicas - max_unavailable, and down to it (the allowance used).
+    replay.check(min_running=floor, replaced=4)
+    counts = replay.counts()
+    assert max(n for *_, n in counts) > 4, counts  # surge tasks really ran beside the four
+    surge_left = [(kind, i) for _, kind, i, _ in counts if i >= 4 and kind in LEAVES_RUNNING]
+    assert surge_left and all(kind == "killed" for kind, _ in surge_left), counts
+    assert sorted(t["index"] for t in cell2.job(name)["tasks"]) == [0, 1, 2, 3]
+    assert locks.overlaps() == {}
+    assert cell2.borgcfg("down", name, "--wait").returncode == 0
 
 
 def _rollout(cell: Cell, job: str) -> str:

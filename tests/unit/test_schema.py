@@ -134,7 +134,12 @@ BAD_JOBS: list[tuple[object, str]] = [
     ),
     (job(constraints={"attr": "rack"}), "constraints: expected a list, got an object"),
     (job(tolerations=[{"value": "x"}]), "tolerations[0]: missing required key 'key'"),
-    (job(update={"max_unavailable": 0}), "update.max_unavailable: must be at least 1, got 0"),
+    (
+        job(update={"max_unavailable": 0}),
+        "update.max_unavailable: must be at least 1 when max_surge is 0, got 0 (a rollout "
+        "could never replace a task; set max_surge >= 1 to roll without losing capacity)",
+    ),
+    (job(update={"max_unavailable": -1}), "update.max_unavailable: must be at least 0, got -1"),
     (job(update={"max_surge": -1}), "update.max_surge: must be at least 0, got -1"),
     (job(kill_timeout="forever"), "kill_timeout: 'forever' is not a duration"),
     (
@@ -388,6 +393,11 @@ def test_full_job() -> None:
     assert spec.spread == "rack"
     assert (spec.update.max_unavailable, spec.update.max_surge) == (2, 1)
     assert spec.kill_timeout_ms == 30_000
+
+
+def test_max_unavailable_0_is_valid_with_a_surge() -> None:
+    spec = validate_job(job(update={"max_unavailable": 0, "max_surge": 1}))
+    assert (spec.update.max_unavailable, spec.update.max_surge) == (0, 1)
 
 
 def test_health_variants() -> None:

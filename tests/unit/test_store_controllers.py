@@ -371,3 +371,148 @@ def test_rollback_after_halted_rollout_keeps_tasks_already_on_the_old_template()
     assert t0.version == 2 and t0.state == ASSIGNED
     assert cell.store.jobs["web"].spec.command == v1.command
     assert [t.version for t in cell.store.desired_for("m1")] == [2, 3]
+
+
+# ----- max_surge -------------------------------------------------------------------------
+
+
+def _surge_job(cell: Cell, replicas: int, max_unavailable: int, max_surge: int) -> None:
+    """A running service on version 1, then an update to version 2 that starts a rollout."""
+    cell.machine("m1", cpu=64, ram=256 * GiB)
+    update = UpdatePolicy(max_unavailable=max_unavailable, max_surge=max_surge)
+    cell.submit(spec(replicas=replicas, update=update))
+    for i in range(replicas):
+        cell.place("web", i, "m1")
+        cell.update("web", i, RUNNING)
+    cell.submit(spec(replicas=replicas, update=update, env={"V": "2"}))
+
+
+def _available(cell: Cell) -> int:
+    job = cell.store.jobs["web"]
+    return sum(1 for t in cell.store.job_tasks("web") if controllers.available(cell.store, job, t))
+
+
+def _drive_rollout(cell: Cell) -> list[int]:
+    """Run a rollout to its end as the leader would, one change at a time: apply the
+    controllers' decision, else start the highest pending task (scheduler, then Borglet:
+    surge tasks, queued when the rollout began, start first).
+    Returns the available-task count after every change, so a dip anywhere is seen."""
+    counts = [_available(cell)]
+    for _ in range(100):
+        job = cell.store.jobs["web"]
+        if job.rollout == "":
+            return counts
+        acts = controllers.plan_all(cell.store)
+        if acts:
+            a = acts[0]
+            if a.replace_update:
+                cell.apply(C.ReplaceTasks(job="web", tasks=a.replace_update, reason="updated"))
+            if a.rollout_status is not None:
+                cell.apply(C.SetRollout(job="web", version=a.version, status=a.rollout_status))
+        else:
+            waiting = [t for t in cell.store.job_tasks("web") if t.state == PENDING]
+            assert waiting, "rollout stuck: nothing to replace and nothing to start"
+            t = waiting[-1]
+            cell.place("web", t.index, "m1", version=job.version)
+            cell.update("web", t.index, RUNNING)
+        counts.append(_available(cell))
+    raise AssertionError(f"rollout did not finish: {counts}")
+
+
+def test_max_surge_with_max_unavailable_0_never_drops_below_replicas() -> None:
+    cell = Cell()
+    _surge_job(cell, replicas=4, max_unavailable=0, max_surge=1)
+    job = cell.store.jobs["web"]
+    assert job.surge == 1 and job.rollout == "rolling"
+    surge = cell.store.tasks[("web", 4)]
+    assert (surge.state, surge.version) == (PENDING, 2)
+    assert [t.index for t in cell.store.job_tasks("web")] == [0, 1, 2, 3, 4]
+    # Nothing may go down until the surge task stands in for it.
+    assert controllers.plan_all(cell.store) == []
+    counts = _drive_rollout(cell)
+    assert min(counts) == 4, counts  # never below replicas - max_unavailable
+    assert max(counts) == 5, counts  # the surge task really added capacity
+    tasks = cell.store.job_tasks("web")
+    assert [(t.index, t.version, t.state) for t in tasks] == [(i, 2, RUNNING) for i in range(4)]
+    assert job.surge == 0 and ("web", 4) not in cell.store.tasks
+    gone = [e for e in cell.store.events if e.type == "killed" and e.task_index == 4]
+    assert [e.message for e in gone] == ["surge task removed: rollout done"]
+    assert job.state == RUNNING and not job.killed
+
+
+def test_max_surge_2_with_max_unavailable_1_uses_both_and_never_drops_below_3() -> None:
+    cell = Cell()
+    _surge_job(cell, replicas=4, max_unavailable=1, max_surge=2)
+    assert [t.index for t in cell.store.job_tasks("web")] == [0, 1, 2, 3, 4, 5]
+    # Before the surge tasks run, max_unavailable alone allows one replacement.
+    acts = controllers.plan_all(cell.store)
+    assert [len(a.replace_update) for a in acts] == [1]
+    counts = _drive_rollout(cell)
+    assert min(counts) == 3, counts  # exactly the floor: the allowance was used, not exceeded
+    started = {e.task_index for e in cell.store.events if e.type == "started"}
+    assert {4, 5} <= started  # both surge tasks ran (and are gone now)
+    assert cell.store.jobs["web"].surge == 0
+    assert [(t.version, t.state) for t in cell.store.job_tasks("web")] == [(2, RUNNING)] * 4
+
+
+def test_surge_tasks_count_against_quota() -> None:
+    cell = Cell()
+    cell.apply(C.SetQuota(user="alice", band="batch", limit=C.QuotaLimit(cpu=4.0, ram=8 * GiB)))
+    update = UpdatePolicy(max_unavailable=0, max_surge=1)
+    assert cell.submit(spec(replicas=4, user="alice", update=update))["result"] == "created"
+    r = cell.submit(spec(replicas=4, user="alice", update=update, env={"V": "2"}))
+    assert r["error"] == "quota"
+    assert r["message"] == (
+        "quota for alice/batch exceeded by cpu 1 (counting 1 surge task(s) of update.max_surge)"
+    )
+    # With room for the surge task the rollout is admitted, and the task is counted.
+    cell.apply(C.SetQuota(user="alice", band="batch", limit=C.QuotaLimit(cpu=5.0)))
+    assert cell.submit(spec(replicas=4, user="alice", update=update, env={"V": "2"}))["version"]
+    assert cell.store.quota_used("alice", "batch").cpu == 5.0
+
+
+def test_surge_tasks_follow_scaling_and_rollback_stay_on_halt_and_stop_with_the_job() -> None:
+    cell = Cell()
+    _surge_job(cell, replicas=4, max_unavailable=0, max_surge=1)
+    cell.place("web", 4, "m1", version=2)
+    cell.update("web", 4, RUNNING)
+    # Scaling mid-rollout: the surge task moves past the new replica count.
+    update = UpdatePolicy(max_unavailable=0, max_surge=1)
+    cell.submit(spec(replicas=3, update=update, env={"V": "2"}))
+    assert [t.index for t in cell.store.job_tasks("web")] == [0, 1, 2, 3]
+    assert cell.store.tasks[("web", 3)].state == PENDING  # the new surge task
+    assert cell.store.tasks[("web", 3)].version == 2
+    # A halted rollout keeps its surge task.
+    cell.place("web", 3, "m1", version=2)
+    cell.update("web", 3, RUNNING)
+    acts = controllers.plan_all(cell.store)
+    cell.apply(C.ReplaceTasks(job="web", tasks=acts[0].replace_update, reason="updated"))
+    cell.place("web", 0, "m1", version=2)
+    cell.update("web", 0, FAILED, exit_code=1)
+    halt = controllers.plan_all(cell.store)[0].rollout_status
+    assert halt is not None and halt.startswith("halted")
+    cell.apply(C.SetRollout(job="web", version=2, status=halt))
+    assert cell.store.jobs["web"].surge == 1
+    # Rollback: a new version, so a new surge task on it.
+    assert cell.apply(C.Rollback(name="web"))["version"] == 3
+    surge = cell.store.tasks[("web", 3)]
+    assert (surge.version, surge.state, surge.machine) == (3, PENDING, "")
+    cell.place("web", 3, "m1", version=3)
+    # Kill: the surge task stops with the others and goes with the job's GC.
+    assert cell.apply(C.KillJob(name="web"))["tasks_to_stop"] == 3  # 1, 2 and the surge task
+    assert [t.machine for t in cell.store.desired_for("m1")] == []
+    for i in (1, 2, 3):
+        cell.update("web", i, KILLED)
+    assert cell.apply(C.GcJobs(names=["web"])) == {"removed": 1}
+    assert not [k for k in cell.store.tasks if k[0] == "web"]
+
+
+def test_surge_survives_a_snapshot() -> None:
+    cell = Cell()
+    _surge_job(cell, replicas=2, max_unavailable=0, max_surge=1)
+    data = cell.store.snapshot_bytes()
+    other = Store()
+    other.load_snapshot(data)
+    assert other.jobs["web"].surge == 1
+    assert [t.index for t in other.job_tasks("web")] == [0, 1, 2]
+    assert other.snapshot_bytes() == data
