@@ -18,6 +18,7 @@ import json
 import multiprocessing as mp
 import os
 import random
+import shutil
 import socket
 import subprocess
 import sys
@@ -271,6 +272,7 @@ def flood(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         proc.terminate()
         proc.wait(10)
+        shutil.rmtree(base, ignore_errors=True)
     ms = lambda xs, p: round(pct(xs, p) * 1000, 2)  # noqa: E731
     return {
         "getjob_idle_ms": {"p50": ms(idle, 50), "p99": ms(idle, 99)},
