@@ -57,6 +57,19 @@ def wait_for(
     raise TimeoutError(f"timed out after {timeout}s waiting for {what or cond}: {last_exc}")
 
 
+def stays(cond: Callable[[], object], seconds: float, interval: float = 0.01) -> bool:
+    """Whether `cond` holds at every check for `seconds`: for claims that something does NOT
+    happen (no restart, no second start), which no event can be waited on. Polled, so a
+    transient violation inside the window fails too, not only one still there at its end."""
+    deadline = time.monotonic() + seconds
+    while True:
+        if not cond():
+            return False
+        if time.monotonic() >= deadline:
+            return True
+        time.sleep(interval)
+
+
 @dataclass
 class Proc:
     name: str

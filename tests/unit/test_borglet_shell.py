@@ -20,6 +20,7 @@ from borglet.runtime.fake import FakeRuntime
 from borglet.runtime.process import ExecError
 from borglet.state import Desired, TaskKey
 from cfg.model import SERVICE, HealthCheck, HealthKind, JobSpec, RestartPolicy
+from tests.cluster import stays
 
 
 class FakeLink:
@@ -134,8 +135,7 @@ def test_desired_task_is_started_and_reported_running(shell: Shell) -> None:
     assert env["BORG_JOB"] == "web" and env["BORG_CELL"] == "test-cell"
     # Level-triggered: the same desired set again starts nothing more.
     shell.sync(d)
-    time.sleep(0.05)
-    assert shell.runtime.starts == [tid(d)]
+    assert stays(lambda: shell.runtime.starts == [tid(d)], 0.05)
 
 
 def test_exit_is_restarted_after_its_backoff(shell: Shell) -> None:
@@ -181,8 +181,7 @@ def test_successful_exit_with_on_failure_finishes(shell: Shell) -> None:
     wait_for(lambda: shell.runtime.busy(tid(d)))
     shell.runtime.exit(tid(d), code=0)
     wait_for(lambda: (shell.report(d.key) or {}).get("state") == "succeeded")
-    time.sleep(0.3)
-    assert shell.runtime.starts == [tid(d)]
+    assert stays(lambda: shell.runtime.starts == [tid(d)], 0.3)
 
 
 def test_task_removed_from_desired_set_is_killed_then_forgotten(shell: Shell) -> None:
@@ -217,8 +216,7 @@ def test_permanent_start_failure_is_not_restarted(shell: Shell) -> None:
     r = shell.report(d.key)
     assert r is not None and r["reason"] == "exec: not found" and r["exit_code"] == 127
     shell.sync(d)
-    time.sleep(0.3)
-    assert shell.runtime.starts == []
+    assert stays(lambda: shell.runtime.starts == [], 0.3)
 
 
 def test_transient_start_failure_goes_through_the_backoff(shell: Shell) -> None:
@@ -239,8 +237,7 @@ def test_restarted_borglet_readopts_running_task_from_the_state_file(shell: Shel
     r = shell.report(d.key)
     assert r is not None and r["state"] == "running" and r["pid"] == pid
     shell.sync(d)
-    time.sleep(0.1)
-    assert shell.runtime.starts == [tid(d)]  # adopted, not started again
+    assert stays(lambda: shell.runtime.starts == [tid(d)], 0.1)  # adopted, not started again
     # And watched again: its exit is noticed and restarted per policy.
     shell.runtime.exit(tid(d), code=2)
     wait_for(lambda: len(shell.runtime.starts) == 2)

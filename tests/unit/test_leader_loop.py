@@ -11,6 +11,7 @@ from typing import Any
 from borgmaster import commands as C
 from borgmaster.facade import ProposeError
 from borgmaster.leader_loop import Cadence, LeaderLoop, TermFence
+from tests.cluster import stays
 
 
 def wait_for(cond: Callable[[], bool], timeout: float = 2.0) -> bool:
@@ -52,21 +53,18 @@ def test_a_change_driven_loop_runs_only_while_leading_and_with_the_term() -> Non
     w = World(Cadence(period_s=0.05, on_period=False))
     try:
         w.change()
-        time.sleep(0.15)
-        assert w.runs == []  # a follower never runs the body
+        assert stays(lambda: w.runs == [], 0.15)  # a follower never runs the body
         w.leader = True
         assert wait_for(lambda: w.runs == [4])  # first pass as leader (generation unseen)
-        time.sleep(0.15)
-        assert w.runs == [4]  # no change, no period runs
+        assert stays(lambda: w.runs == [4], 0.15)  # no change, no period runs
         w.change()
         assert wait_for(lambda: len(w.runs) == 2)
         w.loop.wake()
         assert wait_for(lambda: len(w.runs) == 3)  # a wake runs a pass without a change
         w.leader = False
-        time.sleep(0.1)
+        assert stays(lambda: len(w.runs) == 3, 0.1)
         w.change()
-        time.sleep(0.15)
-        assert len(w.runs) == 3  # deposed: stops acting
+        assert stays(lambda: len(w.runs) == 3, 0.15)  # deposed: stops acting
     finally:
         w.stop.set()
         w.loop.wake()
