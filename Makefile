@@ -10,7 +10,9 @@ $(STAMP): pyproject.toml setup.cfg
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# compat: a plain path entry instead of an import hook that costs every command ~10 ms
-	$(BIN)/python -m pip install -q -e '.[dev]' --config-settings editable_mode=compat
+	# (setuptools calls the mode deprecated: fall back to the default if it is ever refused)
+	$(BIN)/python -m pip install -q -e '.[dev]' --config-settings editable_mode=compat \
+	  || $(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
 run: $(STAMP)
