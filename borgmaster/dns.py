@@ -292,6 +292,10 @@ class DnsServer:
                     return
                 time.sleep(0.01)
                 continue
+            if not peer:  # a socket shut down by stop() reads (b"", None)
+                if self._stop.is_set():
+                    return
+                continue
             if not self.limiter.allow(peer[0], now):
                 continue
             reply, payload = self._answer(data)

@@ -251,3 +251,26 @@ def test_one_source_is_rate_limited_and_others_are_not() -> None:
     for ip in ("a", "b", "c", "d"):
         small.allow(ip, 0.0)
     assert list(small.buckets) == ["b", "c", "d"]
+
+
+def test_the_server_stops_cleanly(cell: Cell) -> None:
+    """stop() shuts the sockets down under the serving threads: they end, without a
+    traceback (a shut-down UDP socket reads an empty datagram from no one)."""
+    import threading
+
+    from borgmaster.dns import DnsServer
+    from tests.cluster import free_port, wait_for
+
+    errors: list[BaseException] = []
+    old_hook = threading.excepthook
+    threading.excepthook = lambda args: errors.append(args.exc_value)  # type: ignore[assignment,return-value]
+    try:
+        server = DnsServer(f"127.0.0.1:{free_port()}", lambda: zone(cell))
+        server.start()
+        names = {"dns-udp", "dns-tcp"}
+        wait_for(lambda: names <= {t.name for t in threading.enumerate()}, 5)
+        server.stop()
+        wait_for(lambda: not names & {t.name for t in threading.enumerate()}, 5, what="stopped")
+    finally:
+        threading.excepthook = old_hook
+    assert errors == []
