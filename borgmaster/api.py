@@ -8,6 +8,7 @@ UNAVAILABLE naming the leader when one is known, unknown jobs are NOT_FOUND.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 import uuid
@@ -67,6 +68,16 @@ def _abort(context: grpc.ServicerContext, code: str, message: str) -> NoReturn:
 MAX_SPEC_BYTES = 1 << 20
 """A job spec larger than this (as sent) is refused before it is decoded (SPEC part 2, Limits):
 every replica keeps it in memory, in the journal and in snapshots."""
+
+
+def _answers(addr: str, timeout: float = 1.0) -> bool:
+    """Whether something accepts TCP connections at the Raft address HOST:PORT."""
+    host, _, port = addr.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 class MasterServicer(borg_pb2_grpc.BorgmasterServicer):
@@ -439,6 +450,15 @@ class MasterServicer(borg_pb2_grpc.BorgmasterServicer):
                     return borg_pb2_grpc.BorgmasterStub(ch).ChangeMembership(request, timeout=15)
                 except grpc.RpcError as e:
                     context.abort(e.code(), e.details() or "")
+        if not request.remove and not _answers(request.raft):
+            # PySyncObj applies a membership change when it is appended: adding an address
+            # where nothing runs would leave the cell needing a vote it can never get.
+            _abort(
+                context,
+                "invalid",
+                f"cell add: nothing answers at {request.raft} (start the replica there with "
+                "--join first)",
+            )
         try:
             self.m.change_membership(request.raft, remove=request.remove)
         except ProposeError as e:

@@ -186,3 +186,19 @@ def test_quota_set_keeps_omitted_limits_and_shows_unlimited(cell: Cell, tmp_path
     assert r.returncode == 1
     assert last_line(r) == "borgcfg: rejected: quota for qann/production exceeded by cpu 0.1"
     assert as_user(cell, "qann", "down", "qbig").returncode == 0
+
+
+def test_cell_add_of_an_address_where_nothing_runs_is_refused(cell: Cell) -> None:
+    """PySyncObj applies membership on append: three adds of dead addresses used to leave a
+    cell needing votes it could never get. Now nothing changes and the user is told why."""
+    before = [r["raft"] for r in cell.cell_json()]
+    dead = f"127.0.0.1:{free_port()}"
+    r = as_user(cell, "admin", "cell", "add", dead)
+    assert r.returncode == 1, r.stdout
+    assert last_line(r) == (
+        f"borgcfg: rejected: cell add: nothing answers at {dead} "
+        "(start the replica there with --join first)"
+    )
+    assert [x["raft"] for x in cell.cell_json()] == before
+    # and the cell still takes writes: its majority is unchanged
+    wait_for(lambda: cell.http_get(cell.masters[0].info["http"], "/readyz")[0] == 200, 10)
