@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -34,8 +35,31 @@ TEST_RAFT_SECRET = "borgcell-test-raft-secret-0123456789"
 """The Raft secret of every multi-replica cell the tests start (never used outside tests)."""
 
 
+FREE_PORTS = (10000, 20000)
+"""Where test servers' ports come from: below the Borglets' default task range (20000-32000)
+and the kernel's ephemeral range (32768+). A port the kernel hands out for "port 0" is an
+ephemeral one, which any outgoing connection may take as its source port before a server
+restarted on it binds again (seen: a cold-restarted master finding its gRPC port in use)."""
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A port nothing on 127.0.0.1 uses now (TCP and UDP), not handed out before by this
+    process, outside the ephemeral range."""
+    rnd = random.Random(os.getpid() ^ time.monotonic_ns())
+    for _ in range(500):
+        port = rnd.randrange(*FREE_PORTS)
+        if port in _handed_out:
+            continue
+        try:
+            for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+                with socket.socket(socket.AF_INET, kind) as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        _handed_out.add(port)
+        return port
+    with socket.socket() as s:  # the range is crowded: let the kernel pick
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
