@@ -178,11 +178,20 @@ class BorgFSM(SyncObj):  # type: ignore[misc]
         # without pre-vote) its ever higher term deposes the leader once it is a member.
         # Hold its election timer until a leader has spoken to it, once (the marker file
         # keeps the hold across a restart before `cell add`, and ends it after joining).
+        self._stopping = False  # handing leadership over on the way out: never campaign
         self._joined_marker = os.path.join(data_dir, JOINED_MARKER)
         self._joining = join and not os.path.exists(self._joined_marker)
         if self._joining:
             self._SyncObj__raftElectionDeadline = raft_clock() + JOIN_HOLD_S
             self.addOnTickCallback(self._hold_election_while_joining)
+
+    def _hold_election_while_stopping(self) -> None:
+        """A replica handing over leadership on its way out must not campaign again: its
+        election deadline lapsed while it led, so the tick right after it steps down would
+        start an election it would likely win (it is the most up to date), undoing the
+        hand-over (seen: terms 3 and 5 won by the stopping replica)."""
+        if self._stopping:
+            self._SyncObj__raftElectionDeadline = raft_clock() + JOIN_HOLD_S
 
     def _hold_election_while_joining(self) -> None:
         if not self._joining:
@@ -272,6 +281,9 @@ class BorgFSM(SyncObj):  # type: ignore[misc]
         transfer while the target lags by even one entry: retry until leadership has moved
         or the deadline passes."""
         deadline = time.monotonic() + deadline_s
+        self._stopping = True
+        self._SyncObj__raftElectionDeadline = raft_clock() + JOIN_HOLD_S
+        self.addOnTickCallback(self._hold_election_while_stopping)
         while self.is_leader() and time.monotonic() < deadline:
             try:
                 self.transfer_leadership()
