@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cfg.schema import JOB_KEYS
 from cfg.structs import struct_from
 from proto.borg.v1 import borg_pb2 as pb
 from proto.borg.v1 import borg_pb2_grpc
@@ -102,23 +103,7 @@ json_values = st.recursive(
     ),
     max_leaves=12,
 )
-FIELDS = [
-    "name",
-    "user",
-    "run_as",
-    "priority",
-    "kind",
-    "replicas",
-    "command",
-    "env",
-    "requirements",
-    "restart",
-    "health",
-    "constraints",
-    "tolerations",
-    "spread",
-    "update",
-]
+FIELDS = list(JOB_KEYS)  # every key the schema knows, so the fuzz follows new ones
 
 
 @settings(
