@@ -94,6 +94,8 @@ from borglet.state import (
     task_id_of,
 )
 from borglet.watcher import ExitWatcher
+from cfg.grpcauth import AuthInterceptor, Rule, server_credentials
+from cfg.tls import Role
 from proto.borg.v1 import borg_pb2_grpc
 
 __all__ = [  # what tests and borglet/cli.py import from here
@@ -112,6 +114,10 @@ WARM_SHIMS = 2
 start-up (~20 ms, far more on a busy machine)."""
 EXIT_KILL_WAIT_S = 30.0
 """--kill-tasks-on-exit: how long the Borglet's exit waits for its tasks' kills."""
+
+
+BORGLET_RULES = {"ReadLogs": Rule(frozenset({Role.MASTER}), "read task logs on a Borglet")}
+"""Who may call a Borglet: masters (the user's right to a task's logs is the master's check)."""
 
 
 class Borglet:
@@ -298,14 +304,25 @@ class Borglet:
         self._recover()
         self.runtime.prefill()
         if self.cfg.grpc:
-            server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+            # Logs (and exec) are served to masters only: they check the caller's identity
+            # against the job's owner before relaying (SPEC part 2, Authorization).
+            auth = AuthInterceptor(
+                BORGLET_RULES, tls=self.cfg.tls is not None, closed_services=("borg.v1.Borglet",)
+            )
+            server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), interceptors=[auth])
             borg_pb2_grpc.add_BorgletServicer_to_server(LogsServicer(self, self.task_uids), server)
-            if server.add_insecure_port(self.cfg.grpc) == 0:
+            if self.cfg.tls is not None:
+                bound = server.add_secure_port(self.cfg.grpc, server_credentials(self.cfg.tls))
+            else:
+                bound = server.add_insecure_port(self.cfg.grpc)
+            if bound == 0:
                 raise OSError(f"cannot bind gRPC to {self.cfg.grpc}")
             server.start()
             self.grpc_server = server
         if self.cfg.http:
-            self.http_server = serve_http(self.cfg.http, lambda: self.state_error, self.registry)
+            self.http_server = serve_http(
+                self.cfg.http, lambda: self.state_error, self.registry, self.cfg.tls
+            )
         th = threading.Thread(target=self._timer_loop, name="timer", daemon=True)
         th.start()
         self._threads.append(th)

@@ -16,9 +16,11 @@ from borglet.accounts import AccountError, TaskAccounts
 from borglet.agent import Borglet, BorgletConfig
 from borglet.ports import parse_range
 from cfg import datadir
+from cfg.errors import ConfigError
 from cfg.logsetup import log_options, setup_logging
 from cfg.model import Taint, TaintEffect
 from cfg.options import key_values
+from cfg.tls import Role, TlsDir, cert_identity
 from cfg.units import parse_size
 
 log = logging.getLogger("borglet")
@@ -85,7 +87,14 @@ def main() -> None:
     is_flag=True,
     help="Let tasks run as root-equivalent accounts (uid/gid 0, sudo, disk, docker ...).",
 )
-@click.option("--tls-dir", type=click.Path(file_okay=False), default=None, hidden=True)
+@click.option(
+    "--tls-dir",
+    envvar="BORG_TLS_DIR",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="ca.crt, tls.crt, tls.key of this machine (`ca issue --role borglet --name NAME`): "
+    "mTLS to the masters, logs for masters only, HTTPS.",
+)
 @click.option("--cgroup-root", default="/sys/fs/cgroup", show_default=True)
 @click.option("--kill-tasks-on-exit", is_flag=True, help="Stop every task when exiting (dev).")
 @click.option(
@@ -184,6 +193,7 @@ def run(
         sys.exit(2)
     # Everything the Borglet writes is its own unless it says otherwise (state file, control
     # dirs); the data dir itself stays traversable so tasks reach their (0700) sandboxes.
+    tls = _load_tls(tls_dir, name)
     os.umask(0o077)
     os.makedirs(data_dir, exist_ok=True)
     try:
@@ -217,6 +227,7 @@ def run(
         log_keep=log_keep,
         task_pids_max=task_pids_max,
         usage_interval_s=usage_interval,
+        tls=tls,
     )
     borglet = Borglet(cfg)
     try:
@@ -235,6 +246,28 @@ def run(
     while not stop.wait(0.5):
         pass
     borglet.stop()
+
+
+def _load_tls(tls_dir: str | None, name: str) -> TlsDir | None:
+    """The machine's certificate, checked now: it must be a Borglet's for this --name (the
+    masters accept a Sync only from the machine its certificate names)."""
+    if not tls_dir:
+        log.warning("no --tls-dir: plaintext, and this Borglet trusts any caller as a master")
+        return None
+    try:
+        tls = TlsDir.load(tls_dir)
+    except ConfigError as e:
+        click.echo(f"borglet: {e}", err=True)
+        sys.exit(2)
+    ident = cert_identity(tls.cert_file)
+    if ident is None or ident.role is not Role.BORGLET or ident.name != name:
+        got = f"{ident.role.value} {ident.name}" if ident else "no borgcell identity"
+        click.echo(
+            f"borglet: --tls-dir {tls_dir}: the certificate is for {got}, not borglet {name}",
+            err=True,
+        )
+        sys.exit(2)
+    return tls
 
 
 if __name__ == "__main__":

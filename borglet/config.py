@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from cfg.model import Taint
+from cfg.tls import TlsDir
 
 
 @dataclass
@@ -33,6 +34,9 @@ class BorgletConfig:
     log_keep: int = 3
     task_pids_max: int = 4096
     usage_interval_s: float = 5.0
+    tls: TlsDir | None = None
+    """`--tls-dir`: mTLS to the masters (which must hold master certificates), logs served to
+    masters only, HTTPS on the HTTP port."""
 
     @property
     def offered_cpu(self) -> float:

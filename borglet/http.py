@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from cfg.https import HttpServer, peer_identity
+from cfg.tls import TlsDir
 
 
 def _split(addr: str) -> tuple[str, int]:
@@ -16,9 +19,13 @@ def _split(addr: str) -> tuple[str, int]:
 
 
 def serve_http(
-    addr: str, unhealthy: Callable[[], str], registry: CollectorRegistry
-) -> ThreadingHTTPServer:
-    """Serve on a daemon thread; `unhealthy()` says why /healthz fails ('' when it does not)."""
+    addr: str,
+    unhealthy: Callable[[], str],
+    registry: CollectorRegistry,
+    tls: TlsDir | None = None,
+) -> HttpServer:
+    """Serve on a daemon thread; `unhealthy()` says why /healthz fails ('' when it does not).
+    With `tls`: HTTPS, and /metrics only for a client certificate of the cell."""
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, format: str, *args: object) -> None:
@@ -30,6 +37,12 @@ def serve_http(
                 why = unhealthy()
                 body, code = (f"{why}\n".encode(), 503) if why else (b"ok\n", 200)
                 ctype = "text/plain"
+            elif path == "/metrics" and tls is not None and peer_identity(self) is None:
+                body, ctype, code = (
+                    b"a client certificate of the cell is needed\n",
+                    "text/plain",
+                    401,
+                )
             elif path == "/metrics":
                 body, ctype, code = generate_latest(registry), CONTENT_TYPE_LATEST, 200
             else:
@@ -40,7 +53,6 @@ def serve_http(
             self.end_headers()
             self.wfile.write(body)
 
-    server = ThreadingHTTPServer(_split(addr), Handler)
-    server.daemon_threads = True
+    server = HttpServer(_split(addr), Handler, tls.server_context() if tls is not None else None)
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
     return server

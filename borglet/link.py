@@ -22,6 +22,7 @@ import grpc
 from borglet.config import BorgletConfig
 from borglet.state import Desired, TaskKey
 from cfg.errors import ConfigError
+from cfg.grpcauth import secure_channel
 from cfg.model import JobSpec
 from cfg.schema import validate_job
 from cfg.structs import dict_from
@@ -119,7 +120,7 @@ class MasterLink:
             addr = self.cfg.masters[self._master_idx % len(self.cfg.masters)]
             ch = channels.get(addr)
             if ch is None:
-                ch = channels[addr] = grpc.insecure_channel(addr)
+                ch = channels[addr] = secure_channel(addr, self.cfg.tls)
             stub = borg_pb2_grpc.BorgmasterStub(ch)
             self._wake.clear()
             if not self.host.ready_to_report():

@@ -17,6 +17,14 @@ from typing import Any, NoReturn
 import grpc
 
 from borgmaster import commands as C
+from borgmaster.auth import (
+    Denied,
+    acting_user,
+    caller,
+    check_machine,
+    check_owner_for,
+    may_see_secrets,
+)
 from borgmaster.convert import (
     dict_from,
     event_pb,
@@ -25,17 +33,21 @@ from borgmaster.convert import (
     resources_pb,
 )
 from borgmaster.explain import explain_task
-from borgmaster.facade import ApiHost, ProposeError
+from borgmaster.facade import ApiHost, ProposeError, now_ms
 from borgmaster.model import (
     MACHINE_DRAINING,
     MACHINE_UP,
     Resources,
     TaintEffect,
 )
+from borgmaster.sessions import LOGIN_TTL_S, make_token, session_key
 from borgmaster.store import ACTIVE_STATES
 from cfg.bns import task_name
 from cfg.errors import ConfigError
+from cfg.grpcauth import on_behalf, secure_channel
+from cfg.model import band_of
 from cfg.schema import spec_to_config, validate_job
+from cfg.tls import INSECURE, Identity, Role
 from proto.borg.v1 import borg_pb2 as pb
 from proto.borg.v1 import borg_pb2_grpc
 
@@ -68,6 +80,17 @@ def _abort(context: grpc.ServicerContext, code: str, message: str) -> NoReturn:
 MAX_SPEC_BYTES = 1 << 20
 """A job spec larger than this (as sent) is refused before it is decoded (SPEC part 2, Limits):
 every replica keeps it in memory, in the journal and in snapshots."""
+
+
+def _denied(context: grpc.ServicerContext, e: Denied) -> NoReturn:
+    _abort(context, "permission-denied", str(e))
+
+
+QUOTA_BANDS = frozenset({"production", "monitoring"})
+"""Bands a user may use only with quota an admin granted (SPEC part 2, Authorization): without
+it, anyone could claim priority 399 and preempt the cell."""
+
+MAX_LOG_TAIL_BYTES = 16 << 20
 
 
 def _answers(addr: str, timeout: float = 1.0) -> bool:
@@ -134,8 +157,15 @@ class MasterServicer(borg_pb2_grpc.BorgmasterServicer):
                 "invalid",
                 f"spec: {size} bytes encoded, over the {MAX_SPEC_BYTES >> 20} MiB a job may be",
             )
+        ident = caller(context)
         try:
-            spec = validate_job(dict_from(request.spec), default_user=request.user)
+            user = acting_user(ident, request.user)
+        except Denied as e:
+            _denied(context, e)
+        try:
+            spec = validate_job(
+                dict_from(request.spec), default_user=request.user or user or ident.name
+            )
         except ConfigError as e:
             self._count(method, "invalid", time.monotonic())
             _abort(context, "invalid", str(e))
@@ -144,20 +174,55 @@ class MasterServicer(borg_pb2_grpc.BorgmasterServicer):
             _abort(context, "invalid", f"spec: {e}")
         if not spec.user:
             _abort(context, "invalid", "user: the job has no owner (set user or pass --user)")
+        self._check_submitter(ident, spec.user, spec.name, spec.priority, context)
         cmd = C.SubmitJob(
             spec=spec,
             must_exist=must_exist,
-            user=request.user,
+            user=user,
             request_id=request.options.request_id or uuid.uuid4().hex,
         )
         res = self._write(cmd, context, method)
         log.info("job %s %s (version %s)", res["name"], res["result"], res["version"])
         return pb.SubmitJobResponse(name=res["name"], version=res["version"], result=res["result"])
 
+    def _check_submitter(
+        self,
+        ident: Identity,
+        owner: str,
+        job: str,
+        priority: int,
+        context: grpc.ServicerContext,
+    ) -> None:
+        """A user submits only its own jobs, and uses the production and monitoring bands
+        only with quota granted there; admins (and insecure cells) are not limited."""
+        if ident is INSECURE or ident.is_admin:
+            return
+        if owner != ident.name:
+            _denied(context, Denied(f"{ident.name} may not submit job '{job}' as user '{owner}'"))
+        band = band_of(priority)
+        if band in QUOTA_BANDS:
+            with self.m.store.lock:
+                has = (owner, band) in self.m.store.quotas
+            if not has:
+                _denied(
+                    context,
+                    Denied(
+                        f"{ident.name} has no quota in the {band} band (priority {priority}); "
+                        f"an admin grants it with `borgcfg quota set {owner} {band} ...`"
+                    ),
+                )
+
+    def _acting(self, context: grpc.ServicerContext, claimed: str) -> str:
+        try:
+            return acting_user(caller(context), claimed)
+        except Denied as e:
+            _denied(context, e)
+
     def KillJob(self, request: pb.KillJobRequest, context: grpc.ServicerContext) -> Any:
         if not request.name:
             _abort(context, "invalid", "name: required")
-        cmd = C.KillJob(name=request.name, user=request.user, request_id=request.options.request_id)
+        user = self._acting(context, request.user)
+        cmd = C.KillJob(name=request.name, user=user, request_id=request.options.request_id)
         res = self._write(cmd, context, "KillJob")
         how = "was already killed" if res.get("already") else "killed"
         log.info("job %s %s (%s tasks to stop)", res["name"], how, res["tasks_to_stop"])
@@ -181,32 +246,41 @@ class MasterServicer(borg_pb2_grpc.BorgmasterServicer):
         addr = self.m.leader_grpc()
         if not addr or addr == self.m.cfg.grpc:
             return None
-        with self._channels_lock:
-            ch = self._leader_channels.get(addr)
-            if ch is None:
-                ch = self._leader_channels[addr] = grpc.insecure_channel(addr)
+        ch = self._channel(addr)
         left = context.time_remaining()
         timeout = min(5.0, left) if left is not None else 5.0
+        metadata = ((FORWARDED_HEADER, "1"), *on_behalf(caller(context)))
         try:
             call = getattr(borg_pb2_grpc.BorgmasterStub(ch), method)
-            return call(request, timeout=timeout, metadata=((FORWARDED_HEADER, "1"),))
+            return call(request, timeout=timeout, metadata=metadata)
         except grpc.RpcError as e:
             if e.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
                 context.abort(e.code(), e.details() or "")
             log.debug("forwarding %s to the leader %s failed: %s", method, addr, e.code())
             return None
 
+    def _channel(self, addr: str) -> grpc.Channel:
+        """A cached channel to another replica (mTLS with this replica's certificate)."""
+        with self._channels_lock:
+            ch = self._leader_channels.get(addr)
+            if ch is None:
+                ch = self._leader_channels[addr] = secure_channel(addr, self.m.cfg.tls)
+            return ch
+
     def GetJob(self, request: pb.GetJobRequest, context: grpc.ServicerContext) -> Any:
         forwarded = self._from_leader("GetJob", request, context)
-        if forwarded is not None:
-            return forwarded
-        self._read_barrier(request.options, context)
-        with self.m.store.lock:
-            job = self.m.store.jobs.get(request.name)
-            if job is None:
-                _abort(context, "not-found", f"job '{request.name}' does not exist")
-            tasks = [self.m.store.tasks[k] for k in self._task_keys(job.name)]
-            return job_pb(job, tasks, spec_to_config(job.spec), self.m.link.usage)
+        if forwarded is None:
+            self._read_barrier(request.options, context)
+            with self.m.store.lock:
+                job = self.m.store.jobs.get(request.name)
+                if job is None:
+                    _abort(context, "not-found", f"job '{request.name}' does not exist")
+                tasks = [self.m.store.tasks[k] for k in self._task_keys(job.name)]
+                forwarded = job_pb(job, tasks, spec_to_config(job.spec), self.m.link.usage)
+        if not may_see_secrets(caller(context), forwarded.user) and "env" in forwarded.spec:
+            # Env often holds credentials: only the owner and admins read it (SPEC part 2).
+            del forwarded.spec["env"]
+        return forwarded
 
     def _task_keys(self, name: str) -> list[tuple[str, int]]:
         return [t.key for t in self.m.store.job_tasks(name)]
@@ -291,10 +365,9 @@ class MasterServicer(borg_pb2_grpc.BorgmasterServicer):
                 out.append(pb.ReplicaInfo(raft=raft, role="unknown"))
                 continue
             try:
-                with grpc.insecure_channel(r.grpc) as ch:
-                    info = borg_pb2_grpc.BorgmasterStub(ch).ReplicaStatus(
-                        pb.ReplicaStatusRequest(), timeout=1.0
-                    )
+                info = borg_pb2_grpc.BorgmasterStub(self._channel(r.grpc)).ReplicaStatus(
+                    pb.ReplicaStatusRequest(), timeout=1.0
+                )
                 out.append(info)
             except grpc.RpcError:
                 out.append(pb.ReplicaInfo(id=r.id, raft=r.raft, grpc=r.grpc, role="unreachable"))
@@ -310,6 +383,10 @@ class MasterServicer(borg_pb2_grpc.BorgmasterServicer):
             _abort(context, "not-leader", f"not the leader; leader: {leader or 'unknown'}")
         if not request.machine:
             _abort(context, "invalid", "machine: required")
+        try:
+            check_machine(caller(context), request.machine)
+        except Denied as e:
+            _denied(context, e)
         for t in request.taints:
             if t.effect not in TAINT_EFFECTS:
                 _abort(
@@ -325,7 +402,7 @@ class MasterServicer(borg_pb2_grpc.BorgmasterServicer):
     def Rollback(self, request: pb.RollbackRequest, context: grpc.ServicerContext) -> Any:
         cmd = C.Rollback(
             name=request.name,
-            user=request.user,
+            user=self._acting(context, request.user),
             request_id=request.options.request_id or uuid.uuid4().hex,
         )
         res = self._write(cmd, context, "Rollback")
@@ -445,11 +522,12 @@ class MasterServicer(borg_pb2_grpc.BorgmasterServicer):
             leader = self.m.leader_grpc()
             if not leader:
                 _abort(context, "unavailable", "no leader elected")
-            with grpc.insecure_channel(leader) as ch:
-                try:
-                    return borg_pb2_grpc.BorgmasterStub(ch).ChangeMembership(request, timeout=15)
-                except grpc.RpcError as e:
-                    context.abort(e.code(), e.details() or "")
+            try:
+                return borg_pb2_grpc.BorgmasterStub(self._channel(leader)).ChangeMembership(
+                    request, timeout=15, metadata=on_behalf(caller(context))
+                )
+            except grpc.RpcError as e:
+                context.abort(e.code(), e.details() or "")
         if not request.remove and not _answers(request.raft):
             # PySyncObj applies a membership change when it is appended: adding an address
             # where nothing runs would leave the cell needing a vote it can never get.
@@ -465,3 +543,58 @@ class MasterServicer(borg_pb2_grpc.BorgmasterServicer):
             _abort(context, e.code, e.message)
         cell = self.CellStatus(pb.CellStatusRequest(), context)
         return pb.ChangeMembershipResponse(replicas=cell.replicas)
+
+    # ----- logs and the web UI ------------------------------------------------------------
+
+    def ReadTaskLogs(self, request: pb.ReadLogsRequest, context: grpc.ServicerContext) -> Any:
+        """Relay a task's output from its Borglet, which serves logs to masters only: the
+        owner check happens here, on the caller's verified identity."""
+        if request.tail_bytes < 0 or request.tail_bytes > MAX_LOG_TAIL_BYTES:
+            _abort(context, "invalid", f"tail_bytes: 0..{MAX_LOG_TAIL_BYTES}")
+        with self.m.store.lock:
+            job = self.m.store.jobs.get(request.job)
+            t = self.m.store.tasks.get((request.job, request.index))
+            if job is None or t is None:
+                _abort(context, "not-found", f"task {request.job}/{request.index} does not exist")
+            owner = job.spec.user
+            machine = t.machine
+            mach = self.m.store.machines.get(machine) if machine else None
+            address = mach.address if mach is not None else ""
+        try:
+            check_owner_for(caller(context), owner, "read the logs", request.job)
+        except Denied as e:
+            _denied(context, e)
+        if not address:
+            _abort(
+                context,
+                "not-found",
+                f"task {request.job}/{request.index} has no machine (state {t.state}): no logs",
+            )
+        ch = secure_channel(address, self.m.cfg.tls, Role.BORGLET, machine=machine)
+        left = context.time_remaining()
+        try:
+            stream = borg_pb2_grpc.BorgletStub(ch).ReadLogs(
+                request, timeout=None if request.follow else min(left or 15.0, 15.0)
+            )
+            context.add_callback(stream.cancel)
+            yield from stream
+        except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.CANCELLED and not context.is_active():
+                return
+            code = e.code()
+            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                _abort(context, "unavailable", f"machine {machine} unreachable: {e.details()}")
+            context.abort(code, e.details() or code.name)
+        finally:
+            ch.close()
+
+    def CreateUiSession(
+        self, request: pb.CreateUiSessionRequest, context: grpc.ServicerContext
+    ) -> Any:
+        """A login link for the web UI, valid LOGIN_TTL_S (see sessions.py)."""
+        ident = caller(context)
+        if self.m.cfg.tls is None or not self.m.cfg.raft_secret:
+            return pb.UiSession(http=self.m.cfg.http)  # a plaintext cell's UI is open
+        now = now_ms()
+        token = make_token(session_key(self.m.cfg.raft_secret), ident, "login", now, LOGIN_TTL_S)
+        return pb.UiSession(token=token, expires_ms=now + LOGIN_TTL_S * 1000, http=self.m.cfg.http)

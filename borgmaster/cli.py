@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import gc
+import getpass
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -18,8 +20,10 @@ import psutil
 
 from borgmaster.fsm import DataDirError, lock_data_dir, own_raft_secret
 from borgmaster.server import Master, MasterConfig
+from cfg.errors import ConfigError
 from cfg.logsetup import log_options, setup_logging
 from cfg.options import host_port
+from cfg.tls import CERT_FILE, Role, TlsDir, cert_identity, record_dev_cell
 
 log = logging.getLogger("borgmaster")
 
@@ -90,7 +94,20 @@ def main() -> None:
 )
 @click.option("--data-dir", required=True, type=click.Path(file_okay=False), help="Raft state.")
 @click.option("--raft-secret-file", type=click.Path(dir_okay=False, exists=True), default=None)
-@click.option("--tls-dir", type=click.Path(file_okay=False), default=None, hidden=True)
+@click.option(
+    "--tls-dir",
+    envvar="BORG_TLS_DIR",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="ca.crt, tls.crt, tls.key of this replica (`ca issue --role master`): mTLS on gRPC, "
+    "HTTPS, identities and roles. Without it the cell trusts every caller.",
+)
+@click.option(
+    "--audit-log",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Append one JSON line per write RPC (who, what, result) to this file.",
+)
 @click.option("--cell", default="borgcell", show_default=True, help="The cell's name.")
 @click.option("--machine-timeout", default=30.0, show_default=True, help="Seconds until lost.")
 @click.option("--fsync", is_flag=True, help="Sync the Raft journal to disk before acknowledging.")
@@ -122,6 +139,7 @@ def run(
     data_dir: str,
     raft_secret_file: str | None,
     tls_dir: str | None,
+    audit_log: str | None,
     cell: str,
     machine_timeout: float,
     fsync: bool,
@@ -144,6 +162,9 @@ def run(
         # Allowed (a replica joining with `borgcfg cell add` lists every member), but an even
         # count tolerates no more failures than one replica fewer.
         log.warning("%d replicas: a cell normally has 1, 3 or 5", len(peers) + 1)
+    tls = load_tls(tls_dir, "borgmaster")
+    if tls is None:
+        log.warning("no --tls-dir: plaintext, and every caller may do everything")
     os.umask(0o077)  # the journal, snapshots and secrets are the master's alone
     try:
         lock_data_dir(data_dir)  # before anything reads or writes the dir (the secret too)
@@ -166,8 +187,26 @@ def run(
         scheduler_policy=scheduler_policy,
         job_retention_s=job_retention,
         join=join,
+        tls=tls,
+        audit_log=audit_log or "",
     )
     serve(cfg)
+
+
+def load_tls(tls_dir: str | None, prog: str) -> TlsDir | None:
+    """The TLS dir named by --tls-dir/$BORG_TLS_DIR, checked now: a missing file, or a
+    certificate that is not a master's, is one line and exit 2."""
+    if not tls_dir:
+        return None
+    try:
+        tls = TlsDir.load(tls_dir)
+    except ConfigError as e:
+        _usage_exit(str(e))
+    ident = cert_identity(tls.cert_file)
+    if ident is None or ident.role is not Role.MASTER:
+        what = f"a {ident.role.value}'s" if ident else "not a borgcell"
+        _usage_exit(f"--tls-dir {tls_dir}: {CERT_FILE} is {what} certificate, not a master's")
+    return tls
 
 
 def tune_gc() -> None:
@@ -196,6 +235,22 @@ def serve(cfg: MasterConfig) -> None:
     master.stop()
 
 
+def dev_certs(tls_root: str, machines: list[str]) -> dict[str, str]:
+    """The dev cell's CA and certificates (made on first start, reused after); the admin
+    certificate is named after the login user, so borgcfg acts as them."""
+    from borgmaster.ca import ensure_dev_certs
+
+    user = re.sub(r"[^a-z0-9._-]", "-", _login().lower()).strip("-._") or "dev"
+    return ensure_dev_certs(tls_root, "borgcell", user[:63], machines)
+
+
+def _login() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:
+        return os.environ.get("USER", "") or "dev"
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -208,6 +263,11 @@ def _free_port() -> int:
 @click.option("--grpc", "grpc_addr", default="127.0.0.1:7070", show_default=True)
 @click.option("--http", "http_addr", default="127.0.0.1:7080", show_default=True)
 @click.option("--dns", "dns_addr", default="127.0.0.1:7053", show_default=True)
+@click.option(
+    "--no-tls",
+    is_flag=True,
+    help="Plaintext and no identities (the first release's dev cell).",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Same as --log-level debug.")
 @log_options
 def dev(
@@ -216,6 +276,7 @@ def dev(
     grpc_addr: str,
     http_addr: str,
     dns_addr: str,
+    no_tls: bool,
     verbose: bool,
     log_level: str,
     log_format: str,
@@ -235,10 +296,14 @@ def dev(
     # then keep everything the master writes private.
     os.makedirs(os.path.join(data_dir, "borglet"), exist_ok=True)
     os.umask(0o077)
+    host = socket.gethostname().split(".")[0].lower() or "localhost"
+    names = [host if machines == 1 else f"{host}-{i}" for i in range(machines)]
     try:
         lock_data_dir(os.path.join(data_dir, "master"))
         secret = own_raft_secret(os.path.join(data_dir, "master"))
-    except (OSError, DataDirError) as e:
+        certs = {} if no_tls else dev_certs(os.path.join(data_dir, "tls"), names)
+        tls = TlsDir.load(certs["master"]) if certs else None
+    except (OSError, DataDirError, ConfigError, ValueError) as e:
         click.echo(f"borgmaster dev: {e}", err=True)
         sys.exit(1)
     # Neighbouring ports: Raft at gRPC-10, the first Borglet at gRPC+1 / HTTP+1.
@@ -254,6 +319,8 @@ def dev(
         data_dir=os.path.join(data_dir, "master"),
         raft_secret=secret,
         machine_timeout_s=10.0,
+        tls=tls,
+        audit_log=os.path.join(data_dir, "master", "audit.log"),
     )
     try:
         master = Master(cfg)
@@ -261,12 +328,18 @@ def dev(
     except (OSError, DataDirError) as e:
         click.echo(f"borgmaster dev: {e}", err=True)
         sys.exit(1)
-    host = socket.gethostname().split(".")[0].lower() or "localhost"
+    if certs:
+        try:
+            record_dev_cell(grpc_addr, certs["admin"])
+        except OSError as e:
+            log.warning(
+                "cannot record the dev cell for borgcfg (%s): pass --tls-dir %s", e, certs["admin"]
+            )
     cpu = float(psutil.cpu_count() or 1) / machines
     mem = int(psutil.virtual_memory().total) // machines  # the machine, split (like cpu)
     children: list[subprocess.Popen[bytes]] = []
-    for i in range(machines):
-        name = host if machines == 1 else f"{host}-{i}"
+    for i, name in enumerate(names):
+        tls_args = ["--tls-dir", certs[f"borglet:{name}"]] if certs else []
         argv = [
             sys.executable,
             "-m",
@@ -291,14 +364,20 @@ def dev(
             "debug" if verbose else log_level,
             "--log-format",
             log_format,
+            *tls_args,
         ]
         children.append(subprocess.Popen(argv))
+    scheme = "https" if certs else "http"
+    ui_hint = (
+        "  .venv/bin/borgcfg ui                # a login link for the web UI\n" if certs else ""
+    )
     click.echo(
-        f"\nborgcell dev cell is up: master {grpc_addr}, UI http://{http_addr}/, "
+        f"\nborgcell dev cell is up: master {grpc_addr}, UI {scheme}://{http_addr}/, "
         f"DNS {dns_addr}, {machines} Borglet(s).\n"
         "In another terminal:\n"
         "  .venv/bin/borgcfg up examples/hello.jsonnet --wait\n"
         "  .venv/bin/borgcfg status hello\n"
+        f"{ui_hint}"
         "Ctrl-C stops the cell and every task it started.\n",
         err=True,
     )
@@ -317,6 +396,51 @@ def dev(
             c.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             c.kill()
+
+
+@main.group()
+def ca() -> None:
+    """The cell's certificate authority: `ca init`, then `ca issue` per master, Borglet and
+    person."""
+
+
+@ca.command("init")
+@click.option("--dir", "ca_dir", required=True, type=click.Path(file_okay=False))
+@click.option("--cell", default="borgcell", show_default=True, help="The cell's name.")
+@click.option("--days", default=3650, show_default=True, help="Validity of the CA.")
+def ca_init(ca_dir: str, cell: str, days: int) -> None:
+    """Create DIR/ca.crt and DIR/ca.key (0600): a new cell CA."""
+    from borgmaster.ca import CaError, init_ca
+
+    try:
+        path = init_ca(ca_dir, cell, days)
+    except (CaError, OSError) as e:
+        click.echo(f"borgmaster: ca init: {e}", err=True)
+        sys.exit(1)
+    click.echo(f"cell CA of {cell}: {path} (keep {os.path.join(ca_dir, 'ca.key')} secret)")
+
+
+@ca.command("issue")
+@click.option("--dir", "ca_dir", required=True, type=click.Path(file_okay=False))
+@click.option("--role", required=True, type=click.Choice([r.value for r in Role]))
+@click.option("--name", required=True, help="The holder: user name, machine name, replica id.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Where to write.")
+@click.option("--host", "hosts", multiple=True, help="A DNS name or IP it serves on (SAN).")
+@click.option("--days", default=365, show_default=True, help="Validity of the certificate.")
+def ca_issue(
+    ca_dir: str, role: str, name: str, out: str, hosts: tuple[str, ...], days: int
+) -> None:
+    """Sign a certificate: OUT gets ca.crt, tls.crt and tls.key (0600)."""
+    from borgmaster.ca import CaError, issue
+
+    try:
+        got = issue(ca_dir, role, name, out, hosts, days)
+    except (CaError, OSError) as e:
+        click.echo(f"borgmaster: ca issue: {e}", err=True)
+        sys.exit(1)
+    click.echo(
+        f"{got.role.value} {got.name}: {out}/ (valid until {got.not_after:%Y-%m-%d %H:%M} UTC)"
+    )
 
 
 if __name__ == "__main__":

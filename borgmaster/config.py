@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from borgmaster.fsm import RaftTuning
+from cfg.tls import TlsDir
 
 
 @dataclass
@@ -28,3 +29,8 @@ class MasterConfig:
     (once it has, recorded in the data dir, the flag has no effect)."""
     dns: str = ""
     """HOST:PORT to serve the cell's BNS zone on (UDP and TCP); "" serves no DNS."""
+    tls: TlsDir | None = None
+    """The replica's certificate (`--tls-dir`): mTLS on gRPC, HTTPS, identities and the
+    authorization table; None: plaintext and every caller trusted (SPEC part 1)."""
+    audit_log: str = ""
+    """`--audit-log FILE`: one JSON line per write RPC."""

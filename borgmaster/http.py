@@ -16,8 +16,11 @@ need besides (other replicas' Raft status, Borglet usage, logs) lives in `UIBack
 from __future__ import annotations
 
 import html
+import http.client
 import json
 import logging
+import socket
+import ssl
 import string
 import threading
 import time
@@ -25,7 +28,8 @@ import urllib.request
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.cookies import CookieError, SimpleCookie
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
@@ -34,10 +38,16 @@ import grpc
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from borgmaster.auth import may_see_secrets
+from borgmaster.facade import now_ms
 from borgmaster.model import RUNNING, band_of
+from borgmaster.sessions import COOKIE, SESSION_TTL_S, check_token, make_token, session_key
 from borgmaster.store import ACTIVE_STATES, Store, needs_placement
 from cfg.bns import task_name
+from cfg.grpcauth import secure_channel
+from cfg.https import HttpServer, peer_identity
 from cfg.schema import JOB_NAME_RE
+from cfg.tls import INSECURE, Identity, Role, machine_host
 from cfg.units import human_size
 from proto.borg.v1 import borg_pb2 as pb
 from proto.borg.v1 import borg_pb2_grpc
@@ -279,6 +289,7 @@ class UIBackend:
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ui")
         self._lock = threading.Lock()
         self._replicas: tuple[float, list[ReplicaView]] | None = None
+        self._ssl: ssl.SSLContext | None = None
         # machine -> (monotonic time, cpu seconds total, usage)
         self._usage: dict[str, tuple[float, float | None, dict[str, float]]] = {}
 
@@ -321,7 +332,7 @@ class UIBackend:
             if r is None or not r.grpc:
                 return ReplicaView(id="?", raft=raft, grpc="", http="", role="unknown")
             try:
-                with grpc.insecure_channel(r.grpc) as ch:
+                with secure_channel(r.grpc, self.m.cfg.tls) as ch:
                     i = borg_pb2_grpc.BorgmasterStub(ch).ReplicaStatus(
                         pb.ReplicaStatusRequest(), timeout=0.7
                     )
@@ -364,8 +375,7 @@ class UIBackend:
 
     def _scrape(self, m: MachineRow) -> dict[str, float] | None:
         try:
-            with urllib.request.urlopen(f"http://{m.http}/metrics", timeout=0.7) as r:
-                text = r.read().decode()
+            text = self._get_metrics(m)
         except (OSError, ValueError):
             return None
         now = time.monotonic()
@@ -391,12 +401,48 @@ class UIBackend:
             self._usage[m.name] = (now, cpu_total, used)
         return used
 
+    def _get_metrics(self, m: MachineRow) -> str:
+        """A Borglet's /metrics: over HTTPS with this replica's certificate when the cell has
+        TLS (the Borglet must prove it is that machine)."""
+        tls = self.m.cfg.tls
+        if tls is None:
+            with urllib.request.urlopen(f"http://{m.http}/metrics", timeout=0.7) as r:
+                return str(r.read().decode())
+        with self._lock:
+            if self._ssl is None:
+                self._ssl = tls.client_context()
+            ctx = self._ssl
+        host, port = _split(m.http)
+        # Verify the Borglet's certificate names this machine (not merely some Borglet).
+        sock = socket.create_connection((host, port), timeout=0.7)
+        try:
+            ssock = ctx.wrap_socket(sock, server_hostname=machine_host(m.name))
+        except (ssl.SSLError, OSError):
+            sock.close()
+            raise
+        conn = http.client.HTTPConnection(host, port, timeout=0.7)
+        conn.sock = ssock
+        try:
+            conn.request("GET", "/metrics")
+            r = conn.getresponse()
+            if r.status != 200:
+                raise OSError(f"/metrics: HTTP {r.status}")
+            return str(r.read().decode())
+        finally:
+            conn.close()
+
     def read_logs(
-        self, address: str, job: str, index: int, stderr: bool, incarnation: str = ""
+        self,
+        address: str,
+        machine: str,
+        job: str,
+        index: int,
+        stderr: bool,
+        incarnation: str = "",
     ) -> bytes:
         """The last LOG_TAIL_BYTES of a task's stdout/stderr, from its Borglet: of the
         incarnation the store knows (not an older copy's sandbox left on that machine)."""
-        with grpc.insecure_channel(address) as ch:
+        with secure_channel(address, self.m.cfg.tls, Role.BORGLET, machine=machine) as ch:
             stream = borg_pb2_grpc.BorgletStub(ch).ReadLogs(
                 pb.ReadLogsRequest(
                     job=job,
@@ -480,7 +526,7 @@ def _more(n: int) -> str:
 def render_replicas(reps: list[ReplicaView], leader_raft: str) -> str:
     rows = []
     for r in reps:
-        ui = f"<a href='http://{e(r.http)}/'>{e(r.http)}</a>" if r.http else ""
+        ui = f"<a href='//{e(r.http)}/'>{e(r.http)}</a>" if r.http else ""
         me = " <span class='muted'>(this replica)</span>" if r.is_self else ""
         lead = "★" if r.raft == leader_raft and leader_raft else ""
         rows.append(
@@ -670,6 +716,13 @@ class Response:
     code: int
     body: bytes
     ctype: str = TEXT_TYPE
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+NEEDS_IDENTITY = (
+    b"this cell's web UI needs a client certificate of the cell, or a login link: run "
+    b"`borgcfg ui` and open the link it prints\n"
+)
 
 
 class UI:
@@ -678,8 +731,39 @@ class UI:
     def __init__(self, master: HttpHost) -> None:
         self.m = master
         self.io = UIBackend(master)
+        secret = master.cfg.raft_secret
+        self._session_key = session_key(secret) if master.cfg.tls and secret else None
 
-    def handle(self, raw_path: str) -> Response:
+    def identify(self, cert: Identity | None, cookie: str) -> Identity | None:
+        """Who asks: INSECURE on a plaintext cell, else the client certificate, else a
+        session cookie from a login link (sessions.py); None when neither is there."""
+        if self.m.cfg.tls is None:
+            return INSECURE
+        if cert is not None:
+            return cert
+        jar = SimpleCookie()
+        try:
+            jar.load(cookie[:4096])
+        except CookieError:
+            return None
+        morsel = jar.get(COOKIE)
+        if morsel is None or self._session_key is None:
+            return None
+        return check_token(self._session_key, morsel.value, "session", now_ms())
+
+    def login(self, token: str) -> Response:
+        """Exchange a login link's token for a session cookie, then show the cell."""
+        key = self._session_key
+        who = check_token(key, token, "login", now_ms()) if key else None
+        if key is None or who is None:
+            return Response(403, b"this login link is not valid (expired?): run `borgcfg ui`\n")
+        cookie = make_token(key, who, "session", now_ms(), SESSION_TTL_S)
+        attrs = f"Path=/; Max-Age={SESSION_TTL_S}; Secure; HttpOnly; SameSite=Strict"
+        return Response(
+            303, b"", headers=(("Location", "/"), ("Set-Cookie", f"{COOKIE}={cookie}; {attrs}"))
+        )
+
+    def handle(self, raw_path: str, who: Identity | None = INSECURE) -> Response:
         u = urlsplit(raw_path)
         path = unquote(u.path)
         q = {k: v[-1] for k, v in parse_qs(u.query).items()}
@@ -690,6 +774,12 @@ class UI:
             if m.ready():
                 return Response(200, b"ready\n")
             return Response(503, b"not ready: no leader known or log not applied\n")
+        if path == "/login":
+            return self.login(q.get("token", ""))
+        if who is None:
+            return Response(401, NEEDS_IDENTITY)
+        if who.role is Role.BORGLET:
+            return Response(403, f"{who.name} (borglet) may not read the web UI\n".encode())
         if path == "/metrics":
             return Response(200, generate_latest(m.metrics_registry()), CONTENT_TYPE_LATEST)
         if path == "/favicon.ico":
@@ -708,7 +798,7 @@ class UI:
             return self.job(parts[1], partial)
         if len(parts) == 4 and parts[0] == "jobs" and parts[2] == "logs" and parts[3].isdigit():
             stderr = q.get("stderr") == "1"
-            return self.logs(parts[1], int(parts[3]), stderr, q.get("raw") == "1", partial)
+            return self.logs(parts[1], int(parts[3]), stderr, q.get("raw") == "1", partial, who)
         return Response(404, b"not found\n")
 
     def static(self, name: str) -> Response:
@@ -744,10 +834,25 @@ class UI:
         crumbs = f"/ <a href='/jobs/{quote(name)}'>{e(name)}</a>"
         return self._page(f"job {name}", crumbs, render_job(d), partial)
 
-    def logs(self, name: str, index: int, stderr: bool, raw: bool, partial: bool) -> Response:
+    def logs(
+        self,
+        name: str,
+        index: int,
+        stderr: bool,
+        raw: bool,
+        partial: bool,
+        who: Identity = INSECURE,
+    ) -> Response:
         store = self.m.store
         if not JOB_NAME_RE.fullmatch(name):  # never relayed to a Borglet
             return Response(404, f"no task {name[:80]}/{index}\n".encode())
+        with store.lock:
+            job = store.jobs.get(name)
+            owner = job.spec.user if job is not None else ""
+        if job is not None and not may_see_secrets(who, owner):
+            return Response(
+                403, f"{who.name} may not read the logs of job '{name}' (owner {owner})\n".encode()
+            )
         with store.lock:
             t = store.tasks.get((name, index))
             machine = t.machine if t is not None else ""
@@ -761,7 +866,7 @@ class UI:
             err = f"task {name}/{index} has no machine (state {t.state}): no logs to read"
         else:
             try:
-                raw_text = self.io.read_logs(address, name, index, stderr, incarnation)
+                raw_text = self.io.read_logs(address, machine, name, index, stderr, incarnation)
                 text = raw_text.decode(errors="replace")
             except grpc.RpcError as ex:
                 err = f"cannot read logs from {machine}: {ex.details() or ex.code().name}"
@@ -801,7 +906,7 @@ class UI:
         return Response(200, json.dumps(asdict(d)).encode(), JSON_TYPE)
 
 
-def start_http(master: HttpHost) -> ThreadingHTTPServer:
+def start_http(master: HttpHost) -> HttpServer:
     ui = UI(master)
 
     class Handler(BaseHTTPRequestHandler):
@@ -810,7 +915,8 @@ def start_http(master: HttpHost) -> ThreadingHTTPServer:
 
         def do_GET(self) -> None:
             try:
-                r = ui.handle(self.path)
+                who = ui.identify(peer_identity(self), self.headers.get("Cookie", ""))
+                r = ui.handle(self.path, who)
             except Exception as ex:  # one bad page must not take the port down
                 log.exception("GET %s failed", self.path)
                 r = Response(500, f"internal error: {type(ex).__name__}: {ex}\n".encode())
@@ -820,10 +926,14 @@ def start_http(master: HttpHost) -> ThreadingHTTPServer:
             self.send_header("X-Content-Type-Options", "nosniff")
             self.send_header("Content-Length", str(len(r.body)))
             self.send_header("Cache-Control", "no-store")
+            for k, v in r.headers:
+                self.send_header(k, v)
             self.end_headers()
             self.wfile.write(r.body)
 
-    server = ThreadingHTTPServer(_split(master.cfg.http), Handler)
-    server.daemon_threads = True
+    tls = master.cfg.tls
+    server = HttpServer(
+        _split(master.cfg.http), Handler, tls.server_context() if tls is not None else None
+    )
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
     return server

@@ -273,6 +273,17 @@ class MasterMetrics:
             registry=self.registry,
         )
 
+        self.denied = PCounter(
+            "borg_api_permission_denied",
+            "gRPC API calls refused by the authorization table, by method.",
+            ["method"],
+            registry=self.registry,
+        )
+
+    def on_denied(self, method: str) -> None:
+        """A caller's role may not call `method` (the interceptor refused it)."""
+        self.denied.labels(method).inc()
+
     def on_request(self, method: str, code: str, seconds: float) -> None:
         """An API call finished with `code` (a gRPC status name, lower case, e.g. `ok`)."""
         self.requests.labels(method, code).inc()

@@ -399,7 +399,9 @@ class Store:
         if not live and cmd.must_exist:
             return err("not-found", f"job '{spec.name}' does not exist")
         if live and old is not None and cmd.user and old.spec.user and cmd.user != old.spec.user:
-            return err("permission-denied", _not_owner(spec.name, old.spec.user, cmd.user))
+            return err(
+                "permission-denied", _not_owner(spec.name, old.spec.user, cmd.user, "update")
+            )
         if live and old is not None and old.spec.user and spec.user != old.spec.user:
             return err(
                 "permission-denied",
@@ -500,8 +502,7 @@ class Store:
             return err("invalid", f"job '{cmd.name}' was killed: submit it again (`up`) instead")
         if cmd.user and job.spec.user and cmd.user != job.spec.user:
             return err(
-                "permission-denied",
-                f"job '{cmd.name}' belongs to user '{job.spec.user}', not '{cmd.user}'",
+                "permission-denied", _not_owner(cmd.name, job.spec.user, cmd.user, "roll back")
             )
         prev = job.history.get(job.previous_version)
         if not job.previous_version or prev is None:
@@ -513,7 +514,7 @@ class Store:
         if job is None:
             return err("not-found", f"job '{cmd.name}' does not exist")
         if cmd.user and job.spec.user and cmd.user != job.spec.user:
-            return err("permission-denied", _not_owner(job.name, job.spec.user, cmd.user))
+            return err("permission-denied", _not_owner(job.name, job.spec.user, cmd.user, "kill"))
         if job.killed:
             # Idempotent: `down` of a job still listed as killed (a retry, a second
             # operator) succeeds and reports what is still stopping; no event, no change.
@@ -876,8 +877,8 @@ class Store:
             return self.generation
 
 
-def _not_owner(job: str, owner: str, acting: str) -> str:
-    return f"job '{job}' belongs to {owner} (acting user {acting})"
+def _not_owner(job: str, owner: str, acting: str, action: str) -> str:
+    return f"{acting} may not {action} job '{job}' (owner {owner})"
 
 
 def surge_target(job: Job, spec: JobSpec | None = None) -> int:

@@ -51,6 +51,10 @@ def _why(e: grpc.RpcError) -> str:
         return "unknown host"
     if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
         return "timed out"
+    if "hostname verification" in low:
+        return "TLS: the server's certificate is not a borgcell master's"
+    if "handshake" in low or "ssl" in low or "certificate" in low or "tls" in low:
+        return "TLS handshake failed (plaintext server, or a certificate of another CA?)"
     first = " ".join(d.split()) or e.code().name
     return first if len(first) <= 100 else first[:97] + "..."
 
@@ -225,6 +229,10 @@ class Client:
 
     # ----- the cell -----------------------------------------------------------------------
 
+    def ui_session(self) -> pb.UiSession:
+        req = pb.CreateUiSessionRequest()
+        return self._call(lambda s: s.CreateUiSession(req, timeout=self.timeout))
+
     def cell(self) -> list[pb.ReplicaInfo]:
         req = pb.CellStatusRequest()
         return list(self._call(lambda s: s.CellStatus(req, timeout=self.timeout)).replicas)
@@ -284,24 +292,24 @@ class Client:
 
     def logs(
         self,
-        machine_addr: str,
         job: str,
         index: int,
         stderr: bool,
         follow: bool,
         incarnation: str = "",
     ) -> Iterator[bytes]:
-        ch = self._channel_factory(machine_addr)
-        stub = borg_pb2_grpc.BorgletStub(ch)
+        """A task's output, relayed by a master from its Borglet (which serves logs to
+        masters only; the master checks the caller may read them)."""
         req = pb.ReadLogsRequest(
             job=job, index=index, stderr=stderr, follow=follow, incarnation=incarnation
         )
+        stream = self._call(lambda s: s.ReadTaskLogs(req, timeout=None if follow else self.timeout))
         try:
-            for chunk in stub.ReadLogs(req, timeout=None if follow else self.timeout):
+            for chunk in stream:
                 yield chunk.data
         except grpc.RpcError as e:
             if e.code() in RETRYABLE:
-                raise Unreachable(f"machine {machine_addr} unreachable: {_why(e)}") from None
+                raise Unreachable(f"log stream broke: {_why(e)}") from None
             raise CellError(e.code(), e.details() or e.code().name) from None
         finally:
-            ch.close()
+            stream.cancel()

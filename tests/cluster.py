@@ -150,7 +150,13 @@ class Proc:
 class Cell:
     """Start with `Cell(tmp_path).start(masters=3, borglets=1)`; always `close()`."""
 
-    def __init__(self, base: str | None = None, prefix: str | None = None) -> None:
+    def __init__(
+        self,
+        base: str | None = None,
+        prefix: str | None = None,
+        tls: bool = False,
+        audit: bool = False,
+    ) -> None:
         # Task sandboxes must be reachable by the unprivileged task user, so the cell lives in
         # a world-searchable directory (pytest's tmp_path is 0700).
         self.base = tempfile.mkdtemp(prefix="borgcell-test-", dir=base and None)
@@ -158,6 +164,33 @@ class Cell:
         self.prefix = prefix or f"t{os.getpid()}x{free_port()}"
         self.masters: list[Proc] = []
         self.borglets: list[Proc] = []
+        self.tls = tls
+        """With TLS every process gets a certificate from the cell's own CA (`cert`), and
+        borgcfg acts as `admin` unless a test says otherwise."""
+        self._certs: dict[tuple[str, str], str] = {}
+        self.audit = audit
+        """Each replica writes its audit log to `audit_log(i)`."""
+
+    def audit_log(self, i: int) -> str:
+        return os.path.join(self.base, f"m{i}.audit.jsonl")
+
+    def cert(self, role: str, name: str, **kw: Any) -> str:
+        """A TLS dir for (role, name) from this cell's CA, made on first use (`kw` as
+        borgmaster.ca.issue: hosts, days, not_before)."""
+        from borgmaster import ca
+
+        ca_dir = os.path.join(self.base, "tls", "ca")
+        if not os.path.exists(os.path.join(ca_dir, "ca.key")):
+            ca.init_ca(ca_dir)
+        key = (role, name)
+        if key not in self._certs or kw:
+            out = os.path.join(self.base, "tls", f"{role}-{name}-{len(self._certs)}")
+            kw.setdefault("hosts", ("127.0.0.1", "localhost"))
+            ca.issue(ca_dir, role, name, out, **kw)
+            if kw.get("days") is not None or kw.get("not_before") is not None:
+                return out
+            self._certs[key] = out
+        return self._certs[key]
 
     # ----- starting -----------------------------------------------------------------------
 
@@ -218,6 +251,8 @@ class Cell:
         for k, v in (attrs or {}).items():
             argv += ["--attr", f"{k}={v}"]
         argv += extra or []
+        if self.tls and "--tls-dir" not in argv:
+            argv += ["--tls-dir", self.cert("borglet", name)]
         p = Proc(name, argv, os.path.join(self.base, f"b{i}.log"))
         p.info = {"name": name, "grpc": grpc_addr, "http": http_addr, "data": data}
         p.start()
@@ -238,9 +273,17 @@ class Cell:
     def master_addrs(self) -> str:
         return ",".join(m.info["grpc"] for m in self.masters)
 
-    def http_get(self, addr: str, path: str) -> tuple[int, str]:
+    def http_get(self, addr: str, path: str, tls_dir: str | None = None) -> tuple[int, str]:
+        """GET over HTTP, or HTTPS on a TLS cell (as `tls_dir`'s holder, default admin)."""
+        if self.tls:
+            from cfg.tls import TlsDir
+
+            ctx = TlsDir.load(tls_dir or self.cert("admin", "admin")).client_context()
+            url, kw = f"https://{addr}{path}", {"context": ctx}
+        else:
+            url, kw = f"http://{addr}{path}", {}
         try:
-            with urllib.request.urlopen(f"http://{addr}{path}", timeout=2) as r:
+            with urllib.request.urlopen(url, timeout=2, **kw) as r:
                 return r.status, r.read().decode()
         except urllib.error.HTTPError as e:
             return e.code, e.read().decode()
@@ -273,10 +316,20 @@ class Cell:
     # ----- using it -----------------------------------------------------------------------
 
     def borgcfg(
-        self, *args: str, master: str | None = None, check: bool = False, timeout: float = 60
+        self,
+        *args: str,
+        master: str | None = None,
+        check: bool = False,
+        timeout: float = 60,
+        tls_dir: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
+        """Run borgcfg; on a TLS cell as `tls_dir`'s holder (default: an admin), with no
+        --user (the certificate says who)."""
         argv = [sys.executable, "-m", "cfg.cli", "--master", master or self.master_addrs]
-        argv += ["--user", "tester", *args]
+        if self.tls:
+            argv += ["--tls-dir", tls_dir or self.cert("admin", "admin"), *args]
+        else:
+            argv += ["--user", "tester", *args]
         r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=REPO)
         if check and r.returncode != 0:
             raise AssertionError(f"borgcfg {' '.join(args)} -> {r.returncode}: {r.stderr}")
@@ -435,6 +488,10 @@ def add_master_with_args(
     extra = list(extra or [])
     if peers and "--raft-secret-file" not in extra:
         extra += ["--raft-secret-file", cell.raft_secret_file()]
+    if cell.tls and "--tls-dir" not in extra:
+        extra += ["--tls-dir", cell.cert("master", f"m{index}")]
+    if cell.audit and "--audit-log" not in extra:
+        extra += ["--audit-log", cell.audit_log(index)]
     argv += extra
     p = Proc(f"m{index}", argv, os.path.join(cell.base, f"m{index}.log"))
     p.info = {"raft": raft, "grpc": grpc_addr, "http": http_addr, "data": data}

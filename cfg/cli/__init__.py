@@ -56,6 +56,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Return JOB to its previous version (rolled out like any update).",
     ),
     "status": ("cfg.cli.jobs", "Table of jobs, or one JOB with its tasks."),
+    "ui": ("cfg.cli.cell", "Print a login link that opens the cell's web UI as you."),
     "undrain": ("cfg.cli.machines", "Allow scheduling on MACHINE again."),
     "up": (
         "cfg.cli.changes",
@@ -105,10 +106,29 @@ class LazyBorgcfg(Borgcfg):
     show_default="$BORG_MASTER or 127.0.0.1:7070",
     help="Master address(es), comma separated; any replica will do.",
 )
-@click.option("--user", default=login_name, show_default="login name", help="Acting user.")
-@click.option("--tls-dir", type=click.Path(file_okay=False), default=None, hidden=True)
+@click.option(
+    "--user",
+    default=login_name,
+    show_default="login name; with TLS the certificate's name",
+    help="Acting user (with TLS: absent, or the certificate's name).",
+)
+@click.option(
+    "--tls-dir",
+    envvar="BORG_TLS_DIR",
+    type=click.Path(file_okay=False),
+    default=None,
+    show_default="$BORG_TLS_DIR; the dev cell's own for its address",
+    help="Directory with ca.crt, tls.crt, tls.key (`borgmaster ca issue`): mTLS to the cell.",
+)
 @click.pass_context
 def main(ctx: click.Context, master: str, user: str, tls_dir: str | None) -> None:
     """borgcfg: run jobs on a borgcell cell."""
     from_env = ctx.get_parameter_source("master") == click.core.ParameterSource.ENVIRONMENT
-    ctx.obj = Ctx(master, user, "BORG_MASTER" if from_env else "--master")
+    user_given = ctx.get_parameter_source("user") != click.core.ParameterSource.DEFAULT
+    ctx.obj = Ctx(
+        master,
+        user,
+        "BORG_MASTER" if from_env else "--master",
+        tls_dir=tls_dir,
+        user_given=user_given,
+    )

@@ -16,6 +16,7 @@ import click
 from cfg.cli.group import UsageLine
 from cfg.errors import CellError, ConfigError, Unreachable
 from cfg.options import master_addresses
+from cfg.tls import TlsDir, cert_identity, dev_tls_dir, tls_dir_arg
 
 if TYPE_CHECKING:
     from cfg.client import Client
@@ -33,6 +34,10 @@ def cell_error_message(e: CellError) -> str:
     code = getattr(e.code, "name", "")  # a grpc.StatusCode (not imported: see cfg.errors)
     if code == "NOT_FOUND":
         return e.message
+    if code == "PERMISSION_DENIED":
+        return f"permission denied: {e.message}"
+    if code == "UNAUTHENTICATED":
+        return f"not authenticated: {e.message}"
     if code == "UNIMPLEMENTED":
         return f"the cell does not support this command yet ({e.message})"
     return f"rejected: {e.message}"
@@ -78,26 +83,73 @@ def login_name() -> str:
 
 
 class Ctx:
-    """Per-invocation state: where the cell is and who is asking."""
+    """Per-invocation state: where the cell is and who is asking.
 
-    def __init__(self, masters: str, user: str, masters_from: str = "--master") -> None:
+    With a TLS dir (`--tls-dir`, `$BORG_TLS_DIR`, or the one `borgmaster dev` recorded for
+    its address) every call uses mTLS and the caller is the certificate's holder: `user` is
+    then what `--user` said explicitly (checked by the cell against the certificate) or the
+    certificate's name."""
+
+    def __init__(
+        self,
+        masters: str,
+        user: str,
+        masters_from: str = "--master",
+        tls_dir: str | None = None,
+        user_given: bool = True,
+    ) -> None:
         self.master_arg = masters
         self.masters_from = masters_from
-        self.user = user
+        self._user = user
+        self.user_given = user_given
+        self.tls_arg = tls_dir
+        self._tls_resolved = False
+        self._tls: TlsDir | None = None
         self._client: Client | None = None
+
+    def _masters(self) -> list[str]:
+        try:
+            return master_addresses(self.master_arg, self.masters_from)
+        except click.UsageError as e:
+            raise UsageLine(e.message) from None  # about the global option, not the command
+
+    @property
+    def tls(self) -> TlsDir | None:
+        """The certificate this invocation presents (None: plaintext)."""
+        if not self._tls_resolved:
+            self._tls_resolved = True
+            path = tls_dir_arg(self.tls_arg) or dev_tls_dir(self._masters())
+            self._tls = TlsDir.load(path) if path else None
+        return self._tls
+
+    @property
+    def user(self) -> str:
+        if self.user_given:
+            return self._user
+        try:
+            tls = self.tls
+        except UsageLine:  # a bad $BORG_MASTER is reported by commands that dial it
+            return self._user
+        if tls is not None:
+            ident = cert_identity(tls.cert_file)
+            return ident.name if ident is not None else ""
+        return self._user
 
     @property
     def client(self) -> Client:
         """Checked when first needed (so `validate` and `completion` work whatever
         $BORG_MASTER holds), but before any connection: a malformed address is exit 2."""
         if self._client is None:
-            try:
-                masters = master_addresses(self.master_arg, self.masters_from)
-            except click.UsageError as e:
-                raise UsageLine(e.message) from None  # about the global option, not the command
+            masters = self._masters()
+            tls = self.tls
             from cfg.client import Client  # gRPC is loaded only by commands that call a cell
 
-            self._client = Client(masters)
+            if tls is None:
+                self._client = Client(masters)
+            else:
+                from cfg.grpcauth import secure_channel
+
+                self._client = Client(masters, channel_factory=lambda a: secure_channel(a, tls))
         return self._client
 
 

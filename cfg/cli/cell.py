@@ -122,3 +122,20 @@ def completion(shell: str) -> None:
     root = click.get_current_context().find_root()
     comp = cls(root.command, {}, "borgcfg", "_BORGCFG_COMPLETE")
     click.echo(comp.source())
+
+
+@click.command()
+@output_option
+@click.pass_obj
+@handles_errors
+def ui(ctx: Ctx, output: str) -> None:
+    """Print a login link that opens the cell's web UI as you.
+
+    On a cell with TLS the UI needs an identity: this link (valid two minutes) sets a session
+    cookie in the browser for 8 hours, so no client certificate has to be imported there."""
+    s = ctx.client.ui_session()
+    url = f"https://{s.http}/login?token={s.token}" if s.token else f"http://{s.http}/"
+    if output == "json":
+        emit_json({"url": url, "expires_ms": s.expires_ms or None})
+        return
+    click.echo(url)

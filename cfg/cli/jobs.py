@@ -208,12 +208,8 @@ def logs(ctx: Ctx, task: str, stderr: bool, follow: bool) -> None:
         fail(f"job '{name}' has no task {idx} (it has {job.replicas})", 1)
     if not matches[0].machine:
         fail(f"task {task} has not been placed on a machine (see borgcfg why {task})", 1)
-    machine = matches[0].machine
-    addr = next((m.address for m in ctx.client.list_machines() if m.name == machine), "")
-    if not addr:
-        fail(f"machine {machine} of task {task} is unknown", 1)
     out = sys.stdout.buffer
-    for chunk in ctx.client.logs(addr, name, idx, stderr, follow, matches[0].incarnation):
+    for chunk in ctx.client.logs(name, idx, stderr, follow, matches[0].incarnation):
         out.write(chunk)
         out.flush()
 

@@ -137,7 +137,7 @@ def test_exit_codes(cell1: Cell, tmp_path: Path) -> None:
     assert cell1.borgcfg("up", own).returncode == 0
     r = borgcfg("up", own, master=cell1.master_addrs, user="mallory")
     assert r.returncode == 1
-    assert one_line(r).startswith("borgcfg: rejected: ")
+    assert one_line(r).startswith("borgcfg: permission denied: mallory may not update")
     assert cell1.borgcfg("down", "cli-c").returncode == 0
 
 

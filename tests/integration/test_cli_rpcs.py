@@ -392,7 +392,9 @@ def test_halted_rollout_fails_up_wait_and_rollback_restores_the_previous_version
 
     r = cli(cell, "rollback", "rb", user="mallory")
     assert r.returncode == 1
-    assert one_line(r) == "borgcfg: rejected: job 'rb' belongs to user 'tester', not 'mallory'"
+    assert one_line(r) == (
+        "borgcfg: permission denied: mallory may not roll back job 'rb' (owner tester)"
+    )
     r = ok(cli(cell, "rollback", "rb", "--wait", "--timeout", "60"))
     assert r.stdout == "job rb: rolled-back (version 3)\n"
     assert r.stderr.splitlines()[0] == "✓ rb: ready (2/2; 2 running)", r.stderr

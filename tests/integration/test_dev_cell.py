@@ -3,7 +3,10 @@ and leaves nothing behind on Ctrl-C/SIGTERM."""
 
 from __future__ import annotations
 
+import getpass
+import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -12,9 +15,12 @@ import sys
 import tempfile
 from collections.abc import Iterator
 
+import grpc
 import pytest
 
 from borglet.runtime.cgroups import detect
+from proto.borg.v1 import borg_pb2 as pb
+from proto.borg.v1 import borg_pb2_grpc
 from tests.cluster import REPO, free_port, processes_with_env, remove_empty_top_cgroups, wait_for
 from tests.conftest import cgroups_usable
 
@@ -40,9 +46,12 @@ def _dev_ports() -> tuple[int, int]:
 
 
 @pytest.fixture
-def dev_dir() -> Iterator[str]:
+def dev_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     d = tempfile.mkdtemp(prefix="borgcell-dev-")
     os.chmod(d, 0o755)
+    # where the dev cell records its client certificate for borgcfg (not the real ~/.config)
+    monkeypatch.setenv("XDG_CONFIG_HOME", os.path.join(d, "config"))
+    monkeypatch.delenv("BORG_TLS_DIR", raising=False)
     yield d
     shutil.rmtree(d, ignore_errors=True)
 
@@ -114,6 +123,14 @@ def test_dev_cell_runs_hello_and_cleans_up_on_sigterm(dev_dir: str) -> None:
         assert r.returncode == 0
         assert r.stdout.count('"state": "running"') == 3  # the job and its two tasks
         assert len(processes_with_env("BORG_JOB", "hello")) >= 2
+        # TLS by default: borgcfg found the dev cell's admin certificate without flags (the
+        # job's owner is its name); plaintext is refused; the UI is HTTPS behind a login link
+        st = json.loads(r.stdout)
+        assert st["user"] == _login_name()
+        with grpc.insecure_channel(master) as ch, pytest.raises(grpc.RpcError):
+            borg_pb2_grpc.BorgmasterStub(ch).ListJobs(pb.ListJobsRequest(), timeout=3)
+        link = borgcfg(master, "ui").stdout.strip()
+        assert link.startswith(f"https://127.0.0.1:{h}/login?token="), link
         driver = detect("/sys/fs/cgroup", f"borgcell/{host}")
         assert driver is not None and len(driver.list()) == 2
 
@@ -123,6 +140,11 @@ def test_dev_cell_runs_hello_and_cleans_up_on_sigterm(dev_dir: str) -> None:
         assert not driver.list()
     finally:
         clean_up(dev, log_path)
+
+
+def _login_name() -> str:
+    """The dev cell's admin certificate name: the login user, as a certificate name."""
+    return re.sub(r"[^a-z0-9._-]", "-", getpass.getuser().lower()).strip("-._") or "dev"
 
 
 def _hello_running(master: str) -> bool:

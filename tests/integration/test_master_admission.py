@@ -137,10 +137,10 @@ def test_only_the_owner_may_update_or_kill_and_down_is_idempotent(
     cfg.write_text(JOB.format(name="qjob", user="alice", n=2))
     r = as_user(cell, "bob", "up", str(cfg))
     assert r.returncode == 1
-    assert last_line(r) == "borgcfg: rejected: job 'qjob' belongs to alice (acting user bob)"
+    assert last_line(r) == "borgcfg: permission denied: bob may not update job 'qjob' (owner alice)"
     r = as_user(cell, "bob", "down", "qjob")
     assert r.returncode == 1
-    assert last_line(r) == "borgcfg: rejected: job 'qjob' belongs to alice (acting user bob)"
+    assert last_line(r) == "borgcfg: permission denied: bob may not kill job 'qjob' (owner alice)"
     job = json.loads(as_user(cell, "alice", "status", "qjob", "-o", "json").stdout)
     assert job["state"] != "killed" and job["replicas"] == 1
 

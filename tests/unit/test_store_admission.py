@@ -27,7 +27,7 @@ def test_update_by_another_acting_user_is_rejected_and_changes_nothing() -> None
     r = cell.submit(spec(user="alice", replicas=5), user="bob")
     assert r == {
         "error": "permission-denied",
-        "message": "job 'web' belongs to alice (acting user bob)",
+        "message": "bob may not update job 'web' (owner alice)",
     }
     assert cell.store.digest() == before
     # the owner may, and so may a client that names no acting user (not checked)
@@ -40,7 +40,7 @@ def test_kill_by_another_acting_user_is_rejected() -> None:
     cell.submit(spec(user="alice"), user="alice")
     r = cell.apply(C.KillJob(name="web", user="bob"))
     assert r["error"] == "permission-denied"
-    assert r["message"] == "job 'web' belongs to alice (acting user bob)"
+    assert r["message"] == "bob may not kill job 'web' (owner alice)"
     assert not cell.store.jobs["web"].killed
     assert cell.apply(C.KillJob(name="web", user="alice"))["tasks_to_stop"] == 0
     assert cell.store.jobs["web"].killed

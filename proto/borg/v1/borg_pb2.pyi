@@ -563,3 +563,17 @@ class ListEndpointsResponse(_message.Message):
     ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     endpoints: _containers.RepeatedCompositeFieldContainer[Endpoint]
     def __init__(self, endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ...) -> None: ...
+
+class CreateUiSessionRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class UiSession(_message.Message):
+    __slots__ = ("token", "expires_ms", "http")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_MS_FIELD_NUMBER: _ClassVar[int]
+    HTTP_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    expires_ms: int
+    http: str
+    def __init__(self, token: _Optional[str] = ..., expires_ms: _Optional[int] = ..., http: _Optional[str] = ...) -> None: ...

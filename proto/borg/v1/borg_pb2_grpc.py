@@ -119,6 +119,16 @@ class BorgmasterStub:
                 request_serializer=proto_dot_borg_dot_v1_dot_borg__pb2.ListEndpointsRequest.SerializeToString,
                 response_deserializer=proto_dot_borg_dot_v1_dot_borg__pb2.ListEndpointsResponse.FromString,
                 _registered_method=True)
+        self.ReadTaskLogs = channel.unary_stream(
+                '/borg.v1.Borgmaster/ReadTaskLogs',
+                request_serializer=proto_dot_borg_dot_v1_dot_borg__pb2.ReadLogsRequest.SerializeToString,
+                response_deserializer=proto_dot_borg_dot_v1_dot_borg__pb2.LogChunk.FromString,
+                _registered_method=True)
+        self.CreateUiSession = channel.unary_unary(
+                '/borg.v1.Borgmaster/CreateUiSession',
+                request_serializer=proto_dot_borg_dot_v1_dot_borg__pb2.CreateUiSessionRequest.SerializeToString,
+                response_deserializer=proto_dot_borg_dot_v1_dot_borg__pb2.UiSession.FromString,
+                _registered_method=True)
 
 
 class BorgmasterServicer:
@@ -238,6 +248,22 @@ class BorgmasterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReadTaskLogs(self, request, context):
+        """A task's stdout or stderr relayed from its Borglet (owner or admin: Borglets serve logs
+        to masters only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateUiSession(self, request, context):
+        """A short-lived link that opens the web UI as the caller (no client certificate needed
+        in the browser).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BorgmasterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -325,6 +351,16 @@ def add_BorgmasterServicer_to_server(servicer, server):
                     servicer.ListEndpoints,
                     request_deserializer=proto_dot_borg_dot_v1_dot_borg__pb2.ListEndpointsRequest.FromString,
                     response_serializer=proto_dot_borg_dot_v1_dot_borg__pb2.ListEndpointsResponse.SerializeToString,
+            ),
+            'ReadTaskLogs': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReadTaskLogs,
+                    request_deserializer=proto_dot_borg_dot_v1_dot_borg__pb2.ReadLogsRequest.FromString,
+                    response_serializer=proto_dot_borg_dot_v1_dot_borg__pb2.LogChunk.SerializeToString,
+            ),
+            'CreateUiSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateUiSession,
+                    request_deserializer=proto_dot_borg_dot_v1_dot_borg__pb2.CreateUiSessionRequest.FromString,
+                    response_serializer=proto_dot_borg_dot_v1_dot_borg__pb2.UiSession.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -786,6 +822,60 @@ class Borgmaster:
             '/borg.v1.Borgmaster/ListEndpoints',
             proto_dot_borg_dot_v1_dot_borg__pb2.ListEndpointsRequest.SerializeToString,
             proto_dot_borg_dot_v1_dot_borg__pb2.ListEndpointsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadTaskLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/borg.v1.Borgmaster/ReadTaskLogs',
+            proto_dot_borg_dot_v1_dot_borg__pb2.ReadLogsRequest.SerializeToString,
+            proto_dot_borg_dot_v1_dot_borg__pb2.LogChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateUiSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/borg.v1.Borgmaster/CreateUiSession',
+            proto_dot_borg_dot_v1_dot_borg__pb2.CreateUiSessionRequest.SerializeToString,
+            proto_dot_borg_dot_v1_dot_borg__pb2.UiSession.FromString,
             options,
             channel_credentials,
             insecure,
