@@ -39,6 +39,7 @@ bench: $(STAMP)
 
 bench-raft: $(STAMP)
 	$(BIN)/python -m bench.raft
+	$(BIN)/python -m bench.raft --compare-tls
 
 bench-borglet: $(STAMP)
 	$(BIN)/python -m bench.borglet

@@ -23,6 +23,8 @@ import grpc
 
 from bench.run import write
 from borgmaster.convert import struct_from
+from cfg.grpcauth import secure_channel
+from cfg.tls import TlsDir
 from proto.borg.v1 import borg_pb2 as pb
 from proto.borg.v1 import borg_pb2_grpc
 from tests.cluster import Cell, wait_for
@@ -64,8 +66,12 @@ def submit(stub: Any, name: str, replicas: int = 1, timeout: float = 10) -> None
     stub.SubmitJob(request(name, replicas), timeout=timeout)
 
 
+CLIENT_TLS: TlsDir | None = None
+"""With --compare-tls, the TLS half runs as an admin named like the requests' user."""
+
+
 def stub_for(addr: str) -> Any:
-    return borg_pb2_grpc.BorgmasterStub(grpc.insecure_channel(addr))
+    return borg_pb2_grpc.BorgmasterStub(secure_channel(addr, CLIENT_TLS))
 
 
 def term_of(cell: Cell) -> int:
@@ -214,7 +220,16 @@ def main() -> None:
     ap.add_argument("--failover-trials", type=int, default=20)
     ap.add_argument("--recovery-tasks", type=int, default=100_000)
     ap.add_argument("--idle", type=float, default=60)
+    ap.add_argument(
+        "--compare-tls",
+        action="store_true",
+        help="only latency and throughput, on a plaintext cell and on a TLS cell "
+        "(bench/results/raft-tls.json)",
+    )
     args = ap.parse_args()
+    if args.compare_tls:
+        compare_tls(args)
+        return
     cell = Cell()
     try:
         cell.start(masters=3, borglets=0)
@@ -238,6 +253,29 @@ def main() -> None:
         write("raft", doc)
     finally:
         cell.close()
+
+
+def compare_tls(args: argparse.Namespace) -> None:
+    """The cost of mutual TLS and the authorization interceptor on the write path."""
+    global CLIENT_TLS
+    doc: dict[str, Any] = {"cell": "3 replicas on loopback, no Borglets"}
+    for mode in ("plaintext", "tls"):
+        cell = Cell(tls=mode == "tls")
+        try:
+            cell.start(masters=3, borglets=0)
+            CLIENT_TLS = TlsDir.load(cell.cert("admin", "bench")) if cell.tls else None
+            out = {
+                "latency": bench_latency(cell, args.latency_n),
+                "throughput_leader": bench_throughput(
+                    cell, args.clients, args.seconds, leader_only=True
+                ),
+            }
+            print(mode, json.dumps(out))
+            doc[mode] = out
+        finally:
+            CLIENT_TLS = None
+            cell.close()
+    write("raft-tls", doc)
 
 
 if __name__ == "__main__":

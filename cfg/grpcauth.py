@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import logging.handlers
 import os
 import threading
 import time
@@ -118,13 +117,30 @@ ANY_AUTHENTICATED = frozenset(Role)
 
 
 class AuditLog:
-    """`--audit-log FILE`: one JSON line per write RPC. Reopened when the file is moved or
-    removed (logrotate without copytruncate), so rotation needs no signal."""
+    """`--audit-log FILE`: one JSON line per write RPC, in a 0600 file. Reopened when the file
+    was moved or removed (logrotate without copytruncate), so rotation needs no signal."""
 
     def __init__(self, path: str) -> None:
-        self._handler = logging.handlers.WatchedFileHandler(path, encoding="utf-8")
+        self.path = path
         self._lock = threading.Lock()
-        os.chmod(path, 0o600)
+        self._fd = -1
+        self._ino: tuple[int, int] | None = None
+        self._open()
+
+    def _open(self) -> None:
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        os.fchmod(fd, 0o600)
+        st = os.fstat(fd)
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd, self._ino = fd, (st.st_dev, st.st_ino)
+
+    def _moved(self) -> bool:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return True
+        return (st.st_dev, st.st_ino) != self._ino
 
     def record(
         self, ident: Identity, method: str, target: str, request_id: str, result: str
@@ -140,12 +156,17 @@ class AuditLog:
         }
         if ident.via:
             line["via"] = ident.via
-        rec = logging.LogRecord("audit", logging.INFO, "", 0, json.dumps(line), None, None)
+        data = (json.dumps(line) + "\n").encode()
         with self._lock:
-            self._handler.emit(rec)
+            if self._moved():
+                self._open()
+            os.write(self._fd, data)  # one write per line (O_APPEND): lines never interleave
 
     def close(self) -> None:
-        self._handler.close()
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
 
 
 def _request_id(request: Any) -> str:
