@@ -39,6 +39,7 @@ from borglet.accounts import TaskAccounts, lookup_quiet
 from borglet.checkpoint import Checkpoint
 from borglet.clock import now_ms
 from borglet.config import BorgletConfig
+from borglet.execs import ExecError, ExecSessions, ExecTarget
 from borglet.housekeeping import COUNTER_RETENTION_S, Housekeeper
 from borglet.http import serve_http
 from borglet.launch import NotLaunched, account_of, spawn, task_env
@@ -116,7 +117,10 @@ EXIT_KILL_WAIT_S = 30.0
 """--kill-tasks-on-exit: how long the Borglet's exit waits for its tasks' kills."""
 
 
-BORGLET_RULES = {"ReadLogs": Rule(frozenset({Role.MASTER}), "read task logs on a Borglet")}
+BORGLET_RULES = {
+    "ReadLogs": Rule(frozenset({Role.MASTER}), "read task logs on a Borglet"),
+    "Exec": Rule(frozenset({Role.MASTER}), "exec into tasks on a Borglet"),
+}
 """Who may call a Borglet: masters (the user's right to a task's logs is the master's check)."""
 
 
@@ -163,6 +167,7 @@ class Borglet:
         self._same_boot = True  # whether the state file was written in this boot
         self.checkpoint = Checkpoint(cfg.data_dir, self._snapshot)
         self.watcher = ExitWatcher(self.on_exit)
+        self._execs = ExecSessions()
         self.link: Link = (
             link if link is not None else MasterLink(cfg, self, list(self.accounts.allowed))
         )
@@ -355,6 +360,7 @@ class Borglet:
         if self.cfg.kill_tasks_on_exit and not self.checkpoint.refused:
             self._kill_all_for_exit()
         self.watcher.stop()
+        self._execs.close_all()
         self.checkpoint.flush(force=True)
         self.runtime.close()
         if self.grpc_server is not None:
@@ -544,8 +550,10 @@ class Borglet:
         except CgroupError:
             st = CgroupStats(0.0, 0, 0)
         oom = st.oom_kills > 0
-        # Whatever the main process left behind in its cgroup goes with it.
+        # Whatever the main process left behind in its cgroup goes with it (exec sessions
+        # too: they live in its cgroup; without cgroups they are killed by name).
         self.runtime.stop(task_id, proc, grace_s=0)
+        self._execs.end_task(key)
         self.runtime.forget(proc)
         code = status.returncode() if status is not None else -9
         with self.lock:
@@ -614,7 +622,39 @@ class Borglet:
     def prune_counters(self) -> None:
         self.feed(PruneCounters(int(COUNTER_RETENTION_S * 1000)))
 
-    # ----- logs (LogsServicer's TaskDirectory) ------------------------------------------------
+    # ----- logs and exec (LogsServicer's TaskDirectory) ---------------------------------------
+
+    @property
+    def execs(self) -> ExecSessions:
+        return self._execs
+
+    def exec_target(self, job: str, index: int, incarnation: str) -> tuple[TaskKey, ExecTarget]:
+        """How to run a command beside task job/index (that incarnation, when given): its
+        account, environment, sandbox and cgroup, from this Borglet's own records."""
+        with self.lock:
+            found = [
+                (k, t)
+                for k, t in self.states.tasks.items()
+                if k[:2] == (job, index)
+                and t.phase == ACTIVE
+                and (not incarnation or k[2] == incarnation)
+            ]
+        if not found:
+            raise ExecError(f"task {job}/{index} is not running on this machine")
+        key, t = found[0]
+        try:
+            acct = self.accounts.resolve(t.spec.run_as)
+        except Exception as e:
+            raise ExecError(f"run_as: {e}") from None
+        return key, ExecTarget(
+            task_id=task_id_of(key),
+            sandbox=self.sandbox_of(job, index, key[2]),
+            uid=acct.uid,
+            gid=acct.gid,
+            groups=list(acct.groups),
+            env=task_env(t, self.cell, self.cfg.name, dict(t.ports)),
+            procs_files=self.runtime.procs_files(task_id_of(key)),
+        )
 
     def find_sandbox(self, job: str, index: int, incarnation: str = "") -> str | None:
         with self.lock:

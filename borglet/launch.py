@@ -6,6 +6,7 @@ start it now: a failed run, through the restart policy and its backoff)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from borglet.accounts import TaskAccounts
 from borglet.runtime.base import Process, Runtime
@@ -13,6 +14,7 @@ from borglet.runtime.cgroups import CgroupError, Limits
 from borglet.runtime.process import ExecError, SpawnSpec, UserError
 from borglet.state import Desired, StartFailed, TaskKey, task_id_of
 from cfg.bns import task_name
+from cfg.model import JobSpec
 
 
 @dataclass
@@ -37,7 +39,20 @@ def account_of(accounts: TaskAccounts, run_as: str, default: str, unreachable_di
     return user
 
 
-def task_env(d: Desired, cell: str, machine: str, ports: dict[str, int]) -> dict[str, str]:
+class TaskLike(Protocol):
+    """A desired or a running task: what its environment is made of."""
+
+    @property
+    def job(self) -> str: ...
+
+    @property
+    def index(self) -> int: ...
+
+    version: int
+    spec: JobSpec
+
+
+def task_env(d: TaskLike, cell: str, machine: str, ports: dict[str, int]) -> dict[str, str]:
     """The job's env plus what the Borglet tells every task (BORG_*), ports included."""
     env = dict(d.spec.env)
     env.update(

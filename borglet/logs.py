@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import grpc
 
+from borglet.execs import ExecError, ExecSessions, ExecTarget, check_argv
 from borglet.peers import task_account_caller
 from borglet.sandboxes import INCARNATION_RE
 from cfg.schema import JOB_NAME_RE, MAX_REPLICAS
@@ -173,6 +174,15 @@ class TaskDirectory(Protocol):
 
     def task_running(self, job: str, index: int, sandbox: str) -> bool: ...
 
+    def exec_target(
+        self, job: str, index: int, incarnation: str
+    ) -> tuple[tuple[str, int, str], ExecTarget]:
+        """The running task (its key and how to run beside it); ExecError if there is none."""
+        ...
+
+    @property
+    def execs(self) -> ExecSessions: ...
+
 
 class LogsServicer(borg_pb2_grpc.BorgletServicer):
     def __init__(self, tasks: TaskDirectory, task_uids: frozenset[int]) -> None:
@@ -220,3 +230,58 @@ class LogsServicer(borg_pb2_grpc.BorgletServicer):
         finally:
             if request.follow:
                 self.followers.release()
+
+    def Exec(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:
+        """Run a command beside a running task (borglet/execs.py); the master has checked the
+        caller may (owner or admin), and only masters reach this method on a TLS cell."""
+        uid = task_account_caller(context.peer(), self.task_uids)
+        if uid is not None:
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"exec is not served to tasks of this machine (caller uid {uid})",
+            )
+            return
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("msg") != "start":
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be start")
+            return
+        st = first.start
+        bad = check_logs_request(pb.ReadLogsRequest(job=st.job, index=st.index)) or check_argv(
+            list(st.argv)
+        )
+        if not bad and st.incarnation and not INCARNATION_RE.fullmatch(st.incarnation):
+            bad = "incarnation: malformed"
+        if bad:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, bad)
+            return
+        execs = self.tasks.execs
+        try:
+            key, target = self.tasks.exec_target(st.job, st.index, st.incarnation)
+            session = execs.start(key, target, list(st.argv), st.tty, st.rows, st.cols)
+        except ExecError as e:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+            return
+        except OSError as e:
+            context.abort(grpc.StatusCode.INTERNAL, f"exec: {e.strerror or e}")
+            return
+        context.add_callback(lambda: execs.close(session))
+
+        def pump_input() -> None:
+            try:
+                for msg in request_iterator:
+                    if session.closed.is_set():
+                        return
+                    execs.feed(session, msg)
+            except grpc.RpcError:
+                pass  # the caller went away: the callback ends the session
+            if not session.tty:
+                execs.feed(session, pb.ExecInput(stdin_eof=True))
+
+        threading.Thread(target=pump_input, name="exec-in", daemon=True).start()
+        for kind, data in execs.output(session):
+            if kind == "exit":
+                yield pb.ExecOutput(exit_code=int(data))
+            elif kind == "stdout":
+                yield pb.ExecOutput(stdout=bytes(data))  # type: ignore[arg-type]
+            else:
+                yield pb.ExecOutput(stderr=bytes(data))  # type: ignore[arg-type]

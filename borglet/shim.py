@@ -110,11 +110,21 @@ def write_atomic(path: str, text: str, sync: bool = True) -> None:
 # ----- the task child --------------------------------------------------------------------
 
 
-def child(spec: dict[str, Any], out_w: int, err_w: int, errpipe: int) -> NoReturn:
-    """Runs in the forked child: confine, drop privileges, exec. Never returns."""
+def child(
+    spec: dict[str, Any], out_w: int, err_w: int, errpipe: int, stdin_fd: int = -1
+) -> NoReturn:
+    """Runs in the forked child: confine, drop privileges, exec. Never returns.
+
+    `stdin_fd` < 0: stdin is /dev/null (tasks, probes); else that fd (exec sessions), which
+    becomes the controlling terminal when `spec["tty"]` is set."""
     step = "setsid"
     try:
         os.setsid()
+        if spec.get("tty"):
+            import fcntl
+            import termios
+
+            fcntl.ioctl(stdin_fd, termios.TIOCSCTTY, 0)
         step = "cgroup"
         pid = str(os.getpid()).encode()
         for pf in spec.get("procs_files", []):
@@ -135,10 +145,13 @@ def child(spec: dict[str, Any], out_w: int, err_w: int, errpipe: int) -> NoRetur
         os.chdir(str(spec["cwd"]))
         os.umask(0o022)
         step = "stdio"
-        null = os.open("/dev/null", os.O_RDONLY)
-        os.dup2(null, 0)
-        os.dup2(out_w, 1)
-        os.dup2(err_w, 2)
+        inp = stdin_fd if stdin_fd >= 0 else os.open("/dev/null", os.O_RDONLY)
+        if inp != 0:
+            os.dup2(inp, 0)
+        if out_w != 1:
+            os.dup2(out_w, 1)
+        if err_w != 2:
+            os.dup2(err_w, 2)
         os.closerange(3, errpipe)
         os.closerange(errpipe + 1, 1 << 16)
         for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -157,9 +170,14 @@ def child(spec: dict[str, Any], out_w: int, err_w: int, errpipe: int) -> NoRetur
         report_child_error(errpipe, 126, f"{step}: {e}")
 
 
+EXEC_MODE = False
+"""Set by `--exec`: errors go to the person at the other end, as a line of stderr."""
+
+
 def report_child_error(errpipe: int, code: int, msg: str) -> NoReturn:
     try:
-        os.write(errpipe, f"{code} {msg}".encode()[:4000])
+        text = f"exec: {msg}\n" if EXEC_MODE else f"{code} {msg}"
+        os.write(errpipe, text.encode()[:4000])
     finally:
         os._exit(code)
 
@@ -387,9 +405,32 @@ def probe_main() -> int:
     child(spec, null, null, errpipe)
 
 
+def exec_main(spec_fd: int) -> int:
+    """``shim.py --exec SPEC_FD``: `borgcfg exec`'s command, set up like the task (cgroup,
+    rlimits, user, sandbox, env; see child()) with the stdio the Borglet gave this process
+    (pipes, or a pseudo-terminal that becomes the controlling terminal)."""
+    data = b""
+    while True:
+        chunk = os.read(spec_fd, 1 << 16)
+        if not chunk:
+            break
+        data += chunk
+    os.close(spec_fd)
+    spec = marshal.loads(data)
+    if not isinstance(spec, dict):
+        return 126
+    global EXEC_MODE
+    EXEC_MODE = True
+    errpipe = os.dup(2)
+    os.set_inheritable(errpipe, False)
+    child(spec, 1, 2, errpipe, stdin_fd=0)
+
+
 def main(argv: list[str]) -> int:
     if argv[1:] == ["--probe"]:
         return probe_main()
+    if len(argv) == 3 and argv[1] == "--exec" and argv[2].isdigit():
+        return exec_main(int(argv[2]))
     if len(argv) != 3:
         shim_log("usage: shim.py CONTROL_DIR|- READY_FD")
         return 2

@@ -91,6 +91,8 @@ QUOTA_BANDS = frozenset({"production", "monitoring"})
 it, anyone could claim priority 399 and preempt the cell."""
 
 MAX_LOG_TAIL_BYTES = 16 << 20
+MAX_EXEC_ARGS = 4096
+MAX_EXEC_BYTES = 64 << 10
 
 
 def _answers(addr: str, timeout: float = 1.0) -> bool:
@@ -598,3 +600,65 @@ class MasterServicer(borg_pb2_grpc.BorgmasterServicer):
         now = now_ms()
         token = make_token(session_key(self.m.cfg.raft_secret), ident, "login", now, LOGIN_TTL_S)
         return pb.UiSession(token=token, expires_ms=now + LOGIN_TTL_S * 1000, http=self.m.cfg.http)
+
+    # ----- exec ---------------------------------------------------------------------------
+
+    def ExecTask(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:
+        """Relay an exec session to the task's Borglet (which serves masters only): the owner
+        check and the audit record happen here, on the caller's verified identity."""
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("msg") != "start":
+            _abort(context, "invalid", "exec: the first message must be start")
+        st = first.start
+        argv = list(st.argv)
+        if not argv or len(argv) > MAX_EXEC_ARGS or sum(len(a) for a in argv) > MAX_EXEC_BYTES:
+            _abort(context, "invalid", f"argv: 1..{MAX_EXEC_ARGS} words, {MAX_EXEC_BYTES} bytes")
+        ident = caller(context)
+        target = f"{st.job}/{st.index}"
+        with self.m.store.lock:
+            job = self.m.store.jobs.get(st.job)
+            t = self.m.store.tasks.get((st.job, st.index))
+            if job is None or t is None:
+                _abort(context, "not-found", f"task {target} does not exist")
+            owner, state, machine, incarnation = job.spec.user, t.state, t.machine, t.incarnation
+            mach = self.m.store.machines.get(machine) if machine else None
+            address = mach.address if mach is not None else ""
+        try:
+            check_owner_for(ident, owner, "exec into tasks", st.job)
+        except Denied as e:
+            self.m.audit_record(ident, "ExecTask", target, "", f"PERMISSION_DENIED: {e}")
+            _denied(context, e)
+        if state != "running" or not address:
+            _abort(context, "invalid", f"task {target} is {state}: exec needs a running task")
+        self.m.audit_record(ident, "ExecTask", f"{target} {' '.join(argv)[:200]}", "", "ok")
+        log.info("exec into %s by %s: %s", target, ident.name or "-", argv[0][:80])
+        start = pb.ExecInput(
+            start=pb.ExecStart(
+                job=st.job,
+                index=st.index,
+                argv=argv,
+                tty=st.tty,
+                rows=st.rows,
+                cols=st.cols,
+                incarnation=incarnation,
+            )
+        )
+
+        def upstream() -> Any:
+            yield start
+            yield from request_iterator
+
+        ch = secure_channel(address, self.m.cfg.tls, Role.BORGLET, machine=machine)
+        try:
+            call = borg_pb2_grpc.BorgletStub(ch).Exec(upstream())
+            context.add_callback(call.cancel)
+            yield from call
+        except grpc.RpcError as e:
+            code = e.code()
+            if code == grpc.StatusCode.CANCELLED and not context.is_active():
+                return
+            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                _abort(context, "unavailable", f"machine {machine} unreachable: {e.details()}")
+            context.abort(code, e.details() or code.name)
+        finally:
+            ch.close()

@@ -44,6 +44,8 @@ RULES: dict[str, Rule] = {
     "KillJob": Rule(OWNERS, "kill jobs", write=True, target=_name),
     "Rollback": Rule(OWNERS, "roll back jobs", write=True, target=_name),
     "ReadTaskLogs": Rule(OWNERS, "read task logs", target=_task),
+    # audited by the handler once it has read which task (the target is in the stream)
+    "ExecTask": Rule(OWNERS, "exec into tasks"),
     # reads: everyone the cell knows but Borglets
     "GetJob": Rule(READERS, "read jobs"),
     "ListJobs": Rule(READERS, "list jobs"),

@@ -15,6 +15,7 @@ from borgmaster.config import MasterConfig
 from borgmaster.fsm import RaftStatus
 from borgmaster.naming import Zone
 from borgmaster.store import Store
+from cfg.tls import Identity
 from proto.borg.v1 import borg_pb2 as pb
 
 if TYPE_CHECKING:  # types only: neither module imports this one back at run time
@@ -96,6 +97,10 @@ class ApiHost(Protocol):
     def stopping(self) -> bool: ...
 
     def change_membership(self, raft: str, remove: bool) -> None: ...
+
+    def audit_record(
+        self, ident: Identity, method: str, target: str, request_id: str, result: str
+    ) -> None: ...
 
     def request_counter(self) -> RequestCounter | None: ...
 

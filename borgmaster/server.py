@@ -64,6 +64,7 @@ from borgmaster.scheduling import SchedulingShell
 from borgmaster.store import Store
 from borgmaster.writer import Writer
 from cfg.grpcauth import AuditLog, AuthInterceptor, server_credentials
+from cfg.tls import Identity
 from proto.borg.v1 import borg_pb2, borg_pb2_grpc
 
 __all__ = [
@@ -232,6 +233,16 @@ class Master:
 
     def stopping(self) -> bool:
         return self._stop.is_set()
+
+    def audit_record(
+        self, ident: Identity, method: str, target: str, request_id: str, result: str
+    ) -> None:
+        """Write one audit line (`--audit-log`) for an action a handler judged itself."""
+        if self.audit is not None:
+            try:
+                self.audit.record(ident, method, target, request_id, result)
+            except OSError as e:
+                log.error("audit log: %s", e)
 
     def change_membership(self, raft: str, remove: bool) -> None:
         """Add or remove one replica (leader only); waits until the change commits."""

@@ -290,6 +290,11 @@ class Client:
 
     # ----- Borglets -----------------------------------------------------------------------
 
+    def exec_stream(self, requests: Iterator[pb.ExecInput]) -> Any:
+        """Open an exec session (ExecTask): `requests` starts with the `start` message; the
+        returned call yields ExecOutput and raises grpc.RpcError (see `exec_error`)."""
+        return self._call(lambda s: s.ExecTask(requests))
+
     def logs(
         self,
         job: str,

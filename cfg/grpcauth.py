@@ -240,7 +240,20 @@ class AuthInterceptor(grpc.ServerInterceptor):
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
-        if self.tls:  # no streaming-request methods exist; refuse what cannot be checked
+        if handler.stream_stream is not None:
+            inner_bidi = handler.stream_stream
+
+            def bidi(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
+                # The target is in the stream: the handler audits what it starts itself.
+                self._admit(rule, method, None, context, metadata)
+                return inner_bidi(requests, context)  # type: ignore[no-any-return]
+
+            return grpc.stream_stream_rpc_method_handler(
+                bidi,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if self.tls:  # no client-streaming methods exist; refuse what cannot be checked
             return None
         return handler
 

@@ -42,6 +42,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "cfg.cli.events",
         "The cell's event stream (submitted, scheduled, started, died, preempted...).",
     ),
+    "exec": (
+        "cfg.cli.execs",
+        "Run COMMAND beside TASK (JOB/INDEX): `borgcfg exec web/0 -- ps aux`.",
+    ),
     "logs": ("cfg.cli.jobs", "A task's output: TASK is JOB/INDEX (e.g. web/0)."),
     "machines": (
         "cfg.cli.machines",

@@ -129,6 +129,11 @@ class BorgmasterStub:
                 request_serializer=proto_dot_borg_dot_v1_dot_borg__pb2.CreateUiSessionRequest.SerializeToString,
                 response_deserializer=proto_dot_borg_dot_v1_dot_borg__pb2.UiSession.FromString,
                 _registered_method=True)
+        self.ExecTask = channel.stream_stream(
+                '/borg.v1.Borgmaster/ExecTask',
+                request_serializer=proto_dot_borg_dot_v1_dot_borg__pb2.ExecInput.SerializeToString,
+                response_deserializer=proto_dot_borg_dot_v1_dot_borg__pb2.ExecOutput.FromString,
+                _registered_method=True)
 
 
 class BorgmasterServicer:
@@ -264,6 +269,15 @@ class BorgmasterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExecTask(self, request_iterator, context):
+        """Run a command beside a task (its cgroup, user, sandbox, env), relayed to its Borglet:
+        the first message is `start`; stdin, resizes and signals follow; output and the exit
+        code come back (owner or admin).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BorgmasterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -361,6 +375,11 @@ def add_BorgmasterServicer_to_server(servicer, server):
                     servicer.CreateUiSession,
                     request_deserializer=proto_dot_borg_dot_v1_dot_borg__pb2.CreateUiSessionRequest.FromString,
                     response_serializer=proto_dot_borg_dot_v1_dot_borg__pb2.UiSession.SerializeToString,
+            ),
+            'ExecTask': grpc.stream_stream_rpc_method_handler(
+                    servicer.ExecTask,
+                    request_deserializer=proto_dot_borg_dot_v1_dot_borg__pb2.ExecInput.FromString,
+                    response_serializer=proto_dot_borg_dot_v1_dot_borg__pb2.ExecOutput.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -886,6 +905,33 @@ class Borgmaster:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def ExecTask(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/borg.v1.Borgmaster/ExecTask',
+            proto_dot_borg_dot_v1_dot_borg__pb2.ExecInput.SerializeToString,
+            proto_dot_borg_dot_v1_dot_borg__pb2.ExecOutput.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class BorgletStub:
     """Missing associated documentation comment in .proto file."""
@@ -901,6 +947,11 @@ class BorgletStub:
                 request_serializer=proto_dot_borg_dot_v1_dot_borg__pb2.ReadLogsRequest.SerializeToString,
                 response_deserializer=proto_dot_borg_dot_v1_dot_borg__pb2.LogChunk.FromString,
                 _registered_method=True)
+        self.Exec = channel.stream_stream(
+                '/borg.v1.Borglet/Exec',
+                request_serializer=proto_dot_borg_dot_v1_dot_borg__pb2.ExecInput.SerializeToString,
+                response_deserializer=proto_dot_borg_dot_v1_dot_borg__pb2.ExecOutput.FromString,
+                _registered_method=True)
 
 
 class BorgletServicer:
@@ -913,6 +964,13 @@ class BorgletServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Exec(self, request_iterator, context):
+        """ExecTask's Borglet half (masters only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BorgletServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -920,6 +978,11 @@ def add_BorgletServicer_to_server(servicer, server):
                     servicer.ReadLogs,
                     request_deserializer=proto_dot_borg_dot_v1_dot_borg__pb2.ReadLogsRequest.FromString,
                     response_serializer=proto_dot_borg_dot_v1_dot_borg__pb2.LogChunk.SerializeToString,
+            ),
+            'Exec': grpc.stream_stream_rpc_method_handler(
+                    servicer.Exec,
+                    request_deserializer=proto_dot_borg_dot_v1_dot_borg__pb2.ExecInput.FromString,
+                    response_serializer=proto_dot_borg_dot_v1_dot_borg__pb2.ExecOutput.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -949,6 +1012,33 @@ class Borglet:
             '/borg.v1.Borglet/ReadLogs',
             proto_dot_borg_dot_v1_dot_borg__pb2.ReadLogsRequest.SerializeToString,
             proto_dot_borg_dot_v1_dot_borg__pb2.LogChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Exec(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/borg.v1.Borglet/Exec',
+            proto_dot_borg_dot_v1_dot_borg__pb2.ExecInput.SerializeToString,
+            proto_dot_borg_dot_v1_dot_borg__pb2.ExecOutput.FromString,
             options,
             channel_credentials,
             insecure,
