@@ -242,6 +242,7 @@ class MasterServicer(borg_pb2_grpc.BorgmasterServicer):
                         n,
                         self.m.link.machine_usage(name),
                         self.m.link.last_seen_ms(name),
+                        sorted(self.m.store.gpus_held(name)),
                     )
                 )
             return pb.ListMachinesResponse(machines=out)

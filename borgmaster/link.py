@@ -88,6 +88,7 @@ def machine_from_sync(request: pb.SyncRequest) -> Machine:
         attrs=dict(request.attrs),
         taints=[Taint(t.key, t.value, TaintEffect(t.effect)) for t in request.taints],
         task_users=list(request.task_users),
+        gpus=list(request.gpus),
     )
 
 
@@ -98,7 +99,15 @@ def registration(store: Store, machine: Machine) -> C.RegisterMachine | None:
     same = (
         old is not None
         and old.state != MACHINE_LOST
-        and (old.address, old.http, old.capacity, old.attrs, old.taints, old.task_users)
+        and (
+            old.address,
+            old.http,
+            old.capacity,
+            old.attrs,
+            old.taints,
+            old.task_users,
+            old.gpus,
+        )
         == (
             machine.address,
             machine.http,
@@ -106,6 +115,7 @@ def registration(store: Store, machine: Machine) -> C.RegisterMachine | None:
             machine.attrs,
             machine.taints,
             machine.task_users,
+            machine.gpus,
         )
     )
     return None if same else C.RegisterMachine(machine=machine)
@@ -238,6 +248,7 @@ class BorgletLink:
                     version=t.version,
                     spec=struct_from(spec_to_config(store.jobs[t.job].spec)),
                     ports=t.ports,
+                    gpus=t.gpus,
                 )
                 for t in desired
             ]
