@@ -68,6 +68,12 @@ def test_gpu_example() -> None:
     assert spec.requirements.gpu == 1
 
 
+def test_gpu_isolation_example_is_a_gang_of_one_gpu_tasks() -> None:
+    [spec] = load_file(str(EXAMPLES / "gpu-isolation.jsonnet"))
+    assert (spec.gang, spec.replicas, spec.requirements.gpu) == (True, 2, 1)
+    assert spec.command[:2] == ["python3", "-c"] and "cuDeviceGetCount" in spec.command[2]
+
+
 @pytest.mark.parametrize("path", sorted(EXAMPLES.iterdir()), ids=lambda p: p.name)
 def test_every_example_loads(path: Path) -> None:
     specs = load_file(str(path))
