@@ -127,6 +127,12 @@ def hold_back(
         why = held_reason(where)
         if reasons.get(key) != why:
             out.reasons.append([tr.job, tr.index, why])
+    # A gang is placed whole: while one of its tasks is held, the others wait with it (held
+    # too, so they are looked at again when the copy goes).
+    held_gangs = {j for j, _ in out.held} & {t.job for t in keep if t.spec.gang}
+    if held_gangs:
+        out.held |= {(t.job, t.index) for t in keep if t.job in held_gangs}
+        keep = [t for t in keep if t.job not in held_gangs]
     if len(keep) != len(snap.pending):
         out.snapshot = Snapshot(machines=snap.machines, pending=keep, running=snap.running)
     return out

@@ -7,6 +7,8 @@ import itertools
 from typing import Any
 
 from borgmaster import commands as C
+from borgmaster import planner
+from borgmaster.copies import LiveCopies
 from borgmaster.model import JobSpec, Machine, Requirements, Resources
 from borgmaster.planner import PassInput, assign_gpus
 from borgmaster.scheduler import (
@@ -209,3 +211,17 @@ def test_store_applies_a_gang_whole_or_not_at_all() -> None:
     c.machine("m1", ["0", "1", "2"])
     res = c.place(("g", 0, "m1", ["0"]), ("g", 1, "m1", ["1"]), ("g", 2, "m1", ["2"]))
     assert res["placed"] == 3
+
+
+def test_a_gang_waits_whole_while_one_of_its_tasks_is_held() -> None:
+    c = Cell()
+    c.machine("m1", ["0", "1"])
+    c.submit("g", 2, gpu=1, gang=True)
+    c.submit("solo", 1, gpu=0)
+    copies = LiveCopies()
+    copies.observe("m1", [("g", 0, "old", "running")])
+    snap, reasons = planner.build_snapshot(c.store)
+    hb = planner.hold_back(snap, reasons, copies, learning=False)
+    assert [(t.job, t.index) for t in hb.snapshot.pending] == [("solo", 0)]
+    assert hb.held == {("g", 0), ("g", 1)}
+    assert [r[:2] for r in hb.reasons] == [["g", 0]]  # g/1 only waits with it
