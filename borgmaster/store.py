@@ -636,7 +636,12 @@ class Store:
             m.registered_ms = cmd.ts_ms
         if m.state == MACHINE_LOST:
             m.state = MACHINE_UP
-        if old is None or old.state == MACHINE_LOST or old.capacity != m.capacity:
+        if (
+            old is None
+            or old.state == MACHINE_LOST
+            or old.capacity != m.capacity
+            or old.gpus != m.gpus  # another device healthy again: room for a waiting task
+        ):
             self._freed()
         if old is None or old.state == MACHINE_LOST:
             self._event("machine-up", machine=m.name, message=m.address)

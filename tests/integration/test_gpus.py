@@ -120,6 +120,13 @@ def test_each_task_gets_whole_devices_of_its_own(cell: Cell, tmp_path: Path) -> 
     table = cell.borgcfg("machines", check=True).stdout
     assert "2/2 [0,1]" in table and "1/1 [0]" in table
     assert "GPUS" in cell.borgcfg("status", "iso", check=True).stdout
+    # The UI: each task's devices on the job page, capacity and allocation per machine.
+    ui = cell.masters[0].info["http"]
+    code, body = cell.http_get(ui, "/jobs/iso")
+    assert code == 200 and body.count("<span class='gpus'>gpu ") == 3
+    code, body = cell.http_get(ui, "/")
+    assert code == 200 and "<code class='gpus'>gpu 2/2</code>" in body
+    assert "<code class='gpus'>gpu 1/1</code>" in body
 
 
 def test_device_cgroup_lets_a_task_open_only_its_own_gpu(cell: Cell) -> None:

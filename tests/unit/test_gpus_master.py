@@ -225,3 +225,13 @@ def test_a_gang_waits_whole_while_one_of_its_tasks_is_held() -> None:
     assert [(t.job, t.index) for t in hb.snapshot.pending] == [("solo", 0)]
     assert hb.held == {("g", 0), ("g", 1)}
     assert [r[:2] for r in hb.reasons] == [["g", 0]]  # g/1 only waits with it
+
+
+def test_a_changed_device_offer_lets_waiting_tasks_be_looked_at_again() -> None:
+    c = Cell()
+    c.machine("m1", ["0"])
+    gen = c.store.capacity_generation
+    c.machine("m1", ["0"])
+    assert c.store.capacity_generation == gen
+    c.machine("m1", ["1"])  # same count, another device: room a waiting task may use
+    assert c.store.capacity_generation > gen
