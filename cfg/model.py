@@ -353,7 +353,8 @@ class JobSpec:
     def task_template(self) -> dict[str, Any]:
         """The part of the spec that defines a task's process: a change here needs new tasks."""
         d = self.to_dict()
-        for k in ("replicas", "update", "user", "priority"):
+        # gang only says how pending tasks are placed: running ones need not move.
+        for k in ("replicas", "update", "user", "priority", "gang"):
             d.pop(k, None)
         return d
 

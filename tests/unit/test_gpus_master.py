@@ -235,3 +235,14 @@ def test_a_changed_device_offer_lets_waiting_tasks_be_looked_at_again() -> None:
     assert c.store.capacity_generation == gen
     c.machine("m1", ["1"])  # same count, another device: room a waiting task may use
     assert c.store.capacity_generation > gen
+
+
+def test_turning_gang_on_applies_in_place() -> None:
+    c = Cell()
+    c.machine("m1", ["0", "1"])
+    c.submit("g", 2, gpu=1)
+    c.place(("g", 0, "m1", ["0"]), ("g", 1, "m1", ["1"]))
+    c.submit("g", 2, gpu=1, gang=True)
+    job = c.store.jobs["g"]
+    assert job.spec.gang and job.version == 1
+    assert [t.state for t in c.store.job_tasks("g")] == ["assigned", "assigned"]
