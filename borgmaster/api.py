@@ -26,6 +26,7 @@ from borgmaster.convert import (
 )
 from borgmaster.explain import explain_task
 from borgmaster.facade import ApiHost, ProposeError
+from borgmaster.link import gpus_problem
 from borgmaster.model import (
     MACHINE_DRAINING,
     MACHINE_UP,
@@ -316,6 +317,9 @@ class MasterServicer(borg_pb2_grpc.BorgmasterServicer):
                 _abort(
                     context, "invalid", f"taints: unknown effect {t.effect!r:.40} of {t.key!r:.40}"
                 )
+        bad_gpus = gpus_problem(request)
+        if bad_gpus:
+            _abort(context, "invalid", bad_gpus)
         try:
             return self.m.link.sync(request)
         except ProposeError as e:

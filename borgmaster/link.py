@@ -77,6 +77,28 @@ class Observed:
 # ----- pure: what a Sync changes ------------------------------------------------------------
 
 
+MAX_GPUS = 64
+
+
+def gpus_problem(request: pb.SyncRequest) -> str | None:
+    """What is wrong with the GPU devices a Sync offers (None: nothing). They are device
+    indices, distinct, as many as capacity.gpu: the master hands them to tasks and shows
+    them, so a Borglet cannot slip anything else in."""
+    gpus = list(request.gpus)
+    if not gpus:
+        return None  # an older Borglet names none: its count stands for 0..gpu-1
+    if len(gpus) > MAX_GPUS:
+        return f"gpus: at most {MAX_GPUS} devices, not {len(gpus)}"
+    for g in gpus:
+        if not (g.isascii() and g.isdigit() and len(g) <= 4):
+            return f"gpus: {g!r:.20} is not a device index"
+    if len(set(gpus)) != len(gpus):
+        return "gpus: a device is listed twice"
+    if request.capacity.gpu != len(gpus):
+        return f"gpus: {len(gpus)} devices named but capacity.gpu is {request.capacity.gpu}"
+    return None
+
+
 def machine_from_sync(request: pb.SyncRequest) -> Machine:
     """The machine as its Borglet describes itself in a Sync (the API has checked each taint's
     effect; an unknown one raises ValueError)."""

@@ -9,6 +9,7 @@ from typing import Any
 from borgmaster import commands as C
 from borgmaster import planner
 from borgmaster.copies import LiveCopies
+from borgmaster.link import gpus_problem
 from borgmaster.model import JobSpec, Machine, Requirements, Resources
 from borgmaster.planner import PassInput, assign_gpus
 from borgmaster.scheduler import (
@@ -21,6 +22,7 @@ from borgmaster.scheduler import (
     TaskRequest,
 )
 from borgmaster.store import Store
+from proto.borg.v1 import borg_pb2 as pb
 
 GiB = 1 << 30
 
@@ -246,3 +248,17 @@ def test_turning_gang_on_applies_in_place() -> None:
     job = c.store.jobs["g"]
     assert job.spec.gang and job.version == 1
     assert [t.state for t in c.store.job_tasks("g")] == ["assigned", "assigned"]
+
+
+def test_a_sync_may_offer_only_distinct_device_indices_it_counts() -> None:
+    def sync(gpus: list[str], count: int) -> pb.SyncRequest:
+        return pb.SyncRequest(machine="m", capacity=pb.Resources(gpu=count), gpus=gpus)
+
+    assert gpus_problem(sync([], 2)) is None  # an older Borglet: counted, not named
+    assert gpus_problem(sync(["0", "1"], 2)) is None
+    assert gpus_problem(sync(["0", "<b>"], 2)) == "gpus: '<b>' is not a device index"
+    assert gpus_problem(sync(["1", "1"], 2)) == "gpus: a device is listed twice"
+    assert gpus_problem(sync(["0"], 2)) == "gpus: 1 devices named but capacity.gpu is 2"
+    assert gpus_problem(sync([str(i) for i in range(65)], 65)) == (
+        "gpus: at most 64 devices, not 65"
+    )
