@@ -121,8 +121,8 @@ class BorgletCollector(Collector):
         # GPUs (NVML only: declared devices cannot be measured). Devices are never shared,
         # so a device's numbers are its task's.
         gpu_util = GaugeMetricFamily(
-            "borg_task_gpu_utilization_percent",
-            "Percent of the last sample period a kernel ran on the task's GPU (NVML).",
+            "borg_task_gpu_utilization_ratio",
+            "Share (0-1) of the last sample period a kernel ran on the task's GPU (NVML).",
             labels=[*LABELS, "gpu", "uuid"],
         )
         gpu_mem = GaugeMetricFamily(
@@ -132,7 +132,7 @@ class BorgletCollector(Collector):
         )
         for key, g, u in b.gpu_usage():
             labels = [key[0], str(key[1]), g.id, g.uuid]
-            gpu_util.add_metric(labels, u.utilization)
+            gpu_util.add_metric(labels, u.utilization / 100.0)
             gpu_mem.add_metric(labels, u.memory_used)
         yield gpu_util
         yield gpu_mem

@@ -253,7 +253,7 @@ def test_borglet_offers_healthy_gpus_and_gives_a_task_its_own(
             for s in m.samples
         }
         key = (("gpu", "1"), ("index", "0"), ("job", "train"), ("uuid", "GPU-0001-fake"))
-        assert samples[("borg_task_gpu_utilization_percent", key)] == 20.0
+        assert samples[("borg_task_gpu_utilization_ratio", key)] == 0.2
         assert samples[("borg_task_gpu_memory_bytes", key)] == 2 << 30
         assert samples[("borg_machine_capacity", (("resource", "gpu"),))] == 2
         assert samples[("borg_machine_allocated", (("resource", "gpu"),))] == 1
