@@ -35,6 +35,11 @@ def build_snapshot(
     """What the scheduler sees (caller holds the store lock), and current pending reasons.
     `only` limits the pending tasks to those keys."""
     keys = store.pending if only is None else (store.pending & only)
+    if only is not None:
+        # A gang is placed whole: one of its tasks in the pass brings all its pending ones.
+        gangs = {j for j, _ in keys if store.jobs[j].spec.gang}
+        if gangs:
+            keys = keys | {k for k in store.pending if k[0] in gangs}
     pending = []
     reasons = {}
     for key in sorted(keys):

@@ -725,9 +725,13 @@ class Store:
                 group = [p for p in cmd.placements if p.job == pl.job]
                 u2 = dict(used_cache)
                 g2 = {k: set(v) for k, v in gpu_cache.items()}
-                if all(self._placement_ok(p, u2, g2) for p in group):
+                # Every task of the gang that needs a machine, each once (a plan made before
+                # the gang grew must not start part of it).
+                waiting = {t.index for t in self.job_tasks(pl.job) if needs_placement(t, job)}
+                whole = len(group) == len(waiting) and {p.index for p in group} == waiting
+                if whole and all(self._placement_ok(p, u2, g2) for p in group):
                     for p in group:
-                        self._placement_ok(p, used_cache, gpu_cache)
+                        self._placement_ok(p, used_cache, gpu_cache)  # charge the caches
                         self._place(p, cmd.ts_ms)
                     placed += len(group)
                 else:

@@ -262,3 +262,23 @@ def test_a_sync_may_offer_only_distinct_device_indices_it_counts() -> None:
     assert gpus_problem(sync([str(i) for i in range(65)], 65)) == (
         "gpus: at most 64 devices, not 65"
     )
+
+
+def test_a_gang_placing_one_task_twice_is_rejected_whole() -> None:
+    c = Cell()
+    c.machine("m1", ["0", "1", "2"])
+    c.submit("g", 2, gpu=1, gang=True)
+    res = c.place(("g", 0, "m1", ["0"]), ("g", 0, "m1", ["1"]))
+    assert (res["placed"], res["rejected"]) == (0, 2)
+    assert c.store.gpus_held("m1") == set()
+
+
+def test_a_gang_plan_missing_a_waiting_task_is_rejected_whole() -> None:
+    c = Cell()
+    c.machine("m1", ["0", "1", "2"])
+    c.submit("g", 3, gpu=1, gang=True)
+    res = c.place(("g", 0, "m1", ["0"]), ("g", 1, "m1", ["1"]))
+    assert (res["placed"], res["rejected"]) == (0, 2)
+    # A pass over only some of a gang's pending tasks looks at all of them.
+    snap, _ = planner.build_snapshot(c.store, only={("g", 2)})
+    assert sorted(t.index for t in snap.pending) == [0, 1, 2]
