@@ -39,6 +39,7 @@ from borglet.accounts import TaskAccounts, lookup_quiet
 from borglet.checkpoint import Checkpoint
 from borglet.clock import now_ms
 from borglet.config import BorgletConfig
+from borglet.devices import Devices, Gpu, GpuUsage, denied_nodes, gpu_env, open_devices
 from borglet.execs import ExecError, ExecSessions, ExecTarget
 from borglet.housekeeping import COUNTER_RETENTION_S, Housekeeper
 from borglet.http import serve_http
@@ -131,10 +132,15 @@ class Borglet:
         driver: CgroupDriver | None = None,
         runtime: Runtime | None = None,
         link: Link | None = None,
+        devices: Devices | None = None,
     ) -> None:
-        """`runtime` and `link` are for tests (FakeRuntime, a fake master link); by default
-        tasks run through ProcessRuntime on the detected cgroups and sync with cfg.masters."""
+        """`runtime`, `link` and `devices` are for tests (FakeRuntime, a fake master link, a
+        fake NVML); by default tasks run through ProcessRuntime on the detected cgroups,
+        sync with cfg.masters and get the GPUs `cfg.gpus` names."""
         self.cfg = cfg
+        self.devices = devices if devices is not None else open_devices(cfg.gpus)
+        self.gpus: dict[str, Gpu] = {}  # every device known, by id (guarded by lock)
+        self._offered: list[str] = []  # the healthy ones, offered to the cell
         if runtime is None:
             parent = cfg.cgroup_parent or f"borgcell/{cfg.name}"
             drv = driver if driver is not None else detect(cfg.cgroup_root, parent)
@@ -154,6 +160,7 @@ class Borglet:
         )
         self.lock = threading.RLock()  # guards states, procs, usage, first_seen
         self.states = TaskStates()
+        self.refresh_gpus()
         self.procs: dict[TaskKey, Process] = {}
         self.usage: dict[TaskKey, CgroupStats] = {}
         self.first_seen: dict[TaskKey, float] = {}
@@ -274,6 +281,54 @@ class Borglet:
                 out.append(r)
             return out
 
+    # ----- GPUs -------------------------------------------------------------------------------
+
+    def refresh_gpus(self) -> bool:
+        """Look at the devices again; a device that turned unhealthy stops being offered (and
+        one that recovered is offered again). True when the offer changed."""
+        found = self.devices.discover()
+        offered = [g.id for g in found if g.healthy]
+        with self.lock:
+            before = self._offered
+            for g in found:
+                old = self.gpus.get(g.id)
+                if not g.healthy and (old is None or old.healthy):
+                    log.warning(
+                        "GPU %s (%s) is unhealthy: no longer offered: %s", g.id, g.uuid, g.why
+                    )
+                elif g.healthy and old is not None and not old.healthy:
+                    log.warning("GPU %s (%s) is healthy again: offered", g.id, g.uuid)
+            self.gpus = {g.id: g for g in found}
+            self._offered = offered
+        return offered != before
+
+    def offered_gpus(self) -> list[str]:
+        with self.lock:
+            return list(self._offered)
+
+    def gpus_of(self, ids: list[str]) -> list[Gpu]:
+        """The devices named `ids` (as this machine knows them; an id it does not know any
+        more is taken as a device index, so the task still gets a precise environment)."""
+        with self.lock:
+            return [self.gpus.get(i) or Gpu(index=int(i)) for i in ids if i.isdigit()]
+
+    def gpu_usage(self) -> list[tuple[TaskKey, Gpu, GpuUsage]]:
+        """Per running task, each of its devices' usage (devices are never shared, so the
+        device's usage is the task's); empty where the source cannot measure (declared)."""
+        with self.lock:
+            held = [
+                (k, list(t.gpus))
+                for k, t in self.states.tasks.items()
+                if t.gpus and t.phase in (ACTIVE, STOPPING)
+            ]
+        out = []
+        for key, ids in held:
+            for g in self.gpus_of(ids):
+                u = self.devices.usage(g)
+                if u is not None:
+                    out.append((key, g, u))
+        return out
+
     def on_desired(self, desired: list[Desired], reported: frozenset[TaskKey], cell: str) -> None:
         received = time.monotonic()
         with self.lock:
@@ -335,12 +390,15 @@ class Borglet:
         self.housekeeper.start()
         self.prober.start()
         log.info(
-            "borglet %s up: cpu %g (reserved %g), memory %d MiB (reserved %d MiB), %s, masters %s",
+            "borglet %s up: cpu %g (reserved %g), memory %d MiB (reserved %d MiB), "
+            "gpus %s (%s), %s, masters %s",
             self.cfg.name,
             self.cfg.offered_cpu,
             self.cfg.reserve_cpu,
             self.cfg.offered_memory // 2**20,
             self.cfg.reserve_memory // 2**20,
+            ",".join(self.offered_gpus()) or "none",
+            self.devices.source,
             self.runtime.isolation,
             ",".join(self.cfg.masters),
         )
@@ -367,6 +425,7 @@ class Borglet:
             self.grpc_server.stop(grace=0.5).wait(2)
         if self.http_server is not None:
             self.http_server.shutdown()
+        self.devices.close()
         log.info("borglet %s stopped", self.cfg.name)
 
     def _kill_all_for_exit(self) -> None:
@@ -470,9 +529,13 @@ class Borglet:
                 ports = self._ports_for(key, list(spec.requirements.ports), d.ports)
             except ValueError as e:
                 raise NotLaunched(f"ports: {e}", permanent=True) from None
-            env = task_env(d, self.cell, self.cfg.name, ports)
+            own = self.gpus_of(d.gpus)
+            with self.lock:
+                has_gpus = bool(self.gpus)
+            env = task_env(d, self.cell, self.cfg.name, ports, gpu_env(own, has_gpus))
+            deny = tuple(denied_nodes(self.cfg.dev_dir, own))
             sandbox = self.sandbox_of(d.job, d.index, d.incarnation)
-            proc = spawn(self.runtime, d, user, env, sandbox, self.cfg.task_pids_max)
+            proc = spawn(self.runtime, d, user, env, sandbox, self.cfg.task_pids_max, deny)
         except NotLaunched as e:
             if e.permanent:  # it can never run here as specified: failed, no restart storm
                 log.warning("task %s/%d failed: %s", d.job, d.index, e.reason)
@@ -593,7 +656,10 @@ class Borglet:
             self._timer_wake.clear()
 
     def refresh_usage(self) -> None:
-        """Usage of running tasks from their cgroup files, and tasks stuck at pids.max."""
+        """Usage of running tasks from their cgroup files, and tasks stuck at pids.max; and
+        the GPUs' health (a changed offer is reported to the master at once)."""
+        if self.refresh_gpus():
+            self.link.poke()
         with self.lock:
             keys = [k for k, t in self.states.tasks.items() if t.phase == ACTIVE]
         for key in keys:
@@ -642,6 +708,9 @@ class Borglet:
         if not found:
             raise ExecError(f"task {job}/{index} is not running on this machine")
         key, t = found[0]
+        own = self.gpus_of(list(t.gpus))
+        with self.lock:
+            has_gpus = bool(self.gpus)
         try:
             acct = self.accounts.resolve(t.spec.run_as)
         except Exception as e:
@@ -652,7 +721,7 @@ class Borglet:
             uid=acct.uid,
             gid=acct.gid,
             groups=list(acct.groups),
-            env=task_env(t, self.cell, self.cfg.name, dict(t.ports)),
+            env=task_env(t, self.cell, self.cfg.name, dict(t.ports), gpu_env(own, has_gpus)),
             procs_files=self.runtime.procs_files(task_id_of(key)),
         )
 

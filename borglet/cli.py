@@ -14,6 +14,7 @@ import psutil
 
 from borglet.accounts import AccountError, TaskAccounts
 from borglet.agent import Borglet, BorgletConfig
+from borglet.devices import parse_gpus
 from borglet.ports import parse_range
 from cfg import datadir
 from cfg.errors import ConfigError
@@ -140,6 +141,13 @@ def main() -> None:
     show_default=True,
     help="Seconds between usage reads for the master.",
 )
+@click.option(
+    "--gpus",
+    default="auto",
+    show_default=True,
+    help="GPUs offered: auto (NVML; none without it), none, or device indices I,J,...",
+)
+@click.option("--dev-dir", default="/dev", hidden=True, help="Where /dev/nvidiaN live (tests).")
 @click.option("-v", "--verbose", is_flag=True, help="Same as --log-level debug.")
 @log_options
 def run(
@@ -166,6 +174,8 @@ def run(
     log_keep: int,
     task_pids_max: int,
     usage_interval: float,
+    gpus: str,
+    dev_dir: str,
     verbose: bool,
     log_level: str,
     log_format: str,
@@ -181,6 +191,10 @@ def run(
         ports = parse_range(port_range)
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
+    try:
+        parse_gpus(gpus)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--gpus") from None
     if reserve_cpu < 0:
         raise click.BadParameter("must be >= 0", param_hint="--reserve-cpu")
     if log_max < 4096:
@@ -228,6 +242,8 @@ def run(
         task_pids_max=task_pids_max,
         usage_interval_s=usage_interval,
         tls=tls,
+        gpus=gpus,
+        dev_dir=dev_dir,
     )
     borglet = Borglet(cfg)
     try:

@@ -18,7 +18,9 @@ class BorgletConfig:
     cpu: float
     memory: int
     disk: int = 0
-    gpu: int = 0
+    # `--gpus`: auto (NVML), none, or declared device indices I,J,... (borglet/devices.py).
+    gpus: str = "none"
+    dev_dir: str = "/dev"  # where the /dev/nvidiaN nodes are (tests point it elsewhere)
     attrs: dict[str, str] = field(default_factory=dict)
     taints: list[Taint] = field(default_factory=list)
     task_user: str = "nobody"

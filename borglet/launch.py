@@ -52,8 +52,16 @@ class TaskLike(Protocol):
     spec: JobSpec
 
 
-def task_env(d: TaskLike, cell: str, machine: str, ports: dict[str, int]) -> dict[str, str]:
-    """The job's env plus what the Borglet tells every task (BORG_*), ports included."""
+def task_env(
+    d: TaskLike,
+    cell: str,
+    machine: str,
+    ports: dict[str, int],
+    gpus: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """The job's env plus what the Borglet tells every task (BORG_*), ports included, and
+    `gpus` (CUDA_VISIBLE_DEVICES, NVIDIA_VISIBLE_DEVICES: devices.gpu_env), which win over
+    the job's own values: a job cannot name another task's devices."""
     env = dict(d.spec.env)
     env.update(
         {
@@ -69,13 +77,21 @@ def task_env(d: TaskLike, cell: str, machine: str, ports: dict[str, int]) -> dic
         env[f"BORG_PORT_{p.upper().replace('-', '_')}"] = str(ports[p])
         if i == 0:
             env["BORG_PORT"] = str(ports[p])
+    env.update(gpus or {})
     return env
 
 
 def spawn(
-    runtime: Runtime, d: Desired, user: str, env: dict[str, str], sandbox: str, pids_max: int
+    runtime: Runtime,
+    d: Desired,
+    user: str,
+    env: dict[str, str],
+    sandbox: str,
+    pids_max: int,
+    deny_devices: tuple[tuple[str, int, int], ...] = (),
 ) -> Process:
-    """Start the task's supervisor; NotLaunched (permanent or not) when it could not start."""
+    """Start the task's supervisor; NotLaunched (permanent or not) when it could not start.
+    `deny_devices`: device nodes its cgroup must refuse (other tasks' GPUs)."""
     req = d.spec.requirements
     try:
         return runtime.start(
@@ -85,7 +101,9 @@ def spawn(
                 env=env,
                 sandbox=sandbox,
                 user=user,
-                limits=Limits(cpu=req.cpu, memory=req.ram, pids=pids_max),
+                limits=Limits(
+                    cpu=req.cpu, memory=req.ram, pids=pids_max, deny_devices=deny_devices
+                ),
             )
         )
     except UserError as e:

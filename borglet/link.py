@@ -49,6 +49,10 @@ class LinkHost(Protocol):
         """Every local task, as ObservedTask fields."""
         ...
 
+    def offered_gpus(self) -> list[str]:
+        """The GPU devices offered now (healthy ones), by id."""
+        ...
+
     def on_desired(self, desired: list[Desired], reported: frozenset[TaskKey], cell: str) -> None:
         """The master's desired set, and the tasks the call that brought it had reported."""
         ...
@@ -97,13 +101,15 @@ class MasterLink:
         reports = self.host.reports()
         keys = frozenset((r["job"], r["index"], r["incarnation"]) for r in reports)
         cfg = self.cfg
+        gpus = self.host.offered_gpus()
         req = pb.SyncRequest(
             machine=cfg.name,
             address=cfg.grpc,
             http=cfg.http,
             capacity=pb.Resources(
-                cpu=cfg.offered_cpu, ram=cfg.offered_memory, disk=cfg.disk, gpu=cfg.gpu
+                cpu=cfg.offered_cpu, ram=cfg.offered_memory, disk=cfg.disk, gpu=len(gpus)
             ),
+            gpus=gpus,
             attrs=cfg.attrs,
             taints=[pb.Taint(**t.to_dict()) for t in cfg.taints],
             task_users=self.task_users,
@@ -186,6 +192,8 @@ class MasterLink:
                     log.error("master sent an invalid spec for %s/%d: %s", d.job, d.index, e)
                     continue
             specs[ck] = spec
-            out.append(Desired(d.job, d.index, d.incarnation, d.version, spec, dict(d.ports)))
+            out.append(
+                Desired(d.job, d.index, d.incarnation, d.version, spec, dict(d.ports), list(d.gpus))
+            )
         self._spec_cache = specs
         return out

@@ -15,8 +15,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from borglet.config import BorgletConfig
+from borglet.devices import Gpu, GpuUsage
 from borglet.runtime.cgroups import CgroupStats
-from borglet.state import ACTIVE, DONE, STOPPING, TaskStates, task_id_of
+from borglet.state import ACTIVE, DONE, STOPPING, TaskKey, TaskStates, task_id_of
 
 LABELS = ["job", "index"]
 
@@ -37,6 +38,10 @@ class MetricsSource(Protocol):
 
     @property
     def connected(self) -> bool: ...
+
+    def offered_gpus(self) -> list[str]: ...
+
+    def gpu_usage(self) -> list[tuple[TaskKey, Gpu, GpuUsage]]: ...
 
 
 class BorgletCollector(Collector):
@@ -79,6 +84,7 @@ class BorgletCollector(Collector):
                 (k, t.restarts, t.phase, t.spec.requirements.cpu, t.spec.requirements.ram)
                 for k, t in b.states.tasks.items()
             ]
+            alloc_gpu = sum(len(t.gpus) for t in b.states.tasks.values() if t.phase != DONE)
             oom = dict(b.states.counters.oom_kills)
             restarts_total = dict(b.states.counters.restarts)
         used_cpu_s = 0.0
@@ -112,6 +118,24 @@ class BorgletCollector(Collector):
         yield restarts
         yield ooms
         yield healthy
+        # GPUs (NVML only: declared devices cannot be measured). Devices are never shared,
+        # so a device's numbers are its task's.
+        gpu_util = GaugeMetricFamily(
+            "borg_task_gpu_utilization_ratio",
+            "Share (0-1) of the last sample period a kernel ran on the task's GPU (NVML).",
+            labels=[*LABELS, "gpu", "uuid"],
+        )
+        gpu_mem = GaugeMetricFamily(
+            "borg_task_gpu_memory_bytes",
+            "Memory in use on the task's GPU (NVML).",
+            labels=[*LABELS, "gpu", "uuid"],
+        )
+        for key, g, u in b.gpu_usage():
+            labels = [key[0], str(key[1]), g.id, g.uuid]
+            gpu_util.add_metric(labels, u.utilization / 100.0)
+            gpu_mem.add_metric(labels, u.memory_used)
+        yield gpu_util
+        yield gpu_mem
         cap = GaugeMetricFamily(
             "borg_machine_capacity",
             "Capacity offered to the cell (the machine minus --reserve-*).",
@@ -119,6 +143,7 @@ class BorgletCollector(Collector):
         )
         cap.add_metric(["cpu"], b.cfg.offered_cpu)
         cap.add_metric(["ram"], b.cfg.offered_memory)
+        cap.add_metric(["gpu"], len(b.offered_gpus()))
         yield cap
         alloc = GaugeMetricFamily(
             "borg_machine_allocated",
@@ -127,6 +152,7 @@ class BorgletCollector(Collector):
         )
         alloc.add_metric(["cpu"], alloc_cpu)
         alloc.add_metric(["ram"], alloc_mem)
+        alloc.add_metric(["gpu"], alloc_gpu)
         yield alloc
         used = GaugeMetricFamily(
             "borg_machine_used",

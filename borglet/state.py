@@ -79,6 +79,7 @@ class Desired:
     version: int
     spec: JobSpec
     ports: dict[str, int] = field(default_factory=dict)
+    gpus: list[str] = field(default_factory=list)  # device ids the master gave it
 
     @property
     def key(self) -> TaskKey:
@@ -105,6 +106,7 @@ class LocalTask:
     shim_pid: int = 0
     shim_start: str = ""  # the shim's start time: with shim_pid, identifies it after a restart
     stop_reason: str = ""  # why we are stopping it ourselves (e.g. unhealthy -> restart)
+    gpus: list[str] = field(default_factory=list)  # its devices (the master's choice)
 
     @property
     def job(self) -> str:
@@ -159,6 +161,7 @@ class LocalTask:
             "shim_pid": self.shim_pid,
             "shim_start": self.shim_start,
             "stop_reason": str(self.stop_reason),
+            "gpus": list(self.gpus),
         }
 
     @classmethod
@@ -188,6 +191,7 @@ class LocalTask:
         if "phase" in d:
             t.phase = Phase(d["phase"])
         t.ports = {str(k): int(v) for k, v in (d.get("ports") or {}).items()}
+        t.gpus = [str(g) for g in d.get("gpus") or []]
         if t.phase == LAUNCHING:
             t.phase = STARTING
         return t
@@ -653,7 +657,11 @@ class TaskStates:
             t = self.tasks.get(key)
             if t is None:
                 t = self.tasks[key] = LocalTask(
-                    key=key, spec=d.spec, next_start_ms=now_ms, version=d.version
+                    key=key,
+                    spec=d.spec,
+                    next_start_ms=now_ms,
+                    version=d.version,
+                    gpus=list(d.gpus),
                 )
             if t.phase == STARTING and t.next_start_ms <= now_ms:
                 t.phase = LAUNCHING  # so a concurrent reconcile cannot start it twice

@@ -34,6 +34,7 @@ from borgmaster.convert import (
 )
 from borgmaster.explain import explain_task
 from borgmaster.facade import ApiHost, ProposeError, now_ms
+from borgmaster.link import gpus_problem
 from borgmaster.model import (
     MACHINE_DRAINING,
     MACHINE_UP,
@@ -318,6 +319,7 @@ class MasterServicer(borg_pb2_grpc.BorgmasterServicer):
                         n,
                         self.m.link.machine_usage(name),
                         self.m.link.last_seen_ms(name),
+                        sorted(self.m.store.gpus_held(name)),
                     )
                 )
             return pb.ListMachinesResponse(machines=out)
@@ -394,6 +396,9 @@ class MasterServicer(borg_pb2_grpc.BorgmasterServicer):
                 _abort(
                     context, "invalid", f"taints: unknown effect {t.effect!r:.40} of {t.key!r:.40}"
                 )
+        bad_gpus = gpus_problem(request)
+        if bad_gpus:
+            _abort(context, "invalid", bad_gpus)
         try:
             return self.m.link.sync(request)
         except ProposeError as e:

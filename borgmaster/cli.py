@@ -360,6 +360,10 @@ def dev(
             "--memory",
             str(mem),
             "--kill-tasks-on-exit",
+            # The host's GPUs (NVML) go to the first Borglet only: Borglets sharing a host
+            # must not offer the same devices.
+            "--gpus",
+            "auto" if i == 0 else "none",
             "--log-level",
             "debug" if verbose else log_level,
             "--log-format",

@@ -64,28 +64,37 @@ class CommandError(ValueError):
 @dataclass
 class Placement:
     """Put task (job, index) on `machine` as a new incarnation of the job's `version`.
-    Wire: {job, index, machine, incarnation, version}."""
+    Wire: {job, index, machine, incarnation, version[, gpus]}.
+
+    `gpus`: the machine's GPU devices the task gets, whole, decided by the leader (the
+    store checks them: offered by the machine, held by no other task, as many as the job
+    asks). None: absent on the wire (entries from before device assignment); omitted again
+    on encode."""
 
     job: str
     index: int
     machine: str
     incarnation: str
     version: int
+    gpus: list[str] | None = None
 
     def to_wire(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "job": self.job,
             "index": self.index,
             "machine": self.machine,
             "incarnation": self.incarnation,
             "version": self.version,
         }
+        if self.gpus is not None:
+            d["gpus"] = self.gpus
+        return d
 
     @classmethod
     def from_wire(cls, v: Any, path: str) -> Placement:
         # Fast path first (a plan can hold thousands; msgpack gives exact types), then the
         # field-by-field checks that say what is wrong.
-        if type(v) is dict and len(v) == 5 and _PLACEMENT_KEYS.issuperset(v):
+        if type(v) is dict and len(v) == 5 and _PLACEMENT_V1_KEYS.issuperset(v):
             job, index, machine = v["job"], v["index"], v["machine"]
             incarnation, version = v["incarnation"], v["version"]
             if (
@@ -97,12 +106,16 @@ class Placement:
             ):
                 return cls(job, index, machine, incarnation, version)
         d = _record(v, path, _PLACEMENT_KEYS)
+        gpus = d.get("gpus")
+        if gpus is not None:
+            _check_wire(gpus, list[str], f"{path}.gpus")
         return cls(
             job=_req(d, "job", str, path),
             index=_req(d, "index", int, path),
             machine=_req(d, "machine", str, path),
             incarnation=_req(d, "incarnation", str, path),
             version=_req(d, "version", int, path),
+            gpus=gpus,
         )
 
 
@@ -602,7 +615,8 @@ def decode(entry: bytes) -> Command:
 
 # ----- wire checks -----------------------------------------------------------------------
 
-_PLACEMENT_KEYS = frozenset(("job", "index", "machine", "incarnation", "version"))
+_PLACEMENT_V1_KEYS = frozenset(("job", "index", "machine", "incarnation", "version"))
+_PLACEMENT_KEYS = _PLACEMENT_V1_KEYS | {"gpus"}
 _PREEMPTION_KEYS = frozenset(("job", "index", "incarnation", "machine", "reason"))
 _TASK_UPDATE_KEYS = frozenset(
     ("job", "index", "incarnation", "state", "exit_code", "reason", "restarts", "health", "ports")

@@ -42,6 +42,7 @@ def task_pb(t: Task, usage: Any = None) -> pb.Task:
         updated_ms=t.updated_ms,
         ports=t.ports,
         health=t.health,
+        gpus=t.gpus,
     )
     if usage is not None and usage.incarnation == t.incarnation:
         msg.cpu_seconds = usage.cpu_seconds
@@ -94,9 +95,16 @@ def job_pb(
 
 
 def machine_pb(
-    m: Machine, used: Resources, ntasks: int, usage: Resources | None = None, last_seen_ms: int = 0
+    m: Machine,
+    used: Resources,
+    ntasks: int,
+    usage: Resources | None = None,
+    last_seen_ms: int = 0,
+    gpus_used: list[str] | None = None,
 ) -> pb.Machine:
     return pb.Machine(
+        gpus=m.gpu_devices(),
+        gpus_used=sorted(gpus_used or ()),
         name=m.name,
         state=m.state,
         capacity=resources_pb(m.capacity),

@@ -137,6 +137,7 @@ class TaskRow:
     waiting: bool  # needs a machine (pending, or lost and to be replaced)
     name: str = ""  # its BNS name (INDEX.JOB.USER.CELL.borg.)
     ports: dict[str, int] = field(default_factory=dict)
+    gpus: list[str] = field(default_factory=list)  # its machine's devices it holds
 
 
 @dataclass
@@ -263,6 +264,7 @@ def job_detail(store: Store, name: str, cell: str = "borgcell") -> JobDetail | N
                 waiting=waiting,
                 name=task_name(t.index, name, j.spec.user, cell),
                 ports=dict(t.ports),
+                gpus=list(t.gpus),
             )
         )
     spec = j.spec
@@ -547,6 +549,9 @@ def render_machines(ms: list[MachineRow]) -> str:
     for m in ms[:MAX_ROWS]:
         attrs = " ".join(f"<code>{e(k)}={e(v)}</code>" for k, v in m.attrs.items())
         taints = " ".join(f"<code>{e(t)}</code>" for t in m.taints)
+        if m.capacity.get("gpu", 0) > 0:
+            gpu = f"gpu {m.allocated.get('gpu', 0):.0f}/{m.capacity['gpu']:.0f}"
+            taints += f" <code class='gpus'>{e(gpu)}</code>"
         rows.append(
             f"<tr data-machine='{e(m.name)}'><td>{e(m.name)}</td><td>{_state(m.state)}</td>"
             f"<td>{_bar('cpu', m)}</td><td>{_bar('ram', m)}</td>"
@@ -671,10 +676,12 @@ def render_job(d: JobDetail) -> str:
         ec = "" if t.exit_code is None else str(t.exit_code)
         reason = f"<span class='why'>{e(t.reason)}</span>" if t.waiting else e(t.reason)
         ports = " ".join(f"{e(k)}={v}" for k, v in sorted(t.ports.items()))
+        gpus = f" <span class='gpus'>gpu {e(','.join(t.gpus))}</span>" if t.gpus else ""
         rows.append(
             f"<tr data-task='{t.index}'><td class='num'>{t.index}</td>"
             f"<td><code>{e(t.name)}</code></td><td>{_state(t.state)}</td>"
-            f"<td>{e(t.machine)}</td><td class='ports'>{ports}</td><td class='num'>{t.version}</td>"
+            f"<td>{e(t.machine)}{gpus}</td><td class='ports'>{ports}</td>"
+            f"<td class='num'>{t.version}</td>"
             f"<td class='num'>{t.restarts}</td><td class='num'>{ec}</td><td>{reason}</td>"
             f"<td>{_ms(t.updated_ms)}</td><td>{logs}</td></tr>"
         )

@@ -77,6 +77,28 @@ class Observed:
 # ----- pure: what a Sync changes ------------------------------------------------------------
 
 
+MAX_GPUS = 64
+
+
+def gpus_problem(request: pb.SyncRequest) -> str | None:
+    """What is wrong with the GPU devices a Sync offers (None: nothing). They are device
+    indices, distinct, as many as capacity.gpu: the master hands them to tasks and shows
+    them, so a Borglet cannot slip anything else in."""
+    gpus = list(request.gpus)
+    if not gpus:
+        return None  # an older Borglet names none: its count stands for 0..gpu-1
+    if len(gpus) > MAX_GPUS:
+        return f"gpus: at most {MAX_GPUS} devices, not {len(gpus)}"
+    for g in gpus:
+        if not (g.isascii() and g.isdigit() and len(g) <= 4):
+            return f"gpus: {g!r:.20} is not a device index"
+    if len(set(gpus)) != len(gpus):
+        return "gpus: a device is listed twice"
+    if request.capacity.gpu != len(gpus):
+        return f"gpus: {len(gpus)} devices named but capacity.gpu is {request.capacity.gpu}"
+    return None
+
+
 def machine_from_sync(request: pb.SyncRequest) -> Machine:
     """The machine as its Borglet describes itself in a Sync (the API has checked each taint's
     effect; an unknown one raises ValueError)."""
@@ -88,6 +110,7 @@ def machine_from_sync(request: pb.SyncRequest) -> Machine:
         attrs=dict(request.attrs),
         taints=[Taint(t.key, t.value, TaintEffect(t.effect)) for t in request.taints],
         task_users=list(request.task_users),
+        gpus=list(request.gpus),
     )
 
 
@@ -98,7 +121,15 @@ def registration(store: Store, machine: Machine) -> C.RegisterMachine | None:
     same = (
         old is not None
         and old.state != MACHINE_LOST
-        and (old.address, old.http, old.capacity, old.attrs, old.taints, old.task_users)
+        and (
+            old.address,
+            old.http,
+            old.capacity,
+            old.attrs,
+            old.taints,
+            old.task_users,
+            old.gpus,
+        )
         == (
             machine.address,
             machine.http,
@@ -106,6 +137,7 @@ def registration(store: Store, machine: Machine) -> C.RegisterMachine | None:
             machine.attrs,
             machine.taints,
             machine.task_users,
+            machine.gpus,
         )
     )
     return None if same else C.RegisterMachine(machine=machine)
@@ -238,6 +270,7 @@ class BorgletLink:
                     version=t.version,
                     spec=struct_from(spec_to_config(store.jobs[t.job].spec)),
                     ports=t.ports,
+                    gpus=t.gpus,
                 )
                 for t in desired
             ]

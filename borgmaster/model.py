@@ -178,13 +178,19 @@ class Task:
     updated_ms: int = 0
     ports: dict[str, int] = field(default_factory=dict)
     health: str = ""  # "" | healthy | unhealthy (as the Borglet's checks last said)
+    # The machine's GPU devices this incarnation holds, whole (the master's choice, carried
+    # in its Placement); left out of to_dict when empty so older states encode as before.
+    gpus: list[str] = field(default_factory=list)
 
     @property
     def key(self) -> tuple[str, int]:
         return (self.job, self.index)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if not self.gpus:
+            del d["gpus"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Task:
@@ -205,11 +211,23 @@ class Machine:
     registered_ms: int = 0
     # Accounts the Borglet lets tasks run as ([]: it did not say, e.g. an older Borglet).
     task_users: list[str] = field(default_factory=list)
+    # The GPU devices the Borglet offers, by stable id (its device index as a string), healthy
+    # ones only. []: none named (an older Borglet): then "0".."capacity.gpu-1". Left out of
+    # to_dict when empty so older states encode as before.
+    gpus: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["taints"] = [t.to_dict() for t in self.taints]
+        if not self.gpus:
+            del d["gpus"]
         return d
+
+    def gpu_devices(self) -> list[str]:
+        """The devices tasks may be given: the named ones, else one per counted GPU."""
+        if self.gpus:
+            return list(self.gpus)
+        return [str(i) for i in range(max(0, self.capacity.gpu))]
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Machine:

@@ -35,6 +35,11 @@ def build_snapshot(
     """What the scheduler sees (caller holds the store lock), and current pending reasons.
     `only` limits the pending tasks to those keys."""
     keys = store.pending if only is None else (store.pending & only)
+    if only is not None:
+        # A gang is placed whole: one of its tasks in the pass brings all its pending ones.
+        gangs = {j for j, _ in keys if store.jobs[j].spec.gang}
+        if gangs:
+            keys = keys | {k for k in store.pending if k[0] in gangs}
     pending = []
     reasons = {}
     for key in sorted(keys):
@@ -127,6 +132,12 @@ def hold_back(
         why = held_reason(where)
         if reasons.get(key) != why:
             out.reasons.append([tr.job, tr.index, why])
+    # A gang is placed whole: while one of its tasks is held, the others wait with it (held
+    # too, so they are looked at again when the copy goes).
+    held_gangs = {j for j, _ in out.held} & {t.job for t in keep if t.spec.gang}
+    if held_gangs:
+        out.held |= {(t.job, t.index) for t in keep if t.job in held_gangs}
+        keep = [t for t in keep if t.job not in held_gangs]
     if len(keep) != len(snap.pending):
         out.snapshot = Snapshot(machines=snap.machines, pending=keep, running=snap.running)
     return out
@@ -142,6 +153,11 @@ class PassInput:
     held: set[TaskIndex]
     held_reasons: list[list[Any]]
     waiting_since: dict[TaskIndex, int]
+    # GPU devices per machine not held by a placed task (in the machine's order), and the
+    # devices each placed task holds (a preemption frees them): for `assign_gpus`. Only
+    # filled when a task of the pass asks for GPUs.
+    gpus_free: dict[str, list[str]] = field(default_factory=dict)
+    gpus_held: dict[tuple[str, int, str], list[str]] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
@@ -172,7 +188,50 @@ def prepare_pass(
         (t.job, t.index): waiting_since_ms(store.tasks[(t.job, t.index)])
         for t in hb.snapshot.pending
     }
-    return PassInput(hb.snapshot, reasons, hb.held, hb.reasons, waiting)
+    inp = PassInput(hb.snapshot, reasons, hb.held, hb.reasons, waiting)
+    if any(t.spec.requirements.gpu > 0 for t in hb.snapshot.pending):
+        for m in store.machines.values():
+            held = store.gpus_held(m.name)
+            inp.gpus_free[m.name] = [g for g in m.gpu_devices() if g not in held]
+        for keys_on in store.tasks_by_machine.values():
+            for k in keys_on:
+                t = store.tasks[k]
+                if t.gpus and t.state in ACTIVE_STATES:
+                    inp.gpus_held[(t.job, t.index, t.incarnation)] = list(t.gpus)
+    return inp
+
+
+def assign_gpus(inp: PassInput, plan: Plan) -> list[C.Placement]:
+    """The plan's placements with their GPU devices chosen: whole devices, the lowest free
+    ones of the machine (those a preemption of this plan frees included), never one that
+    another task or an earlier placement holds. The scheduler counts GPUs; this names them,
+    so the choice travels in the Raft command and every replica and Borglet sees the same.
+    A placement that finds too few (the count and the names disagree, e.g. a device that
+    turned unhealthy a moment ago) keeps what it found and the store rejects it."""
+    if not inp.gpus_free:
+        return list(plan.placements)
+    free = {m: list(gs) for m, gs in inp.gpus_free.items()}
+    for p in plan.preemptions:
+        got = inp.gpus_held.get((p.job, p.index, p.incarnation))
+        if got:
+            free.setdefault(p.machine, []).extend(got)
+    specs = {(t.job, t.index): t.spec for t in inp.snapshot.pending}
+    out = []
+    for pl in plan.placements:
+        spec = specs.get((pl.job, pl.index))
+        want = spec.requirements.gpu if spec is not None else 0
+        if want > 0:
+            pool = free.get(pl.machine, [])
+            pool.sort(key=_device_order)
+            take, free[pl.machine] = pool[:want], pool[want:]
+            pl = C.Placement(pl.job, pl.index, pl.machine, pl.incarnation, pl.version, take)
+        out.append(pl)
+    return out
+
+
+def _device_order(g: str) -> tuple[int, str]:
+    """Devices by index (numeric ids first, numerically), so "10" follows "9"."""
+    return (int(g), "") if g.isdigit() else (1 << 30, g)
 
 
 def plan_command(inp: PassInput, plan: Plan, term: int) -> C.ApplyPlan | None:
@@ -183,7 +242,7 @@ def plan_command(inp: PassInput, plan: Plan, term: int) -> C.ApplyPlan | None:
     if not plan.placements and not failures and not plan.preemptions:
         return None
     return C.ApplyPlan(
-        placements=list(plan.placements),
+        placements=assign_gpus(inp, plan),
         failures=failures,
         preemptions=[
             C.Preemption(p.job, p.index, p.incarnation, p.machine, p.reason)

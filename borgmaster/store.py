@@ -306,6 +306,7 @@ class Store:
         t.restarts = 0
         t.health = ""
         t.ports = {}
+        t.gpus = []
         t.submitted_ms = ts
         t.updated_ms = ts
         self._reindex(t)
@@ -636,7 +637,12 @@ class Store:
             m.registered_ms = cmd.ts_ms
         if m.state == MACHINE_LOST:
             m.state = MACHINE_UP
-        if old is None or old.state == MACHINE_LOST or old.capacity != m.capacity:
+        if (
+            old is None
+            or old.state == MACHINE_LOST
+            or old.capacity != m.capacity
+            or old.gpus != m.gpus  # another device healthy again: room for a waiting task
+        ):
             self._freed()
         if old is None or old.state == MACHINE_LOST:
             self._event("machine-up", machine=m.name, message=m.address)
@@ -707,39 +713,35 @@ class Store:
             self._recompute_job(self.jobs[t.job])
             preempted += 1
         used_cache: dict[str, Resources] = {}
+        gpu_cache: dict[str, set[str]] = {}
+        gangs_done: set[str] = set()
         for pl in cmd.placements:
-            t = self.tasks.get((pl.job, pl.index))
             job = self.jobs.get(pl.job)
-            m = self.machines.get(pl.machine)
-            ok = (
-                t is not None
-                and job is not None
-                and not job.killed
-                and needs_placement(t, job)
-                and job.version == pl.version
-                and m is not None
-                and m.state == MACHINE_UP
-            )
-            if ok and t is not None and job is not None and m is not None:
-                used = used_cache.get(m.name)
-                if used is None:
-                    used = used_cache[m.name] = self.used(m.name)
-                if self.fits(m, used, job.spec):
-                    used_cache[m.name] = used.add(_request(job.spec.requirements))
-                    self._set_task_machine(t, m.name)
-                    t.state = ASSIGNED
-                    t.version = job.version
-                    t.incarnation = pl.incarnation
-                    t.exit_code = None
-                    t.reason = ""
-                    t.health = ""
-                    t.restarts = 0
-                    t.updated_ms = cmd.ts_ms
-                    self._reindex(t)
-                    placed += 1
-                    self._event("scheduled", t.job, t.index, m.name)
-                    self._recompute_job(job)
+            if job is not None and job.spec.gang:
+                # A gang's placements apply together or not at all: check them all first
+                # against copies of the caches, so a stale plan never starts half a gang.
+                if pl.job in gangs_done:
                     continue
+                gangs_done.add(pl.job)
+                group = [p for p in cmd.placements if p.job == pl.job]
+                u2 = dict(used_cache)
+                g2 = {k: set(v) for k, v in gpu_cache.items()}
+                # Every task of the gang that needs a machine, each once (a plan made before
+                # the gang grew must not start part of it).
+                waiting = {t.index for t in self.job_tasks(pl.job) if needs_placement(t, job)}
+                whole = len(group) == len(waiting) and {p.index for p in group} == waiting
+                if whole and all(self._placement_ok(p, u2, g2) for p in group):
+                    for p in group:
+                        self._placement_ok(p, used_cache, gpu_cache)  # charge the caches
+                        self._place(p, cmd.ts_ms)
+                    placed += len(group)
+                else:
+                    rejected += len(group)
+                continue
+            if self._placement_ok(pl, used_cache, gpu_cache):
+                self._place(pl, cmd.ts_ms)
+                placed += 1
+                continue
             rejected += 1
         for f in cmd.failures:
             t = self.tasks.get((f.job, f.index))
@@ -752,6 +754,71 @@ class Store:
             if t.reason != reason:
                 t.reason = reason
         return {"placed": placed, "rejected": rejected, "preempted": preempted}
+
+    def gpus_held(self, machine: str) -> set[str]:
+        """GPU devices of `machine` held by its tasks placed there and not yet finished."""
+        out: set[str] = set()
+        for key in self.tasks_by_machine.get(machine, ()):
+            t = self.tasks[key]
+            if t.state in ACTIVE_STATES:
+                out.update(t.gpus)
+        return out
+
+    def _placement_ok(
+        self, pl: C.Placement, used_cache: dict[str, Resources], gpu_cache: dict[str, set[str]]
+    ) -> bool:
+        """Whether placement `pl` may apply now; if so, charge it to the caches (the machine's
+        used resources and held devices as this plan has left them)."""
+        t = self.tasks.get((pl.job, pl.index))
+        job = self.jobs.get(pl.job)
+        m = self.machines.get(pl.machine)
+        if (
+            t is None
+            or job is None
+            or job.killed
+            or not needs_placement(t, job)
+            or job.version != pl.version
+            or m is None
+            or m.state != MACHINE_UP
+        ):
+            return False
+        used = used_cache.get(m.name)
+        if used is None:
+            used = used_cache[m.name] = self.used(m.name)
+        if not self.fits(m, used, job.spec):
+            return False
+        want = job.spec.requirements.gpu
+        if pl.gpus is not None and (want or pl.gpus):
+            # Whole devices, never shared: as many as asked, distinct, offered by the
+            # machine and held by no other task (nor by an earlier placement of this plan).
+            held = gpu_cache.get(m.name)
+            if held is None:
+                held = gpu_cache[m.name] = self.gpus_held(m.name)
+            offered = set(m.gpu_devices())
+            got = set(pl.gpus)
+            if len(pl.gpus) != want or len(got) != want or not got <= offered or got & held:
+                return False
+            held |= got
+        used_cache[m.name] = used.add(_request(job.spec.requirements))
+        return True
+
+    def _place(self, pl: C.Placement, ts: int) -> None:
+        """Record a placement `_placement_ok` accepted."""
+        t = self.tasks[(pl.job, pl.index)]
+        job = self.jobs[pl.job]
+        self._set_task_machine(t, pl.machine)
+        t.state = ASSIGNED
+        t.version = job.version
+        t.incarnation = pl.incarnation
+        t.exit_code = None
+        t.reason = ""
+        t.health = ""
+        t.restarts = 0
+        t.gpus = list(pl.gpus or ())
+        t.updated_ms = ts
+        self._reindex(t)
+        self._event("scheduled", t.job, t.index, pl.machine)
+        self._recompute_job(job)
 
     def _task_updates(self, cmd: C.TaskUpdates) -> Result:
         # decode checked every update's types, so a malformed one rejects the whole entry

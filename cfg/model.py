@@ -296,6 +296,9 @@ class JobSpec:
     distinct_machines: bool = False
     update: UpdatePolicy = field(default_factory=UpdatePolicy)
     kill_timeout_ms: int = 10_000
+    # All pending replicas are placed in one scheduler pass or none is (a training job whose
+    # workers are useless alone); preemption may make room for the whole gang only.
+    gang: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (hand-written: `dataclasses.asdict` is slow on the write path)."""
@@ -331,7 +334,9 @@ class JobSpec:
             "distinct_machines": self.distinct_machines,
             "update": {"max_unavailable": u.max_unavailable, "max_surge": u.max_surge},
             "kill_timeout_ms": self.kill_timeout_ms,
-        }
+        } | (
+            {"gang": True} if self.gang else {}
+        )  # left out when false: older states encode as before
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> JobSpec:
@@ -348,7 +353,8 @@ class JobSpec:
     def task_template(self) -> dict[str, Any]:
         """The part of the spec that defines a task's process: a change here needs new tasks."""
         d = self.to_dict()
-        for k in ("replicas", "update", "user", "priority"):
+        # gang only says how pending tasks are placed: running ones need not move.
+        for k in ("replicas", "update", "user", "priority", "gang"):
             d.pop(k, None)
         return d
 

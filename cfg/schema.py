@@ -83,6 +83,7 @@ JOB_KEYS = (
     "distinct_machines",
     "update",
     "kill_timeout",
+    "gang",
 )
 REQUIREMENTS_KEYS = ("cpu", "ram", "disk", "gpu", "ports")
 RESTART_KEYS = ("policy", "max_restarts", "backoff")
@@ -325,6 +326,9 @@ class _Validator:
         if not isinstance(distinct, bool):
             self.fail(("distinct_machines",), f"expected true or false, got {describe(distinct)}")
         update = self.update(g.get("update", {}))
+        gang = g.get("gang", False)
+        if not isinstance(gang, bool):
+            self.fail(("gang",), f"expected true or false, got {describe(gang)}")
         kill_timeout_ms = DEFAULT_KILL_TIMEOUT_MS
         if "kill_timeout" in g:
             kill_timeout_ms = self.duration(g["kill_timeout"], ("kill_timeout",), positive=False)
@@ -347,6 +351,7 @@ class _Validator:
             distinct_machines=distinct,
             update=update,
             kill_timeout_ms=kill_timeout_ms,
+            gang=gang,
         )
 
     def priority(self, g: dict[str, Any]) -> int:
@@ -621,4 +626,6 @@ def spec_to_config(spec: JobSpec) -> dict[str, Any]:
         "max_surge": spec.update.max_surge,
     }
     out["kill_timeout"] = format_duration(spec.kill_timeout_ms)
+    if spec.gang:
+        out["gang"] = True
     return out

@@ -29,7 +29,7 @@ MIN_QUOTA_US = 1_000
 V2_CONTROLLERS = ("cpu", "memory", "pids")
 V2_LEAF = "_borglet"
 """Leaf cgroup that processes found in one of our own v2 cgroups are moved into (see setup)."""
-V1_CONTROLLERS = ("cpu", "cpuacct", "memory", "pids", "freezer")
+V1_CONTROLLERS = ("cpu", "cpuacct", "memory", "pids", "freezer", "devices")
 V1_REQUIRED = ("cpu", "cpuacct", "memory", "pids")
 
 _POLL_S = 0.005
@@ -51,6 +51,10 @@ class Limits:
     cpu: float
     memory: int
     pids: int = 4096
+    # Device nodes the task may not open, as ("c"|"b", major, minor): the GPUs that are not
+    # its own (borglet/devices.py). v1 writes them to devices.deny; v2 would need an eBPF
+    # device program, which this runtime does not load (see CgroupV2.create).
+    deny_devices: tuple[tuple[str, int, int], ...] = ()
 
     def cpu_quota_us(self) -> int | None:
         """CFS quota for one 100 ms period, or None for no quota."""
@@ -347,6 +351,15 @@ class CgroupV1(CgroupDriver):
         _write(os.path.join(cpu, "cpu.shares"), str(limits.cpu_shares()))
         self._set_memory(self._cg("memory", name), limits.memory)
         _write(os.path.join(self._cg("pids", name), "pids.max"), str(limits.pids))
+        if limits.deny_devices:
+            if "devices" not in self.controllers:
+                raise CgroupError(
+                    f"no v1 devices controller under {self.root}: cannot keep the task off "
+                    "other tasks' GPUs"
+                )
+            deny = os.path.join(self._cg("devices", name), "devices.deny")
+            for kind, major, minor in limits.deny_devices:
+                _write(deny, f"{kind} {major}:{minor} rwm")
 
     def _set_memory(self, mem: str, memory: int) -> None:
         """memory.limit_in_bytes, then memsw (= the same value: no swap) where present.
@@ -448,6 +461,7 @@ class CgroupV2(CgroupDriver):
         if unknown:
             raise CgroupError(f"unknown v2 controllers {sorted(unknown)}")
         self.controllers = tuple(c for c in V2_CONTROLLERS if c in controllers)
+        self._warned_devices = False
 
     def _dir(self, name: str) -> str:
         return os.path.join(self.root, self.parent, name)
@@ -519,6 +533,16 @@ class CgroupV2(CgroupDriver):
                 _write(swap, "0")
         if "pids" in self.controllers:
             _write(os.path.join(d, "pids.max"), str(limits.pids))
+        if limits.deny_devices and not self._warned_devices:
+            # v2 has no devices.deny: access is decided by a BPF_PROG_TYPE_CGROUP_DEVICE
+            # program attached to the cgroup, which this runtime does not load. Tasks still
+            # see only their own GPUs through CUDA_VISIBLE_DEVICES, but nothing stops one
+            # that opens /dev/nvidiaN directly.
+            self._warned_devices = True
+            log.warning(
+                "cgroup v2: GPU device isolation needs an eBPF device program (not loaded): "
+                "tasks are kept to their GPUs by CUDA_VISIBLE_DEVICES only"
+            )
 
     def procs_files(self, name: str) -> list[str]:
         validate_name(name)

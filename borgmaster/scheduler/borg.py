@@ -76,6 +76,19 @@ CPU, RAM, DISK, GPU, PORTS = range(5)
 NEG = -np.inf
 
 
+def gang_reason(n: int, fit: int, failures: list[tuple[str, int, str]], job: str) -> str:
+    """`no-feasible-machine: gang of N: only M fit`, with why the first task of the gang that
+    found no machine did not (`(gpu 3)`), when it said."""
+    why = ""
+    for j, _, r in failures:
+        if j == job:
+            head = f"{NO_FEASIBLE}: "
+            why = r[len(head) :] if r.startswith(head) else r
+            break
+    detail = f"gang of {n}: only {fit} fit" + (f" ({why})" if why else "")
+    return f"{NO_FEASIBLE}: {detail}"
+
+
 def format_reason(rejected: dict[str, int], machines: int) -> str:
     """`no-feasible-machine: ram 9812, constraint rack!=r1 120, draining 3`: machines rejected
     per filter, largest count first (ties by name)."""
@@ -358,8 +371,39 @@ class BorgScheduler:
         return max(1, round(rate * machines / 1000)) if rate > 0 else 0
 
     def schedule(self, snapshot: Snapshot, new_id: Callable[[], str]) -> Plan:
-        """Place what can be placed (evicting lower-priority tasks where allowed)."""
-        return _Pass(self, snapshot).run(new_id)
+        """Place what can be placed (evicting lower-priority tasks where allowed).
+
+        Gangs (`gang: true`): a gang job's pending tasks are placed in this pass all
+        together or not at all. A pass that places only part of a gang is run again
+        without that gang (the same seed, so the others place as they would have), until
+        every gang in the plan is whole; the gangs left out fail with `gang of N: only M
+        fit`. Rerunning rather than undoing means a partial gang never keeps the room (or
+        the preemptions) it took from the tasks after it."""
+        plan = _Pass(self, snapshot).run(new_id)
+        gangs: dict[str, int] = {}
+        for t in snapshot.pending:
+            if t.spec.gang:
+                gangs[t.job] = gangs.get(t.job, 0) + 1
+        if not gangs:
+            return plan
+        out: dict[str, str] = {}  # gangs left out, and why
+        while True:
+            placed: dict[str, int] = {}
+            for p in plan.placements:
+                if p.job in gangs:
+                    placed[p.job] = placed.get(p.job, 0) + 1
+            short = [j for j, n in gangs.items() if j not in out and placed.get(j, 0) < n]
+            if not short:
+                break
+            for j in short:
+                out[j] = gang_reason(gangs[j], placed.get(j, 0), plan.failures, j)
+            pending = [t for t in snapshot.pending if t.job not in out]
+            plan = _Pass(
+                self,
+                Snapshot(snapshot.machines, pending, snapshot.running, snapshot.table),
+            ).run(new_id)
+        plan.failures += [(t.job, t.index, out[t.job]) for t in snapshot.pending if t.job in out]
+        return plan
 
     def explain(self, snapshot: Snapshot, job: str, index: int) -> tuple[dict[str, int], int]:
         """Why task job/index is pending: machines rejected per filter, and how many fit.

@@ -52,6 +52,7 @@ def job_json(job: pb.Job) -> dict[str, Any]:
                 "memory_bytes": t.memory_bytes,
                 "ports": dict(t.ports),
                 "ready": t.ready,
+                "gpus": list(t.gpus),
             }
             for t in job.tasks
         ],
@@ -86,14 +87,19 @@ def job_table(j: pb.Job) -> tuple[str, Table]:
         head += f"\n[yellow]{escape(j.rollout)}[/]"
     health = any(t.health for t in j.tasks)
     usage = any(t.cpu_seconds or t.memory_bytes for t in j.tasks)
+    gpus = any(t.gpus for t in j.tasks)
     cols = ["INDEX", "STATE"] + (["HEALTH"] if health else []) + ["MACHINE", "VERSION"]
+    cols += ["GPUS"] if gpus else []
     cols += ["RESTARTS", "EXIT"] + (["CPU", "MEM"] if usage else []) + ["AGE", "REASON"]
     t = table(*cols)
     for task in j.tasks:
         row = [str(task.index), styled(task.state)]
         if health:
             row.append(styled(task.health) if task.health else "-")
-        row += [escape(task.machine or "-"), str(task.version), str(task.restarts)]
+        row += [escape(task.machine or "-"), str(task.version)]
+        if gpus:
+            row.append(escape(",".join(task.gpus) or "-"))
+        row.append(str(task.restarts))
         row.append("-" if task.exit_code == -1 else str(task.exit_code))
         if usage:
             row += [f"{task.cpu_seconds:.1f}s", human_size(task.memory_bytes)]

@@ -25,6 +25,15 @@ from cfg.units import human_size
 from proto.borg.v1 import borg_pb2 as pb
 
 
+def gpu_cell(m: pb.Machine) -> str:
+    """`used/capacity`, and the devices held when the machine names its devices
+    (`1/2 [0]`)."""
+    cell = f"{m.used.gpu}/{m.capacity.gpu}"
+    if m.gpus_used:
+        cell += f" [{','.join(m.gpus_used)}]"
+    return escape(cell)
+
+
 def machines_json(ms: list[pb.Machine]) -> list[dict[str, Any]]:
     return [
         {
@@ -37,6 +46,9 @@ def machines_json(ms: list[pb.Machine]) -> list[dict[str, Any]]:
             "taints": [{"key": t.key, "value": t.value, "effect": t.effect} for t in m.taints],
             "tasks": m.tasks,
             "address": m.address,
+            # GPU devices offered (healthy ones) and those tasks hold.
+            "gpus": list(m.gpus),
+            "gpus_used": list(m.gpus_used),
         }
         for m in ms
     ]
@@ -66,7 +78,7 @@ def machines(ctx: Ctx, output: str, stale: bool) -> None:
             styled(m.state),
             f"{m.used.cpu:g}/{m.capacity.cpu:g}",
             f"{human_size(m.used.ram)}/{human_size(m.capacity.ram)}",
-            f"{m.used.gpu}/{m.capacity.gpu}",
+            gpu_cell(m),
             str(m.tasks),
         ]
         if measured:

@@ -77,6 +77,10 @@ local bandLow = { free: 0, batch: 100, production: 200, monitoring: 300 };
     tolerations+: [{ key: 'gpu' }],
   },
 
+  // Mixin placing all of a job's replicas in one scheduler pass or none (a training job
+  // whose workers are useless alone).
+  gang:: { gang: true },
+
   // Mixin placing replicas on distinct values of a machine attribute.
   spreadAcross(attr):: { spread: attr },
 

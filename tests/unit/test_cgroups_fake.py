@@ -63,6 +63,24 @@ def test_v1_create_writes_limits(tmp_path: Path) -> None:
     assert drv.list() == ["hello.0.ab12cd"]
 
 
+def test_v1_devices_deny_other_gpus(tmp_path: Path) -> None:
+    root = make_v1(tmp_path, (*V1_DIRS, "devices"))
+    drv = CgroupV1(str(root), "borgcell/m1")
+    drv.setup()
+    deny = (("c", 195, 0), ("c", 195, 2))
+    drv.create("t.0.a", Limits(cpu=1, memory=MI, deny_devices=deny))
+    cg = root / "devices" / "borgcell" / "m1" / "t.0.a"
+    # Each entry is one write to devices.deny (the fake file keeps the last one).
+    assert read(cg / "devices.deny") == "c 195:2 rwm"
+    assert str(cg / "cgroup.procs") in drv.procs_files("t.0.a")
+    # Without the devices controller a task that must be kept off GPUs does not start.
+    bare = CgroupV1(str(make_v1(tmp_path / "bare")), "borgcell/m1")
+    bare.setup()
+    with pytest.raises(CgroupError, match="no v1 devices controller"):
+        bare.create("t.0.a", Limits(cpu=1, memory=MI, deny_devices=deny))
+    bare.create("u.0.a", Limits(cpu=1, memory=MI))  # nothing to deny: fine
+
+
 def test_v1_small_cpu_and_no_limits(tmp_path: Path) -> None:
     drv = CgroupV1(str(make_v1(tmp_path)), "p")
     drv.create("a", Limits(cpu=0.001, memory=0))

@@ -68,6 +68,12 @@ def test_gpu_example() -> None:
     assert spec.requirements.gpu == 1
 
 
+def test_gpu_isolation_example_is_a_gang_of_one_gpu_tasks() -> None:
+    [spec] = load_file(str(EXAMPLES / "gpu-isolation.jsonnet"))
+    assert (spec.gang, spec.replicas, spec.requirements.gpu) == (True, 2, 1)
+    assert spec.command[:2] == ["python3", "-c"] and "cuDeviceGetCount" in spec.command[2]
+
+
 @pytest.mark.parametrize("path", sorted(EXAMPLES.iterdir()), ids=lambda p: p.name)
 def test_every_example_loads(path: Path) -> None:
     specs = load_file(str(path))
@@ -130,7 +136,7 @@ def test_jsonnet_list_error_names_job_index(tmp_path: Path) -> None:
     assert str(errors(f)) == f"{f}: [1]: unknown key 'gpu' (valid keys: name, user, run_as, " + (
         "priority, band, kind, replicas, command, env, requirements, restart, health, "
         "constraints, "
-        "tolerations, spread, distinct_machines, update, kill_timeout)"
+        "tolerations, spread, distinct_machines, update, kill_timeout, gang)"
     )
 
 

@@ -27,6 +27,7 @@ def test_jobspec_to_dict_matches_asdict_for_every_field() -> None:
         tolerations=[Toleration("gpu", "true"), Toleration("k")],
         spread="rack",
         distinct_machines=True,
+        gang=True,
     )
     d = s.to_dict()
     # The health check is the one field whose wire form is not its fields (keyed by its kind).
@@ -40,5 +41,7 @@ def test_jobspec_to_dict_matches_asdict_for_every_field() -> None:
     assert {**d, "health": None} == {**asdict(s), "health": None}
     assert set(d) == {f.name for f in fields(JobSpec)}
     assert JobSpec.from_dict(d) == s
+    # gang is left out when false, so specs stored before it encode to the same bytes.
+    assert "gang" not in JobSpec(name="a").to_dict()
     d["env"]["B"] = "2"
     assert s.env == {"A": "1"}  # a copy, not a view

@@ -80,7 +80,7 @@ class ListMachinesRequest(_message.Message):
     def __init__(self, options: _Optional[_Union[ReadOptions, _Mapping]] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("index", "state", "machine", "version", "restarts", "exit_code", "reason", "incarnation", "updated_ms", "ports", "health", "cpu_seconds", "memory_bytes", "memory_peak_bytes", "pid", "oom_kills", "ready")
+    __slots__ = ("index", "state", "machine", "version", "restarts", "exit_code", "reason", "incarnation", "updated_ms", "ports", "health", "cpu_seconds", "memory_bytes", "memory_peak_bytes", "pid", "oom_kills", "ready", "gpus")
     class PortsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -105,6 +105,7 @@ class Task(_message.Message):
     PID_FIELD_NUMBER: _ClassVar[int]
     OOM_KILLS_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
+    GPUS_FIELD_NUMBER: _ClassVar[int]
     index: int
     state: str
     machine: str
@@ -122,7 +123,8 @@ class Task(_message.Message):
     pid: int
     oom_kills: int
     ready: bool
-    def __init__(self, index: _Optional[int] = ..., state: _Optional[str] = ..., machine: _Optional[str] = ..., version: _Optional[int] = ..., restarts: _Optional[int] = ..., exit_code: _Optional[int] = ..., reason: _Optional[str] = ..., incarnation: _Optional[str] = ..., updated_ms: _Optional[int] = ..., ports: _Optional[_Mapping[str, int]] = ..., health: _Optional[str] = ..., cpu_seconds: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., memory_peak_bytes: _Optional[int] = ..., pid: _Optional[int] = ..., oom_kills: _Optional[int] = ..., ready: _Optional[bool] = ...) -> None: ...
+    gpus: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, index: _Optional[int] = ..., state: _Optional[str] = ..., machine: _Optional[str] = ..., version: _Optional[int] = ..., restarts: _Optional[int] = ..., exit_code: _Optional[int] = ..., reason: _Optional[str] = ..., incarnation: _Optional[str] = ..., updated_ms: _Optional[int] = ..., ports: _Optional[_Mapping[str, int]] = ..., health: _Optional[str] = ..., cpu_seconds: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., memory_peak_bytes: _Optional[int] = ..., pid: _Optional[int] = ..., oom_kills: _Optional[int] = ..., ready: _Optional[bool] = ..., gpus: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Job(_message.Message):
     __slots__ = ("name", "user", "priority", "kind", "replicas", "state", "version", "tasks", "spec", "created_ms", "running", "rollout", "previous_version", "ready")
@@ -185,7 +187,7 @@ class Taint(_message.Message):
     def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ..., effect: _Optional[str] = ...) -> None: ...
 
 class Machine(_message.Message):
-    __slots__ = ("name", "state", "capacity", "used", "attrs", "tasks", "address", "taints", "http", "usage", "last_seen_ms")
+    __slots__ = ("name", "state", "capacity", "used", "attrs", "tasks", "address", "taints", "http", "usage", "last_seen_ms", "gpus", "gpus_used")
     class AttrsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -204,6 +206,8 @@ class Machine(_message.Message):
     HTTP_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     LAST_SEEN_MS_FIELD_NUMBER: _ClassVar[int]
+    GPUS_FIELD_NUMBER: _ClassVar[int]
+    GPUS_USED_FIELD_NUMBER: _ClassVar[int]
     name: str
     state: str
     capacity: Resources
@@ -215,7 +219,9 @@ class Machine(_message.Message):
     http: str
     usage: Resources
     last_seen_ms: int
-    def __init__(self, name: _Optional[str] = ..., state: _Optional[str] = ..., capacity: _Optional[_Union[Resources, _Mapping]] = ..., used: _Optional[_Union[Resources, _Mapping]] = ..., attrs: _Optional[_Mapping[str, str]] = ..., tasks: _Optional[int] = ..., address: _Optional[str] = ..., taints: _Optional[_Iterable[_Union[Taint, _Mapping]]] = ..., http: _Optional[str] = ..., usage: _Optional[_Union[Resources, _Mapping]] = ..., last_seen_ms: _Optional[int] = ...) -> None: ...
+    gpus: _containers.RepeatedScalarFieldContainer[str]
+    gpus_used: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., state: _Optional[str] = ..., capacity: _Optional[_Union[Resources, _Mapping]] = ..., used: _Optional[_Union[Resources, _Mapping]] = ..., attrs: _Optional[_Mapping[str, str]] = ..., tasks: _Optional[int] = ..., address: _Optional[str] = ..., taints: _Optional[_Iterable[_Union[Taint, _Mapping]]] = ..., http: _Optional[str] = ..., usage: _Optional[_Union[Resources, _Mapping]] = ..., last_seen_ms: _Optional[int] = ..., gpus: _Optional[_Iterable[str]] = ..., gpus_used: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListMachinesResponse(_message.Message):
     __slots__ = ("machines",)
@@ -299,7 +305,7 @@ class ObservedTask(_message.Message):
     def __init__(self, job: _Optional[str] = ..., index: _Optional[int] = ..., incarnation: _Optional[str] = ..., state: _Optional[str] = ..., exit_code: _Optional[int] = ..., reason: _Optional[str] = ..., restarts: _Optional[int] = ..., health: _Optional[str] = ..., cpu_seconds: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., memory_peak_bytes: _Optional[int] = ..., pid: _Optional[int] = ..., oom_kills: _Optional[int] = ..., ports: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class SyncRequest(_message.Message):
-    __slots__ = ("machine", "address", "http", "capacity", "attrs", "taints", "tasks", "known_generation", "wait_ms", "task_users")
+    __slots__ = ("machine", "address", "http", "capacity", "attrs", "taints", "tasks", "known_generation", "wait_ms", "task_users", "gpus")
     class AttrsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -317,6 +323,7 @@ class SyncRequest(_message.Message):
     KNOWN_GENERATION_FIELD_NUMBER: _ClassVar[int]
     WAIT_MS_FIELD_NUMBER: _ClassVar[int]
     TASK_USERS_FIELD_NUMBER: _ClassVar[int]
+    GPUS_FIELD_NUMBER: _ClassVar[int]
     machine: str
     address: str
     http: str
@@ -327,10 +334,11 @@ class SyncRequest(_message.Message):
     known_generation: int
     wait_ms: int
     task_users: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, machine: _Optional[str] = ..., address: _Optional[str] = ..., http: _Optional[str] = ..., capacity: _Optional[_Union[Resources, _Mapping]] = ..., attrs: _Optional[_Mapping[str, str]] = ..., taints: _Optional[_Iterable[_Union[Taint, _Mapping]]] = ..., tasks: _Optional[_Iterable[_Union[ObservedTask, _Mapping]]] = ..., known_generation: _Optional[int] = ..., wait_ms: _Optional[int] = ..., task_users: _Optional[_Iterable[str]] = ...) -> None: ...
+    gpus: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, machine: _Optional[str] = ..., address: _Optional[str] = ..., http: _Optional[str] = ..., capacity: _Optional[_Union[Resources, _Mapping]] = ..., attrs: _Optional[_Mapping[str, str]] = ..., taints: _Optional[_Iterable[_Union[Taint, _Mapping]]] = ..., tasks: _Optional[_Iterable[_Union[ObservedTask, _Mapping]]] = ..., known_generation: _Optional[int] = ..., wait_ms: _Optional[int] = ..., task_users: _Optional[_Iterable[str]] = ..., gpus: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DesiredTask(_message.Message):
-    __slots__ = ("job", "index", "incarnation", "version", "spec", "ports")
+    __slots__ = ("job", "index", "incarnation", "version", "spec", "ports", "gpus")
     class PortsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -344,13 +352,15 @@ class DesiredTask(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     PORTS_FIELD_NUMBER: _ClassVar[int]
+    GPUS_FIELD_NUMBER: _ClassVar[int]
     job: str
     index: int
     incarnation: str
     version: int
     spec: _struct_pb2.Struct
     ports: _containers.ScalarMap[str, int]
-    def __init__(self, job: _Optional[str] = ..., index: _Optional[int] = ..., incarnation: _Optional[str] = ..., version: _Optional[int] = ..., spec: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., ports: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    gpus: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, job: _Optional[str] = ..., index: _Optional[int] = ..., incarnation: _Optional[str] = ..., version: _Optional[int] = ..., spec: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., ports: _Optional[_Mapping[str, int]] = ..., gpus: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SyncResponse(_message.Message):
     __slots__ = ("tasks", "generation", "cell")
