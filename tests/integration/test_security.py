@@ -444,3 +444,24 @@ def test_prometheus_scrapes_the_tls_cell_with_the_shipped_config(cell: Cell) -> 
     finally:
         proc.stop(timeout=10)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def test_only_a_master_may_say_whom_it_relays_for(cell: Cell, tmp_path: Path) -> None:
+    """The relay header a follower sets for the leader is ignored from anyone else."""
+    alice = TlsDir.load(cell.cert("user", "alice", hosts=()))
+    addr = cell.leader().info["grpc"]
+    with secure_channel(addr, alice) as ch:
+        stub = borg_pb2_grpc.BorgmasterStub(ch)
+        with pytest.raises(grpc.RpcError) as e:
+            stub.SetQuota(
+                pb.SetQuotaRequest(quota=pb.Quota(user="alice", band="production")),
+                metadata=(("borg-on-behalf-of", "admin/admin"),),
+                timeout=5,
+            )
+    assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "alice (user) may not set quotas" in (e.value.details() or "")
+    assert all(q["user"] != "alice" or q["band"] != "production" for q in _quotas(cell))
+
+
+def _quotas(cell: Cell) -> list[dict[str, Any]]:
+    return list(cell.borgcfg_json("quota", "list"))
