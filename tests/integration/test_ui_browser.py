@@ -135,3 +135,47 @@ def test_ui_pages_render_the_live_cell_in_a_browser(cell3: Cell, page: Any, tmp_
     assert not page.errors, page.errors
     outside = [u for u in page.urls if not u.startswith(base + "/")]
     assert not outside, f"the UI fetched from outside the master: {outside}"
+
+
+def test_tls_cell_ui_opens_from_a_login_link_and_hides_others_logs(
+    browser: Any, tmp_path: Path
+) -> None:
+    """A cell with --tls-dir: without an identity the browser gets 401; `borgcfg ui`'s link
+    gives it a session as its holder, who sees the cell and their own logs, not others'."""
+    cell = Cell(tls=True)
+    try:
+        cell.start(masters=1, borglets=1)
+        alice = cell.cert("user", "alice", hosts=())
+        mine = write(
+            tmp_path,
+            "mine.yaml",
+            "name: mine\nrun_as: nobody\ncommand: 'echo alice-line; sleep 100'\n"
+            "requirements: {cpu: 0.05, ram: 16Mi}\n",
+        )
+        assert cell.borgcfg("up", mine, "--wait", "--timeout", "30", tls_dir=alice).returncode == 0
+        other = write(
+            tmp_path,
+            "other.yaml",
+            "name: other\nrun_as: nobody\ncommand: 'echo admin-secret-line; sleep 100'\n"
+            "requirements: {cpu: 0.05, ram: 16Mi}\n",
+        )
+        assert cell.borgcfg("up", other, "--wait", "--timeout", "30").returncode == 0
+        http = cell.masters[0].info["http"]
+        ctx = browser.new_context(ignore_https_errors=True)  # the cell's own CA
+        try:
+            pg = ctx.new_page()
+            assert pg.goto(f"https://{http}/").status == 401
+            link = cell.borgcfg("ui", tls_dir=alice).stdout.strip()
+            assert pg.goto(link).status == 200  # redirected to the overview, signed in
+            assert pg.locator("#jobs tr[data-job='mine']").count() == 1
+            wait_for(
+                lambda: "alice-line" in pg.goto(f"https://{http}/jobs/mine/logs/0?raw=1").text(),
+                20,
+                what="alice reads her task's log",
+            )
+            r = pg.goto(f"https://{http}/jobs/other/logs/0?raw=1")
+            assert r.status == 403 and "admin-secret-line" not in r.text()
+        finally:
+            ctx.close()
+    finally:
+        cell.close()
