@@ -326,6 +326,7 @@ class MasterServicer(borg_pb2_grpc.BorgmasterServicer):
         cmd = C.Rollback(
             name=request.name,
             user=request.user,
+            version=max(0, request.to_version),
             request_id=request.options.request_id or uuid.uuid4().hex,
         )
         res = self._write(cmd, context, "Rollback")
@@ -465,3 +466,23 @@ class MasterServicer(borg_pb2_grpc.BorgmasterServicer):
             _abort(context, e.code, e.message)
         cell = self.CellStatus(pb.CellStatusRequest(), context)
         return pb.ChangeMembershipResponse(replicas=cell.replicas)
+
+    # ----- jobs over time -----------------------------------------------------------------
+
+    def JobHistory(self, request: pb.JobHistoryRequest, context: grpc.ServicerContext) -> Any:
+        """A job's remembered versions, oldest first (a read, from this replica's store)."""
+        self._read_barrier(request.options, context)
+        with self.m.store.lock:
+            job = self.m.store.jobs.get(request.name)
+            if job is None:
+                _abort(context, "not-found", f"job '{request.name}' does not exist")
+            versions = [
+                pb.JobVersion(
+                    version=r.version,
+                    submitted_ms=r.submitted_ms,
+                    user=r.user,
+                    changed=r.changed,
+                )
+                for r in job.versions
+            ]
+            return pb.JobHistoryResponse(versions=versions, current=job.version)

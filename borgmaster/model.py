@@ -84,8 +84,67 @@ __all__ = [
     "TaskState",
     "Toleration",
     "UpdatePolicy",
+    "VersionRecord",
     "band_of",
+    "changed_fields",
 ]
+
+VERSION_MEMORY = 10
+"""How many versions of each job the store remembers (`borgcfg history`, `rollback
+--to-version`): the newest ones, the current version included."""
+
+# Spec sections whose change is named per key (`requirements.cpu`); any other field is named
+# whole (`command`, `env`: an env change names no variable, and their number is unbounded).
+_NAMED_BY_KEY = ("requirements", "restart", "update")
+
+
+def changed_fields(old: JobSpec, new: JobSpec) -> list[str]:
+    """The spec fields that differ between two versions, sorted (deterministic: the store
+    records them when it applies a submission)."""
+    a, b = old.to_dict(), new.to_dict()
+    out: list[str] = []
+    for k in sorted(a.keys() | b.keys()):
+        x, y = a.get(k), b.get(k)
+        if x == y:
+            continue
+        if k in _NAMED_BY_KEY and isinstance(x, dict) and isinstance(y, dict):
+            out.extend(f"{k}.{s}" for s in sorted(x.keys() | y.keys()) if x.get(s) != y.get(s))
+        else:
+            out.append(k)
+    return out
+
+
+@dataclass
+class VersionRecord:
+    """One version of a job as the store remembers it: who submitted it and when, which
+    fields it changed from the version before, and its spec as it last stood (changes that
+    keep the version, such as replicas or priority, amend the record), so `rollback
+    --to-version` can return to it."""
+
+    version: int
+    submitted_ms: int
+    user: str
+    changed: list[str]
+    spec: JobSpec
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "submitted_ms": self.submitted_ms,
+            "user": self.user,
+            "changed": list(self.changed),
+            "spec": self.spec.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> VersionRecord:
+        return cls(
+            version=int(d["version"]),
+            submitted_ms=int(d["submitted_ms"]),
+            user=str(d["user"]),
+            changed=[str(c) for c in d["changed"]],
+            spec=JobSpec.from_dict(d["spec"]),
+        )
 
 
 @dataclass
@@ -111,6 +170,9 @@ class Job:
     # replicas+surge-1 that keep capacity up while a rollout replaces the others. Zero
     # outside a rollout; left out of to_dict when zero, so older states encode as before.
     surge: int = 0
+    # The last VERSION_MEMORY versions, oldest first (`borgcfg history`). Left out of to_dict
+    # when empty, so states from before version records encode as before.
+    versions: list[VersionRecord] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -123,25 +185,37 @@ class Job:
         return self.history.get(version, self.spec)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "spec": self.spec.to_dict(),
-            "state": self.state,
-            "version": self.version,
-            "created_ms": self.created_ms,
-            "updated_ms": self.updated_ms,
-            "killed": self.killed,
-            "killed_ms": self.killed_ms,
-            "previous_version": self.previous_version,
-            "history": [[v, s.to_dict()] for v, s in sorted(self.history.items())],
-            "rollout": self.rollout,
-        } | ({"surge": self.surge} if self.surge else {})
+        return (
+            {
+                "spec": self.spec.to_dict(),
+                "state": self.state,
+                "version": self.version,
+                "created_ms": self.created_ms,
+                "updated_ms": self.updated_ms,
+                "killed": self.killed,
+                "killed_ms": self.killed_ms,
+                "previous_version": self.previous_version,
+                "history": [[v, s.to_dict()] for v, s in sorted(self.history.items())],
+                "rollout": self.rollout,
+            }
+            | ({"surge": self.surge} if self.surge else {})
+            | ({"versions": [r.to_dict() for r in self.versions]} if self.versions else {})
+        )
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Job:
         d = dict(d)
         d["spec"] = JobSpec.from_dict(d["spec"])
         d["history"] = {int(v): JobSpec.from_dict(s) for v, s in d.get("history") or []}
+        d["versions"] = [VersionRecord.from_dict(r) for r in d.get("versions") or []]
         return cls(**d)
+
+    def version_record(self, version: int) -> VersionRecord | None:
+        """The remembered record of `version`, if it is still kept."""
+        for r in self.versions:
+            if r.version == version:
+                return r
+        return None
 
 
 @dataclass

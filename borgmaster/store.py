@@ -8,6 +8,7 @@ event stream and the leader loops wake up when the state moves instead of pollin
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import threading
@@ -32,6 +33,7 @@ from borgmaster.model import (
     SERVICE,
     SUCCEEDED,
     TERMINAL_TASK_STATES,
+    VERSION_MEMORY,
     Event,
     Job,
     JobSpec,
@@ -40,7 +42,9 @@ from borgmaster.model import (
     Requirements,
     Resources,
     Task,
+    VersionRecord,
     band_of,
+    changed_fields,
 )
 from cfg.model import Reason, RolloutState, reason_word, rollout_state
 from cfg.units import format_amount
@@ -349,6 +353,20 @@ class Store:
         keep = used | {job.previous_version}
         job.history = {v: s for v, s in job.history.items() if v in keep and v != job.version}
 
+    def _record_version(self, job: Job, old: JobSpec | None, user: str, ts: int) -> None:
+        """Remember the job's current version: a new one gets a record (the oldest past
+        VERSION_MEMORY is forgotten); the same version (replicas, priority... changed in
+        place) amends its record's spec and adds the fields to its `changed`."""
+        changed = changed_fields(old, job.spec) if old is not None else []
+        last = job.versions[-1] if job.versions else None
+        if last is not None and last.version == job.version:
+            last.spec = job.spec
+            last.changed = sorted(set(last.changed) | set(changed))
+            return
+        who = user or job.spec.user
+        job.versions.append(VersionRecord(job.version, ts, who, changed, job.spec))
+        del job.versions[:-VERSION_MEMORY]
+
     # ----- jobs --------------------------------------------------------------------------
 
     def _check_quota(self, spec: JobSpec, surge: int = 0) -> Result | None:
@@ -422,16 +440,20 @@ class Store:
                 for t in self.job_tasks(old.name):
                     self._drop_task(t)
             job = Job(spec=spec, state=PENDING, version=version, created_ms=ts, updated_ms=ts)
+            if old is not None:
+                job.versions = old.versions  # a job submitted again keeps its history
             self.jobs[spec.name] = job
+            self._record_version(job, old.spec if old is not None else None, cmd.user, ts)
             for i in range(spec.replicas):
                 self._new_task(job, i, ts)
             self._event("submitted", spec.name, message=f"version {version}, {spec.replicas} tasks")
             return {"name": spec.name, "version": version, "result": "created"}
-        return self._update(old, spec, ts, "updated")
+        return self._update(old, spec, ts, "updated", cmd.user)
 
-    def _update(self, job: Job, spec: JobSpec, ts: int, how: str) -> Result:
+    def _update(self, job: Job, spec: JobSpec, ts: int, how: str, user: str = "") -> Result:
         """Change a live job's spec: scale at once, roll a new task template over gradually."""
         template_changed = job.spec.task_template() != spec.task_template()
+        before = job.spec
         old_replicas = job.spec.replicas
         old_priority = job.spec.priority
         if template_changed or spec.replicas != old_replicas:
@@ -489,6 +511,7 @@ class Store:
             self._set_surge(job, surge_target(job), ts, "max_surge lowered")
         self._prune_history(job)
         self._recompute_job(job)
+        self._record_version(job, before, user, ts)
         self._event(how, spec.name, message=f"version {job.version}, {spec.replicas} tasks")
         return {"name": spec.name, "version": job.version, "result": how}
 
@@ -503,10 +526,36 @@ class Store:
                 "permission-denied",
                 f"job '{cmd.name}' belongs to user '{job.spec.user}', not '{cmd.user}'",
             )
+        if cmd.version:
+            return self._rollback_to(job, cmd)
         prev = job.history.get(job.previous_version)
         if not job.previous_version or prev is None:
             return err("invalid", f"job '{cmd.name}' has no previous version to roll back to")
-        return self._update(job, prev, cmd.ts_ms, "rolled-back")
+        return self._update(job, prev, cmd.ts_ms, "rolled-back", cmd.user)
+
+    def _rollback_to(self, job: Job, cmd: C.Rollback) -> Result:
+        """Back to a remembered version: its spec becomes the job's next version (rolled out
+        like any update; a spec that differs only in replicas or priority applies in place)."""
+        n = cmd.version
+        if n == job.version:
+            return err("invalid", f"to_version: job '{job.name}' is at version {n} already")
+        rec = job.version_record(n)
+        spec = rec.spec if rec is not None else job.history.get(n)
+        if spec is None:
+            kept = ", ".join(str(r.version) for r in job.versions if r.version != job.version)
+            return err(
+                "invalid",
+                f"to_version: version {n} of job '{job.name}' is not kept "
+                f"(kept: {kept or 'none'}; see borgcfg history)",
+            )
+        if spec.user != job.spec.user:
+            spec = dataclasses.replace(spec, user=job.spec.user)
+        if spec == job.spec:
+            return {"name": job.name, "version": job.version, "result": "unchanged"}
+        quota = self._check_quota(spec, self._surge_after_update(job, spec))
+        if quota is not None:
+            return quota
+        return self._update(job, spec, cmd.ts_ms, "rolled-back", cmd.user)
 
     def _kill(self, cmd: C.KillJob) -> Result:
         job = self.jobs.get(cmd.name)

@@ -42,6 +42,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "cfg.cli.events",
         "The cell's event stream (submitted, scheduled, started, died, preempted...).",
     ),
+    "history": (
+        "cfg.cli.versions",
+        "JOB's remembered versions: when, by whom, and which fields each one changed.",
+    ),
     "logs": ("cfg.cli.jobs", "A task's output: TASK is JOB/INDEX (e.g. web/0)."),
     "machines": (
         "cfg.cli.machines",
@@ -53,7 +57,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "rollback": (
         "cfg.cli.changes",
-        "Return JOB to its previous version (rolled out like any update).",
+        "Return JOB to its previous version, or --to-version N (rolled out like any update).",
     ),
     "status": ("cfg.cli.jobs", "Table of jobs, or one JOB with its tasks."),
     "undrain": ("cfg.cli.machines", "Allow scheduling on MACHINE again."),

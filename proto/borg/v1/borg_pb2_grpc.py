@@ -119,6 +119,16 @@ class BorgmasterStub:
                 request_serializer=proto_dot_borg_dot_v1_dot_borg__pb2.ListEndpointsRequest.SerializeToString,
                 response_deserializer=proto_dot_borg_dot_v1_dot_borg__pb2.ListEndpointsResponse.FromString,
                 _registered_method=True)
+        self.JobHistory = channel.unary_unary(
+                '/borg.v1.Borgmaster/JobHistory',
+                request_serializer=proto_dot_borg_dot_v1_dot_borg__pb2.JobHistoryRequest.SerializeToString,
+                response_deserializer=proto_dot_borg_dot_v1_dot_borg__pb2.JobHistoryResponse.FromString,
+                _registered_method=True)
+        self.PlanJobs = channel.unary_unary(
+                '/borg.v1.Borgmaster/PlanJobs',
+                request_serializer=proto_dot_borg_dot_v1_dot_borg__pb2.PlanJobsRequest.SerializeToString,
+                response_deserializer=proto_dot_borg_dot_v1_dot_borg__pb2.PlanJobsResponse.FromString,
+                _registered_method=True)
 
 
 class BorgmasterServicer:
@@ -238,6 +248,21 @@ class BorgmasterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def JobHistory(self, request, context):
+        """A job's remembered versions (the last 10 at least), oldest first: who, when, what changed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PlanJobs(self, request, context):
+        """What submitting these specs would do, placements included, computed by the leader with
+        its scheduler on a copy of its state; writes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BorgmasterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -325,6 +350,16 @@ def add_BorgmasterServicer_to_server(servicer, server):
                     servicer.ListEndpoints,
                     request_deserializer=proto_dot_borg_dot_v1_dot_borg__pb2.ListEndpointsRequest.FromString,
                     response_serializer=proto_dot_borg_dot_v1_dot_borg__pb2.ListEndpointsResponse.SerializeToString,
+            ),
+            'JobHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.JobHistory,
+                    request_deserializer=proto_dot_borg_dot_v1_dot_borg__pb2.JobHistoryRequest.FromString,
+                    response_serializer=proto_dot_borg_dot_v1_dot_borg__pb2.JobHistoryResponse.SerializeToString,
+            ),
+            'PlanJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.PlanJobs,
+                    request_deserializer=proto_dot_borg_dot_v1_dot_borg__pb2.PlanJobsRequest.FromString,
+                    response_serializer=proto_dot_borg_dot_v1_dot_borg__pb2.PlanJobsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -786,6 +821,60 @@ class Borgmaster:
             '/borg.v1.Borgmaster/ListEndpoints',
             proto_dot_borg_dot_v1_dot_borg__pb2.ListEndpointsRequest.SerializeToString,
             proto_dot_borg_dot_v1_dot_borg__pb2.ListEndpointsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def JobHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/borg.v1.Borgmaster/JobHistory',
+            proto_dot_borg_dot_v1_dot_borg__pb2.JobHistoryRequest.SerializeToString,
+            proto_dot_borg_dot_v1_dot_borg__pb2.JobHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PlanJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/borg.v1.Borgmaster/PlanJobs',
+            proto_dot_borg_dot_v1_dot_borg__pb2.PlanJobsRequest.SerializeToString,
+            proto_dot_borg_dot_v1_dot_borg__pb2.PlanJobsResponse.FromString,
             options,
             channel_credentials,
             insecure,
