@@ -32,6 +32,8 @@ from borgmaster.model import (
     Resources,
     TaintEffect,
 )
+from borgmaster.preview import MAX_PLAN_JOBS, PLAN_LOCK, preview
+from borgmaster.preview import copy_of as preview_copy
 from borgmaster.store import ACTIVE_STATES
 from cfg.bns import task_name
 from cfg.errors import ConfigError
@@ -486,3 +488,52 @@ class MasterServicer(borg_pb2_grpc.BorgmasterServicer):
                 for r in job.versions
             ]
             return pb.JobHistoryResponse(versions=versions, current=job.version)
+
+    def PlanJobs(self, request: pb.PlanJobsRequest, context: grpc.ServicerContext) -> Any:
+        """What `up` of these specs would do, placements included (a read: the leader runs
+        its scheduler on a private copy of its state; borgmaster/preview.py)."""
+        if len(request.specs) > MAX_PLAN_JOBS:
+            _abort(context, "invalid", f"specs: {len(request.specs)}, over {MAX_PLAN_JOBS}")
+        specs = []
+        for i, st in enumerate(request.specs):
+            size = st.ByteSize()
+            if size > MAX_SPEC_BYTES:
+                _abort(context, "invalid", f"specs[{i}]: {size} bytes, over {MAX_SPEC_BYTES}")
+            try:
+                spec = validate_job(dict_from(st), default_user=request.user)
+            except ConfigError as e:
+                _abort(context, "invalid", f"specs[{i}]: {e}")
+            except ValueError as e:
+                _abort(context, "invalid", f"specs[{i}]: {e}")
+            if not spec.user:
+                _abort(context, "invalid", f"specs[{i}]: user: the job has no owner")
+            specs.append(spec)
+        forwarded = self._from_leader("PlanJobs", request, context)
+        if forwarded is not None:
+            return forwarded
+        self._read_barrier(request.options, context)
+        with PLAN_LOCK:
+            copy = preview_copy(self.m.store)
+            out = preview(
+                copy,
+                specs,
+                request.user,
+                self.m.scheduler,
+                int(time.time() * 1000),
+                lambda: uuid.uuid4().hex[:12],
+            )
+        return pb.PlanJobsResponse(
+            jobs=[
+                pb.JobPlan(
+                    job=p.job,
+                    change=p.change,
+                    version=p.version,
+                    placements=p.placements,
+                    unplaceable=p.unplaceable,
+                    preemptions=p.preemptions,
+                    reasons=p.reasons,
+                    error=p.error,
+                )
+                for p in out
+            ]
+        )

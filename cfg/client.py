@@ -315,7 +315,13 @@ class Client:
         req = pb.JobHistoryRequest(name=name, options=pb.ReadOptions(stale=stale))
         return self._call(lambda s: s.JobHistory(req, timeout=self.timeout))
 
-    def plan(self, configs: list[dict[str, Any]], user: str) -> list[pb.JobPlan]:
+    def plan(
+        self, configs: list[dict[str, Any]], user: str, stale: bool = False
+    ) -> list[pb.JobPlan]:
         """What submitting `configs` would do (a read: the leader computes it on a copy)."""
-        req = pb.PlanJobsRequest(specs=[struct_from(c) for c in configs], user=user)
+        req = pb.PlanJobsRequest(
+            specs=[struct_from(c) for c in configs],
+            user=user,
+            options=pb.ReadOptions(stale=stale),
+        )
         return list(self._call(lambda s: s.PlanJobs(req, timeout=self.timeout)).jobs)

@@ -51,6 +51,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "cfg.cli.machines",
         "Machines with capacity, reserved and measured usage, state and attributes.",
     ),
+    "plan": (
+        "cfg.cli.plan",
+        "What `up` would do, placements included, without changing anything.",
+    ),
     "quota": (
         "cfg.cli.quota",
         "Quota per user and priority band (admin). The free band has no limit.",

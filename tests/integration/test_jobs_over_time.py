@@ -72,3 +72,49 @@ def test_history_and_rollback_to_version(cell1: Cell, tmp_path: Path) -> None:
     assert missing.returncode == 1
     assert "job 'no-such-job' does not exist" in one_line_error(missing)
     cell1.borgcfg("down", "hist", check=True)
+
+
+def test_plan_shows_placements_without_changing_anything(cell1: Cell, tmp_path: Path) -> None:
+    machines = [m["name"] for m in cell1.borgcfg_json("machines")]
+    assert len(machines) == 1
+    (m,) = machines
+    fits = write(tmp_path, "p1.yaml", SLEEPER.format(name="plan-a", n=2, cmd="sleep 300", cpu=0.1))
+    got = cell1.borgcfg_json("plan", fits)
+    assert got == [
+        {
+            "job": "plan-a",
+            "change": "created",
+            "version": 1,
+            "placements": {m: 2},
+            "unplaceable": 0,
+            "preemptions": 0,
+            "reasons": [],
+        }
+    ]
+    assert cell1.borgcfg("status", "plan-a").returncode == 1  # nothing was written
+
+    # Too big for the one 2-CPU machine: one task fits, two do not, and the table says why.
+    big = write(tmp_path, "p2.yaml", SLEEPER.format(name="plan-b", n=3, cmd="sleep 300", cpu=0.9))
+    (b,) = cell1.borgcfg_json("plan", big)
+    assert (b["placements"], b["unplaceable"]) == ({m: 2}, 1)
+    assert b["reasons"] and "cpu" in b["reasons"][0]
+    r = cell1.borgcfg("plan", big)
+    assert r.returncode == 0, r.stderr
+    assert "plan-b" in r.stdout and "plan-b: unplaceable:" in r.stdout
+
+    # After `up`: the same file is unchanged, a new command an update to the next version.
+    cell1.borgcfg("up", fits, "--wait", "--timeout", "60", check=True)
+    (same,) = cell1.borgcfg_json("plan", fits)
+    assert (same["change"], same["version"], same["placements"]) == ("unchanged", 1, {m: 2})
+    changed = write(
+        tmp_path, "p3.yaml", SLEEPER.format(name="plan-a", n=2, cmd="sleep 301", cpu=0.1)
+    )
+    (upd,) = cell1.borgcfg_json("plan", changed)
+    assert (upd["change"], upd["version"], upd["placements"]) == ("updated", 2, {m: 2})
+    assert cell1.job("plan-a")["version"] == 1
+    assert [h["version"] for h in cell1.borgcfg_json("history", "plan-a")] == [1]
+
+    bad = write(tmp_path, "p4.yaml", "name: plan-c\nreplicas: -1\ncommand: 'x'\n")
+    r = cell1.borgcfg("plan", bad)
+    assert r.returncode == 1 and "replicas" in one_line_error(r)
+    cell1.borgcfg("down", "plan-a", check=True)

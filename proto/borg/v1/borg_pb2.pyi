@@ -595,12 +595,14 @@ class JobHistoryResponse(_message.Message):
     def __init__(self, versions: _Optional[_Iterable[_Union[JobVersion, _Mapping]]] = ..., current: _Optional[int] = ...) -> None: ...
 
 class PlanJobsRequest(_message.Message):
-    __slots__ = ("specs", "user")
+    __slots__ = ("specs", "user", "options")
     SPECS_FIELD_NUMBER: _ClassVar[int]
     USER_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
     specs: _containers.RepeatedCompositeFieldContainer[_struct_pb2.Struct]
     user: str
-    def __init__(self, specs: _Optional[_Iterable[_Union[_struct_pb2.Struct, _Mapping]]] = ..., user: _Optional[str] = ...) -> None: ...
+    options: ReadOptions
+    def __init__(self, specs: _Optional[_Iterable[_Union[_struct_pb2.Struct, _Mapping]]] = ..., user: _Optional[str] = ..., options: _Optional[_Union[ReadOptions, _Mapping]] = ...) -> None: ...
 
 class JobPlan(_message.Message):
     __slots__ = ("job", "change", "version", "placements", "unplaceable", "preemptions", "reasons", "error")
