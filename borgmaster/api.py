@@ -537,3 +537,16 @@ class MasterServicer(borg_pb2_grpc.BorgmasterServicer):
                 for p in out
             ]
         )
+
+    def PromoteJob(self, request: pb.PromoteJobRequest, context: grpc.ServicerContext) -> Any:
+        """End a canary stage (a write: the job's owner)."""
+        if not request.name:
+            _abort(context, "invalid", "name: required")
+        cmd = C.Promote(
+            name=request.name,
+            user=request.user,
+            request_id=request.options.request_id or uuid.uuid4().hex,
+        )
+        res = self._write(cmd, context, "PromoteJob")
+        log.info("job %s promoted (version %s)", res["name"], res["version"])
+        return pb.SubmitJobResponse(name=res["name"], version=res["version"], result=res["result"])

@@ -44,6 +44,8 @@ class CommandType(IntEnum):
     SET_QUOTA = 13
     GC_JOBS = 14
     BATCH = 15
+    PROMOTE = 16
+    REVERT_ROLLOUT = 17
 
 
 class CommandError(ValueError):
@@ -451,6 +453,27 @@ class GcJobs(Command):
 
 
 @dataclass
+class Promote(Command):
+    """`borgcfg promote`: end the canary stage of the job's current version."""
+
+    type: ClassVar[CommandType] = CommandType.PROMOTE
+    name: str = ""
+    user: str = ""
+
+
+@dataclass
+class RevertRollout(Command):
+    """The leader's rollout controller rolls `version` back (update.auto_revert): its tasks
+    failed, restarted too often or turned unhealthy. Fenced; a no-op once `version` is no
+    longer the job's current one, so a late or repeated decision changes nothing."""
+
+    type: ClassVar[CommandType] = CommandType.REVERT_ROLLOUT
+    job: str = ""
+    version: int = 0
+    reason: str = ""
+
+
+@dataclass
 class Batch(Command):
     """Several client commands coalesced into one Raft entry; results come back in order."""
 
@@ -477,6 +500,8 @@ _BY_TYPE: dict[int, type[Command]] = {
         SetQuota,
         GcJobs,
         Batch,
+        Promote,
+        RevertRollout,
     )
 }
 

@@ -37,6 +37,12 @@ class ControllerShell:
             actions = controllers.plan_all(self.store, now_ms())
         for a in actions:
             try:
+                if a.revert:
+                    self.propose(
+                        C.RevertRollout(job=a.job, version=a.version, reason=a.revert, term=term)
+                    )
+                    log.warning("job %s: version %d reverted: %s", a.job, a.version, a.revert)
+                    continue
                 if a.rollout_status is not None:
                     status = a.rollout_status
                     self.propose(

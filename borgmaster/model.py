@@ -163,7 +163,7 @@ class Job:
     killed_ms: int = 0
     previous_version: int = 0
     history: dict[int, JobSpec] = field(default_factory=dict)
-    # A RolloutState as stored: "" (none in progress), "rolling", or "halted: <why>"
+    # A RolloutState as stored: "" (none in progress), "rolling", "canary" or "halted: <why>"
     # (cfg.model.halted_rollout; read it with rollout_state).
     rollout: str = ""
     # Surge tasks (update.max_surge): extra new-version tasks at indices replicas ..
@@ -173,6 +173,12 @@ class Job:
     # The last VERSION_MEMORY versions, oldest first (`borgcfg history`). Left out of to_dict
     # when empty, so states from before version records encode as before.
     versions: list[VersionRecord] = field(default_factory=list)
+    # The version whose canary stage is over (`borgcfg promote`, or a version made by an
+    # automatic revert, which rolls out whole); and the version an automatic revert made
+    # (never itself reverted: that would flip back to the broken one). 0: none; left out of
+    # to_dict when 0.
+    canary_passed: int = 0
+    reverted_to: int = 0
 
     @property
     def name(self) -> str:
@@ -200,6 +206,8 @@ class Job:
             }
             | ({"surge": self.surge} if self.surge else {})
             | ({"versions": [r.to_dict() for r in self.versions]} if self.versions else {})
+            | ({"canary_passed": self.canary_passed} if self.canary_passed else {})
+            | ({"reverted_to": self.reverted_to} if self.reverted_to else {})
         )
 
     @classmethod

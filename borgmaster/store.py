@@ -60,8 +60,10 @@ ACTIVE_STATES = frozenset({ASSIGNED, RUNNING})
 # Observed states a Borglet may report.
 OBSERVED_STATES = frozenset({RUNNING, SUCCEEDED, FAILED, KILLED})
 # Commands that come from leader loops and are fenced by term.
-FENCED = (C.ApplyPlan, C.ReplaceTasks, C.MachineLost, C.SetRollout, C.GcJobs)
+FENCED = (C.ApplyPlan, C.ReplaceTasks, C.MachineLost, C.SetRollout, C.GcJobs, C.RevertRollout)
 QUOTA_RESOURCES = ("cpu", "ram", "gpu")
+# Who a version made by an automatic revert is recorded as submitted by (`borgcfg history`).
+AUTO_REVERT_USER = "borgmaster"
 # What `quota set` may limit (disk is recorded and shown, but not admitted against).
 QUOTA_FIELDS = C.QUOTA_FIELDS
 
@@ -241,6 +243,10 @@ class Store:
             return self._set_quota(cmd)
         if isinstance(cmd, C.GcJobs):
             return self._gc_jobs(cmd)
+        if isinstance(cmd, C.Promote):
+            return self._promote(cmd)
+        if isinstance(cmd, C.RevertRollout):
+            return self._revert(cmd)
         return err("invalid", f"unhandled command {type(cmd).__name__}")
 
     # ----- helpers -----------------------------------------------------------------------
@@ -325,7 +331,7 @@ class Store:
     def _surge_after_update(self, job: Job, spec: JobSpec) -> int:
         """How many surge tasks `job` will have once `_update` applies `spec` (for quota)."""
         if job.spec.task_template() != spec.task_template() or (
-            rollout_state(job.rollout) is RolloutState.ROLLING
+            rollout_state(job.rollout).in_progress
         ):
             return surge_target(job, spec)
         return job.surge if spec.replicas == job.spec.replicas else 0
@@ -450,7 +456,9 @@ class Store:
             return {"name": spec.name, "version": version, "result": "created"}
         return self._update(old, spec, ts, "updated", cmd.user)
 
-    def _update(self, job: Job, spec: JobSpec, ts: int, how: str, user: str = "") -> Result:
+    def _update(
+        self, job: Job, spec: JobSpec, ts: int, how: str, user: str = "", why: str = ""
+    ) -> Result:
         """Change a live job's spec: scale at once, roll a new task template over gradually."""
         template_changed = job.spec.task_template() != spec.task_template()
         before = job.spec
@@ -507,12 +515,13 @@ class Store:
             for t in self.job_tasks(spec.name):
                 if t.key in self.pending:
                     self.new_pending.add(t.key)
-        if rollout_state(job.rollout) is RolloutState.ROLLING:
+        if rollout_state(job.rollout).in_progress:
             self._set_surge(job, surge_target(job), ts, "max_surge lowered")
         self._prune_history(job)
         self._recompute_job(job)
         self._record_version(job, before, user, ts)
-        self._event(how, spec.name, message=f"version {job.version}, {spec.replicas} tasks")
+        message = f"version {job.version}, {spec.replicas} tasks"
+        self._event(how, spec.name, message=f"{message} ({why})" if why else message)
         return {"name": spec.name, "version": job.version, "result": how}
 
     def _rollback(self, cmd: C.Rollback) -> Result:
@@ -556,6 +565,40 @@ class Store:
         if quota is not None:
             return quota
         return self._update(job, spec, cmd.ts_ms, "rolled-back", cmd.user)
+
+    def _promote(self, cmd: C.Promote) -> Result:
+        """End the canary stage of the job's current version: the rollout goes on."""
+        job = self.jobs.get(cmd.name)
+        if job is None or job.killed:
+            return err("not-found", f"job '{cmd.name}' does not exist")
+        if cmd.user and job.spec.user and cmd.user != job.spec.user:
+            return err("permission-denied", _not_owner(job.name, job.spec.user, cmd.user))
+        state = rollout_state(job.rollout)
+        if not state.in_progress or not job.spec.update.canary or job.canary_passed == job.version:
+            return err("invalid", f"job '{cmd.name}' has no canary waiting to be promoted")
+        job.canary_passed = job.version
+        job.updated_ms = cmd.ts_ms
+        if state is RolloutState.CANARY:
+            job.rollout = RolloutState.ROLLING
+        self._event("promoted", job.name, message=f"version {job.version} rolls out")
+        return {"name": job.name, "version": job.version, "result": "promoted"}
+
+    def _revert(self, cmd: C.RevertRollout) -> Result:
+        """The leader saw version `cmd.version` fail during its rollout (auto_revert): its
+        previous spec becomes the next version, rolled out whole (no canary stage)."""
+        job = self.jobs.get(cmd.job)
+        if job is None or job.killed or job.version != cmd.version:
+            return err("not-found", f"job '{cmd.job}' version {cmd.version} is not current")
+        if not rollout_state(job.rollout).in_progress:
+            return err("invalid", f"job '{cmd.job}' has no rollout in progress")
+        prev = job.history.get(job.previous_version)
+        if not job.previous_version or prev is None:
+            return err("invalid", f"job '{cmd.job}' has no previous version to revert to")
+        bad, back_to = job.version, job.previous_version
+        why = f"version {bad} -> version {back_to}'s spec: {cmd.reason}"
+        res = self._update(job, prev, cmd.ts_ms, "reverted", AUTO_REVERT_USER, why)
+        job.canary_passed = job.reverted_to = job.version
+        return res
 
     def _kill(self, cmd: C.KillJob) -> Result:
         job = self.jobs.get(cmd.name)
@@ -612,7 +655,7 @@ class Store:
             before = rollout_state(job.rollout)
             job.rollout = cmd.status
             now = rollout_state(cmd.status)
-            if now is RolloutState.ROLLING:
+            if now.in_progress:
                 self.rolling.add(job.name)
             else:
                 self.rolling.discard(job.name)
@@ -624,7 +667,15 @@ class Store:
                 self._set_surge(job, 0, cmd.ts_ms, "rollout done")
             if now is RolloutState.HALTED:
                 self._event("rollout-halted", job.name, message=cmd.status)
-            elif now is RolloutState.NONE and before is RolloutState.ROLLING:
+            elif now is RolloutState.CANARY:
+                n = sum(1 for t in self.job_tasks(job.name) if t.version == job.version)
+                self._event(
+                    "canary",
+                    job.name,
+                    message=f"{n} task(s) on version {job.version}; the rest wait for "
+                    f"`borgcfg promote {job.name}`",
+                )
+            elif now is RolloutState.NONE and before.in_progress:
                 self._event("rolled", job.name, message=f"all tasks on version {job.version}")
         return {"ok": True}
 
@@ -912,7 +963,7 @@ class Store:
             self.new_pending = set()
             for t in self.tasks.values():
                 self._reindex(t)
-            self.rolling = {n for n, j in self.jobs.items() if j.rollout == RolloutState.ROLLING}
+            self.rolling = {n for n, j in self.jobs.items() if rollout_state(j.rollout).in_progress}
             self._freed()
             for name in self.machines:
                 self._touch_machine(name)

@@ -325,3 +325,9 @@ class Client:
             options=pb.ReadOptions(stale=stale),
         )
         return list(self._call(lambda s: s.PlanJobs(req, timeout=self.timeout)).jobs)
+
+    def promote(self, name: str, user: str) -> pb.SubmitJobResponse:
+        req = pb.PromoteJobRequest(
+            name=name, user=user, options=pb.WriteOptions(request_id=new_request_id())
+        )
+        return self._call(lambda s: s.PromoteJob(req, timeout=self.timeout))

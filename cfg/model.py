@@ -105,6 +105,12 @@ class RestartPolicy:
 class UpdatePolicy:
     max_unavailable: int = 1
     max_surge: int = 0
+    # Move this many replicas to a new version first, then stop (rollout state `canary`)
+    # until `borgcfg promote`; 0: no canary stage.
+    canary: int = 0
+    # The cell rolls a version back by itself when its tasks fail, restart
+    # ROLLOUT_MAX_RESTARTS times or turn unhealthy during the rollout (event `reverted`).
+    auto_revert: bool = False
 
 
 @dataclass
@@ -329,7 +335,11 @@ class JobSpec:
             "tolerations": [{"key": t.key, "value": t.value} for t in self.tolerations],
             "spread": self.spread,
             "distinct_machines": self.distinct_machines,
-            "update": {"max_unavailable": u.max_unavailable, "max_surge": u.max_surge},
+            # canary / auto_revert only when set: specs from before them encode as before
+            # (journals, snapshots and digests of existing cells stay byte for byte).
+            "update": {"max_unavailable": u.max_unavailable, "max_surge": u.max_surge}
+            | ({"canary": u.canary} if u.canary else {})
+            | ({"auto_revert": True} if u.auto_revert else {}),
             "kill_timeout_ms": self.kill_timeout_ms,
         }
 
@@ -424,6 +434,13 @@ class RolloutState(StrEnum):
     NONE = ""
     ROLLING = "rolling"
     HALTED = "halted"
+    # update.canary replicas run the new version; the rest wait for `borgcfg promote`.
+    CANARY = "canary"
+
+    @property
+    def in_progress(self) -> bool:
+        """Rolling or stopped at its canary: the controllers watch the new version's tasks."""
+        return self in (RolloutState.ROLLING, RolloutState.CANARY)
 
 
 def halted_rollout(why: str) -> str:
@@ -434,7 +451,7 @@ def halted_rollout(why: str) -> str:
 def rollout_state(rollout: str) -> RolloutState:
     """The state of a stored rollout status (anything unknown reads as halted: it is a
     status the master did not write, and a halt is the state that asks for a look)."""
-    if rollout in (RolloutState.NONE, RolloutState.ROLLING):
+    if rollout in (RolloutState.NONE, RolloutState.ROLLING, RolloutState.CANARY):
         return RolloutState(rollout)
     return RolloutState.HALTED
 

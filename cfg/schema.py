@@ -93,7 +93,7 @@ HTTP_KEYS = ("port", "path")
 TCP_KEYS = ("port",)
 CONSTRAINT_KEYS = ("attr", "op", "value")
 TOLERATION_KEYS = ("key", "value")
-UPDATE_KEYS = ("max_unavailable", "max_surge")
+UPDATE_KEYS = ("max_unavailable", "max_surge", "canary", "auto_revert")
 
 
 def render_path(path: Path) -> str:
@@ -527,6 +527,13 @@ class _Validator:
             out.max_unavailable = self.integer(d["max_unavailable"], mpath, 0, MAX_INT)
         if "max_surge" in d:
             out.max_surge = self.integer(d["max_surge"], (*path, "max_surge"), 0, MAX_INT)
+        if "canary" in d:
+            out.canary = self.integer(d["canary"], (*path, "canary"), 0, MAX_INT)
+        if "auto_revert" in d:
+            revert = d["auto_revert"]
+            if not isinstance(revert, bool):
+                self.fail((*path, "auto_revert"), f"expected true or false, got {describe(revert)}")
+            out.auto_revert = revert
         if out.max_unavailable == 0 and out.max_surge == 0:
             # Nothing could ever be replaced: no task may go down, and none may be added.
             self.fail(
@@ -620,5 +627,9 @@ def spec_to_config(spec: JobSpec) -> dict[str, Any]:
         "max_unavailable": spec.update.max_unavailable,
         "max_surge": spec.update.max_surge,
     }
+    if spec.update.canary:
+        out["update"]["canary"] = spec.update.canary
+    if spec.update.auto_revert:
+        out["update"]["auto_revert"] = True
     out["kill_timeout"] = format_duration(spec.kill_timeout_ms)
     return out

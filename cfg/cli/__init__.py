@@ -55,6 +55,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "cfg.cli.plan",
         "What `up` would do, placements included, without changing anything.",
     ),
+    "promote": (
+        "cfg.cli.changes",
+        "End JOB's canary stage: the rest of its tasks move to the new version.",
+    ),
     "quota": (
         "cfg.cli.quota",
         "Quota per user and priority band (admin). The free band has no limit.",

@@ -109,6 +109,20 @@ def rollback(ctx: Ctx, job: str, to_version: int | None, wait: bool, timeout: fl
         wait_jobs(ctx, [job], timeout, until="up")
 
 
+@click.command()
+@click.argument("job")
+@click.option("--wait", is_flag=True, help="Wait until the new version runs everywhere.")
+@click.option("--timeout", default=300.0, show_default=True, help="Seconds to --wait.")
+@click.pass_obj
+@handles_errors
+def promote(ctx: Ctx, job: str, wait: bool, timeout: float) -> None:
+    """End JOB's canary stage: the rest of its tasks move to the new version."""
+    res = ctx.client.promote(job, ctx.user)
+    click.echo(f"job {res.name}: promoted (version {res.version})")
+    if wait:
+        wait_jobs(ctx, [job], timeout, until="up")
+
+
 @dataclass
 class JobDiff:
     """What `up` would do to one job (pure: computed from the current and the new spec)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 
 from borgmaster.model import (
     Constraint,
@@ -11,6 +11,7 @@ from borgmaster.model import (
     JobSpec,
     Requirements,
     Toleration,
+    UpdatePolicy,
 )
 
 
@@ -37,8 +38,13 @@ def test_jobspec_to_dict_matches_asdict_for_every_field() -> None:
         "failure_threshold": 3,
         "initial_delay_ms": 0,
     }
-    assert {**d, "health": None} == {**asdict(s), "health": None}
+    assert {**d, "health": None} == {**asdict(s), "health": None} | {
+        # canary / auto_revert are left out at their defaults (see JobSpec.to_dict)
+        "update": {"max_unavailable": 1, "max_surge": 0}
+    }
     assert set(d) == {f.name for f in fields(JobSpec)}
+    u = replace(s, update=UpdatePolicy(canary=2, auto_revert=True))
+    assert u.to_dict()["update"] == asdict(u.update) and JobSpec.from_dict(u.to_dict()) == u
     assert JobSpec.from_dict(d) == s
     d["env"]["B"] = "2"
     assert s.env == {"A": "1"}  # a copy, not a view

@@ -636,3 +636,13 @@ class PlanJobsResponse(_message.Message):
     JOBS_FIELD_NUMBER: _ClassVar[int]
     jobs: _containers.RepeatedCompositeFieldContainer[JobPlan]
     def __init__(self, jobs: _Optional[_Iterable[_Union[JobPlan, _Mapping]]] = ...) -> None: ...
+
+class PromoteJobRequest(_message.Message):
+    __slots__ = ("name", "user", "options")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    user: str
+    options: WriteOptions
+    def __init__(self, name: _Optional[str] = ..., user: _Optional[str] = ..., options: _Optional[_Union[WriteOptions, _Mapping]] = ...) -> None: ...

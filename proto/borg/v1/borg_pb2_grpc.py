@@ -129,6 +129,11 @@ class BorgmasterStub:
                 request_serializer=proto_dot_borg_dot_v1_dot_borg__pb2.PlanJobsRequest.SerializeToString,
                 response_deserializer=proto_dot_borg_dot_v1_dot_borg__pb2.PlanJobsResponse.FromString,
                 _registered_method=True)
+        self.PromoteJob = channel.unary_unary(
+                '/borg.v1.Borgmaster/PromoteJob',
+                request_serializer=proto_dot_borg_dot_v1_dot_borg__pb2.PromoteJobRequest.SerializeToString,
+                response_deserializer=proto_dot_borg_dot_v1_dot_borg__pb2.SubmitJobResponse.FromString,
+                _registered_method=True)
 
 
 class BorgmasterServicer:
@@ -263,6 +268,13 @@ class BorgmasterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PromoteJob(self, request, context):
+        """End the canary stage of a job's rollout (update.canary): the rest of its tasks follow.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BorgmasterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -360,6 +372,11 @@ def add_BorgmasterServicer_to_server(servicer, server):
                     servicer.PlanJobs,
                     request_deserializer=proto_dot_borg_dot_v1_dot_borg__pb2.PlanJobsRequest.FromString,
                     response_serializer=proto_dot_borg_dot_v1_dot_borg__pb2.PlanJobsResponse.SerializeToString,
+            ),
+            'PromoteJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.PromoteJob,
+                    request_deserializer=proto_dot_borg_dot_v1_dot_borg__pb2.PromoteJobRequest.FromString,
+                    response_serializer=proto_dot_borg_dot_v1_dot_borg__pb2.SubmitJobResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -875,6 +892,33 @@ class Borgmaster:
             '/borg.v1.Borgmaster/PlanJobs',
             proto_dot_borg_dot_v1_dot_borg__pb2.PlanJobsRequest.SerializeToString,
             proto_dot_borg_dot_v1_dot_borg__pb2.PlanJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PromoteJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/borg.v1.Borgmaster/PromoteJob',
+            proto_dot_borg_dot_v1_dot_borg__pb2.PromoteJobRequest.SerializeToString,
+            proto_dot_borg_dot_v1_dot_borg__pb2.SubmitJobResponse.FromString,
             options,
             channel_credentials,
             insecure,
