@@ -33,9 +33,7 @@ def versions(job: dict[str, Any]) -> list[int]:
     return sorted(t["version"] for t in job["tasks"] if t["state"] == "running")
 
 
-def test_canary_survives_failover_then_promote_and_auto_revert(
-    cell: Cell, tmp_path: Path
-) -> None:
+def test_canary_survives_failover_then_promote_and_auto_revert(cell: Cell, tmp_path: Path) -> None:
     cfg = tmp_path / "canary.yaml"
     cfg.write_text(JOB.format(cmd="sleep 301"))
     cell.borgcfg("up", str(cfg), "--wait", "--timeout", "60", check=True)
@@ -72,7 +70,7 @@ def test_canary_survives_failover_then_promote_and_auto_revert(
     assert again.returncode == 1 and "no canary waiting" in again.stderr
 
     # A version whose canary fails is rolled back by the cell, saying why.
-    cfg.write_text(JOB.format(cmd="sh -c \"exit 3\""))
+    cfg.write_text(JOB.format(cmd='sh -c "exit 3"'))
     cell.borgcfg("up", str(cfg), master=rest, check=True)
 
     def reverted() -> dict[str, Any] | None:
