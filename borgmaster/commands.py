@@ -46,6 +46,7 @@ class CommandType(IntEnum):
     BATCH = 15
     PROMOTE = 16
     REVERT_ROLLOUT = 17
+    LAUNCH_PERIODIC = 18
 
 
 class CommandError(ValueError):
@@ -474,6 +475,18 @@ class RevertRollout(Command):
 
 
 @dataclass
+class LaunchPeriodic(Command):
+    """The leader's periodic controller starts periodic job `job`'s run for the fire time
+    `scheduled_ms` (decided with its clock, stamped here: apply reads none). Fenced; a fire
+    time at or before the job's last launched one is refused, so a repeated or late decision
+    (a failover) never starts a run twice."""
+
+    type: ClassVar[CommandType] = CommandType.LAUNCH_PERIODIC
+    job: str = ""
+    scheduled_ms: int = 0
+
+
+@dataclass
 class Batch(Command):
     """Several client commands coalesced into one Raft entry; results come back in order."""
 
@@ -502,6 +515,7 @@ _BY_TYPE: dict[int, type[Command]] = {
         Batch,
         Promote,
         RevertRollout,
+        LaunchPeriodic,
     )
 }
 

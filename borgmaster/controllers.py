@@ -21,6 +21,7 @@ from borgmaster.model import (
     Task,
 )
 from borgmaster.store import ACTIVE_STATES, Store
+from cfg import periodic
 from cfg.model import MIN_READY_MS, RolloutState, halted_rollout, rollout_state
 
 # A new-version task that has restarted this often is crash-looping: halt the rollout.
@@ -198,6 +199,24 @@ def plan_all(store: Store, now_ms: int | None = None) -> list[JobActions]:
         a = plan_job(store, store.jobs[name], now_ms)
         if a is not None:
             out.append(a)
+    return out
+
+
+def due_launches(store: Store, now_ms: int) -> list[tuple[str, int]]:
+    """Periodic jobs with a run due now, and the fire time of that run (cfg/periodic.py:
+    the first after the last one launched, which the store keeps; one per job per pass)."""
+    out = []
+    for name in sorted(store.periodic):
+        job = store.jobs.get(name)
+        if job is None or job.killed or job.spec.periodic is None:
+            continue
+        p = job.spec.periodic
+        s = periodic.parsed(p.schedule, p.time_zone)
+        if s is None:
+            continue
+        t = periodic.due(s, job.last_scheduled_ms, job.created_ms, now_ms)
+        if t:
+            out.append((name, t))
     return out
 
 

@@ -35,6 +35,7 @@ from cfg.model import (
     JobSpec,
     Kind,
     MachineState,
+    Periodic,
     Requirements,
     Resources,
     RestartPolicy,
@@ -74,6 +75,7 @@ __all__ = [
     "Kind",
     "Machine",
     "MachineState",
+    "Periodic",
     "Replica",
     "Requirements",
     "Resources",
@@ -179,6 +181,11 @@ class Job:
     # to_dict when 0.
     canary_passed: int = 0
     reverted_to: int = 0
+    # Periodic jobs (spec.periodic): the fire time of the last launch (ms), and the children
+    # launched and still kept, oldest first; a child names its parent. Left out when empty.
+    last_scheduled_ms: int = 0
+    children: list[str] = field(default_factory=list)
+    parent: str = ""
 
     @property
     def name(self) -> str:
@@ -208,6 +215,9 @@ class Job:
             | ({"versions": [r.to_dict() for r in self.versions]} if self.versions else {})
             | ({"canary_passed": self.canary_passed} if self.canary_passed else {})
             | ({"reverted_to": self.reverted_to} if self.reverted_to else {})
+            | ({"last_scheduled_ms": self.last_scheduled_ms} if self.last_scheduled_ms else {})
+            | ({"children": list(self.children)} if self.children else {})
+            | ({"parent": self.parent} if self.parent else {})
         )
 
     @classmethod

@@ -113,6 +113,22 @@ class UpdatePolicy:
     auto_revert: bool = False
 
 
+CONCURRENCY = ("forbid", "allow", "replace")
+"""What a periodic job does at a fire time while an earlier child still runs: skip this run
+(forbid), start another beside it (allow), or kill it and start the new one (replace)."""
+
+
+@dataclass
+class Periodic:
+    """`schedule` and its companions: the job is a template from which the master starts a
+    child batch job `NAME-UNIXTIME` at each fire time (cfg/periodic.py)."""
+
+    schedule: str
+    concurrency: str = "forbid"
+    history_limit: int = 3
+    time_zone: str = "UTC"
+
+
 @dataclass
 class Constraint:
     attr: str
@@ -302,6 +318,9 @@ class JobSpec:
     distinct_machines: bool = False
     update: UpdatePolicy = field(default_factory=UpdatePolicy)
     kill_timeout_ms: int = 10_000
+    # A periodic job's schedule (batch only); None: an ordinary job. Not part of the task
+    # template: it says when children start, not what they run.
+    periodic: Periodic | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (hand-written: `dataclasses.asdict` is slow on the write path)."""
@@ -341,7 +360,10 @@ class JobSpec:
             | ({"canary": u.canary} if u.canary else {})
             | ({"auto_revert": True} if u.auto_revert else {}),
             "kill_timeout_ms": self.kill_timeout_ms,
-        }
+        } | (
+            # Only when set: specs from before periodic jobs encode as before.
+            {"periodic": asdict(self.periodic)} if self.periodic is not None else {}
+        )
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> JobSpec:
@@ -353,12 +375,14 @@ class JobSpec:
         d["tolerations"] = [Toleration(**t) for t in d.get("tolerations") or []]
         if d.get("health") is not None:
             d["health"] = HealthCheck.from_dict(d["health"])
+        if d.get("periodic") is not None:
+            d["periodic"] = Periodic(**d["periodic"])
         return cls(**d)
 
     def task_template(self) -> dict[str, Any]:
         """The part of the spec that defines a task's process: a change here needs new tasks."""
         d = self.to_dict()
-        for k in ("replicas", "update", "user", "priority"):
+        for k in ("replicas", "update", "user", "priority", "periodic"):
             d.pop(k, None)
         return d
 

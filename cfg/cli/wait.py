@@ -73,6 +73,10 @@ def job_progress(job: pb.Job | None, name: str, until: str) -> JobProgress:
         if p.finished:
             p.done = p.total
         return p
+    if "schedule" in job.spec.fields and until == "up":
+        # A periodic job has no tasks of its own: submitted is all `up` does.
+        p.finished, p.done, p.outcome = True, p.total, "scheduled"
+        return p
     if job.kind == "batch":
         p.done = p.counts.get("succeeded", 0)
         p.finished = job.state in ("succeeded", "failed", "killed")

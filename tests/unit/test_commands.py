@@ -52,6 +52,7 @@ SAMPLES: list[C.Command] = [
     C.Promote(ts_ms=17, name="hello", user="u"),
     C.RevertRollout(ts_ms=18, job="hello", version=3, reason="task 0 failed", term=4),
     C.Rollback(ts_ms=19, name="hello", user="u", version=2),
+    C.LaunchPeriodic(ts_ms=20, job="nightly", scheduled_ms=1_800_000_000_000, term=4),
 ]
 
 

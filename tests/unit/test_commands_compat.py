@@ -52,7 +52,11 @@ def test_fixture_covers_every_command_type() -> None:
 
 
 # Command types added since v1 (no v1 journal can hold them).
-SINCE_V1_COMMANDS = {C.CommandType.PROMOTE, C.CommandType.REVERT_ROLLOUT}
+SINCE_V1_COMMANDS = {
+    C.CommandType.PROMOTE,
+    C.CommandType.REVERT_ROLLOUT,
+    C.CommandType.LAUNCH_PERIODIC,
+}
 
 # State recorded since v1: each job's version records (`borgcfg history`). A v1 journal
 # replayed today records them too; everything else must be byte for byte what v1 had.

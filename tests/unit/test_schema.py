@@ -164,7 +164,7 @@ BAD_JOBS: list[tuple[object, str]] = [
         job(sandbox="/tmp"),
         "unknown key 'sandbox' (valid keys: name, user, run_as, priority, band, kind, replicas, "
         "command, env, requirements, restart, health, constraints, tolerations, spread, "
-        "distinct_machines, update, kill_timeout)",
+        "distinct_machines, update, kill_timeout, schedule, concurrency, history_limit, time_zone)",
     ),
     ([BASE], "expected a job object, got a list"),
     ({"name": "x", "command": "true", 1: 2}, "keys must be strings, got 1"),

@@ -125,7 +125,7 @@ class Task(_message.Message):
     def __init__(self, index: _Optional[int] = ..., state: _Optional[str] = ..., machine: _Optional[str] = ..., version: _Optional[int] = ..., restarts: _Optional[int] = ..., exit_code: _Optional[int] = ..., reason: _Optional[str] = ..., incarnation: _Optional[str] = ..., updated_ms: _Optional[int] = ..., ports: _Optional[_Mapping[str, int]] = ..., health: _Optional[str] = ..., cpu_seconds: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., memory_peak_bytes: _Optional[int] = ..., pid: _Optional[int] = ..., oom_kills: _Optional[int] = ..., ready: _Optional[bool] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("name", "user", "priority", "kind", "replicas", "state", "version", "tasks", "spec", "created_ms", "running", "rollout", "previous_version", "ready")
+    __slots__ = ("name", "user", "priority", "kind", "replicas", "state", "version", "tasks", "spec", "created_ms", "running", "rollout", "previous_version", "ready", "children", "last_run_ms", "next_run_ms", "parent")
     NAME_FIELD_NUMBER: _ClassVar[int]
     USER_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
@@ -140,6 +140,10 @@ class Job(_message.Message):
     ROLLOUT_FIELD_NUMBER: _ClassVar[int]
     PREVIOUS_VERSION_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
+    CHILDREN_FIELD_NUMBER: _ClassVar[int]
+    LAST_RUN_MS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_RUN_MS_FIELD_NUMBER: _ClassVar[int]
+    PARENT_FIELD_NUMBER: _ClassVar[int]
     name: str
     user: str
     priority: int
@@ -154,7 +158,11 @@ class Job(_message.Message):
     rollout: str
     previous_version: int
     ready: int
-    def __init__(self, name: _Optional[str] = ..., user: _Optional[str] = ..., priority: _Optional[int] = ..., kind: _Optional[str] = ..., replicas: _Optional[int] = ..., state: _Optional[str] = ..., version: _Optional[int] = ..., tasks: _Optional[_Iterable[_Union[Task, _Mapping]]] = ..., spec: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., created_ms: _Optional[int] = ..., running: _Optional[int] = ..., rollout: _Optional[str] = ..., previous_version: _Optional[int] = ..., ready: _Optional[int] = ...) -> None: ...
+    children: _containers.RepeatedScalarFieldContainer[str]
+    last_run_ms: int
+    next_run_ms: int
+    parent: str
+    def __init__(self, name: _Optional[str] = ..., user: _Optional[str] = ..., priority: _Optional[int] = ..., kind: _Optional[str] = ..., replicas: _Optional[int] = ..., state: _Optional[str] = ..., version: _Optional[int] = ..., tasks: _Optional[_Iterable[_Union[Task, _Mapping]]] = ..., spec: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., created_ms: _Optional[int] = ..., running: _Optional[int] = ..., rollout: _Optional[str] = ..., previous_version: _Optional[int] = ..., ready: _Optional[int] = ..., children: _Optional[_Iterable[str]] = ..., last_run_ms: _Optional[int] = ..., next_run_ms: _Optional[int] = ..., parent: _Optional[str] = ...) -> None: ...
 
 class ListJobsResponse(_message.Message):
     __slots__ = ("jobs",)
