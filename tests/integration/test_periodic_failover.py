@@ -4,6 +4,7 @@ committed with its fire time; the new leader goes on from the replicated last on
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -71,7 +72,7 @@ def test_periodic_launches_survive_a_leader_failover(cell: Cell, tmp_path: Path)
     names = launched(cell, rest)
     stamps = [int(n.rsplit("-", 1)[1]) for n in names]
     assert len(set(names)) == len(names), names  # nothing doubled
-    assert [b - a for a, b in zip(stamps, stamps[1:], strict=False)] == [2] * (len(stamps) - 1)
+    assert [b - a for a, b in itertools.pairwise(stamps)] == [2] * (len(stamps) - 1)
     kids = parent()["children"]  # read after: launches may have gone on meanwhile
     latest = launched(cell, rest)
     assert kids == sorted(kids) and set(kids) <= set(latest) and kids[0] == latest[0]
