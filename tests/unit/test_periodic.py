@@ -153,3 +153,19 @@ def test_switching_periodic_on_a_live_job_is_refused_and_state_survives_snapshot
     copy.load_snapshot(cell.store.snapshot_bytes())
     assert copy.periodic == {"tick"} and copy.digest() == cell.store.digest()
     assert copy.jobs["tick"].last_scheduled_ms == T0 + 60_000
+
+
+def test_the_ui_job_page_shows_schedule_next_run_and_children() -> None:
+    from borgmaster.http import job_detail, render_job
+
+    cell = Cell()
+    cell.machine("m1")
+    periodic_job(cell)
+    launch(cell, T0 + 60_000)
+    d = job_detail(cell.store, "tick")
+    assert d is not None
+    assert d.schedule == "@every 60s (UTC)" and d.next_run_ms > T0 + 60_000
+    assert (d.next_run_ms - T0) % 60_000 == 0
+    page = render_job(d)
+    child = f"tick-{(T0 + 60_000) // 1000}"
+    assert "<dt>next run</dt>" in page and f"<a href='/jobs/{child}'>{child}</a>" in page
