@@ -38,7 +38,15 @@ def test_canary_survives_failover_then_promote_and_auto_revert(cell: Cell, tmp_p
     cfg.write_text(JOB.format(cmd="sleep 301"))
     cell.borgcfg("up", str(cfg), "--wait", "--timeout", "60", check=True)
 
+    # `plan` asked of a follower is answered by the leader (the follower forwards it).
+    leader = cell.leader()
+    follower = next(m for m in cell.masters if m is not leader)
     cfg.write_text(JOB.format(cmd="sleep 302"))
+    (plan,) = cell.borgcfg_json("plan", str(cfg), master=follower.info["grpc"])
+    assert (plan["change"], plan["version"], plan["unplaceable"]) == ("updated", 2, 0)
+    assert sum(plan["placements"].values()) == 3
+    assert cell.job("canary")["version"] == 1
+
     r = cell.borgcfg("up", str(cfg), "--wait", "--timeout", "60")
     assert r.returncode == 0, r.stderr
     assert "canary on version 2 (borgcfg promote canary to go on)" in r.stderr
