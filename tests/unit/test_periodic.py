@@ -169,3 +169,16 @@ def test_the_ui_job_page_shows_schedule_next_run_and_children() -> None:
     page = render_job(d)
     child = f"tick-{(T0 + 60_000) // 1000}"
     assert "<dt>next run</dt>" in page and f"<a href='/jobs/{child}'>{child}</a>" in page
+
+
+def test_a_child_over_quota_is_refused_with_an_event_and_the_run_counts_as_done() -> None:
+    cell = Cell()
+    cell.machine("m1")
+    cell.apply(C.SetQuota(user="alice", band="batch", limit=C.QuotaLimit(cpu=0.5)))
+    periodic_job(cell)  # the template itself is not charged
+    res = launch(cell, T0 + 60_000)
+    assert res["error"] == "quota"
+    ev = cell.store.events[-1]
+    assert ev.type == "launch-failed" and ev.message.startswith(f"tick-{(T0 + 60_000) // 1000}: ")
+    assert cell.store.jobs["tick"].last_scheduled_ms == T0 + 60_000  # not retried every pass
+    assert cell.store.jobs["tick"].children == []
