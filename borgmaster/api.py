@@ -42,6 +42,8 @@ from borgmaster.model import (
     TaintEffect,
 )
 from borgmaster.sessions import LOGIN_TTL_S, make_token, session_key
+from borgmaster.preview import MAX_PLAN_JOBS, PLAN_LOCK, preview
+from borgmaster.preview import copy_of as preview_copy
 from borgmaster.store import ACTIVE_STATES
 from cfg.bns import task_name
 from cfg.errors import ConfigError
@@ -410,6 +412,7 @@ class MasterServicer(borg_pb2_grpc.BorgmasterServicer):
         cmd = C.Rollback(
             name=request.name,
             user=self._acting(context, request.user),
+            version=max(0, request.to_version),
             request_id=request.options.request_id or uuid.uuid4().hex,
         )
         res = self._write(cmd, context, "Rollback")
@@ -667,3 +670,88 @@ class MasterServicer(borg_pb2_grpc.BorgmasterServicer):
             context.abort(code, e.details() or code.name)
         finally:
             ch.close()
+    # ----- jobs over time -----------------------------------------------------------------
+
+    def JobHistory(self, request: pb.JobHistoryRequest, context: grpc.ServicerContext) -> Any:
+        """A job's remembered versions, oldest first (a read, from this replica's store)."""
+        self._read_barrier(request.options, context)
+        with self.m.store.lock:
+            job = self.m.store.jobs.get(request.name)
+            if job is None:
+                _abort(context, "not-found", f"job '{request.name}' does not exist")
+            versions = [
+                pb.JobVersion(
+                    version=r.version,
+                    submitted_ms=r.submitted_ms,
+                    user=r.user,
+                    changed=r.changed,
+                )
+                for r in job.versions
+            ]
+            return pb.JobHistoryResponse(versions=versions, current=job.version)
+
+    def PlanJobs(self, request: pb.PlanJobsRequest, context: grpc.ServicerContext) -> Any:
+        """What `up` of these specs would do, placements included (a read: the leader runs
+        its scheduler on a private copy of its state; borgmaster/preview.py)."""
+        if len(request.specs) > MAX_PLAN_JOBS:
+            _abort(context, "invalid", f"specs: {len(request.specs)}, over {MAX_PLAN_JOBS}")
+        ident = caller(context)
+        acting = self._acting(context, request.user)
+        specs = []
+        for i, st in enumerate(request.specs):
+            size = st.ByteSize()
+            if size > MAX_SPEC_BYTES:
+                _abort(context, "invalid", f"specs[{i}]: {size} bytes, over {MAX_SPEC_BYTES}")
+            try:
+                spec = validate_job(
+                    dict_from(st), default_user=request.user or acting or ident.name
+                )
+            except ConfigError as e:
+                _abort(context, "invalid", f"specs[{i}]: {e}")
+            except ValueError as e:
+                _abort(context, "invalid", f"specs[{i}]: {e}")
+            if not spec.user:
+                _abort(context, "invalid", f"specs[{i}]: user: the job has no owner")
+            specs.append(spec)
+        forwarded = self._from_leader("PlanJobs", request, context)
+        if forwarded is not None:
+            return forwarded
+        self._read_barrier(request.options, context)
+        with PLAN_LOCK:
+            copy = preview_copy(self.m.store)
+            out = preview(
+                copy,
+                specs,
+                acting,
+                self.m.scheduler,
+                int(time.time() * 1000),
+                lambda: uuid.uuid4().hex[:12],
+            )
+        return pb.PlanJobsResponse(
+            jobs=[
+                pb.JobPlan(
+                    job=p.job,
+                    change=p.change,
+                    version=p.version,
+                    placements=p.placements,
+                    unplaceable=p.unplaceable,
+                    preemptions=p.preemptions,
+                    reasons=p.reasons,
+                    error=p.error,
+                )
+                for p in out
+            ]
+        )
+
+    def PromoteJob(self, request: pb.PromoteJobRequest, context: grpc.ServicerContext) -> Any:
+        """End a canary stage (a write: the job's owner)."""
+        if not request.name:
+            _abort(context, "invalid", "name: required")
+        cmd = C.Promote(
+            name=request.name,
+            user=self._acting(context, request.user),
+            request_id=request.options.request_id or uuid.uuid4().hex,
+        )
+        res = self._write(cmd, context, "PromoteJob")
+        log.info("job %s promoted (version %s)", res["name"], res["version"])
+        return pb.SubmitJobResponse(name=res["name"], version=res["version"], result=res["result"])

@@ -44,10 +44,14 @@ RULES: dict[str, Rule] = {
     "KillJob": Rule(OWNERS, "kill jobs", write=True, target=_name),
     "Rollback": Rule(OWNERS, "roll back jobs", write=True, target=_name),
     "ReadTaskLogs": Rule(OWNERS, "read task logs", target=_task),
+    "PromoteJob": Rule(OWNERS, "promote jobs", write=True, target=_name),
+    # a read, but it copies the whole state and runs the scheduler: for those who may submit
+    "PlanJobs": Rule(OWNERS, "plan jobs"),
     # audited by the handler once it has read which task (the target is in the stream)
     "ExecTask": Rule(OWNERS, "exec into tasks"),
     # reads: everyone the cell knows but Borglets
     "GetJob": Rule(READERS, "read jobs"),
+    "JobHistory": Rule(READERS, "read job history"),
     "ListJobs": Rule(READERS, "list jobs"),
     "ListMachines": Rule(READERS, "list machines"),
     "ListEndpoints": Rule(READERS, "read endpoints"),

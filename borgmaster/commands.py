@@ -44,6 +44,9 @@ class CommandType(IntEnum):
     SET_QUOTA = 13
     GC_JOBS = 14
     BATCH = 15
+    PROMOTE = 16
+    REVERT_ROLLOUT = 17
+    LAUNCH_PERIODIC = 18
 
 
 class CommandError(ValueError):
@@ -428,9 +431,13 @@ class SetRollout(Command):
 
 @dataclass
 class Rollback(Command):
+    """Return a job to its previous version, or with `version` to that remembered version.
+    `version` is left off the wire when 0, so entries from before it re-encode the same."""
+
     type: ClassVar[CommandType] = CommandType.ROLLBACK
     name: str = ""
     user: str = ""
+    version: int = field(default=0, metadata={"omit_default": True})
 
 
 # A quota limit of UNLIMITED (any negative amount) does not limit that resource; QUOTA_KEEP is
@@ -460,6 +467,39 @@ class GcJobs(Command):
 
 
 @dataclass
+class Promote(Command):
+    """`borgcfg promote`: end the canary stage of the job's current version."""
+
+    type: ClassVar[CommandType] = CommandType.PROMOTE
+    name: str = ""
+    user: str = ""
+
+
+@dataclass
+class RevertRollout(Command):
+    """The leader's rollout controller rolls `version` back (update.auto_revert): its tasks
+    failed, restarted too often or turned unhealthy. Fenced; a no-op once `version` is no
+    longer the job's current one, so a late or repeated decision changes nothing."""
+
+    type: ClassVar[CommandType] = CommandType.REVERT_ROLLOUT
+    job: str = ""
+    version: int = 0
+    reason: str = ""
+
+
+@dataclass
+class LaunchPeriodic(Command):
+    """The leader's periodic controller starts periodic job `job`'s run for the fire time
+    `scheduled_ms` (decided with its clock, stamped here: apply reads none). Fenced; a fire
+    time at or before the job's last launched one is refused, so a repeated or late decision
+    (a failover) never starts a run twice."""
+
+    type: ClassVar[CommandType] = CommandType.LAUNCH_PERIODIC
+    job: str = ""
+    scheduled_ms: int = 0
+
+
+@dataclass
 class Batch(Command):
     """Several client commands coalesced into one Raft entry; results come back in order."""
 
@@ -486,12 +526,16 @@ _BY_TYPE: dict[int, type[Command]] = {
         SetQuota,
         GcJobs,
         Batch,
+        Promote,
+        RevertRollout,
+        LaunchPeriodic,
     )
 }
 
 
 # ----- encode / decode -------------------------------------------------------------------
 
+_NO_OMIT: Any = object()
 Encoder = Callable[[Any], Any]
 Decoder = Callable[[Any, str], Any]
 
@@ -529,6 +573,9 @@ class _FieldCodec:
     name: str
     encode: Encoder | None  # None: plain data, sent as it is
     decode: Decoder
+    # A field added after v1 with metadata {"omit_default": True}: left off the wire at its
+    # default, so older entries decode and re-encode to the same bytes.
+    omit: Any = _NO_OMIT
 
 
 def _field_codec(name: str, tp: Any) -> _FieldCodec:
@@ -561,6 +608,12 @@ def _field_codec(name: str, tp: Any) -> _FieldCodec:
     return _FieldCodec(name, None, check)
 
 
+def _with_omit(c: _FieldCodec, f: Any) -> _FieldCodec:
+    if not f.metadata.get("omit_default"):
+        return c
+    return _FieldCodec(c.name, c.encode, c.decode, f.default)
+
+
 # Field codecs per command class, computed once: every replica decodes every entry, and
 # `dataclasses.fields` / type hints rebuilt per decode would be a visible share of apply.
 _CODECS_OF: dict[type, dict[str, _FieldCodec]] = {}
@@ -570,7 +623,9 @@ def _codecs_of(cls: type) -> dict[str, _FieldCodec]:
     cs = _CODECS_OF.get(cls)
     if cs is None:
         hints = _hints(cls)
-        cs = _CODECS_OF[cls] = {f.name: _field_codec(f.name, hints[f.name]) for f in fields(cls)}
+        cs = _CODECS_OF[cls] = {
+            f.name: _with_omit(_field_codec(f.name, hints[f.name]), f) for f in fields(cls)
+        }
     return cs
 
 
@@ -582,6 +637,7 @@ def encode(cmd: Command) -> bytes:
         name: (c.encode(v) if c.encode is not None else v)
         for name, c in _codecs_of(type(cmd)).items()
         for v in (getattr(cmd, name),)
+        if c.omit is _NO_OMIT or v != c.omit
     }
     return bytes([int(cmd.type)]) + msgpack.packb(body, use_bin_type=True)
 

@@ -37,6 +37,12 @@ class ControllerShell:
             actions = controllers.plan_all(self.store, now_ms())
         for a in actions:
             try:
+                if a.revert:
+                    self.propose(
+                        C.RevertRollout(job=a.job, version=a.version, reason=a.revert, term=term)
+                    )
+                    log.warning("job %s: version %d reverted: %s", a.job, a.version, a.revert)
+                    continue
                 if a.rollout_status is not None:
                     status = a.rollout_status
                     self.propose(
@@ -63,6 +69,14 @@ class ControllerShell:
                     )
             except ProposeError as e:
                 log.warning("controller write for %s not committed: %s", a.job, e.message)
+        with self.store.lock:
+            launches = controllers.due_launches(self.store, now_ms())
+        for job, scheduled_ms in launches:
+            try:
+                res = self.propose(C.LaunchPeriodic(job=job, scheduled_ms=scheduled_ms, term=term))
+                log.info("periodic job %s: run of %d: %s", job, scheduled_ms, res)
+            except ProposeError as e:
+                log.warning("launch of %s not committed: %s", job, e.message)
         if time.monotonic() - self._last_gc > GC_EVERY_S:
             self._last_gc = time.monotonic()
             with self.store.lock:

@@ -21,7 +21,8 @@ from borgmaster.model import (
     Task,
 )
 from borgmaster.store import ACTIVE_STATES, Store
-from cfg.model import MIN_READY_MS, RolloutState, halted_rollout
+from cfg import periodic
+from cfg.model import MIN_READY_MS, RolloutState, halted_rollout, rollout_state
 
 # A new-version task that has restarted this often is crash-looping: halt the rollout.
 ROLLOUT_MAX_RESTARTS = 3
@@ -39,6 +40,7 @@ class JobActions:
     replace_update: list[C.TaskRef] = field(default_factory=list)
     replace_drain: list[C.TaskRef] = field(default_factory=list)
     rollout_status: str | None = None  # set when it should change
+    revert: str = ""  # update.auto_revert: roll this version back, for this reason
 
 
 def available(store: Store, job: Job, t: Task, now_ms: int | None = None) -> bool:
@@ -50,12 +52,14 @@ def available(store: Store, job: Job, t: Task, now_ms: int | None = None) -> boo
     spec = job.spec_for(t.version)
     if spec.health is not None and t.health != "healthy":
         return False
-    if now_ms is not None and job.rollout == RolloutState.ROLLING and t.version == job.version:
+    if now_ms is not None and rollout_state(job.rollout).in_progress and t.version == job.version:
         return t.restarts == 0 and now_ms - t.updated_ms >= MIN_READY_MS
     return True
 
 
-def _halt_reason(job: Job, tasks: list[Task]) -> str:
+def _failure(job: Job, tasks: list[Task]) -> str:
+    """Why the rollout's new version is failing (the first of its tasks that failed,
+    restarted ROLLOUT_MAX_RESTARTS times or turned unhealthy), or ""."""
     for t in tasks:
         if t.version != job.version:
             continue
@@ -67,8 +71,31 @@ def _halt_reason(job: Job, tasks: list[Task]) -> str:
         elif t.state == RUNNING and t.health == "unhealthy":
             why = "unhealthy"
         if why:
-            return halted_rollout(f"task {t.index} on version {job.version} {why}")
+            return f"task {t.index} on version {job.version} {why}"
     return ""
+
+
+def _halt_reason(job: Job, tasks: list[Task]) -> str:
+    why = _failure(job, tasks)
+    return halted_rollout(why) if why else ""
+
+
+def in_canary(job: Job, replicas: int) -> bool:
+    """Whether the job's current version is still in its canary stage: update.canary set
+    (and below the replicas: a canary of all of them is a plain rollout), not promoted."""
+    canary = job.spec.update.canary
+    return 0 < canary < replicas and job.canary_passed != job.version
+
+
+def revertible(job: Job) -> bool:
+    """update.auto_revert, a previous version to return to, and not itself made by a revert
+    (reverting that would bring back the version that just failed: it halts instead)."""
+    return (
+        job.spec.update.auto_revert
+        and job.previous_version > 0
+        and job.previous_version in job.history
+        and job.reverted_to != job.version
+    )
 
 
 def replace_budget(store: Store, job: Job, tasks: list[Task], now_ms: int | None = None) -> int:
@@ -113,12 +140,24 @@ def plan_job(store: Store, job: Job, now_ms: int | None = None) -> JobActions | 
         out.replace_drain.append(C.TaskRef(t.index, t.incarnation))
     moving = {r.index for r in out.replace_drain}
 
-    if job.rollout == RolloutState.ROLLING:
-        halt = _halt_reason(job, tasks)
+    state = rollout_state(job.rollout)
+    canary = in_canary(job, len(replicas))
+    if state.in_progress:
+        failing = _failure(job, tasks)
         if job.spec.kind == BATCH and job.state in (SUCCEEDED, FAILED):
             out.rollout_status = ""  # a finished batch job has nothing left to roll
-        elif halt:
-            out.rollout_status = halt
+        elif failing and revertible(job):
+            out.revert = failing
+        elif failing:
+            out.rollout_status = halted_rollout(failing)
+        elif state is RolloutState.CANARY:
+            pass  # waits for `borgcfg promote`
+        elif canary and sum(1 for t in replicas if t.version == job.version) >= (
+            job.spec.update.canary
+        ):
+            new = [t for t in replicas if t.version == job.version]
+            if all(available(store, job, t, now_ms) for t in new):
+                out.rollout_status = RolloutState.CANARY.value
         elif all(t.version == job.version for t in replicas):
             if all(available(store, job, t, now_ms) or t.state == SUCCEEDED for t in replicas):
                 out.rollout_status = ""  # done: every replica on the new version and ready
@@ -128,13 +167,20 @@ def plan_job(store: Store, job: Job, now_ms: int | None = None) -> JobActions | 
                 for t in replicas
                 if t.version != job.version and t.state in ACTIVE_STATES and t.index not in moving
             ]
+            # In the canary stage, only as many as make up update.canary new-version replicas.
+            room = len(outdated)
+            if canary:
+                room = job.spec.update.canary - sum(1 for t in replicas if t.version == job.version)
             for t in sorted(outdated, key=lambda t: (available(store, job, t, now_ms), t.index)):
+                if room <= 0:
+                    break
                 if available(store, job, t, now_ms):
                     if budget <= 0:
                         continue
                     budget -= 1
                 out.replace_update.append(C.TaskRef(t.index, t.incarnation))
-    if out.replace_update or out.replace_drain or out.rollout_status is not None:
+                room -= 1
+    if out.replace_update or out.replace_drain or out.rollout_status is not None or out.revert:
         return out
     return None
 
@@ -153,6 +199,24 @@ def plan_all(store: Store, now_ms: int | None = None) -> list[JobActions]:
         a = plan_job(store, store.jobs[name], now_ms)
         if a is not None:
             out.append(a)
+    return out
+
+
+def due_launches(store: Store, now_ms: int) -> list[tuple[str, int]]:
+    """Periodic jobs with a run due now, and the fire time of that run (cfg/periodic.py:
+    the first after the last one launched, which the store keeps; one per job per pass)."""
+    out = []
+    for name in sorted(store.periodic):
+        job = store.jobs.get(name)
+        if job is None or job.killed or job.spec.periodic is None:
+            continue
+        p = job.spec.periodic
+        s = periodic.parsed(p.schedule, p.time_zone)
+        if s is None:
+            continue
+        t = periodic.due(s, job.last_scheduled_ms, job.created_ms, now_ms)
+        if t:
+            out.append((name, t))
     return out
 
 

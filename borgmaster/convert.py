@@ -14,6 +14,7 @@ from borgmaster.model import (
     Task,
 )
 from borgmaster.readiness import task_ready
+from cfg import periodic
 from cfg.structs import dict_from, struct_from
 from proto.borg.v1 import borg_pb2 as pb
 
@@ -89,6 +90,14 @@ def job_pb(
         previous_version=job.previous_version,
         ready=ready,
     )
+    if spec.periodic is not None:
+        msg.children.extend(job.children)
+        msg.last_run_ms = job.last_scheduled_ms
+        s = periodic.parsed(spec.periodic.schedule, spec.periodic.time_zone)
+        if s is not None and not job.killed:
+            base = max(job.last_scheduled_ms, job.created_ms, now - 1)
+            msg.next_run_ms = periodic.next_after(s, base, job.created_ms)
+    msg.parent = job.parent
     if spec_config is not None:
         msg.spec.CopyFrom(struct_from(spec_config))
     return msg

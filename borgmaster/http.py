@@ -43,6 +43,7 @@ from borgmaster.facade import now_ms
 from borgmaster.model import RUNNING, band_of
 from borgmaster.sessions import COOKIE, SESSION_TTL_S, check_token, make_token, session_key
 from borgmaster.store import ACTIVE_STATES, Store, needs_placement
+from cfg import periodic
 from cfg.bns import task_name
 from cfg.grpcauth import secure_channel
 from cfg.https import HttpServer, peer_identity
@@ -161,6 +162,10 @@ class JobDetail:
     events: list[EventRow]
     # "why pending?": each distinct reason with how many waiting tasks give it.
     why_pending: list[tuple[str, int]]
+    # A periodic job: its schedule, next fire time (epoch ms, 0: none) and kept children.
+    schedule: str = ""
+    next_run_ms: int = 0
+    children: list[str] = field(default_factory=list)
 
 
 def _res(r: Any) -> dict[str, float]:
@@ -268,6 +273,14 @@ def job_detail(store: Store, name: str, cell: str = "borgcell") -> JobDetail | N
             )
         )
     spec = j.spec
+    schedule, next_run = "", 0
+    if spec.periodic is not None:
+        schedule = f"{spec.periodic.schedule} ({spec.periodic.time_zone})"
+        parsed = periodic.parsed(spec.periodic.schedule, spec.periodic.time_zone)
+        if parsed is not None and not j.killed:
+            now = int(time.time() * 1000)
+            base = max(j.last_scheduled_ms, j.created_ms, now - 1)
+            next_run = periodic.next_after(parsed, base, j.created_ms)
     return JobDetail(
         job=row,
         command=list(spec.command),
@@ -276,6 +289,9 @@ def job_detail(store: Store, name: str, cell: str = "borgcell") -> JobDetail | N
         tasks=tasks,
         events=event_rows(store, name),
         why_pending=sorted(why.items(), key=lambda kv: (-kv[1], kv[0])),
+        schedule=schedule,
+        next_run_ms=next_run,
+        children=list(j.children),
     )
 
 
@@ -657,6 +673,14 @@ def render_job(d: JobDetail) -> str:
         f"<dt>restart</dt><dd>{e(str(d.restart.get('policy', '')))}, "
         f"max {d.restart.get('max_restarts')}</dd></dl>"
     )
+    if d.schedule:
+        kids = " · ".join(f"<a href='/jobs/{quote(c)}'>{e(c)}</a>" for c in d.children)
+        spec = spec.replace(
+            "</dl>",
+            f"<dt>schedule</dt><dd>{e(d.schedule)}</dd>"
+            f"<dt>next run</dt><dd id='next-run'>{_ms(d.next_run_ms) if d.next_run_ms else '-'}"
+            f"</dd><dt>children</dt><dd id='children'>{kids or '-'}</dd></dl>",
+        )
     if d.why_pending:
         items = "".join(
             f"<li><b>{n}</b> task{'s' if n > 1 else ''}: {e(r)}</li>" for r, n in d.why_pending

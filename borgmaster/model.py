@@ -35,6 +35,7 @@ from cfg.model import (
     JobSpec,
     Kind,
     MachineState,
+    Periodic,
     Requirements,
     Resources,
     RestartPolicy,
@@ -74,6 +75,7 @@ __all__ = [
     "Kind",
     "Machine",
     "MachineState",
+    "Periodic",
     "Replica",
     "Requirements",
     "Resources",
@@ -84,8 +86,67 @@ __all__ = [
     "TaskState",
     "Toleration",
     "UpdatePolicy",
+    "VersionRecord",
     "band_of",
+    "changed_fields",
 ]
+
+VERSION_MEMORY = 10
+"""How many versions of each job the store remembers (`borgcfg history`, `rollback
+--to-version`): the newest ones, the current version included."""
+
+# Spec sections whose change is named per key (`requirements.cpu`); any other field is named
+# whole (`command`, `env`: an env change names no variable, and their number is unbounded).
+_NAMED_BY_KEY = ("requirements", "restart", "update")
+
+
+def changed_fields(old: JobSpec, new: JobSpec) -> list[str]:
+    """The spec fields that differ between two versions, sorted (deterministic: the store
+    records them when it applies a submission)."""
+    a, b = old.to_dict(), new.to_dict()
+    out: list[str] = []
+    for k in sorted(a.keys() | b.keys()):
+        x, y = a.get(k), b.get(k)
+        if x == y:
+            continue
+        if k in _NAMED_BY_KEY and isinstance(x, dict) and isinstance(y, dict):
+            out.extend(f"{k}.{s}" for s in sorted(x.keys() | y.keys()) if x.get(s) != y.get(s))
+        else:
+            out.append(k)
+    return out
+
+
+@dataclass
+class VersionRecord:
+    """One version of a job as the store remembers it: who submitted it and when, which
+    fields it changed from the version before, and its spec as it last stood (changes that
+    keep the version, such as replicas or priority, amend the record), so `rollback
+    --to-version` can return to it."""
+
+    version: int
+    submitted_ms: int
+    user: str
+    changed: list[str]
+    spec: JobSpec
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "submitted_ms": self.submitted_ms,
+            "user": self.user,
+            "changed": list(self.changed),
+            "spec": self.spec.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> VersionRecord:
+        return cls(
+            version=int(d["version"]),
+            submitted_ms=int(d["submitted_ms"]),
+            user=str(d["user"]),
+            changed=[str(c) for c in d["changed"]],
+            spec=JobSpec.from_dict(d["spec"]),
+        )
 
 
 @dataclass
@@ -104,13 +165,27 @@ class Job:
     killed_ms: int = 0
     previous_version: int = 0
     history: dict[int, JobSpec] = field(default_factory=dict)
-    # A RolloutState as stored: "" (none in progress), "rolling", or "halted: <why>"
+    # A RolloutState as stored: "" (none in progress), "rolling", "canary" or "halted: <why>"
     # (cfg.model.halted_rollout; read it with rollout_state).
     rollout: str = ""
     # Surge tasks (update.max_surge): extra new-version tasks at indices replicas ..
     # replicas+surge-1 that keep capacity up while a rollout replaces the others. Zero
     # outside a rollout; left out of to_dict when zero, so older states encode as before.
     surge: int = 0
+    # The last VERSION_MEMORY versions, oldest first (`borgcfg history`). Left out of to_dict
+    # when empty, so states from before version records encode as before.
+    versions: list[VersionRecord] = field(default_factory=list)
+    # The version whose canary stage is over (`borgcfg promote`, or a version made by an
+    # automatic revert, which rolls out whole); and the version an automatic revert made
+    # (never itself reverted: that would flip back to the broken one). 0: none; left out of
+    # to_dict when 0.
+    canary_passed: int = 0
+    reverted_to: int = 0
+    # Periodic jobs (spec.periodic): the fire time of the last launch (ms), and the children
+    # launched and still kept, oldest first; a child names its parent. Left out when empty.
+    last_scheduled_ms: int = 0
+    children: list[str] = field(default_factory=list)
+    parent: str = ""
 
     @property
     def name(self) -> str:
@@ -123,25 +198,42 @@ class Job:
         return self.history.get(version, self.spec)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "spec": self.spec.to_dict(),
-            "state": self.state,
-            "version": self.version,
-            "created_ms": self.created_ms,
-            "updated_ms": self.updated_ms,
-            "killed": self.killed,
-            "killed_ms": self.killed_ms,
-            "previous_version": self.previous_version,
-            "history": [[v, s.to_dict()] for v, s in sorted(self.history.items())],
-            "rollout": self.rollout,
-        } | ({"surge": self.surge} if self.surge else {})
+        return (
+            {
+                "spec": self.spec.to_dict(),
+                "state": self.state,
+                "version": self.version,
+                "created_ms": self.created_ms,
+                "updated_ms": self.updated_ms,
+                "killed": self.killed,
+                "killed_ms": self.killed_ms,
+                "previous_version": self.previous_version,
+                "history": [[v, s.to_dict()] for v, s in sorted(self.history.items())],
+                "rollout": self.rollout,
+            }
+            | ({"surge": self.surge} if self.surge else {})
+            | ({"versions": [r.to_dict() for r in self.versions]} if self.versions else {})
+            | ({"canary_passed": self.canary_passed} if self.canary_passed else {})
+            | ({"reverted_to": self.reverted_to} if self.reverted_to else {})
+            | ({"last_scheduled_ms": self.last_scheduled_ms} if self.last_scheduled_ms else {})
+            | ({"children": list(self.children)} if self.children else {})
+            | ({"parent": self.parent} if self.parent else {})
+        )
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Job:
         d = dict(d)
         d["spec"] = JobSpec.from_dict(d["spec"])
         d["history"] = {int(v): JobSpec.from_dict(s) for v, s in d.get("history") or []}
+        d["versions"] = [VersionRecord.from_dict(r) for r in d.get("versions") or []]
         return cls(**d)
+
+    def version_record(self, version: int) -> VersionRecord | None:
+        """The remembered record of `version`, if it is still kept."""
+        for r in self.versions:
+            if r.version == version:
+                return r
+        return None
 
 
 @dataclass

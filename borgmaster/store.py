@@ -8,6 +8,7 @@ event stream and the leader loops wake up when the state moves instead of pollin
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import threading
@@ -32,6 +33,7 @@ from borgmaster.model import (
     SERVICE,
     SUCCEEDED,
     TERMINAL_TASK_STATES,
+    VERSION_MEMORY,
     Event,
     Job,
     JobSpec,
@@ -40,7 +42,9 @@ from borgmaster.model import (
     Requirements,
     Resources,
     Task,
+    VersionRecord,
     band_of,
+    changed_fields,
 )
 from cfg.model import Reason, RolloutState, reason_word, rollout_state
 from cfg.units import format_amount
@@ -56,8 +60,18 @@ ACTIVE_STATES = frozenset({ASSIGNED, RUNNING})
 # Observed states a Borglet may report.
 OBSERVED_STATES = frozenset({RUNNING, SUCCEEDED, FAILED, KILLED})
 # Commands that come from leader loops and are fenced by term.
-FENCED = (C.ApplyPlan, C.ReplaceTasks, C.MachineLost, C.SetRollout, C.GcJobs)
+FENCED = (
+    C.ApplyPlan,
+    C.ReplaceTasks,
+    C.MachineLost,
+    C.SetRollout,
+    C.GcJobs,
+    C.RevertRollout,
+    C.LaunchPeriodic,
+)
 QUOTA_RESOURCES = ("cpu", "ram", "gpu")
+# Who a version made by an automatic revert is recorded as submitted by (`borgcfg history`).
+AUTO_REVERT_USER = "borgmaster"
 # What `quota set` may limit (disk is recorded and shown, but not admitted against).
 QUOTA_FIELDS = C.QUOTA_FIELDS
 
@@ -105,6 +119,7 @@ class Store:
         self.new_pending: set[tuple[str, int]] = set()
         self.capacity_generation = 0
         self.rolling: set[str] = set()  # jobs whose rollout is in progress
+        self.periodic: set[str] = set()  # live periodic jobs (spec.periodic), for the controller
         self._ts = 0  # the timestamp of the command being applied (for events)
 
     # ----- reads -------------------------------------------------------------------------
@@ -150,6 +165,8 @@ class Store:
         for j in self.jobs.values():
             if j.killed or j.name == exclude_job or j.state in (SUCCEEDED, FAILED):
                 continue
+            if j.spec.periodic is not None:
+                continue  # a template: its children are charged
             if j.spec.user != user or band_of(j.spec.priority) != band:
                 continue
             req = j.spec.requirements
@@ -237,6 +254,12 @@ class Store:
             return self._set_quota(cmd)
         if isinstance(cmd, C.GcJobs):
             return self._gc_jobs(cmd)
+        if isinstance(cmd, C.Promote):
+            return self._promote(cmd)
+        if isinstance(cmd, C.RevertRollout):
+            return self._revert(cmd)
+        if isinstance(cmd, C.LaunchPeriodic):
+            return self._launch(cmd)
         return err("invalid", f"unhandled command {type(cmd).__name__}")
 
     # ----- helpers -----------------------------------------------------------------------
@@ -322,7 +345,7 @@ class Store:
     def _surge_after_update(self, job: Job, spec: JobSpec) -> int:
         """How many surge tasks `job` will have once `_update` applies `spec` (for quota)."""
         if job.spec.task_template() != spec.task_template() or (
-            rollout_state(job.rollout) is RolloutState.ROLLING
+            rollout_state(job.rollout).in_progress
         ):
             return surge_target(job, spec)
         return job.surge if spec.replicas == job.spec.replicas else 0
@@ -349,6 +372,20 @@ class Store:
         used = {t.version for t in self.job_tasks(job.name)}
         keep = used | {job.previous_version}
         job.history = {v: s for v, s in job.history.items() if v in keep and v != job.version}
+
+    def _record_version(self, job: Job, old: JobSpec | None, user: str, ts: int) -> None:
+        """Remember the job's current version: a new one gets a record (the oldest past
+        VERSION_MEMORY is forgotten); the same version (replicas, priority... changed in
+        place) amends its record's spec and adds the fields to its `changed`."""
+        changed = changed_fields(old, job.spec) if old is not None else []
+        last = job.versions[-1] if job.versions else None
+        if last is not None and last.version == job.version:
+            last.spec = job.spec
+            last.changed = sorted(set(last.changed) | set(changed))
+            return
+        who = user or job.spec.user
+        job.versions.append(VersionRecord(job.version, ts, who, changed, job.spec))
+        del job.versions[:-VERSION_MEMORY]
 
     # ----- jobs --------------------------------------------------------------------------
 
@@ -410,10 +447,16 @@ class Store:
             )
         if live and old is not None and old.spec == spec:
             return {"name": spec.name, "version": old.version, "result": "unchanged"}
+        if live and old is not None and (old.spec.periodic is None) != (spec.periodic is None):
+            return err(
+                "invalid",
+                f"schedule: job '{spec.name}' cannot become periodic or stop being periodic "
+                f"while it exists (`borgcfg down {spec.name}` first)",
+            )
         surge = 0
         if live and old is not None:
             surge = self._surge_after_update(old, spec)
-        quota = self._check_quota(spec, surge)
+        quota = self._check_quota(spec, surge) if spec.periodic is None else None
         if quota is not None:
             return quota
         run_as = self._check_run_as(spec)
@@ -424,17 +467,47 @@ class Store:
             if old is not None:
                 for t in self.job_tasks(old.name):
                     self._drop_task(t)
-            job = Job(spec=spec, state=PENDING, version=version, created_ms=ts, updated_ms=ts)
-            self.jobs[spec.name] = job
-            for i in range(spec.replicas):
-                self._new_task(job, i, ts)
+            job = self._create(spec, ts, version, old)
+            self._record_version(job, old.spec if old is not None else None, cmd.user, ts)
             self._event("submitted", spec.name, message=f"version {version}, {spec.replicas} tasks")
             return {"name": spec.name, "version": version, "result": "created"}
-        return self._update(old, spec, ts, "updated")
+        return self._update(old, spec, ts, "updated", cmd.user)
 
-    def _update(self, job: Job, spec: JobSpec, ts: int, how: str) -> Result:
+    def _create(self, spec: JobSpec, ts: int, version: int, old: Job | None) -> Job:
+        """A new job (or one submitted again after `down`) with its tasks queued; a periodic
+        job is a template and has none (its children do)."""
+        job = Job(spec=spec, state=PENDING, version=version, created_ms=ts, updated_ms=ts)
+        if old is not None:
+            job.versions = old.versions  # a job submitted again keeps its history
+            job.children = old.children
+        self.jobs[spec.name] = job
+        if spec.periodic is not None:
+            self.periodic.add(spec.name)
+            self._recompute_job(job)
+            return job
+        for i in range(spec.replicas):
+            self._new_task(job, i, ts)
+        return job
+
+    def _update(
+        self, job: Job, spec: JobSpec, ts: int, how: str, user: str = "", why: str = ""
+    ) -> Result:
         """Change a live job's spec: scale at once, roll a new task template over gradually."""
         template_changed = job.spec.task_template() != spec.task_template()
+        before = job.spec
+        if job.spec.periodic is not None and spec.periodic is not None:
+            # A template without tasks: the next children run the new spec.
+            if template_changed:
+                job.history[job.version] = job.spec
+                job.previous_version = job.version
+                job.version += 1
+            job.spec = spec
+            job.updated_ms = ts
+            self._prune_history(job)
+            self._record_version(job, before, user, ts)
+            message = f"version {job.version}, schedule {spec.periodic.schedule}"
+            self._event(how, spec.name, message=f"{message} ({why})" if why else message)
+            return {"name": spec.name, "version": job.version, "result": how}
         old_replicas = job.spec.replicas
         old_priority = job.spec.priority
         if template_changed or spec.replicas != old_replicas:
@@ -488,11 +561,13 @@ class Store:
             for t in self.job_tasks(spec.name):
                 if t.key in self.pending:
                     self.new_pending.add(t.key)
-        if rollout_state(job.rollout) is RolloutState.ROLLING:
+        if rollout_state(job.rollout).in_progress:
             self._set_surge(job, surge_target(job), ts, "max_surge lowered")
         self._prune_history(job)
         self._recompute_job(job)
-        self._event(how, spec.name, message=f"version {job.version}, {spec.replicas} tasks")
+        self._record_version(job, before, user, ts)
+        message = f"version {job.version}, {spec.replicas} tasks"
+        self._event(how, spec.name, message=f"{message} ({why})" if why else message)
         return {"name": spec.name, "version": job.version, "result": how}
 
     def _rollback(self, cmd: C.Rollback) -> Result:
@@ -505,10 +580,149 @@ class Store:
             return err(
                 "permission-denied", _not_owner(cmd.name, job.spec.user, cmd.user, "roll back")
             )
+        if cmd.version:
+            return self._rollback_to(job, cmd)
         prev = job.history.get(job.previous_version)
         if not job.previous_version or prev is None:
             return err("invalid", f"job '{cmd.name}' has no previous version to roll back to")
-        return self._update(job, prev, cmd.ts_ms, "rolled-back")
+        return self._update(job, prev, cmd.ts_ms, "rolled-back", cmd.user)
+
+    def _rollback_to(self, job: Job, cmd: C.Rollback) -> Result:
+        """Back to a remembered version: its spec becomes the job's next version (rolled out
+        like any update; a spec that differs only in replicas or priority applies in place)."""
+        n = cmd.version
+        if n == job.version:
+            return err("invalid", f"to_version: job '{job.name}' is at version {n} already")
+        rec = job.version_record(n)
+        spec = rec.spec if rec is not None else job.history.get(n)
+        if spec is None:
+            kept = ", ".join(str(r.version) for r in job.versions if r.version != job.version)
+            return err(
+                "invalid",
+                f"to_version: version {n} of job '{job.name}' is not kept "
+                f"(kept: {kept or 'none'}; see borgcfg history)",
+            )
+        if spec.user != job.spec.user:
+            spec = dataclasses.replace(spec, user=job.spec.user)
+        if spec == job.spec:
+            return {"name": job.name, "version": job.version, "result": "unchanged"}
+        quota = self._check_quota(spec, self._surge_after_update(job, spec))
+        if quota is not None:
+            return quota
+        return self._update(job, spec, cmd.ts_ms, "rolled-back", cmd.user)
+
+    def _promote(self, cmd: C.Promote) -> Result:
+        """End the canary stage of the job's current version: the rollout goes on."""
+        job = self.jobs.get(cmd.name)
+        if job is None or job.killed:
+            return err("not-found", f"job '{cmd.name}' does not exist")
+        if cmd.user and job.spec.user and cmd.user != job.spec.user:
+            return err("permission-denied", _not_owner(job.name, job.spec.user, cmd.user))
+        state = rollout_state(job.rollout)
+        if not state.in_progress or not job.spec.update.canary or job.canary_passed == job.version:
+            return err("invalid", f"job '{cmd.name}' has no canary waiting to be promoted")
+        job.canary_passed = job.version
+        job.updated_ms = cmd.ts_ms
+        if state is RolloutState.CANARY:
+            job.rollout = RolloutState.ROLLING
+        self._event("promoted", job.name, message=f"version {job.version} rolls out")
+        return {"name": job.name, "version": job.version, "result": "promoted"}
+
+    def _revert(self, cmd: C.RevertRollout) -> Result:
+        """The leader saw version `cmd.version` fail during its rollout (auto_revert): its
+        previous spec becomes the next version, rolled out whole (no canary stage)."""
+        job = self.jobs.get(cmd.job)
+        if job is None or job.killed or job.version != cmd.version:
+            return err("not-found", f"job '{cmd.job}' version {cmd.version} is not current")
+        if not rollout_state(job.rollout).in_progress:
+            return err("invalid", f"job '{cmd.job}' has no rollout in progress")
+        prev = job.history.get(job.previous_version)
+        if not job.previous_version or prev is None:
+            return err("invalid", f"job '{cmd.job}' has no previous version to revert to")
+        bad, back_to = job.version, job.previous_version
+        why = f"version {bad} -> version {back_to}'s spec: {cmd.reason}"
+        res = self._update(job, prev, cmd.ts_ms, "reverted", AUTO_REVERT_USER, why)
+        job.canary_passed = job.reverted_to = job.version
+        return res
+
+    def _forget_job(self, job: Job) -> None:
+        """Remove a job and its tasks from the state (GC, a periodic job's old children)."""
+        for t in self.job_tasks(job.name):
+            self._drop_task(t)
+        del self.jobs[job.name]
+        self.rolling.discard(job.name)
+        self.periodic.discard(job.name)
+        parent = self.jobs.get(job.parent) if job.parent else None
+        if parent is not None and job.name in parent.children:
+            parent.children.remove(job.name)
+
+    def _running_children(self, parent: Job) -> list[str]:
+        """A periodic job's children that have not finished (nor been killed)."""
+        out = []
+        for name in parent.children:
+            c = self.jobs.get(name)
+            if c is not None and not c.killed and c.state not in (SUCCEEDED, FAILED):
+                out.append(name)
+        return out
+
+    def _launch(self, cmd: C.LaunchPeriodic) -> Result:
+        """Start periodic job `cmd.job`'s run for fire time `cmd.scheduled_ms`: a child
+        batch job NAME-UNIXTIME from its spec, as its concurrency policy allows; then keep
+        only history_limit finished children."""
+        parent = self.jobs.get(cmd.job)
+        if parent is None or parent.killed or parent.spec.periodic is None:
+            return err("not-found", f"periodic job '{cmd.job}' does not exist")
+        if cmd.scheduled_ms <= parent.last_scheduled_ms:
+            return err(
+                "invalid",
+                f"job '{cmd.job}': the run of {cmd.scheduled_ms} was already launched "
+                f"(last: {parent.last_scheduled_ms})",
+            )
+        p = parent.spec.periodic
+        parent.last_scheduled_ms = cmd.scheduled_ms
+        name = f"{parent.name}-{cmd.scheduled_ms // 1000}"
+        running = self._running_children(parent)
+        if name in self.jobs:
+            self._event("launch-skipped", parent.name, message=f"{name}: the name is taken")
+            return {"name": name, "result": "skipped"}
+        if running and p.concurrency == "forbid":
+            self._event(
+                "launch-skipped",
+                parent.name,
+                message=f"{name}: {', '.join(running)} still running (concurrency: forbid)",
+            )
+            return {"name": name, "result": "skipped"}
+        spec = dataclasses.replace(parent.spec, name=name, periodic=None)
+        refused = self._check_quota(spec) or self._check_run_as(spec)
+        if refused is not None:
+            self._event("launch-failed", parent.name, message=f"{name}: {refused['message']}")
+            return refused
+        if p.concurrency == "replace":
+            for old in running:
+                self._kill(C.KillJob(ts_ms=cmd.ts_ms, name=old))
+        child = self._create(spec, cmd.ts_ms, 1, None)
+        child.parent = parent.name
+        self._record_version(child, None, parent.spec.user, cmd.ts_ms)
+        parent.children.append(name)
+        self._event("launched", parent.name, message=f"{name}, {spec.replicas} tasks")
+        self._event("submitted", name, message=f"version 1, {spec.replicas} tasks")
+        self._prune_children(parent)
+        return {"name": name, "result": "launched"}
+
+    def _prune_children(self, parent: Job) -> None:
+        """Forget the oldest finished children beyond the job's history_limit."""
+        assert parent.spec.periodic is not None
+        finished = []
+        for name in list(parent.children):
+            c = self.jobs.get(name)
+            if c is None:
+                parent.children.remove(name)  # collected already
+            elif (c.killed or c.state in (SUCCEEDED, FAILED)) and not any(
+                t.state in ACTIVE_STATES for t in self.job_tasks(name)
+            ):
+                finished.append(c)
+        for c in finished[: max(0, len(finished) - parent.spec.periodic.history_limit)]:
+            self._forget_job(c)
 
     def _kill(self, cmd: C.KillJob) -> Result:
         job = self.jobs.get(cmd.name)
@@ -526,6 +740,11 @@ class Store:
         job.updated_ms = cmd.ts_ms
         job.rollout = RolloutState.NONE
         self.rolling.discard(job.name)
+        if job.spec.periodic is not None:
+            # `down` of a periodic job stops its schedule and its children still running.
+            self.periodic.discard(job.name)
+            for name in self._running_children(job):
+                self._kill(C.KillJob(ts_ms=cmd.ts_ms, name=name))
         to_stop = 0
         for t in self.job_tasks(job.name):
             if t.state in ACTIVE_STATES:
@@ -565,7 +784,7 @@ class Store:
             before = rollout_state(job.rollout)
             job.rollout = cmd.status
             now = rollout_state(cmd.status)
-            if now is RolloutState.ROLLING:
+            if now.in_progress:
                 self.rolling.add(job.name)
             else:
                 self.rolling.discard(job.name)
@@ -577,7 +796,15 @@ class Store:
                 self._set_surge(job, 0, cmd.ts_ms, "rollout done")
             if now is RolloutState.HALTED:
                 self._event("rollout-halted", job.name, message=cmd.status)
-            elif now is RolloutState.NONE and before is RolloutState.ROLLING:
+            elif now is RolloutState.CANARY:
+                n = sum(1 for t in self.job_tasks(job.name) if t.version == job.version)
+                self._event(
+                    "canary",
+                    job.name,
+                    message=f"{n} task(s) on version {job.version}; the rest wait for "
+                    f"`borgcfg promote {job.name}`",
+                )
+            elif now is RolloutState.NONE and before.in_progress:
                 self._event("rolled", job.name, message=f"all tasks on version {job.version}")
         return {"ok": True}
 
@@ -618,10 +845,7 @@ class Store:
                 continue
             if any(t.state in ACTIVE_STATES for t in self.job_tasks(name)):
                 continue  # still stopping somewhere
-            for t in self.job_tasks(name):
-                self._drop_task(t)
-            del self.jobs[name]
-            self.rolling.discard(name)
+            self._forget_job(job)
             removed += 1
         return {"removed": removed}
 
@@ -868,6 +1092,8 @@ class Store:
         states = [t.state for t in tasks]
         if job.killed:
             job.state = KILLED
+        elif job.spec.periodic is not None:
+            job.state = RUNNING  # a schedule in force (its children have their own states)
         elif states and all(s == SUCCEEDED for s in states):
             # Batch jobs, and services whose tasks all ended well under `on-failure`/`never`
             # (nothing restarts them): finished, not waiting for anything.
@@ -931,7 +1157,10 @@ class Store:
             self.new_pending = set()
             for t in self.tasks.values():
                 self._reindex(t)
-            self.rolling = {n for n, j in self.jobs.items() if j.rollout == RolloutState.ROLLING}
+            self.rolling = {n for n, j in self.jobs.items() if rollout_state(j.rollout).in_progress}
+            self.periodic = {
+                n for n, j in self.jobs.items() if j.spec.periodic is not None and not j.killed
+            }
             self._freed()
             for name in self.machines:
                 self._touch_machine(name)

@@ -174,9 +174,12 @@ class Client:
         )
         return self._call(lambda s: s.KillJob(req, timeout=self.timeout))
 
-    def rollback(self, name: str, user: str) -> pb.SubmitJobResponse:
+    def rollback(self, name: str, user: str, to_version: int = 0) -> pb.SubmitJobResponse:
         req = pb.RollbackRequest(
-            name=name, user=user, options=pb.WriteOptions(request_id=new_request_id())
+            name=name,
+            user=user,
+            options=pb.WriteOptions(request_id=new_request_id()),
+            to_version=to_version,
         )
         return self._call(lambda s: s.Rollback(req, timeout=self.timeout))
 
@@ -318,3 +321,26 @@ class Client:
             raise CellError(e.code(), e.details() or e.code().name) from None
         finally:
             stream.cancel()
+
+    # ----- jobs over time -----------------------------------------------------------------
+
+    def history(self, name: str, stale: bool = False) -> pb.JobHistoryResponse:
+        req = pb.JobHistoryRequest(name=name, options=pb.ReadOptions(stale=stale))
+        return self._call(lambda s: s.JobHistory(req, timeout=self.timeout))
+
+    def plan(
+        self, configs: list[dict[str, Any]], user: str, stale: bool = False
+    ) -> list[pb.JobPlan]:
+        """What submitting `configs` would do (a read: the leader computes it on a copy)."""
+        req = pb.PlanJobsRequest(
+            specs=[struct_from(c) for c in configs],
+            user=user,
+            options=pb.ReadOptions(stale=stale),
+        )
+        return list(self._call(lambda s: s.PlanJobs(req, timeout=self.timeout)).jobs)
+
+    def promote(self, name: str, user: str) -> pb.SubmitJobResponse:
+        req = pb.PromoteJobRequest(
+            name=name, user=user, options=pb.WriteOptions(request_id=new_request_id())
+        )
+        return self._call(lambda s: s.PromoteJob(req, timeout=self.timeout))

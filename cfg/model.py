@@ -105,6 +105,28 @@ class RestartPolicy:
 class UpdatePolicy:
     max_unavailable: int = 1
     max_surge: int = 0
+    # Move this many replicas to a new version first, then stop (rollout state `canary`)
+    # until `borgcfg promote`; 0: no canary stage.
+    canary: int = 0
+    # The cell rolls a version back by itself when its tasks fail, restart
+    # ROLLOUT_MAX_RESTARTS times or turn unhealthy during the rollout (event `reverted`).
+    auto_revert: bool = False
+
+
+CONCURRENCY = ("forbid", "allow", "replace")
+"""What a periodic job does at a fire time while an earlier child still runs: skip this run
+(forbid), start another beside it (allow), or kill it and start the new one (replace)."""
+
+
+@dataclass
+class Periodic:
+    """`schedule` and its companions: the job is a template from which the master starts a
+    child batch job `NAME-UNIXTIME` at each fire time (cfg/periodic.py)."""
+
+    schedule: str
+    concurrency: str = "forbid"
+    history_limit: int = 3
+    time_zone: str = "UTC"
 
 
 @dataclass
@@ -299,6 +321,9 @@ class JobSpec:
     # All pending replicas are placed in one scheduler pass or none is (a training job whose
     # workers are useless alone); preemption may make room for the whole gang only.
     gang: bool = False
+    # A periodic job's schedule (batch only); None: an ordinary job. Not part of the task
+    # template: it says when children start, not what they run.
+    periodic: Periodic | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (hand-written: `dataclasses.asdict` is slow on the write path)."""
@@ -332,11 +357,16 @@ class JobSpec:
             "tolerations": [{"key": t.key, "value": t.value} for t in self.tolerations],
             "spread": self.spread,
             "distinct_machines": self.distinct_machines,
-            "update": {"max_unavailable": u.max_unavailable, "max_surge": u.max_surge},
+            # canary / auto_revert only when set: specs from before them encode as before
+            # (journals, snapshots and digests of existing cells stay byte for byte).
+            "update": {"max_unavailable": u.max_unavailable, "max_surge": u.max_surge}
+            | ({"canary": u.canary} if u.canary else {})
+            | ({"auto_revert": True} if u.auto_revert else {}),
             "kill_timeout_ms": self.kill_timeout_ms,
         } | (
+            # gang and periodic only when set: older states encode as before
             {"gang": True} if self.gang else {}
-        )  # left out when false: older states encode as before
+        ) | ({"periodic": asdict(self.periodic)} if self.periodic is not None else {})
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> JobSpec:
@@ -348,13 +378,15 @@ class JobSpec:
         d["tolerations"] = [Toleration(**t) for t in d.get("tolerations") or []]
         if d.get("health") is not None:
             d["health"] = HealthCheck.from_dict(d["health"])
+        if d.get("periodic") is not None:
+            d["periodic"] = Periodic(**d["periodic"])
         return cls(**d)
 
     def task_template(self) -> dict[str, Any]:
         """The part of the spec that defines a task's process: a change here needs new tasks."""
         d = self.to_dict()
         # gang only says how pending tasks are placed: running ones need not move.
-        for k in ("replicas", "update", "user", "priority", "gang"):
+        for k in ("replicas", "update", "user", "priority", "gang", "periodic"):
             d.pop(k, None)
         return d
 
@@ -430,6 +462,13 @@ class RolloutState(StrEnum):
     NONE = ""
     ROLLING = "rolling"
     HALTED = "halted"
+    # update.canary replicas run the new version; the rest wait for `borgcfg promote`.
+    CANARY = "canary"
+
+    @property
+    def in_progress(self) -> bool:
+        """Rolling or stopped at its canary: the controllers watch the new version's tasks."""
+        return self in (RolloutState.ROLLING, RolloutState.CANARY)
 
 
 def halted_rollout(why: str) -> str:
@@ -440,7 +479,7 @@ def halted_rollout(why: str) -> str:
 def rollout_state(rollout: str) -> RolloutState:
     """The state of a stored rollout status (anything unknown reads as halted: it is a
     status the master did not write, and a halt is the state that asks for a look)."""
-    if rollout in (RolloutState.NONE, RolloutState.ROLLING):
+    if rollout in (RolloutState.NONE, RolloutState.ROLLING, RolloutState.CANARY):
         return RolloutState(rollout)
     return RolloutState.HALTED
 

@@ -19,15 +19,18 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+from cfg import periodic
 from cfg.errors import ConfigError
 from cfg.model import (
     BANDS,
     BATCH,
+    CONCURRENCY,
     SERVICE,
     Constraint,
     HealthCheck,
     HealthKind,
     JobSpec,
+    Periodic,
     Requirements,
     RestartPolicy,
     Toleration,
@@ -54,6 +57,9 @@ HEALTH_CHECKS = tuple(k.value for k in HealthKind)
 
 MAX_PRIORITY = 399
 MAX_REPLICAS = 100_000
+CHILD_SUFFIX_CHARS = 11
+"""A periodic job's children are named NAME-UNIXTIME: `-` and ten digits."""
+MAX_HISTORY_LIMIT = 100
 MAX_CPU = 4096.0
 # Bounds that keep every value representable in msgpack (Raft log) and exactly in a double
 # (protobuf Struct), so a config cannot crash the master with a 2**70-byte request.
@@ -84,6 +90,10 @@ JOB_KEYS = (
     "update",
     "kill_timeout",
     "gang",
+    "schedule",
+    "concurrency",
+    "history_limit",
+    "time_zone",
 )
 REQUIREMENTS_KEYS = ("cpu", "ram", "disk", "gpu", "ports")
 RESTART_KEYS = ("policy", "max_restarts", "backoff")
@@ -94,7 +104,7 @@ HTTP_KEYS = ("port", "path")
 TCP_KEYS = ("port",)
 CONSTRAINT_KEYS = ("attr", "op", "value")
 TOLERATION_KEYS = ("key", "value")
-UPDATE_KEYS = ("max_unavailable", "max_surge")
+UPDATE_KEYS = ("max_unavailable", "max_surge", "canary", "auto_revert")
 
 
 def render_path(path: Path) -> str:
@@ -332,6 +342,7 @@ class _Validator:
         kill_timeout_ms = DEFAULT_KILL_TIMEOUT_MS
         if "kill_timeout" in g:
             kill_timeout_ms = self.duration(g["kill_timeout"], ("kill_timeout",), positive=False)
+        periodic = self.periodic(g, name, kind)
 
         return JobSpec(
             name=name,
@@ -352,7 +363,44 @@ class _Validator:
             update=update,
             kill_timeout_ms=kill_timeout_ms,
             gang=gang,
+            periodic=periodic,
         )
+
+    def periodic(self, g: dict[str, Any], name: str, kind: str) -> Periodic | None:
+        """`schedule` (batch jobs only) and its companions, which mean nothing without it."""
+        if "schedule" not in g:
+            for k in ("concurrency", "history_limit", "time_zone"):
+                if k in g:
+                    self.fail((k,), "only a periodic job (with `schedule`) has it")
+            return None
+        if kind != BATCH:
+            self.fail(("schedule",), "only batch jobs can be periodic (set kind: batch)")
+        if len(name) > 63 - CHILD_SUFFIX_CHARS:
+            self.fail(
+                ("name",),
+                f"a periodic job's name is at most {63 - CHILD_SUFFIX_CHARS} characters "
+                "(its children are NAME-UNIXTIME)",
+            )
+        time_zone = "UTC"
+        if "time_zone" in g:
+            time_zone = self.string(g["time_zone"], ("time_zone",), nonempty=True)
+            try:
+                periodic.zone(time_zone)
+            except ValueError as e:
+                self.fail(("time_zone",), str(e))
+        text = self.string(g["schedule"], ("schedule",), nonempty=True)
+        try:
+            periodic.parse(text, time_zone)
+        except ValueError as e:
+            self.fail(("schedule",), str(e))
+        out = Periodic(schedule=text.strip(), time_zone=time_zone)
+        if "concurrency" in g:
+            out.concurrency = self.enum(g["concurrency"], ("concurrency",), CONCURRENCY)
+        if "history_limit" in g:
+            out.history_limit = self.integer(
+                g["history_limit"], ("history_limit",), 0, MAX_HISTORY_LIMIT
+            )
+        return out
 
     def priority(self, g: dict[str, Any]) -> int:
         """`priority`, checked against the optional `band` it claims to be in.
@@ -532,6 +580,13 @@ class _Validator:
             out.max_unavailable = self.integer(d["max_unavailable"], mpath, 0, MAX_INT)
         if "max_surge" in d:
             out.max_surge = self.integer(d["max_surge"], (*path, "max_surge"), 0, MAX_INT)
+        if "canary" in d:
+            out.canary = self.integer(d["canary"], (*path, "canary"), 0, MAX_INT)
+        if "auto_revert" in d:
+            revert = d["auto_revert"]
+            if not isinstance(revert, bool):
+                self.fail((*path, "auto_revert"), f"expected true or false, got {describe(revert)}")
+            out.auto_revert = revert
         if out.max_unavailable == 0 and out.max_surge == 0:
             # Nothing could ever be replaced: no task may go down, and none may be added.
             self.fail(
@@ -625,7 +680,16 @@ def spec_to_config(spec: JobSpec) -> dict[str, Any]:
         "max_unavailable": spec.update.max_unavailable,
         "max_surge": spec.update.max_surge,
     }
+    if spec.update.canary:
+        out["update"]["canary"] = spec.update.canary
+    if spec.update.auto_revert:
+        out["update"]["auto_revert"] = True
     out["kill_timeout"] = format_duration(spec.kill_timeout_ms)
     if spec.gang:
         out["gang"] = True
+    if spec.periodic is not None:
+        out["schedule"] = spec.periodic.schedule
+        out["concurrency"] = spec.periodic.concurrency
+        out["history_limit"] = spec.periodic.history_limit
+        out["time_zone"] = spec.periodic.time_zone
     return out

@@ -46,10 +46,22 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "cfg.cli.execs",
         "Run COMMAND beside TASK (JOB/INDEX): `borgcfg exec web/0 -- ps aux`.",
     ),
+    "history": (
+        "cfg.cli.versions",
+        "JOB's remembered versions: when, by whom, and which fields each one changed.",
+    ),
     "logs": ("cfg.cli.jobs", "A task's output: TASK is JOB/INDEX (e.g. web/0)."),
     "machines": (
         "cfg.cli.machines",
         "Machines with capacity, reserved and measured usage, state and attributes.",
+    ),
+    "plan": (
+        "cfg.cli.plan",
+        "What `up` would do, placements included, without changing anything.",
+    ),
+    "promote": (
+        "cfg.cli.changes",
+        "End JOB's canary stage: the rest of its tasks move to the new version.",
     ),
     "quota": (
         "cfg.cli.quota",
@@ -57,7 +69,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "rollback": (
         "cfg.cli.changes",
-        "Return JOB to its previous version (rolled out like any update).",
+        "Return JOB to its previous version, or --to-version N (rolled out like any update).",
     ),
     "status": ("cfg.cli.jobs", "Table of jobs, or one JOB with its tasks."),
     "ui": ("cfg.cli.cell", "Print a login link that opens the cell's web UI as you."),

@@ -91,14 +91,34 @@ def down(ctx: Ctx, job: str, wait: bool, timeout: float) -> None:
 
 @click.command()
 @click.argument("job")
-@click.option("--wait", is_flag=True, help="Wait until the previous version runs everywhere.")
+@click.option(
+    "--to-version",
+    type=click.IntRange(min=1, max=2**62),
+    default=None,
+    help="Return to this remembered version (borgcfg history) instead of the previous one.",
+)
+@click.option("--wait", is_flag=True, help="Wait until the version runs everywhere.")
 @click.option("--timeout", default=300.0, show_default=True, help="Seconds to --wait.")
 @click.pass_obj
 @handles_errors
-def rollback(ctx: Ctx, job: str, wait: bool, timeout: float) -> None:
-    """Return JOB to its previous version (rolled out like any update)."""
-    res = ctx.client.rollback(job, ctx.user)
+def rollback(ctx: Ctx, job: str, to_version: int | None, wait: bool, timeout: float) -> None:
+    """Return JOB to its previous version, or --to-version N (rolled out like any update)."""
+    res = ctx.client.rollback(job, ctx.user, to_version or 0)
     click.echo(f"job {res.name}: {res.result or 'rolled back'} (version {res.version})")
+    if wait:
+        wait_jobs(ctx, [job], timeout, until="up")
+
+
+@click.command()
+@click.argument("job")
+@click.option("--wait", is_flag=True, help="Wait until the new version runs everywhere.")
+@click.option("--timeout", default=300.0, show_default=True, help="Seconds to --wait.")
+@click.pass_obj
+@handles_errors
+def promote(ctx: Ctx, job: str, wait: bool, timeout: float) -> None:
+    """End JOB's canary stage: the rest of its tasks move to the new version."""
+    res = ctx.client.promote(job, ctx.user)
+    click.echo(f"job {res.name}: promoted (version {res.version})")
     if wait:
         wait_jobs(ctx, [job], timeout, until="up")
 

@@ -41,6 +41,8 @@ EVENT_STYLE = {
     "lost": "red",
     "preempted": "yellow",
     "rollout-halted": "red",
+    "reverted": "red",
+    "canary": "yellow",
     "drained": "yellow",
     "killed": "dim",
     "started": "green",

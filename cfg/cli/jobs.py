@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any
 
 import click
@@ -56,7 +57,24 @@ def job_json(job: pb.Job) -> dict[str, Any]:
             }
             for t in job.tasks
         ],
-    }
+    } | periodic_json(job)
+
+
+def is_periodic(job: pb.Job) -> bool:
+    return "schedule" in job.spec.fields
+
+
+def periodic_json(job: pb.Job) -> dict[str, Any]:
+    """A periodic job's schedule and children (SPEC: `children`); a child's parent."""
+    out: dict[str, Any] = {}
+    if is_periodic(job):
+        out["schedule"] = job.spec.fields["schedule"].string_value
+        out["children"] = list(job.children)
+        out["last_run_ms"] = job.last_run_ms or None
+        out["next_run_ms"] = job.next_run_ms or None
+    if job.parent:
+        out["parent"] = job.parent
+    return out
 
 
 def jobs_json(jobs: list[pb.Job]) -> list[dict[str, Any]]:
@@ -85,6 +103,13 @@ def job_table(j: pb.Job) -> tuple[str, Table]:
     )
     if j.rollout:
         head += f"\n[yellow]{escape(j.rollout)}[/]"
+    if is_periodic(j):
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(j.next_run_ms / 1000))
+        head += f"\nschedule {escape(j.spec.fields['schedule'].string_value)}"
+        head += f"  next run {when if j.next_run_ms else '-'}"
+        head += f"\nchildren: {escape(', '.join(j.children)) or '-'}"
+    if j.parent:
+        head += f"\nstarted by periodic job {escape(j.parent)}"
     health = any(t.health for t in j.tasks)
     usage = any(t.cpu_seconds or t.memory_bytes for t in j.tasks)
     gpus = any(t.gpus for t in j.tasks)

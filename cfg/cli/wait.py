@@ -36,6 +36,8 @@ class JobProgress:
     failed: str = ""
     # tasks of the current version that keep restarting: "web/0 (3 restarts, last: exit: 1)"
     crash_looping: list[str] = field(default_factory=list)
+    # Said instead of "ready" when finished short of it on purpose (a canary stage).
+    outcome: str = ""
 
     def detail(self) -> str:
         order = ["running", "pending", "assigned", "succeeded", "failed", "killed", "lost"]
@@ -71,6 +73,10 @@ def job_progress(job: pb.Job | None, name: str, until: str) -> JobProgress:
         if p.finished:
             p.done = p.total
         return p
+    if "schedule" in job.spec.fields and until == "up":
+        # A periodic job has no tasks of its own: submitted is all `up` does.
+        p.finished, p.done, p.outcome = True, p.total, "scheduled"
+        return p
     if job.kind == "batch":
         p.done = p.counts.get("succeeded", 0)
         p.finished = job.state in ("succeeded", "failed", "killed")
@@ -87,6 +93,10 @@ def job_progress(job: pb.Job | None, name: str, until: str) -> JobProgress:
     rollout = rollout_state(job.rollout)
     if rollout is RolloutState.HALTED:
         p.finished, p.failed = True, job.rollout
+    elif rollout is RolloutState.CANARY:
+        # Stopped at its canary on purpose: done until `promote` (nothing more will move).
+        p.finished = True
+        p.outcome = f"canary on version {job.version} (borgcfg promote {job.name} to go on)"
     elif job.state in ("failed", "killed"):
         p.finished, p.failed = True, f"job {job.state}"
     elif job.state == "succeeded":
@@ -148,7 +158,7 @@ def wait_jobs(ctx: Ctx, names: list[str], timeout: float, until: str) -> None:
             mark, failed = "[red]✗[/]", [*failed, n]
             what = p.failed
         elif p.finished:
-            mark, what = "[green]✓[/]", verb
+            mark, what = "[green]✓[/]", p.outcome or verb
         else:
             mark, what = "[yellow]…[/]", "timed out"
         err.print(f"{mark} {escape(n)}: {escape(what)} ({p.done}/{p.total}; {escape(p.detail())})")

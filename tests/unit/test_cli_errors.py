@@ -221,7 +221,7 @@ def emitted_event_types() -> set[str]:
     store = (ROOT / "borgmaster/store.py").read_text()
     server = (ROOT / "borgmaster/controller_shell.py").read_text()
     types = set(re.findall(r'_event\(\s*"([a-z-]+)"', store))
-    types |= set(re.findall(r'_update\([\w.]+, [\w.]+, [\w.]+, "([a-z-]+)"\)', store))
+    types |= set(re.findall(r'_update\([\w.]+, [\w.]+, [\w.]+, "([a-z-]+)"(?:, [\w.]+)*\)', store))
     types |= set(re.findall(r'self\._event\(\s*"([a-z-]+)" if [^"]+ else "([a-z-]+)"', store)[0])
     types |= set(re.findall(r'C\.ReplaceTasks\([^)]*reason="([a-z-]+)"', server))
     from borgmaster.model import TERMINAL_TASK_STATES

@@ -49,6 +49,10 @@ SAMPLES: list[C.Command] = [
     C.SetQuota(ts_ms=14, user="u", band="batch", limit=C.QuotaLimit(cpu=1.0, ram=1, disk=0, gpu=0)),
     C.GcJobs(ts_ms=15, names=["hello"], term=4),
     C.Batch(ts_ms=16, entries=[C.encode(C.Noop()), C.encode(C.KillJob(name="x"))]),
+    C.Promote(ts_ms=17, name="hello", user="u"),
+    C.RevertRollout(ts_ms=18, job="hello", version=3, reason="task 0 failed", term=4),
+    C.Rollback(ts_ms=19, name="hello", user="u", version=2),
+    C.LaunchPeriodic(ts_ms=20, job="nightly", scheduled_ms=1_800_000_000_000, term=4),
 ]
 
 

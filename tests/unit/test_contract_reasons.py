@@ -29,7 +29,7 @@ def test_values_are_the_stored_strings() -> None:
         "no-feasible-machine",
         "waiting for its previous copy",
     ]
-    assert [s.value for s in RolloutState] == ["", "rolling", "halted"]
+    assert [s.value for s in RolloutState] == ["", "rolling", "halted", "canary"]
     assert Reason.PREEMPTED == "preempted"  # compares (and encodes) as its string
 
 

@@ -136,7 +136,8 @@ def test_jsonnet_list_error_names_job_index(tmp_path: Path) -> None:
     assert str(errors(f)) == f"{f}: [1]: unknown key 'gpu' (valid keys: name, user, run_as, " + (
         "priority, band, kind, replicas, command, env, requirements, restart, health, "
         "constraints, "
-        "tolerations, spread, distinct_machines, update, kill_timeout, gang)"
+        "tolerations, spread, distinct_machines, update, kill_timeout, gang, schedule, "
+        "concurrency, history_limit, time_zone)"
     )
 
 

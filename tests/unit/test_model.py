@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 
 from borgmaster.model import (
     Constraint,
     HealthCheck,
     HealthKind,
     JobSpec,
+    Periodic,
     Requirements,
     Toleration,
+    UpdatePolicy,
 )
 
 
@@ -38,8 +40,16 @@ def test_jobspec_to_dict_matches_asdict_for_every_field() -> None:
         "failure_threshold": 3,
         "initial_delay_ms": 0,
     }
-    assert {**d, "health": None} == {**asdict(s), "health": None}
-    assert set(d) == {f.name for f in fields(JobSpec)}
+    # Left out at their defaults (see JobSpec.to_dict): canary, auto_revert, periodic.
+    full = {**asdict(s), "health": None, "update": {"max_unavailable": 1, "max_surge": 0}}
+    del full["periodic"]
+    assert {**d, "health": None} == full
+    assert set(d) == {f.name for f in fields(JobSpec)} - {"periodic"}
+    p = replace(s, periodic=Periodic("@hourly", "allow", 5, "Europe/Paris"))
+    assert p.to_dict()["periodic"] == asdict(p.periodic) and JobSpec.from_dict(p.to_dict()) == p
+    assert "periodic" not in p.task_template()
+    u = replace(s, update=UpdatePolicy(canary=2, auto_revert=True))
+    assert u.to_dict()["update"] == asdict(u.update) and JobSpec.from_dict(u.to_dict()) == u
     assert JobSpec.from_dict(d) == s
     # gang is left out when false, so specs stored before it encode to the same bytes.
     assert "gang" not in JobSpec(name="a").to_dict()

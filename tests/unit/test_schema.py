@@ -164,7 +164,8 @@ BAD_JOBS: list[tuple[object, str]] = [
         job(sandbox="/tmp"),
         "unknown key 'sandbox' (valid keys: name, user, run_as, priority, band, kind, replicas, "
         "command, env, requirements, restart, health, constraints, tolerations, spread, "
-        "distinct_machines, update, kill_timeout, gang)",
+        "distinct_machines, update, kill_timeout, gang, schedule, concurrency, history_limit, "
+        "time_zone)",
     ),
     (job(gang="yes"), "gang: expected true or false, got 'yes'"),
     ([BASE], "expected a job object, got a list"),

@@ -127,7 +127,7 @@ class Task(_message.Message):
     def __init__(self, index: _Optional[int] = ..., state: _Optional[str] = ..., machine: _Optional[str] = ..., version: _Optional[int] = ..., restarts: _Optional[int] = ..., exit_code: _Optional[int] = ..., reason: _Optional[str] = ..., incarnation: _Optional[str] = ..., updated_ms: _Optional[int] = ..., ports: _Optional[_Mapping[str, int]] = ..., health: _Optional[str] = ..., cpu_seconds: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., memory_peak_bytes: _Optional[int] = ..., pid: _Optional[int] = ..., oom_kills: _Optional[int] = ..., ready: _Optional[bool] = ..., gpus: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("name", "user", "priority", "kind", "replicas", "state", "version", "tasks", "spec", "created_ms", "running", "rollout", "previous_version", "ready")
+    __slots__ = ("name", "user", "priority", "kind", "replicas", "state", "version", "tasks", "spec", "created_ms", "running", "rollout", "previous_version", "ready", "children", "last_run_ms", "next_run_ms", "parent")
     NAME_FIELD_NUMBER: _ClassVar[int]
     USER_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
@@ -142,6 +142,10 @@ class Job(_message.Message):
     ROLLOUT_FIELD_NUMBER: _ClassVar[int]
     PREVIOUS_VERSION_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
+    CHILDREN_FIELD_NUMBER: _ClassVar[int]
+    LAST_RUN_MS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_RUN_MS_FIELD_NUMBER: _ClassVar[int]
+    PARENT_FIELD_NUMBER: _ClassVar[int]
     name: str
     user: str
     priority: int
@@ -156,7 +160,11 @@ class Job(_message.Message):
     rollout: str
     previous_version: int
     ready: int
-    def __init__(self, name: _Optional[str] = ..., user: _Optional[str] = ..., priority: _Optional[int] = ..., kind: _Optional[str] = ..., replicas: _Optional[int] = ..., state: _Optional[str] = ..., version: _Optional[int] = ..., tasks: _Optional[_Iterable[_Union[Task, _Mapping]]] = ..., spec: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., created_ms: _Optional[int] = ..., running: _Optional[int] = ..., rollout: _Optional[str] = ..., previous_version: _Optional[int] = ..., ready: _Optional[int] = ...) -> None: ...
+    children: _containers.RepeatedScalarFieldContainer[str]
+    last_run_ms: int
+    next_run_ms: int
+    parent: str
+    def __init__(self, name: _Optional[str] = ..., user: _Optional[str] = ..., priority: _Optional[int] = ..., kind: _Optional[str] = ..., replicas: _Optional[int] = ..., state: _Optional[str] = ..., version: _Optional[int] = ..., tasks: _Optional[_Iterable[_Union[Task, _Mapping]]] = ..., spec: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., created_ms: _Optional[int] = ..., running: _Optional[int] = ..., rollout: _Optional[str] = ..., previous_version: _Optional[int] = ..., ready: _Optional[int] = ..., children: _Optional[_Iterable[str]] = ..., last_run_ms: _Optional[int] = ..., next_run_ms: _Optional[int] = ..., parent: _Optional[str] = ...) -> None: ...
 
 class ListJobsResponse(_message.Message):
     __slots__ = ("jobs",)
@@ -395,14 +403,16 @@ class LogChunk(_message.Message):
     def __init__(self, data: _Optional[bytes] = ...) -> None: ...
 
 class RollbackRequest(_message.Message):
-    __slots__ = ("name", "user", "options")
+    __slots__ = ("name", "user", "options", "to_version")
     NAME_FIELD_NUMBER: _ClassVar[int]
     USER_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    TO_VERSION_FIELD_NUMBER: _ClassVar[int]
     name: str
     user: str
     options: WriteOptions
-    def __init__(self, name: _Optional[str] = ..., user: _Optional[str] = ..., options: _Optional[_Union[WriteOptions, _Mapping]] = ...) -> None: ...
+    to_version: int
+    def __init__(self, name: _Optional[str] = ..., user: _Optional[str] = ..., options: _Optional[_Union[WriteOptions, _Mapping]] = ..., to_version: _Optional[int] = ...) -> None: ...
 
 class DrainMachineRequest(_message.Message):
     __slots__ = ("name", "undrain", "options")
@@ -637,3 +647,84 @@ class ExecOutput(_message.Message):
     stderr: bytes
     exit_code: int
     def __init__(self, stdout: _Optional[bytes] = ..., stderr: _Optional[bytes] = ..., exit_code: _Optional[int] = ...) -> None: ...
+
+class JobHistoryRequest(_message.Message):
+    __slots__ = ("name", "options")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    options: ReadOptions
+    def __init__(self, name: _Optional[str] = ..., options: _Optional[_Union[ReadOptions, _Mapping]] = ...) -> None: ...
+
+class JobVersion(_message.Message):
+    __slots__ = ("version", "submitted_ms", "user", "changed")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SUBMITTED_MS_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    submitted_ms: int
+    user: str
+    changed: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, version: _Optional[int] = ..., submitted_ms: _Optional[int] = ..., user: _Optional[str] = ..., changed: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class JobHistoryResponse(_message.Message):
+    __slots__ = ("versions", "current")
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_FIELD_NUMBER: _ClassVar[int]
+    versions: _containers.RepeatedCompositeFieldContainer[JobVersion]
+    current: int
+    def __init__(self, versions: _Optional[_Iterable[_Union[JobVersion, _Mapping]]] = ..., current: _Optional[int] = ...) -> None: ...
+
+class PlanJobsRequest(_message.Message):
+    __slots__ = ("specs", "user", "options")
+    SPECS_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    specs: _containers.RepeatedCompositeFieldContainer[_struct_pb2.Struct]
+    user: str
+    options: ReadOptions
+    def __init__(self, specs: _Optional[_Iterable[_Union[_struct_pb2.Struct, _Mapping]]] = ..., user: _Optional[str] = ..., options: _Optional[_Union[ReadOptions, _Mapping]] = ...) -> None: ...
+
+class JobPlan(_message.Message):
+    __slots__ = ("job", "change", "version", "placements", "unplaceable", "preemptions", "reasons", "error")
+    class PlacementsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    CHANGE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENTS_FIELD_NUMBER: _ClassVar[int]
+    UNPLACEABLE_FIELD_NUMBER: _ClassVar[int]
+    PREEMPTIONS_FIELD_NUMBER: _ClassVar[int]
+    REASONS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    job: str
+    change: str
+    version: int
+    placements: _containers.ScalarMap[str, int]
+    unplaceable: int
+    preemptions: int
+    reasons: _containers.RepeatedScalarFieldContainer[str]
+    error: str
+    def __init__(self, job: _Optional[str] = ..., change: _Optional[str] = ..., version: _Optional[int] = ..., placements: _Optional[_Mapping[str, int]] = ..., unplaceable: _Optional[int] = ..., preemptions: _Optional[int] = ..., reasons: _Optional[_Iterable[str]] = ..., error: _Optional[str] = ...) -> None: ...
+
+class PlanJobsResponse(_message.Message):
+    __slots__ = ("jobs",)
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[JobPlan]
+    def __init__(self, jobs: _Optional[_Iterable[_Union[JobPlan, _Mapping]]] = ...) -> None: ...
+
+class PromoteJobRequest(_message.Message):
+    __slots__ = ("name", "user", "options")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    user: str
+    options: WriteOptions
+    def __init__(self, name: _Optional[str] = ..., user: _Optional[str] = ..., options: _Optional[_Union[WriteOptions, _Mapping]] = ...) -> None: ...

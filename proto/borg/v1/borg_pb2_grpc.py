@@ -134,6 +134,21 @@ class BorgmasterStub:
                 request_serializer=proto_dot_borg_dot_v1_dot_borg__pb2.ExecInput.SerializeToString,
                 response_deserializer=proto_dot_borg_dot_v1_dot_borg__pb2.ExecOutput.FromString,
                 _registered_method=True)
+        self.JobHistory = channel.unary_unary(
+                '/borg.v1.Borgmaster/JobHistory',
+                request_serializer=proto_dot_borg_dot_v1_dot_borg__pb2.JobHistoryRequest.SerializeToString,
+                response_deserializer=proto_dot_borg_dot_v1_dot_borg__pb2.JobHistoryResponse.FromString,
+                _registered_method=True)
+        self.PlanJobs = channel.unary_unary(
+                '/borg.v1.Borgmaster/PlanJobs',
+                request_serializer=proto_dot_borg_dot_v1_dot_borg__pb2.PlanJobsRequest.SerializeToString,
+                response_deserializer=proto_dot_borg_dot_v1_dot_borg__pb2.PlanJobsResponse.FromString,
+                _registered_method=True)
+        self.PromoteJob = channel.unary_unary(
+                '/borg.v1.Borgmaster/PromoteJob',
+                request_serializer=proto_dot_borg_dot_v1_dot_borg__pb2.PromoteJobRequest.SerializeToString,
+                response_deserializer=proto_dot_borg_dot_v1_dot_borg__pb2.SubmitJobResponse.FromString,
+                _registered_method=True)
 
 
 class BorgmasterServicer:
@@ -278,6 +293,28 @@ class BorgmasterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def JobHistory(self, request, context):
+        """A job's remembered versions (the last 10 at least), oldest first: who, when, what changed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PlanJobs(self, request, context):
+        """What submitting these specs would do, placements included, computed by the leader with
+        its scheduler on a copy of its state; writes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PromoteJob(self, request, context):
+        """End the canary stage of a job's rollout (update.canary): the rest of its tasks follow.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BorgmasterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -380,6 +417,21 @@ def add_BorgmasterServicer_to_server(servicer, server):
                     servicer.ExecTask,
                     request_deserializer=proto_dot_borg_dot_v1_dot_borg__pb2.ExecInput.FromString,
                     response_serializer=proto_dot_borg_dot_v1_dot_borg__pb2.ExecOutput.SerializeToString,
+            ),
+            'JobHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.JobHistory,
+                    request_deserializer=proto_dot_borg_dot_v1_dot_borg__pb2.JobHistoryRequest.FromString,
+                    response_serializer=proto_dot_borg_dot_v1_dot_borg__pb2.JobHistoryResponse.SerializeToString,
+            ),
+            'PlanJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.PlanJobs,
+                    request_deserializer=proto_dot_borg_dot_v1_dot_borg__pb2.PlanJobsRequest.FromString,
+                    response_serializer=proto_dot_borg_dot_v1_dot_borg__pb2.PlanJobsResponse.SerializeToString,
+            ),
+            'PromoteJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.PromoteJob,
+                    request_deserializer=proto_dot_borg_dot_v1_dot_borg__pb2.PromoteJobRequest.FromString,
+                    response_serializer=proto_dot_borg_dot_v1_dot_borg__pb2.SubmitJobResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -922,6 +974,87 @@ class Borgmaster:
             '/borg.v1.Borgmaster/ExecTask',
             proto_dot_borg_dot_v1_dot_borg__pb2.ExecInput.SerializeToString,
             proto_dot_borg_dot_v1_dot_borg__pb2.ExecOutput.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def JobHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/borg.v1.Borgmaster/JobHistory',
+            proto_dot_borg_dot_v1_dot_borg__pb2.JobHistoryRequest.SerializeToString,
+            proto_dot_borg_dot_v1_dot_borg__pb2.JobHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PlanJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/borg.v1.Borgmaster/PlanJobs',
+            proto_dot_borg_dot_v1_dot_borg__pb2.PlanJobsRequest.SerializeToString,
+            proto_dot_borg_dot_v1_dot_borg__pb2.PlanJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PromoteJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/borg.v1.Borgmaster/PromoteJob',
+            proto_dot_borg_dot_v1_dot_borg__pb2.PromoteJobRequest.SerializeToString,
+            proto_dot_borg_dot_v1_dot_borg__pb2.SubmitJobResponse.FromString,
             options,
             channel_credentials,
             insecure,
