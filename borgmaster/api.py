@@ -41,9 +41,9 @@ from borgmaster.model import (
     Resources,
     TaintEffect,
 )
-from borgmaster.sessions import LOGIN_TTL_S, make_token, session_key
 from borgmaster.preview import MAX_PLAN_JOBS, PLAN_LOCK, preview
 from borgmaster.preview import copy_of as preview_copy
+from borgmaster.sessions import LOGIN_TTL_S, make_token, session_key
 from borgmaster.store import ACTIVE_STATES
 from cfg.bns import task_name
 from cfg.errors import ConfigError
@@ -670,6 +670,7 @@ class MasterServicer(borg_pb2_grpc.BorgmasterServicer):
             context.abort(code, e.details() or code.name)
         finally:
             ch.close()
+
     # ----- jobs over time -----------------------------------------------------------------
 
     def JobHistory(self, request: pb.JobHistoryRequest, context: grpc.ServicerContext) -> Any:

@@ -617,7 +617,9 @@ class Store:
         if job is None or job.killed:
             return err("not-found", f"job '{cmd.name}' does not exist")
         if cmd.user and job.spec.user and cmd.user != job.spec.user:
-            return err("permission-denied", _not_owner(job.name, job.spec.user, cmd.user))
+            return err(
+                "permission-denied", _not_owner(job.name, job.spec.user, cmd.user, "promote")
+            )
         state = rollout_state(job.rollout)
         if not state.in_progress or not job.spec.update.canary or job.canary_passed == job.version:
             return err("invalid", f"job '{cmd.name}' has no canary waiting to be promoted")

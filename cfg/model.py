@@ -328,45 +328,49 @@ class JobSpec:
     def to_dict(self) -> dict[str, Any]:
         """Plain data (hand-written: `dataclasses.asdict` is slow on the write path)."""
         r, rs, u = self.requirements, self.restart, self.update
-        return {
-            "name": self.name,
-            "user": self.user,
-            "run_as": self.run_as,
-            "priority": self.priority,
-            "kind": self.kind,
-            "replicas": self.replicas,
-            "command": list(self.command),
-            "env": dict(self.env),
-            "requirements": {
-                "cpu": r.cpu,
-                "ram": r.ram,
-                "disk": r.disk,
-                "gpu": r.gpu,
-                "ports": list(r.ports),
-            },
-            "restart": {
-                "policy": rs.policy,
-                "max_restarts": rs.max_restarts,
-                "backoff_ms": rs.backoff_ms,
-            },
-            "health": None if self.health is None else self.health.to_dict(),
-            "constraints": [
-                {"attr": c.attr, "op": c.op, "value": copy.deepcopy(c.value)}
-                for c in self.constraints
-            ],
-            "tolerations": [{"key": t.key, "value": t.value} for t in self.tolerations],
-            "spread": self.spread,
-            "distinct_machines": self.distinct_machines,
-            # canary / auto_revert only when set: specs from before them encode as before
-            # (journals, snapshots and digests of existing cells stay byte for byte).
-            "update": {"max_unavailable": u.max_unavailable, "max_surge": u.max_surge}
-            | ({"canary": u.canary} if u.canary else {})
-            | ({"auto_revert": True} if u.auto_revert else {}),
-            "kill_timeout_ms": self.kill_timeout_ms,
-        } | (
-            # gang and periodic only when set: older states encode as before
-            {"gang": True} if self.gang else {}
-        ) | ({"periodic": asdict(self.periodic)} if self.periodic is not None else {})
+        return (
+            {
+                "name": self.name,
+                "user": self.user,
+                "run_as": self.run_as,
+                "priority": self.priority,
+                "kind": self.kind,
+                "replicas": self.replicas,
+                "command": list(self.command),
+                "env": dict(self.env),
+                "requirements": {
+                    "cpu": r.cpu,
+                    "ram": r.ram,
+                    "disk": r.disk,
+                    "gpu": r.gpu,
+                    "ports": list(r.ports),
+                },
+                "restart": {
+                    "policy": rs.policy,
+                    "max_restarts": rs.max_restarts,
+                    "backoff_ms": rs.backoff_ms,
+                },
+                "health": None if self.health is None else self.health.to_dict(),
+                "constraints": [
+                    {"attr": c.attr, "op": c.op, "value": copy.deepcopy(c.value)}
+                    for c in self.constraints
+                ],
+                "tolerations": [{"key": t.key, "value": t.value} for t in self.tolerations],
+                "spread": self.spread,
+                "distinct_machines": self.distinct_machines,
+                # canary / auto_revert only when set: specs from before them encode as before
+                # (journals, snapshots and digests of existing cells stay byte for byte).
+                "update": {"max_unavailable": u.max_unavailable, "max_surge": u.max_surge}
+                | ({"canary": u.canary} if u.canary else {})
+                | ({"auto_revert": True} if u.auto_revert else {}),
+                "kill_timeout_ms": self.kill_timeout_ms,
+            }
+            | (
+                # gang and periodic only when set: older states encode as before
+                {"gang": True} if self.gang else {}
+            )
+            | ({"periodic": asdict(self.periodic)} if self.periodic is not None else {})
+        )
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> JobSpec:
