@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -408,6 +408,23 @@ class Cell:
                 driver.remove_parent()
         remove_empty_top_cgroups()
         shutil.rmtree(self.base, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def running_cell(masters: int = 1, borglets: int = 1, **cell_kw: Any) -> Iterator[Cell]:
+    """A started cell for a module fixture, printing every log if it cannot start and always
+    closed: `with running_cell(3, 1, tls=True) as c: yield c`."""
+    c = Cell(**cell_kw)
+    try:
+        c.start(masters=masters, borglets=borglets)
+    except Exception:
+        print(c.dump_logs())
+        c.close()
+        raise
+    try:
+        yield c
+    finally:
+        c.close()
 
 
 def processes_with_env(key: str, value: str) -> list[psutil.Process]:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster import REPO, Cell, wait_for
+from tests.cluster import REPO, Cell, running_cell, wait_for
 from tests.conftest import cgroups_usable
 
 pytestmark = [pytest.mark.e2e]
@@ -46,17 +46,8 @@ def cell() -> Iterator[Cell]:
     why = cgroups_usable()
     if why:
         pytest.skip(why)
-    c = Cell(tls=True, audit=True)
-    try:
-        c.start(masters=1, borglets=1)
-    except Exception:
-        print(c.dump_logs())
-        c.close()
-        raise
-    try:
+    with running_cell(1, 1, tls=True, audit=True) as c:
         yield c
-    finally:
-        c.close()
 
 
 @pytest.fixture(scope="module")

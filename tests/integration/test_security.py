@@ -37,7 +37,7 @@ from cfg.grpcauth import secure_channel
 from cfg.tls import Role, TlsDir
 from proto.borg.v1 import borg_pb2 as pb
 from proto.borg.v1 import borg_pb2_grpc
-from tests.cluster import REPO, Cell, Proc, free_port, wait_for
+from tests.cluster import REPO, Cell, Proc, free_port, running_cell, wait_for
 from tests.conftest import cgroups_usable
 
 pytestmark = [pytest.mark.e2e]
@@ -61,17 +61,8 @@ def cell() -> Iterator[Cell]:
     why = cgroups_usable()
     if why:
         pytest.skip(why)
-    c = Cell(tls=True, audit=True)
-    try:
-        c.start(masters=3, borglets=1)
-    except Exception:
-        print(c.dump_logs())
-        c.close()
-        raise
-    try:
+    with running_cell(3, 1, tls=True, audit=True) as c:
         yield c
-    finally:
-        c.close()
 
 
 def person(cell: Cell, role: str, name: str) -> str:
