@@ -251,6 +251,8 @@ def run(
     except OSError as e:
         click.echo(f"borglet: {e}", err=True)
         sys.exit(1)
+    if tls is None:  # said once it runs (a start that fails says only why)
+        log.warning("no --tls-dir: plaintext, and this Borglet trusts any caller as a master")
     stop = threading.Event()
 
     def handler(signum: int, frame: object) -> None:
@@ -268,7 +270,6 @@ def _load_tls(tls_dir: str | None, name: str) -> TlsDir | None:
     """The machine's certificate, checked now: it must be a Borglet's for this --name (the
     masters accept a Sync only from the machine its certificate names)."""
     if not tls_dir:
-        log.warning("no --tls-dir: plaintext, and this Borglet trusts any caller as a master")
         return None
     try:
         tls = TlsDir.load(tls_dir)

@@ -163,8 +163,6 @@ def run(
         # count tolerates no more failures than one replica fewer.
         log.warning("%d replicas: a cell normally has 1, 3 or 5", len(peers) + 1)
     tls = load_tls(tls_dir, "borgmaster")
-    if tls is None:
-        log.warning("no --tls-dir: plaintext, and every caller may do everything")
     os.umask(0o077)  # the journal, snapshots and secrets are the master's alone
     try:
         lock_data_dir(data_dir)  # before anything reads or writes the dir (the secret too)
@@ -230,6 +228,8 @@ def serve(cfg: MasterConfig) -> None:
         click.echo(f"borgmaster: {e}", err=True)
         sys.exit(1)
     tune_gc()
+    if cfg.tls is None:  # said once it runs (a start that fails says only why)
+        log.warning("no --tls-dir: plaintext, and every caller may do everything")
     stop = threading.Event()
     _wait_for_signal(stop)
     master.stop()
