@@ -56,7 +56,7 @@ def cell() -> Iterator[Cell]:
     why = cgroups_usable()
     if why:
         pytest.skip(why)
-    c = Cell(tls=True)
+    c = Cell(tls=True, audit=True)
     try:
         c.start(masters=3, borglets=1)
     except Exception:
@@ -126,6 +126,14 @@ def test_snapshot_restore_into_a_new_three_master_cell(cell: Cell, tmp_path: Pat
     saved = json.loads(ok(cell, "snapshot", "save", snap, "-o", "json"))
     assert saved["index"] > 0 and saved["term"] > 0 and saved["bytes"] == os.path.getsize(snap)
     assert os.stat(snap).st_mode & 0o777 == 0o600
+    audit = "".join(
+        Path(cell.audit_log(i)).read_text() for i in range(3) if os.path.exists(cell.audit_log(i))
+    )
+    records = [json.loads(x) for x in audit.splitlines() if "SaveSnapshot" in x]
+    assert {(r["identity"], r["result"][:17]) for r in records} == {
+        ("admin", "ok"),
+        ("alice", "PERMISSION_DENIED"),
+    }, records
 
     # Refusals: one line, exit 1, nothing written.
     foreign = tmp_path / "foreign.snap"
@@ -210,6 +218,18 @@ def test_snapshot_restore_into_a_new_three_master_cell(cell: Cell, tmp_path: Pat
         what="the joiner holds the restored state",
     )
     assert got["version"] == 2
+
+    # A restored replica restarted before its first log compaction starts from the restored
+    # dump again, with its own --peer list, and catches up.
+    leader = cell.leader()
+    follower = next(m for m in cell.masters[:3] if m is not leader)
+    assert follower.stop() == 0
+    again = Proc(follower.name, follower.argv, follower.log_path, info=dict(follower.info))
+    again.start()
+    cell.masters[cell.masters.index(follower)] = again
+    cell.wait_ready()
+    web = stale_job(cell, again, "web")
+    assert stale_job(cell, again, "more") and web and steady(web) == steady(got)
     ok(cell, "down", "web", "--wait", "--timeout", "30")
     ok(cell, "down", "more", "--wait", "--timeout", "30")
 
