@@ -5,8 +5,10 @@ process: what a damaged or foreign file does, what a restored data dir holds, an
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
@@ -23,6 +25,8 @@ from borgmaster.model import Replica
 from borgmaster.restore import RestoreError, restore
 from borgmaster.store import SNAPSHOT_FORMAT, Store
 from cfg import snapshot
+from proto.borg.v1 import borg_pb2 as pb
+from tests.unit.test_cli import FakeMaster, one_line_error, run, serve
 from tests.unit.test_fsm_snapshot import commands, free_port, is_leader, start, started, wait_for
 
 __all__ = ["started"]  # the fixture, imported for the FSM test
@@ -148,3 +152,49 @@ def test_restored_dir_starts_a_new_cell_with_the_state(
         sync=True,
     )
     assert res == {"placed": 1, "rejected": 0, "preempted": 0}
+
+
+class SnapshotMaster(FakeMaster):
+    """Streams a snapshot of `state` in 3 chunks; `lie` drops the last byte of the state."""
+
+    def __init__(self, state: bytes, lie: bool = False) -> None:
+        super().__init__()
+        self.state = state
+        self.lie = lie
+
+    def SaveSnapshot(self, request: pb.SaveSnapshotRequest, context: Any) -> Any:
+        data = self.state
+        header = pb.SnapshotHeader(
+            cell="c",
+            replica="m0",
+            index=42,
+            term=3,
+            taken_ms=1,
+            state_format=SNAPSHOT_FORMAT,
+            size=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+        )
+        sent = data[:-1] if self.lie else data
+        third = len(sent) // 3
+        yield pb.SnapshotChunk(header=header, data=sent[:third])
+        yield pb.SnapshotChunk(data=sent[third : 2 * third])
+        yield pb.SnapshotChunk(data=sent[2 * third :])
+
+
+def test_borgcfg_snapshot_save_writes_a_checked_file_or_nothing(tmp_path: Path) -> None:
+    state = old_cell_store().snapshot_bytes()
+    out = tmp_path / "cell.snap"
+    for _fm, addr in serve(SnapshotMaster(state)):
+        r = run(addr, "snapshot", "save", str(out), "-o", "json")
+        assert r.exit_code == 0, r.stderr
+        assert json.loads(r.stdout)["index"] == 42
+        info, got = snapshot.read(str(out))
+        assert got == state and (info.index, info.term) == (42, 3)
+    for _fm, addr in serve(SnapshotMaster(state, lie=True)):
+        r = run(addr, "snapshot", "save", str(out))
+        assert r.exit_code == 1
+        assert "does not match its header" in one_line_error(r)
+    assert sorted(os.listdir(tmp_path)) == ["cell.snap"]  # the good one, untouched
+    assert snapshot.read(str(out))[1] == state
+    r = run("127.0.0.1:1", "snapshot", "save", str(tmp_path / "no" / "such.snap"))
+    assert r.exit_code == 1 and "does not exist" in one_line_error(r)
