@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit proto bench bench-raft bench-borglet bench-scheduler clean
+.PHONY: run test lint typecheck unit proto bench bench-raft bench-borglet bench-scheduler bench-snapshot clean
 
 $(STAMP): pyproject.toml setup.cfg
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -43,6 +43,9 @@ bench-raft: $(STAMP)
 
 bench-borglet: $(STAMP)
 	$(BIN)/python -m bench.borglet
+
+bench-snapshot: $(STAMP)
+	$(BIN)/python -m bench.snapshot
 
 bench-scheduler: $(STAMP)
 	$(BIN)/python -m bench.scheduler --machines 10000 --tasks 100000 --json

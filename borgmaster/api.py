@@ -7,6 +7,7 @@ UNAVAILABLE naming the leader when one is known, unknown jobs are NOT_FOUND.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import socket
 import threading
@@ -44,7 +45,7 @@ from borgmaster.model import (
 from borgmaster.preview import MAX_PLAN_JOBS, PLAN_LOCK, preview
 from borgmaster.preview import copy_of as preview_copy
 from borgmaster.sessions import LOGIN_TTL_S, make_token, session_key
-from borgmaster.store import ACTIVE_STATES
+from borgmaster.store import ACTIVE_STATES, SNAPSHOT_FORMAT
 from cfg.bns import task_name
 from cfg.errors import ConfigError
 from cfg.grpcauth import on_behalf, secure_channel
@@ -96,6 +97,9 @@ it, anyone could claim priority 399 and preempt the cell."""
 MAX_LOG_TAIL_BYTES = 16 << 20
 MAX_EXEC_ARGS = 4096
 MAX_EXEC_BYTES = 64 << 10
+
+SNAPSHOT_CHUNK = 1 << 20
+"""SaveSnapshot's chunk size: well under gRPC's 4 MiB message cap."""
 
 
 def _answers(addr: str, timeout: float = 1.0) -> bool:
@@ -756,3 +760,36 @@ class MasterServicer(borg_pb2_grpc.BorgmasterServicer):
         res = self._write(cmd, context, "PromoteJob")
         log.info("job %s promoted (version %s)", res["name"], res["version"])
         return pb.SubmitJobResponse(name=res["name"], version=res["version"], result=res["result"])
+
+    # ----- backups ------------------------------------------------------------------------
+
+    def SaveSnapshot(self, request: pb.SaveSnapshotRequest, context: grpc.ServicerContext) -> Any:
+        """The whole state at one applied index, streamed in chunks (admin; see auth.py).
+
+        After a read barrier this replica has applied every write acknowledged before the
+        call, so any replica will do. The state is encoded under the store lock, which
+        applies also take: the bytes are exactly the state at `index`, never half of a
+        command. Chunked because a 100,000-task state is far above gRPC's message cap."""
+        self._read_barrier(pb.ReadOptions(), context)
+        store = self.m.store
+        with store.lock:
+            data = store.snapshot_bytes()
+            index = store.applied_index
+            term = self.m.replica_info().term
+        header = pb.SnapshotHeader(
+            cell=self.m.cfg.cell,
+            replica=self.m.cfg.id,
+            index=index,
+            term=term,
+            taken_ms=now_ms(),
+            state_format=SNAPSHOT_FORMAT,
+            size=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+        )
+        log.info("snapshot at index %d (term %d): %d bytes", index, term, len(data))
+        view = memoryview(data)
+        yield pb.SnapshotChunk(header=header, data=bytes(view[:SNAPSHOT_CHUNK]))
+        for off in range(SNAPSHOT_CHUNK, len(data), SNAPSHOT_CHUNK):
+            if not context.is_active():
+                return
+            yield pb.SnapshotChunk(data=bytes(view[off : off + SNAPSHOT_CHUNK]))

@@ -66,6 +66,9 @@ RULES: dict[str, Rule] = {
         ADMINS, "set quotas", write=True, target=lambda r: f"{r.quota.user}/{r.quota.band}"
     ),
     "DrainMachine": Rule(ADMINS, "drain machines", write=True, target=_name),
+    # A snapshot holds every job's environment (secrets): admins only, and audited like a
+    # write (it changes nothing, but who copied the whole state out is worth a record).
+    "SaveSnapshot": Rule(ADMINS, "save snapshots", write=True),
     "ChangeMembership": Rule(
         ADMINS, "change the cell's membership", write=True, target=lambda r: r.raft
     ),

@@ -402,6 +402,43 @@ def dev(
             c.kill()
 
 
+@main.command()
+@click.option(
+    "--snapshot",
+    "snapshot_file",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="A file `borgcfg snapshot save` wrote.",
+)
+@click.option(
+    "--data-dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="An empty (or absent) dir for one replica of the new cell.",
+)
+def restore(snapshot_file: str, data_dir: str) -> None:
+    """Prepare an empty data dir from a snapshot: `borgmaster run` on it starts a new cell.
+
+    Restore one dir per replica from the same file, then start each replica on its dir with
+    any --id/--raft/--peer. Jobs, tasks, quotas, versions and events are kept; Borglets
+    re-register and re-adopt their running tasks (docs/operations.md)."""
+    from borgmaster.restore import RestoreError
+    from borgmaster.restore import restore as do_restore
+
+    os.umask(0o077)
+    try:
+        got = do_restore(snapshot_file, data_dir)
+    except (RestoreError, OSError, DataDirError) as e:
+        click.echo(f"borgmaster: restore: {e}", err=True)
+        sys.exit(1)
+    info = got.info
+    click.echo(
+        f"restored {data_dir} from a snapshot of cell {info.cell} at index {info.index} "
+        f"(term {info.term}): {got.jobs} jobs, {got.tasks} tasks, {got.machines} machines; "
+        f"start `borgmaster run --data-dir {data_dir}` on it"
+    )
+
+
 @main.group()
 def ca() -> None:
     """The cell's certificate authority: `ca init`, then `ca issue` per master, Borglet and

@@ -339,12 +339,51 @@ class BorgFSM(SyncObj):  # type: ignore[misc]
             last = tuple(doc["last"])
             prev = tuple(doc["prev"])
             cluster = {TCPNode(a) for a in doc["cluster"]}
+            if not cluster:
+                # A dump `borgmaster restore` wrote knows no members (any --raft/--peer may
+                # start on it): keep the membership this replica was started with, which
+                # PySyncObj would otherwise replace with the dump's (empty) one.
+                cluster = {self.selfNode, *self.otherNodes}
             self._store.load_snapshot(doc["state"])
         except ValueError:
             raise
         except Exception as e:
             raise ValueError(f"{filename}: corrupt borgcell snapshot: {e}") from None
         return (last, prev, cluster)
+
+
+RESTORED_MIN_INDEX = 10
+"""The lowest Raft index a restored dump claims. A replica added later (`cell add`) holds one
+entry (index 1); the leader sends it the dump, rather than entries, only when its log starts
+above that entry, so a restored log must not start at index 1 or 2."""
+
+
+def write_restored_dump(data_dir: str, state: bytes, index: int) -> str:
+    """Write `raft.snapshot` for a replica that starts a new cell from a backup.
+
+    The dump is the one PySyncObj itself would write (`_serialize`'s format): `state` at
+    Raft `index`, the two log entries PySyncObj resumes from (no-ops at `index - 1` and
+    `index`, term 0: the new cell's terms start at 1 above them), and no members (the
+    replica keeps its --peer list: see `_deserialize`). On start PySyncObj loads it and
+    begins its log right after it, so every replica, and a replica added later (sent this
+    dump by the leader, not a replay from index 1), holds the restored state.
+    Returns the path; written atomically (temporary file, fsync, rename)."""
+    noop = bytes([1])  # PySyncObj's _COMMAND_TYPE.NO_OP
+    doc = {
+        "state": state,
+        "last": [noop, index, 0],
+        "prev": [noop, index - 1, 0],
+        "cluster": [],
+    }
+    path = os.path.join(data_dir, "raft.snapshot")
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(DUMP_MAGIC)
+        f.write(msgpack.packb(doc, use_bin_type=True))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
 
 
 def _typed_roles(
@@ -501,10 +540,22 @@ def check_data_dir(data_dir: str, cell: str, replica: str) -> None:
         try:
             with open(id_path, "rb") as f:
                 doc = msgpack.unpackb(f.read(), raw=False)
-            got = (doc["cell"], doc["replica"])
+            restored = "cell" not in doc and isinstance(doc.get("restored"), dict)
+            got = ("", "") if restored else (doc["cell"], doc["replica"])
         except Exception:
             raise DataDirError(f"{id_path}: unreadable (damaged data dir)") from None
-        if got != (cell, replica):
+        if restored:
+            # `borgmaster restore` leaves the id open: the first replica to start on the dir
+            # claims it (any --id), and later starts must match that one.
+            log.info(
+                "data dir restored from a snapshot of cell %s at index %s: now replica %s of %s",
+                doc["restored"].get("cell"),
+                doc["restored"].get("index"),
+                replica,
+                cell,
+            )
+            _write_id(id_path, cell, replica)
+        elif got != (cell, replica):
             raise DataDirError(
                 f"{data_dir} belongs to replica '{got[1]}' of cell '{got[0]}', "
                 f"not replica '{replica}' of cell '{cell}'"
@@ -528,9 +579,25 @@ def check_data_dir(data_dir: str, cell: str, replica: str) -> None:
                 f"{snap}: not a readable borgcell snapshot ({e}); damaged or foreign data dir"
             ) from None
     if not os.path.exists(id_path):
-        tmp = id_path + ".tmp"
-        with open(tmp, "wb") as f:
-            f.write(msgpack.packb({"cell": cell, "replica": replica, "format": 1}))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, id_path)
+        _write_id(id_path, cell, replica)
+
+
+def _write_id(id_path: str, cell: str, replica: str) -> None:
+    tmp = id_path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(msgpack.packb({"cell": cell, "replica": replica, "format": 1}))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, id_path)
+
+
+def write_restored_id(data_dir: str, origin: dict[str, Any]) -> None:
+    """The id file of a restored data dir: no cell or replica yet (the first start claims
+    them, `check_data_dir`), only where the state came from."""
+    id_path = os.path.join(data_dir, ID_FILE)
+    tmp = id_path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(msgpack.packb({"format": 1, "restored": origin}))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, id_path)

@@ -1168,6 +1168,26 @@ class Store:
                 self._touch_machine(name)
             self.changed.notify_all()
 
+    def restored_as_new_cell(self, index: int, ts_ms: int, note: str) -> None:
+        """Turn a loaded snapshot into the first state of a new cell (`borgmaster restore`).
+
+        Kept: jobs, tasks (machine, incarnation and all: a Borglet still running a task's
+        copy re-adopts it by incarnation instead of starting a second one), machines,
+        quotas, events, request ids. Dropped: what belongs to the old cell's Raft: its
+        replicas (the new ones announce themselves) and its fence term (the new cell's
+        terms start at 1 again; an old fence would void every decision of its leaders).
+        Machines keep their state: like after any leader change, the new leader gives each
+        one a machine timeout to sync before it declares it lost (liveness.py), and holds
+        back replaced tasks until they have (copies.py). Deterministic given the file:
+        every replica restored from it starts from the same bytes."""
+        with self.lock:
+            self.replicas = {}
+            self.fence_term = 0
+            self.applied_index = index
+            self._ts = ts_ms
+            self._event("restored", message=note)
+            self.generation += 1
+
     def wait_changed(self, since_generation: int, timeout: float) -> int:
         """Block until the generation moves past `since_generation` (or timeout)."""
         with self.changed:

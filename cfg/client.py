@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from cfg import snapshot
 from cfg.errors import CellError, Unreachable
 from cfg.structs import struct_from
 from proto.borg.v1 import borg_pb2 as pb
@@ -31,6 +32,9 @@ T = TypeVar("T")
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 
 ChannelFactory = Callable[[str], grpc.Channel]
+
+SNAPSHOT_TIMEOUT_S = 600.0
+"""How long one snapshot stream may take (a 100,000-task state is tens of MB)."""
 
 
 def _not_connected(e: grpc.RpcError) -> bool:
@@ -344,3 +348,46 @@ class Client:
             name=name, user=user, options=pb.WriteOptions(request_id=new_request_id())
         )
         return self._call(lambda s: s.PromoteJob(req, timeout=self.timeout))
+
+    # ----- backups ------------------------------------------------------------------------
+
+    def save_snapshot(
+        self, path: str, progress: Callable[[int, int], None] | None = None
+    ) -> tuple[snapshot.SnapshotInfo, int]:
+        """Stream a snapshot of the cell's state into `path` (atomically: cfg/snapshot.py);
+        returns its header and the file's size. `progress(done, total)` sees the bytes."""
+
+        def open_stream(s: borg_pb2_grpc.BorgmasterStub) -> tuple[Any, pb.SnapshotChunk | None]:
+            st = s.SaveSnapshot(pb.SaveSnapshotRequest(), timeout=SNAPSHOT_TIMEOUT_S)
+            return st, next(st, None)
+
+        stream, first = self._call(open_stream)
+        try:
+            if first is None or not first.HasField("header"):
+                raise CellError(None, "the master sent no snapshot header")
+            h = first.header
+            info = snapshot.SnapshotInfo(
+                cell=h.cell,
+                replica=h.replica,
+                index=h.index,
+                term=h.term,
+                taken_ms=h.taken_ms,
+                state_format=h.state_format,
+                size=h.size,
+                sha256=h.sha256,
+            )
+
+            def chunks() -> Iterator[bytes]:
+                yield first.data
+                try:
+                    for c in stream:
+                        yield c.data
+                except grpc.RpcError as e:
+                    raise Unreachable(f"snapshot stream broke: {_why(e)}") from None
+
+            size = snapshot.write(
+                path, info, chunks(), None if progress is None else lambda n: progress(n, h.size)
+            )
+            return info, size
+        finally:
+            stream.cancel()

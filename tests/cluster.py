@@ -475,12 +475,15 @@ def add_master_with_args(
     extra: list[str] | None = None,
     machine_timeout: float = 30.0,
     start: bool = True,
+    grpc_addr: str = "",
+    http_addr: str = "",
 ) -> Proc:
     """Like `Cell.add_master`, but with an explicit peer list and extra `borgmaster run`
     arguments (a Raft secret, a replica joining an existing cell with every member as peer).
-    With `start=False` the process is only prepared (the test starts it and checks its exit)."""
-    grpc_addr = f"127.0.0.1:{free_port()}"
-    http_addr = f"127.0.0.1:{free_port()}"
+    With `start=False` the process is only prepared (the test starts it and checks its exit).
+    `grpc_addr`/`http_addr` reuse addresses (a new cell where an old one served)."""
+    grpc_addr = grpc_addr or f"127.0.0.1:{free_port()}"
+    http_addr = http_addr or f"127.0.0.1:{free_port()}"
     data = os.path.join(cell.base, f"m{index}")
     argv = [
         sys.executable,

@@ -71,6 +71,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "cfg.cli.changes",
         "Return JOB to its previous version, or --to-version N (rolled out like any update).",
     ),
+    "snapshot": ("cfg.cli.snapshot", "Back up the cell's state: `snapshot save FILE` (admin)."),
     "status": ("cfg.cli.jobs", "Table of jobs, or one JOB with its tasks."),
     "ui": ("cfg.cli.cell", "Print a login link that opens the cell's web UI as you."),
     "undrain": ("cfg.cli.machines", "Allow scheduling on MACHINE again."),

@@ -728,3 +728,35 @@ class PromoteJobRequest(_message.Message):
     user: str
     options: WriteOptions
     def __init__(self, name: _Optional[str] = ..., user: _Optional[str] = ..., options: _Optional[_Union[WriteOptions, _Mapping]] = ...) -> None: ...
+
+class SaveSnapshotRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SnapshotHeader(_message.Message):
+    __slots__ = ("cell", "replica", "index", "term", "taken_ms", "state_format", "size", "sha256")
+    CELL_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    TERM_FIELD_NUMBER: _ClassVar[int]
+    TAKEN_MS_FIELD_NUMBER: _ClassVar[int]
+    STATE_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    cell: str
+    replica: str
+    index: int
+    term: int
+    taken_ms: int
+    state_format: int
+    size: int
+    sha256: str
+    def __init__(self, cell: _Optional[str] = ..., replica: _Optional[str] = ..., index: _Optional[int] = ..., term: _Optional[int] = ..., taken_ms: _Optional[int] = ..., state_format: _Optional[int] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
+
+class SnapshotChunk(_message.Message):
+    __slots__ = ("header", "data")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    header: SnapshotHeader
+    data: bytes
+    def __init__(self, header: _Optional[_Union[SnapshotHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...

@@ -149,6 +149,11 @@ class BorgmasterStub:
                 request_serializer=proto_dot_borg_dot_v1_dot_borg__pb2.PromoteJobRequest.SerializeToString,
                 response_deserializer=proto_dot_borg_dot_v1_dot_borg__pb2.SubmitJobResponse.FromString,
                 _registered_method=True)
+        self.SaveSnapshot = channel.unary_stream(
+                '/borg.v1.Borgmaster/SaveSnapshot',
+                request_serializer=proto_dot_borg_dot_v1_dot_borg__pb2.SaveSnapshotRequest.SerializeToString,
+                response_deserializer=proto_dot_borg_dot_v1_dot_borg__pb2.SnapshotChunk.FromString,
+                _registered_method=True)
 
 
 class BorgmasterServicer:
@@ -315,6 +320,15 @@ class BorgmasterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SaveSnapshot(self, request, context):
+        """A consistent snapshot of the cell's state at one applied Raft index (admin): the first
+        chunk carries the header, every chunk a piece of the state (big states exceed the
+        message size cap, so it streams). `borgmaster restore` turns it into a new cell.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BorgmasterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -432,6 +446,11 @@ def add_BorgmasterServicer_to_server(servicer, server):
                     servicer.PromoteJob,
                     request_deserializer=proto_dot_borg_dot_v1_dot_borg__pb2.PromoteJobRequest.FromString,
                     response_serializer=proto_dot_borg_dot_v1_dot_borg__pb2.SubmitJobResponse.SerializeToString,
+            ),
+            'SaveSnapshot': grpc.unary_stream_rpc_method_handler(
+                    servicer.SaveSnapshot,
+                    request_deserializer=proto_dot_borg_dot_v1_dot_borg__pb2.SaveSnapshotRequest.FromString,
+                    response_serializer=proto_dot_borg_dot_v1_dot_borg__pb2.SnapshotChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1055,6 +1074,33 @@ class Borgmaster:
             '/borg.v1.Borgmaster/PromoteJob',
             proto_dot_borg_dot_v1_dot_borg__pb2.PromoteJobRequest.SerializeToString,
             proto_dot_borg_dot_v1_dot_borg__pb2.SubmitJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SaveSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/borg.v1.Borgmaster/SaveSnapshot',
+            proto_dot_borg_dot_v1_dot_borg__pb2.SaveSnapshotRequest.SerializeToString,
+            proto_dot_borg_dot_v1_dot_borg__pb2.SnapshotChunk.FromString,
             options,
             channel_credentials,
             insecure,
