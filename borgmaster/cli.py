@@ -18,6 +18,7 @@ from typing import NoReturn
 import click
 import psutil
 
+from borgmaster.digests import DIGEST_EVERY
 from borgmaster.fsm import DataDirError, lock_data_dir, own_raft_secret
 from borgmaster.server import Master, MasterConfig
 from cfg.errors import ConfigError
@@ -127,6 +128,14 @@ def main() -> None:
 @click.option(
     "--job-retention", default=3600.0, show_default=True, help="Seconds killed jobs are kept."
 )
+@click.option(
+    "--digest-every",
+    type=click.IntRange(min=0),
+    default=DIGEST_EVERY,
+    show_default=True,
+    help="Hash the state every N log indexes and compare it with the other replicas' "
+    "(the same N on every replica; 0: never).",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Same as --log-level debug.")
 @log_options
 def run(
@@ -146,6 +155,7 @@ def run(
     join: bool,
     scheduler_policy: str,
     job_retention: float,
+    digest_every: int,
     verbose: bool,
     log_level: str,
     log_format: str,
@@ -189,6 +199,7 @@ def run(
         join=join,
         tls=tls,
         audit_log=audit_log or "",
+        digest_every=digest_every,
     )
     serve(cfg)
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from borgmaster import commands as C
 from borgmaster.config import MasterConfig
+from borgmaster.digests import DigestChecker, Digests
 from borgmaster.fsm import RaftStatus
 from borgmaster.naming import Zone
 from borgmaster.store import Store
@@ -53,6 +54,8 @@ class MetricsHost(Protocol):
     """What the metrics collector reads at scrape time."""
 
     store: Store
+    digests: Digests
+    digest_check: DigestChecker
 
     def raft_status(self) -> RaftStatus: ...
 
@@ -68,6 +71,8 @@ class HttpHost(Protocol):
     def replica_info(self) -> pb.ReplicaInfo: ...
 
     def ready(self) -> bool: ...
+
+    def unready_reason(self) -> str: ...
 
     def metrics_registry(self) -> Any: ...
 

@@ -30,6 +30,7 @@ from pysyncobj.monotonic import monotonic as raft_clock
 from pysyncobj.node import TCPNode
 
 from borgmaster import raft_guard
+from borgmaster.digests import Digests
 from borgmaster.store import Store
 from cfg import datadir
 from cfg.datadir import DataDirInUse
@@ -129,10 +130,12 @@ class BorgFSM(SyncObj):  # type: ignore[misc]
         on_state_changed: Callable[[Role, Role], None] | None = None,
         fsync: bool = False,
         join: bool = False,
+        digests: Digests | None = None,
     ) -> None:
         t = tuning or RaftTuning()
         os.makedirs(data_dir, exist_ok=True)
         self._store = store
+        self._digests = digests  # before PySyncObj starts replaying the journal into apply
         bind = bind_address(self_addr)
         # Fail at start, with the reason, when the port is taken: PySyncObj would otherwise
         # retry the bind every second forever while the replica sits leaderless.
@@ -310,8 +313,14 @@ class BorgFSM(SyncObj):  # type: ignore[misc]
 
     @replicated  # type: ignore[misc]
     def apply(self, entry: bytes) -> dict[str, Any]:
-        """The one replicated method: decode and apply a command (errors come back as values)."""
-        return self._store.apply(entry, self.raftLastApplied + 1)
+        """The one replicated method: decode and apply a command (errors come back as values).
+        Then, at the indexes where replicas compare their state, a digest (digests.py)."""
+        index = self.raftLastApplied + 1
+        before = self._store.applied_index
+        result = self._store.apply(entry, index)
+        if self._digests is not None:
+            self._digests.after_apply(before, index)
+        return result
 
     # ----- snapshots in our own format -----------------------------------------------------
 

@@ -232,7 +232,14 @@ class ReplicaStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ReplicaInfo(_message.Message):
-    __slots__ = ("id", "raft", "grpc", "role", "term", "commit_index", "leader", "applied_index", "http")
+    __slots__ = ("id", "raft", "grpc", "role", "term", "commit_index", "leader", "applied_index", "http", "digest_index", "digest", "recent_digests", "digest_mismatch", "digest_diverged")
+    class RecentDigestsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: str
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[str] = ...) -> None: ...
     ID_FIELD_NUMBER: _ClassVar[int]
     RAFT_FIELD_NUMBER: _ClassVar[int]
     GRPC_FIELD_NUMBER: _ClassVar[int]
@@ -242,6 +249,11 @@ class ReplicaInfo(_message.Message):
     LEADER_FIELD_NUMBER: _ClassVar[int]
     APPLIED_INDEX_FIELD_NUMBER: _ClassVar[int]
     HTTP_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_INDEX_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    RECENT_DIGESTS_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_MISMATCH_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_DIVERGED_FIELD_NUMBER: _ClassVar[int]
     id: str
     raft: str
     grpc: str
@@ -251,7 +263,12 @@ class ReplicaInfo(_message.Message):
     leader: str
     applied_index: int
     http: str
-    def __init__(self, id: _Optional[str] = ..., raft: _Optional[str] = ..., grpc: _Optional[str] = ..., role: _Optional[str] = ..., term: _Optional[int] = ..., commit_index: _Optional[int] = ..., leader: _Optional[str] = ..., applied_index: _Optional[int] = ..., http: _Optional[str] = ...) -> None: ...
+    digest_index: int
+    digest: str
+    recent_digests: _containers.ScalarMap[int, str]
+    digest_mismatch: _containers.RepeatedScalarFieldContainer[str]
+    digest_diverged: bool
+    def __init__(self, id: _Optional[str] = ..., raft: _Optional[str] = ..., grpc: _Optional[str] = ..., role: _Optional[str] = ..., term: _Optional[int] = ..., commit_index: _Optional[int] = ..., leader: _Optional[str] = ..., applied_index: _Optional[int] = ..., http: _Optional[str] = ..., digest_index: _Optional[int] = ..., digest: _Optional[str] = ..., recent_digests: _Optional[_Mapping[int, str]] = ..., digest_mismatch: _Optional[_Iterable[str]] = ..., digest_diverged: _Optional[bool] = ...) -> None: ...
 
 class CellStatusResponse(_message.Message):
     __slots__ = ("replicas",)
