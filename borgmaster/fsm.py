@@ -25,6 +25,7 @@ from typing import Any
 
 import msgpack
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
+from pysyncobj import pickle as pysyncobj_pickle
 from pysyncobj.journal import dumps as pysyncobj_dumps
 from pysyncobj.monotonic import monotonic as raft_clock
 from pysyncobj.node import TCPNode
@@ -111,6 +112,51 @@ class RaftStatus:
     def caught_up(self) -> bool:
         """A leader is known and this replica has applied what the leader has committed."""
         return bool(self.leader) and self.applied_index >= self.leader_commit_index
+
+
+LogEntry = tuple[bytes, int, int]
+"""A PySyncObj log entry: (command, index, term)."""
+
+
+@dataclass(frozen=True)
+class AppendPlan:
+    """What a follower does with one append-entries message whose previous entry it holds
+    (`plan_append`)."""
+
+    prev_index: int
+    prev_term: int
+    entries: list[LogEntry]
+    """The entries to append after `prev_index` (those not already in the log)."""
+    keep_suffix: bool
+    """Every sent entry is already in the log and the log goes on past them: change nothing."""
+    verified_end: int
+    """The last index known to match the leader's log once this message is handled: the
+    follower may commit no further, and tells the leader it matches up to here."""
+
+
+def plan_append(
+    prev_index: int,
+    prev_term: int,
+    entries: list[LogEntry],
+    term_at: Callable[[int], int | None],
+) -> AppendPlan:
+    """Raft, section 5.3, receiver rules 3 and 4: "If an existing entry conflicts with a new
+    one (same index but different terms), delete the existing entry and all that follow it;
+    append any new entries not already in the log." Entries already present with the same
+    term are skipped, so the log is cut only at the first real conflict, and never when
+    there is none (a resend of entries the follower holds, or a heartbeat carrying an older
+    `prevLogIdx`, leaves the log as it is). `term_at(i)` is the local term at index i, None
+    past the end of the log."""
+    i, t = prev_index, prev_term
+    k = 0
+    for entry in entries:
+        if term_at(entry[1]) != entry[2]:
+            break
+        i, t = entry[1], entry[2]
+        k += 1
+    rest = list(entries[k:])
+    verified_end = entries[-1][1] if entries else prev_index
+    return AppendPlan(i, t, rest, not rest and term_at(i + 1) is not None, verified_end)
 
 
 class BorgFSM(SyncObj):  # type: ignore[misc]
@@ -236,6 +282,84 @@ class BorgFSM(SyncObj):  # type: ignore[misc]
             raise RuntimeError("--fsync: the Raft journal's term and vote cannot be synced")
         meta.storeMeta = functools.partial(_store_meta_synced, meta.getPath())
 
+    # ----- PySyncObj 0.3.17's append-entries, corrected to Raft section 5.3 ----------------
+
+    def _SyncObj__onMessageReceived(self, node: Any, message: Any) -> None:
+        """Every message from a peer passes here first (PySyncObj registers this name with
+        its transport, so the override is what it calls). Append-entries messages are
+        rewritten by `_append_per_raft`; everything else goes to PySyncObj as it came.
+
+        Why: the pinned PySyncObj's handler deletes the follower's log from `prevLogIdx + 1`
+        whenever the log goes past it, conflict or not, and first reverses the membership
+        changes it deletes (and is about to receive again). A resend of entries the follower
+        already holds (the leader's next index moved back by a late `reset` reply), or a
+        heartbeat with an older `prevLogIdx`, then cuts applied entries (logged CRITICAL
+        "truncating already-applied log entries"), and an entry the leader cannot resend at
+        once (one near its send cap) leaves the follower with a log shorter than what it
+        applied: it could then win an election without committed entries."""
+        if (
+            isinstance(message, dict)
+            and message.get("type") == "append_entries"
+            and "prevLogIdx" in message
+            and message.get("term", -1) >= self.raftCurrentTerm
+        ):
+            self._append_per_raft(node, message)
+            return
+        _PYSYNCOBJ_ON_MESSAGE(self, node, message)
+
+    def _append_per_raft(self, node: Any, message: dict[str, Any]) -> None:
+        transmission = message.get("transmission")
+        if transmission in ("start", "process"):
+            _PYSYNCOBJ_ON_MESSAGE(self, node, message)  # chunks of one big entry: buffered
+            return
+        if transmission == "finish":
+            # Reassemble here (as PySyncObj would) so the whole entry can be planned.
+            data = getattr(self, "_SyncObj__recvTransmission") + message["data"]  # noqa: B009
+            self._SyncObj__recvTransmission = ""
+            message = {k: v for k, v in message.items() if k not in ("transmission", "data")}
+            message["entries"] = [pysyncobj_pickle.loads(data)]
+        elif transmission is not None:
+            _PYSYNCOBJ_ON_MESSAGE(self, node, message)  # PySyncObj's own error
+            return
+        journal = self._SyncObj__raftLog
+        first, count = journal[0][1], len(journal)
+
+        def term_at(index: int) -> int | None:
+            j = index - first
+            return int(journal[j][2]) if 0 <= j < count else None
+
+        if term_at(message["prevLogIdx"]) != message["prevLogTerm"]:
+            _PYSYNCOBJ_ON_MESSAGE(self, node, message)  # a gap or a conflict at prev: reject
+            return
+        plan = plan_append(
+            message["prevLogIdx"], message["prevLogTerm"], message.get("entries") or [], term_at
+        )
+        leader_commit = message["commit_index"]
+        commit = min(leader_commit, plan.verified_end)  # Raft: commit <= the last new entry
+        if plan.keep_suffix:
+            # Nothing to append and nothing to cut: let PySyncObj do the leader, term and
+            # timer bookkeeping and the commit index (a message without log part), and
+            # answer the leader ourselves with how far this log is known to match its own.
+            _PYSYNCOBJ_ON_MESSAGE(
+                self,
+                node,
+                {"type": "append_entries", "term": message["term"], "commit_index": commit},
+            )
+            self._SyncObj__sendNextNodeIdx(node, nextNodeIdx=plan.verified_end + 1, success=True)
+        else:
+            _PYSYNCOBJ_ON_MESSAGE(
+                self,
+                node,
+                dict(
+                    message,
+                    prevLogIdx=plan.prev_index,
+                    prevLogTerm=plan.prev_term,
+                    entries=plan.entries,
+                    commit_index=commit,
+                ),
+            )
+        self._SyncObj__leaderCommitIndex = leader_commit  # what `caught_up` compares with
+
     # ----- typed accessors: what the rest of the master may know of PySyncObj ------------
 
     def status(self) -> RaftStatus:
@@ -354,6 +478,10 @@ class BorgFSM(SyncObj):  # type: ignore[misc]
         except Exception as e:
             raise ValueError(f"{filename}: corrupt borgcell snapshot: {e}") from None
         return (last, prev, cluster)
+
+
+_PYSYNCOBJ_ON_MESSAGE: Callable[[Any, Any, Any], None] = SyncObj._SyncObj__onMessageReceived
+"""The pinned PySyncObj's message handler (BorgFSM overrides the name to reach it first)."""
 
 
 def _typed_roles(
