@@ -18,7 +18,7 @@ from typing import Any
 from borgmaster import commands as C
 from borgmaster.facade import ProposeError, now_ms
 from borgmaster.fsm import BorgFSM, fail_reason_name
-from borgmaster.proposer import Proposer
+from borgmaster.proposer import MAX_ENTRY_BYTES, Proposer
 
 log = logging.getLogger("borgmaster")
 
@@ -46,8 +46,15 @@ class Writer:
         the state machine's result. Stamps `ts_ms` when the caller has not."""
         if not cmd.ts_ms:
             cmd.ts_ms = now_ms()
+        entry = C.encode(cmd)
+        if len(entry) > MAX_ENTRY_BYTES:
+            raise ProposeError(
+                "too-large",
+                f"{type(cmd).__name__} of {len(entry) / (1 << 20):.1f} MiB is over the "
+                f"{MAX_ENTRY_BYTES >> 20} MiB a Raft entry may be",
+            )
         self.wait_for_a_leader()
-        fut = self.proposer.submit(C.encode(cmd))
+        fut = self.proposer.submit(entry)
         return self._await(fut, timeout)
 
     def barrier(self, timeout: float = 5.0) -> None:
