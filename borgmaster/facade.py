@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from borgmaster import commands as C
 from borgmaster.config import MasterConfig
 from borgmaster.digests import DigestChecker, Digests
+from borgmaster.diskspace import DataDirSpace
 from borgmaster.fsm import RaftStatus
 from borgmaster.naming import Zone
 from borgmaster.store import Store
@@ -56,6 +57,7 @@ class MetricsHost(Protocol):
     store: Store
     digests: Digests
     digest_check: DigestChecker
+    space: DataDirSpace
 
     def raft_status(self) -> RaftStatus: ...
 

@@ -10,6 +10,7 @@ a journal PySyncObj's log compaction drops entries whose snapshot lived only in 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import functools
 import logging
@@ -112,6 +113,34 @@ class RaftStatus:
     def caught_up(self) -> bool:
         """A leader is known and this replica has applied what the leader has committed."""
         return bool(self.leader) and self.applied_index >= self.leader_commit_index
+
+
+JOURNAL_RECORD_OVERHEAD = 24
+"""Bytes PySyncObj's FileJournal adds to each command: two 4-byte lengths, index and term."""
+
+
+class DiskFull(OSError):
+    """A journal append refused for lack of disk space (nothing was written)."""
+
+
+_FALLOC_FL_KEEP_SIZE = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _allocate_keep_size(fd: int, offset: int, size: int) -> None:
+    """fallocate(2) with FALLOC_FL_KEEP_SIZE: disk blocks for [offset, offset + size) without
+    changing the file's size. Not `os.posix_fallocate`, which extends the file: PySyncObj's
+    ResizableFile takes the file's size (`mmap.size()`) for the mapping's, and would then
+    write past its mapping."""
+    r = _libc.fallocate(
+        ctypes.c_int(fd),
+        ctypes.c_int(_FALLOC_FL_KEEP_SIZE),
+        ctypes.c_long(offset),
+        ctypes.c_long(size),
+    )
+    if r != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
 
 
 LogEntry = tuple[bytes, int, int]
@@ -220,6 +249,10 @@ class BorgFSM(SyncObj):  # type: ignore[misc]
             self._doDestroy()
             probe_bind(bind, "raft")
             raise OSError(f"raft address {self_addr}: cannot bind") from None
+        self._disk_full_logged = 0.0
+        self.disk_full_appends = 0
+        """Journal appends refused for lack of disk space (the entry was not taken)."""
+        self._guard_journal_space()
         if fsync:
             self._fsync_journal()
         # Joining an existing cell: until the leader has added this replica it sends it
@@ -256,6 +289,85 @@ class BorgFSM(SyncObj):  # type: ignore[misc]
             log.info("joined the cell: leader %s", leader.address)
             return
         self._SyncObj__raftElectionDeadline = raft_clock() + JOIN_HOLD_S
+
+    def _guard_journal_space(self) -> None:
+        """Reserve the disk blocks of each journal record (`posix_fallocate`) before PySyncObj
+        stores it through its mmap: its file grows by `ftruncate`, without blocks, and a store
+        into such a page on a full disk is SIGBUS, the end of the master. Now an append on a
+        full disk raises DiskFull (an OSError) before anything changes, in memory or on disk
+        (diskspace.py has the reserve that normally refuses writes long before)."""
+        journal = self._SyncObj__raftLog
+        if getattr(journal, "_FileJournal__journalFile", None) is None:
+            return  # an in-memory journal: nothing to reserve
+        add = journal.add
+
+        def add_with_space(command: bytes, idx: int, term: int) -> None:
+            self.reserve_journal_space(len(command) + JOURNAL_RECORD_OVERHEAD, idx)
+            add(command, idx, term)
+
+        journal.add = add_with_space
+
+    def reserve_journal_space(self, size: int, idx: int) -> None:
+        """Allocate `size` bytes at the journal's end, or raise DiskFull."""
+        journal = self._SyncObj__raftLog
+        f = journal._FileJournal__journalFile._ResizableFile__f  # reopened when it grows
+        offset = journal._FileJournal__currentOffset
+        try:
+            _allocate_keep_size(f.fileno(), offset, size)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            self.disk_full_appends += 1
+            raise DiskFull(
+                e.errno, f"no disk space for Raft log entry {idx} ({size} bytes) in the journal"
+            ) from None
+
+    def _disk_full(self, e: DiskFull, what: str) -> None:
+        """Log a refused append at most every 10 s (PySyncObj would log a traceback per tick)."""
+        now = time.monotonic()
+        if now - self._disk_full_logged >= 10.0:
+            self._disk_full_logged = now
+            log.error("%s: %s (%d appends refused so far)", what, e, self.disk_full_appends)
+
+    def _checkCommandsToApply(self) -> None:
+        """PySyncObj's leader-side append of queued commands. On a full disk the command
+        being appended is answered REQUEST_DENIED (the writer then names the full disk) and
+        the master lives on; the writer's own reserve check normally refuses it first."""
+        taken: list[Any] = []
+        queue = self._SyncObj__commandsQueue
+        get = queue.get_nowait
+
+        def get_and_keep() -> Any:
+            item = get()
+            taken[:] = [item]
+            return item
+
+        queue.get_nowait = get_and_keep
+        try:
+            super()._checkCommandsToApply()
+        except DiskFull as e:
+            self._disk_full(e, "leader cannot append")
+            if taken:
+                self._deny(taken[0][1])
+        finally:
+            del queue.get_nowait
+
+    def _deny(self, callback: Any) -> None:
+        """Answer a command PySyncObj took off its queue but could not append."""
+        if callback is None:
+            return
+        if isinstance(callback, tuple):  # forwarded by a follower: answer it there
+            node, request_id = callback
+            self._SyncObj__transport.send(
+                node,
+                {
+                    "type": "apply_command_response",
+                    "request_id": request_id,
+                    "error": FAIL_REQUEST_DENIED,
+                },
+            )
+        else:
+            callback(None, FAIL_REQUEST_DENIED)
 
     def _fsync_journal(self) -> None:
         """Flush the journal (msync of PySyncObj's mmap) after every append, so an entry is on
@@ -303,7 +415,12 @@ class BorgFSM(SyncObj):  # type: ignore[misc]
             and "prevLogIdx" in message
             and message.get("term", -1) >= self.raftCurrentTerm
         ):
-            self._append_per_raft(node, message)
+            try:
+                self._append_per_raft(node, message)
+            except DiskFull as e:
+                # Nothing was taken (space is reserved for the whole message first) and no
+                # answer goes back: the leader resends, and commits with the others meanwhile.
+                self._disk_full(e, "follower cannot append")
             return
         _PYSYNCOBJ_ON_MESSAGE(self, node, message)
 
@@ -334,6 +451,9 @@ class BorgFSM(SyncObj):  # type: ignore[misc]
         plan = plan_append(
             message["prevLogIdx"], message["prevLogTerm"], message.get("entries") or [], term_at
         )
+        if plan.entries and hasattr(journal, "_FileJournal__journalFile"):
+            need = sum(len(e[0]) + JOURNAL_RECORD_OVERHEAD for e in plan.entries)
+            self.reserve_journal_space(need, plan.entries[0][1])
         leader_commit = message["commit_index"]
         commit = min(leader_commit, plan.verified_end)  # Raft: commit <= the last new entry
         if plan.keep_suffix:

@@ -30,6 +30,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from borgmaster.digests import Digests, Verdict
+from borgmaster.diskspace import DataDirSpace
 from borgmaster.model import (
     BANDS,
     JOB_STATES,
@@ -169,6 +170,7 @@ class _CellCollector(Collector):
                 value=float(prop.entries),
             )
         yield from digest_families(self.m.digests, self.m.digest_check.verdict)
+        yield from space_families(self.m.space)
         if not is_leader:
             return
         store = self.m.store
@@ -204,6 +206,21 @@ def digest_families(d: Digests, v: Verdict) -> Iterator[Metric]:
         "borg_replica_digests_skipped",
         "Due state digests skipped because the previous one was still being computed.",
         value=float(d.skipped),
+    )
+
+
+def space_families(space: DataDirSpace) -> Iterator[Metric]:
+    """The data dir's free space, and whether writes are refused for lack of it."""
+    free = space.free()
+    yield _gauge(
+        "borg_data_dir_free_bytes",
+        "Free space on the file system of this replica's data dir (for unprivileged writers).",
+        free,
+    )
+    yield _gauge(
+        "borg_data_dir_writes_refused",
+        "1 while the data dir has less free space than --min-free: writes are refused.",
+        free < space.reserve,
     )
 
 

@@ -34,6 +34,7 @@ from borgmaster.config import MasterConfig
 from borgmaster.controller_shell import ControllerShell
 from borgmaster.copies import LiveCopies
 from borgmaster.digests import DigestChecker, Digests
+from borgmaster.diskspace import DataDirSpace
 from borgmaster.dns import DnsServer
 from borgmaster.facade import ProposalCounts, ProposeError, RequestCounter, now_ms
 from borgmaster.fsm import (
@@ -145,8 +146,9 @@ class Master:
             digests=self.digests,
         )
         self.proposer = Proposer(self.fsm)
+        self.space = DataDirSpace(cfg.data_dir, cfg.id, cfg.min_free_bytes)
         self.writer = Writer(
-            self.fsm, self.proposer, self._stop, cfg.write_timeout_s, self.leader_grpc
+            self.fsm, self.proposer, self._stop, cfg.write_timeout_s, self.leader_grpc, self.space
         )
         self.fence = TermFence(cfg.id, self.is_leader, self.fsm.term, self.propose)
         # Scheduler: on every change (never idle-periodic); controllers: on changes and every

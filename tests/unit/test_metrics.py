@@ -14,6 +14,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from borgmaster.digests import DigestChecker, Digests
+from borgmaster.diskspace import DataDirSpace
 from borgmaster.fsm import RaftStatus, Role
 from borgmaster.metrics import (
     MasterMetrics,
@@ -88,6 +89,7 @@ class FakeMaster:
     fsm: FakeFSM
     digests: Digests = field(default_factory=lambda: Digests(lambda: ""))
     digest_check: Any = None
+    space: DataDirSpace = field(default_factory=lambda: DataDirSpace("/", "m0", 0))
 
     def __post_init__(self) -> None:
         self.digest_check = DigestChecker(self.digests, dict, lambda: 3, threading.Event())
@@ -184,6 +186,17 @@ def test_digest_gauges_on_every_replica() -> None:
     assert value(fams, "borg_replica_digest_mismatch") == 2
     assert value(fams, "borg_replica_digest_diverged") == 1
     assert value(fams, "borg_replica_digest_seconds") == 0.25
+
+
+def test_data_dir_space_gauges() -> None:
+    fake = FakeMaster(Store(), FakeFSM(state=0))
+    _, fams = scrape(MasterMetrics(cast(Any, fake)))
+    assert value(fams, "borg_data_dir_free_bytes") > 0
+    assert value(fams, "borg_data_dir_writes_refused") == 0
+    fake.space = DataDirSpace("/", "m0", reserve=1 << 62)
+    _, fams = scrape(MasterMetrics(cast(Any, fake)))
+    assert value(fams, "borg_data_dir_writes_refused") == 1
+    assert fake.space.full().startswith("disk full on replica m0: ")
 
 
 def test_hooks_feed_counters_and_histograms() -> None:
