@@ -22,9 +22,11 @@ built-in blake2b. While one child runs, the next due digest is skipped rather th
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import select
+import signal
 import threading
 import time
 from collections import Counter, OrderedDict
@@ -32,6 +34,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 log = logging.getLogger("borgmaster.digests")
+
+_LIBC = ctypes.CDLL(None, use_errno=True)  # loaded here: the child must not load anything
+_PR_SET_PDEATHSIG = 1
 
 DIGEST_EVERY = 1000
 """Default distance, in Raft log indexes, between two digests (`borgmaster run --digest-every`;
@@ -126,6 +131,8 @@ class Digests:
         if pid == 0:  # the child: no locks, no logging, no cleanup handlers
             code = 0
             try:
+                # Go with the master: a child outliving it would hold the data dir's lock.
+                _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
                 os.close(r)
                 os.write(w, self.compute().encode())
             except BaseException:
