@@ -316,7 +316,7 @@ class ObservedTask(_message.Message):
     def __init__(self, job: _Optional[str] = ..., index: _Optional[int] = ..., incarnation: _Optional[str] = ..., state: _Optional[str] = ..., exit_code: _Optional[int] = ..., reason: _Optional[str] = ..., restarts: _Optional[int] = ..., health: _Optional[str] = ..., cpu_seconds: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., memory_peak_bytes: _Optional[int] = ..., pid: _Optional[int] = ..., oom_kills: _Optional[int] = ..., ports: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class SyncRequest(_message.Message):
-    __slots__ = ("machine", "address", "http", "capacity", "attrs", "taints", "tasks", "known_generation", "wait_ms", "task_users")
+    __slots__ = ("machine", "address", "http", "capacity", "attrs", "taints", "tasks", "known_generation", "wait_ms", "task_users", "shared_specs")
     class AttrsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -334,6 +334,7 @@ class SyncRequest(_message.Message):
     KNOWN_GENERATION_FIELD_NUMBER: _ClassVar[int]
     WAIT_MS_FIELD_NUMBER: _ClassVar[int]
     TASK_USERS_FIELD_NUMBER: _ClassVar[int]
+    SHARED_SPECS_FIELD_NUMBER: _ClassVar[int]
     machine: str
     address: str
     http: str
@@ -344,10 +345,11 @@ class SyncRequest(_message.Message):
     known_generation: int
     wait_ms: int
     task_users: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, machine: _Optional[str] = ..., address: _Optional[str] = ..., http: _Optional[str] = ..., capacity: _Optional[_Union[Resources, _Mapping]] = ..., attrs: _Optional[_Mapping[str, str]] = ..., taints: _Optional[_Iterable[_Union[Taint, _Mapping]]] = ..., tasks: _Optional[_Iterable[_Union[ObservedTask, _Mapping]]] = ..., known_generation: _Optional[int] = ..., wait_ms: _Optional[int] = ..., task_users: _Optional[_Iterable[str]] = ...) -> None: ...
+    shared_specs: bool
+    def __init__(self, machine: _Optional[str] = ..., address: _Optional[str] = ..., http: _Optional[str] = ..., capacity: _Optional[_Union[Resources, _Mapping]] = ..., attrs: _Optional[_Mapping[str, str]] = ..., taints: _Optional[_Iterable[_Union[Taint, _Mapping]]] = ..., tasks: _Optional[_Iterable[_Union[ObservedTask, _Mapping]]] = ..., known_generation: _Optional[int] = ..., wait_ms: _Optional[int] = ..., task_users: _Optional[_Iterable[str]] = ..., shared_specs: _Optional[bool] = ...) -> None: ...
 
 class DesiredTask(_message.Message):
-    __slots__ = ("job", "index", "incarnation", "version", "spec", "ports")
+    __slots__ = ("job", "index", "incarnation", "version", "spec", "ports", "spec_ref")
     class PortsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -361,23 +363,34 @@ class DesiredTask(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     PORTS_FIELD_NUMBER: _ClassVar[int]
+    SPEC_REF_FIELD_NUMBER: _ClassVar[int]
     job: str
     index: int
     incarnation: str
     version: int
     spec: _struct_pb2.Struct
     ports: _containers.ScalarMap[str, int]
-    def __init__(self, job: _Optional[str] = ..., index: _Optional[int] = ..., incarnation: _Optional[str] = ..., version: _Optional[int] = ..., spec: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., ports: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    spec_ref: str
+    def __init__(self, job: _Optional[str] = ..., index: _Optional[int] = ..., incarnation: _Optional[str] = ..., version: _Optional[int] = ..., spec: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., ports: _Optional[_Mapping[str, int]] = ..., spec_ref: _Optional[str] = ...) -> None: ...
 
 class SyncResponse(_message.Message):
-    __slots__ = ("tasks", "generation", "cell")
+    __slots__ = ("tasks", "generation", "cell", "specs")
+    class SpecsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: _struct_pb2.Struct
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
     TASKS_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     CELL_FIELD_NUMBER: _ClassVar[int]
+    SPECS_FIELD_NUMBER: _ClassVar[int]
     tasks: _containers.RepeatedCompositeFieldContainer[DesiredTask]
     generation: int
     cell: str
-    def __init__(self, tasks: _Optional[_Iterable[_Union[DesiredTask, _Mapping]]] = ..., generation: _Optional[int] = ..., cell: _Optional[str] = ...) -> None: ...
+    specs: _containers.MessageMap[str, _struct_pb2.Struct]
+    def __init__(self, tasks: _Optional[_Iterable[_Union[DesiredTask, _Mapping]]] = ..., generation: _Optional[int] = ..., cell: _Optional[str] = ..., specs: _Optional[_Mapping[str, _struct_pb2.Struct]] = ...) -> None: ...
 
 class ReadLogsRequest(_message.Message):
     __slots__ = ("job", "index", "stderr", "follow", "tail_bytes", "incarnation")
