@@ -236,11 +236,12 @@ class BorgletLink:
             shared: dict[str, Any] = {}
             out = []
             for t in desired:
-                job = store.jobs[t.job]
-                ref = f"{t.job}@{job.version}"
+                # The spec of the task's own version: a task a rollout has not replaced yet
+                # runs its old spec (a restarted Borglet must not start it with the new one).
+                ref = f"{t.job}@{t.version}"
                 spec = shared.get(ref)
                 if spec is None:
-                    spec = shared[ref] = struct_from(spec_to_config(job.spec))
+                    spec = shared[ref] = struct_from(spec_to_config(store.task_spec(t)))
                 d = pb.DesiredTask(
                     job=t.job, index=t.index, incarnation=t.incarnation, version=t.version
                 )

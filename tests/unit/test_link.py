@@ -174,3 +174,20 @@ def test_shared_specs_go_once_per_job_and_an_older_borglet_gets_them_inline() ->
     del new.specs["b@1"]
     fake._spec_cache = {}
     assert [d.job for d in MasterLink.desired_of(fake, new)] == ["a", "a", "a"]  # type: ignore[arg-type]
+
+
+def test_a_task_not_yet_rolled_gets_the_spec_of_its_own_version() -> None:
+    from borgmaster.convert import dict_from
+
+    cell = Cell()
+    cell.machine("m1", cpu=16.0, ram=64 * GiB)
+    cell.submit(spec(name="a", replicas=1, command=["sleep", "1"]))
+    cell.place("a", 0, "m1")
+    cell.submit(spec(name="a", replicas=1, command=["sleep", "2"]))  # version 2, not rolled yet
+    assert cell.store.jobs["a"].version == 2 and cell.store.tasks[("a", 0)].version == 1
+    lk = link.BorgletLink(cell.store, LiveCopies(), cell.apply, lambda: True, lambda: None, "c1")
+    for shared in (False, True):
+        r = lk.sync(pb.SyncRequest(machine="m1", wait_ms=0, shared_specs=shared))
+        [t] = r.tasks
+        s = r.specs[t.spec_ref] if shared else t.spec
+        assert t.version == 1 and dict_from(s)["command"] == ["sleep", "1"]
