@@ -116,6 +116,7 @@ class MasterLink:
             tasks=[pb.ObservedTask(**r) for r in reports],
             known_generation=self._known_generation,
             wait_ms=wait_ms,
+            shared_specs=True,
         )
         return req, keys
 
@@ -126,7 +127,11 @@ class MasterLink:
             addr = self.cfg.masters[self._master_idx % len(self.cfg.masters)]
             ch = channels.get(addr)
             if ch is None:
-                ch = channels[addr] = secure_channel(addr, self.cfg.tls)
+                # A reply holds each spec once (up to 1 MiB each): more than gRPC's 4 MiB
+                # default on a machine running several jobs with large specs.
+                ch = channels[addr] = secure_channel(
+                    addr, self.cfg.tls, options=[("grpc.max_receive_message_length", 64 << 20)]
+                )
             stub = borg_pb2_grpc.BorgmasterStub(ch)
             self._wake.clear()
             if not self.host.ready_to_report():
@@ -187,7 +192,9 @@ class MasterLink:
             spec = self._spec_cache.get(ck)
             if spec is None:
                 try:
-                    spec = validate_job(dict_from(d.spec))
+                    if d.spec_ref and d.spec_ref not in resp.specs:
+                        raise ConfigError(f"the reply has no spec {d.spec_ref!r}")
+                    spec = validate_job(dict_from(resp.specs[d.spec_ref] if d.spec_ref else d.spec))
                 except ConfigError as e:
                     log.error("master sent an invalid spec for %s/%d: %s", d.job, d.index, e)
                     continue

@@ -65,6 +65,7 @@ CODES = {
     "not-leader": grpc.StatusCode.FAILED_PRECONDITION,
     "internal": grpc.StatusCode.INTERNAL,
     "quota": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "too-large": grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 FORWARDED_HEADER = "borg-forwarded"

@@ -18,12 +18,14 @@ from typing import NoReturn
 import click
 import psutil
 
+from borgmaster.digests import DIGEST_EVERY
 from borgmaster.fsm import DataDirError, lock_data_dir, own_raft_secret
 from borgmaster.server import Master, MasterConfig
 from cfg.errors import ConfigError
 from cfg.logsetup import log_options, setup_logging
 from cfg.options import host_port
 from cfg.tls import CERT_FILE, Role, TlsDir, cert_identity, record_dev_cell
+from cfg.units import parse_size
 
 log = logging.getLogger("borgmaster")
 
@@ -58,6 +60,13 @@ def _usage_exit(message: str) -> NoReturn:
     """One line on stderr and exit 2 (SPEC: usage errors)."""
     click.echo(f"borgmaster: {message}", err=True)
     sys.exit(2)
+
+
+def _size_option(value: str, flag: str) -> int:
+    try:
+        return parse_size(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint=flag) from None
 
 
 def _check_addr(value: str, flag: str) -> str:
@@ -127,6 +136,21 @@ def main() -> None:
 @click.option(
     "--job-retention", default=3600.0, show_default=True, help="Seconds killed jobs are kept."
 )
+@click.option(
+    "--digest-every",
+    type=click.IntRange(min=0),
+    default=DIGEST_EVERY,
+    show_default=True,
+    help="Hash the state every N log indexes and compare it with the other replicas' "
+    "(the same N on every replica; 0: never).",
+)
+@click.option(
+    "--min-free",
+    default="64Mi",
+    show_default=True,
+    help="Refuse writes (UNAVAILABLE, 'disk full on replica ...') while the data dir's file "
+    "system has less free space than this.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Same as --log-level debug.")
 @log_options
 def run(
@@ -146,6 +170,8 @@ def run(
     join: bool,
     scheduler_policy: str,
     job_retention: float,
+    digest_every: int,
+    min_free: str,
     verbose: bool,
     log_level: str,
     log_format: str,
@@ -187,6 +213,8 @@ def run(
         join=join,
         tls=tls,
         audit_log=audit_log or "",
+        digest_every=digest_every,
+        min_free_bytes=_size_option(min_free, "--min-free"),
     )
     serve(cfg)
 

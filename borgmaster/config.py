@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from borgmaster.digests import DIGEST_EVERY
+from borgmaster.diskspace import MIN_FREE_BYTES
 from borgmaster.fsm import RaftTuning
 from cfg.tls import TlsDir
 
@@ -34,3 +36,10 @@ class MasterConfig:
     authorization table; None: plaintext and every caller trusted (SPEC part 1)."""
     audit_log: str = ""
     """`--audit-log FILE`: one JSON line per write RPC."""
+    digest_every: int = DIGEST_EVERY
+    """`--digest-every N`: hash the state every N log indexes (0: never); the same on every
+    replica of a cell (digests.py)."""
+    min_free_bytes: int = MIN_FREE_BYTES
+    """`--min-free`: below this much free space in the data dir, writes are refused."""
+    digest_check_s: float = 2.0
+    """How often this replica compares its digests with its peers'."""

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from borgmaster import commands as C
 from borgmaster.config import MasterConfig
+from borgmaster.digests import DigestChecker, Digests
+from borgmaster.diskspace import DataDirSpace
 from borgmaster.fsm import RaftStatus
 from borgmaster.naming import Zone
 from borgmaster.store import Store
@@ -53,6 +55,9 @@ class MetricsHost(Protocol):
     """What the metrics collector reads at scrape time."""
 
     store: Store
+    digests: Digests
+    digest_check: DigestChecker
+    space: DataDirSpace
 
     def raft_status(self) -> RaftStatus: ...
 
@@ -68,6 +73,8 @@ class HttpHost(Protocol):
     def replica_info(self) -> pb.ReplicaInfo: ...
 
     def ready(self) -> bool: ...
+
+    def unready_reason(self) -> str: ...
 
     def metrics_registry(self) -> Any: ...
 

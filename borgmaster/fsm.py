@@ -10,6 +10,7 @@ a journal PySyncObj's log compaction drops entries whose snapshot lived only in 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import functools
 import logging
@@ -25,11 +26,13 @@ from typing import Any
 
 import msgpack
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
+from pysyncobj import pickle as pysyncobj_pickle
 from pysyncobj.journal import dumps as pysyncobj_dumps
 from pysyncobj.monotonic import monotonic as raft_clock
 from pysyncobj.node import TCPNode
 
 from borgmaster import raft_guard
+from borgmaster.digests import Digests
 from borgmaster.store import Store
 from cfg import datadir
 from cfg.datadir import DataDirInUse
@@ -112,6 +115,79 @@ class RaftStatus:
         return bool(self.leader) and self.applied_index >= self.leader_commit_index
 
 
+JOURNAL_RECORD_OVERHEAD = 24
+"""Bytes PySyncObj's FileJournal adds to each command: two 4-byte lengths, index and term."""
+
+
+class DiskFull(OSError):
+    """A journal append refused for lack of disk space (nothing was written)."""
+
+
+_FALLOC_FL_KEEP_SIZE = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _allocate_keep_size(fd: int, offset: int, size: int) -> None:
+    """fallocate(2) with FALLOC_FL_KEEP_SIZE: disk blocks for [offset, offset + size) without
+    changing the file's size. Not `os.posix_fallocate`, which extends the file: PySyncObj's
+    ResizableFile takes the file's size (`mmap.size()`) for the mapping's, and would then
+    write past its mapping."""
+    r = _libc.fallocate(
+        ctypes.c_int(fd),
+        ctypes.c_int(_FALLOC_FL_KEEP_SIZE),
+        ctypes.c_long(offset),
+        ctypes.c_long(size),
+    )
+    if r != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+
+
+LogEntry = tuple[bytes, int, int]
+"""A PySyncObj log entry: (command, index, term)."""
+
+
+@dataclass(frozen=True)
+class AppendPlan:
+    """What a follower does with one append-entries message whose previous entry it holds
+    (`plan_append`)."""
+
+    prev_index: int
+    prev_term: int
+    entries: list[LogEntry]
+    """The entries to append after `prev_index` (those not already in the log)."""
+    keep_suffix: bool
+    """Every sent entry is already in the log and the log goes on past them: change nothing."""
+    verified_end: int
+    """The last index known to match the leader's log once this message is handled: the
+    follower may commit no further, and tells the leader it matches up to here."""
+
+
+def plan_append(
+    prev_index: int,
+    prev_term: int,
+    entries: list[LogEntry],
+    term_at: Callable[[int], int | None],
+) -> AppendPlan:
+    """Raft, section 5.3, receiver rules 3 and 4: "If an existing entry conflicts with a new
+    one (same index but different terms), delete the existing entry and all that follow it;
+    append any new entries not already in the log." Entries already present with the same
+    term are skipped, so the log is cut only at the first real conflict, and never when
+    there is none (a resend of entries the follower holds, or a heartbeat carrying an older
+    `prevLogIdx`, leaves the log as it is). `term_at(i)` is the local term at index i, None
+    past the end of the log."""
+    i, t = prev_index, prev_term
+    k = 0
+    for entry in entries:
+        if term_at(entry[1]) != entry[2]:
+            break
+        i, t = entry[1], entry[2]
+        k += 1
+    rest = list(entries[k:])
+    verified_end = entries[-1][1] if entries else prev_index
+    return AppendPlan(i, t, rest, not rest and term_at(i + 1) is not None, verified_end)
+
+
 class BorgFSM(SyncObj):  # type: ignore[misc]
     """PySyncObj behind typed accessors. This is the only module that touches PySyncObj:
     everything else asks `status()`, `leader()`, `is_leader()` and `term()`, and gets
@@ -129,10 +205,12 @@ class BorgFSM(SyncObj):  # type: ignore[misc]
         on_state_changed: Callable[[Role, Role], None] | None = None,
         fsync: bool = False,
         join: bool = False,
+        digests: Digests | None = None,
     ) -> None:
         t = tuning or RaftTuning()
         os.makedirs(data_dir, exist_ok=True)
         self._store = store
+        self._digests = digests  # before PySyncObj starts replaying the journal into apply
         bind = bind_address(self_addr)
         # Fail at start, with the reason, when the port is taken: PySyncObj would otherwise
         # retry the bind every second forever while the replica sits leaderless.
@@ -171,6 +249,10 @@ class BorgFSM(SyncObj):  # type: ignore[misc]
             self._doDestroy()
             probe_bind(bind, "raft")
             raise OSError(f"raft address {self_addr}: cannot bind") from None
+        self._disk_full_logged = 0.0
+        self.disk_full_appends = 0
+        """Journal appends refused for lack of disk space (the entry was not taken)."""
+        self._guard_journal_space()
         if fsync:
             self._fsync_journal()
         # Joining an existing cell: until the leader has added this replica it sends it
@@ -208,6 +290,85 @@ class BorgFSM(SyncObj):  # type: ignore[misc]
             return
         self._SyncObj__raftElectionDeadline = raft_clock() + JOIN_HOLD_S
 
+    def _guard_journal_space(self) -> None:
+        """Reserve the disk blocks of each journal record (`posix_fallocate`) before PySyncObj
+        stores it through its mmap: its file grows by `ftruncate`, without blocks, and a store
+        into such a page on a full disk is SIGBUS, the end of the master. Now an append on a
+        full disk raises DiskFull (an OSError) before anything changes, in memory or on disk
+        (diskspace.py has the reserve that normally refuses writes long before)."""
+        journal = self._SyncObj__raftLog
+        if getattr(journal, "_FileJournal__journalFile", None) is None:
+            return  # an in-memory journal: nothing to reserve
+        add = journal.add
+
+        def add_with_space(command: bytes, idx: int, term: int) -> None:
+            self.reserve_journal_space(len(command) + JOURNAL_RECORD_OVERHEAD, idx)
+            add(command, idx, term)
+
+        journal.add = add_with_space
+
+    def reserve_journal_space(self, size: int, idx: int) -> None:
+        """Allocate `size` bytes at the journal's end, or raise DiskFull."""
+        journal = self._SyncObj__raftLog
+        f = journal._FileJournal__journalFile._ResizableFile__f  # reopened when it grows
+        offset = journal._FileJournal__currentOffset
+        try:
+            _allocate_keep_size(f.fileno(), offset, size)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            self.disk_full_appends += 1
+            raise DiskFull(
+                e.errno, f"no disk space for Raft log entry {idx} ({size} bytes) in the journal"
+            ) from None
+
+    def _disk_full(self, e: DiskFull, what: str) -> None:
+        """Log a refused append at most every 10 s (PySyncObj would log a traceback per tick)."""
+        now = time.monotonic()
+        if now - self._disk_full_logged >= 10.0:
+            self._disk_full_logged = now
+            log.error("%s: %s (%d appends refused so far)", what, e, self.disk_full_appends)
+
+    def _checkCommandsToApply(self) -> None:
+        """PySyncObj's leader-side append of queued commands. On a full disk the command
+        being appended is answered REQUEST_DENIED (the writer then names the full disk) and
+        the master lives on; the writer's own reserve check normally refuses it first."""
+        taken: list[Any] = []
+        queue = self._SyncObj__commandsQueue
+        get = queue.get_nowait
+
+        def get_and_keep() -> Any:
+            item = get()
+            taken[:] = [item]
+            return item
+
+        queue.get_nowait = get_and_keep
+        try:
+            super()._checkCommandsToApply()
+        except DiskFull as e:
+            self._disk_full(e, "leader cannot append")
+            if taken:
+                self._deny(taken[0][1])
+        finally:
+            del queue.get_nowait
+
+    def _deny(self, callback: Any) -> None:
+        """Answer a command PySyncObj took off its queue but could not append."""
+        if callback is None:
+            return
+        if isinstance(callback, tuple):  # forwarded by a follower: answer it there
+            node, request_id = callback
+            self._SyncObj__transport.send(
+                node,
+                {
+                    "type": "apply_command_response",
+                    "request_id": request_id,
+                    "error": FAIL_REQUEST_DENIED,
+                },
+            )
+        else:
+            callback(None, FAIL_REQUEST_DENIED)
+
     def _fsync_journal(self) -> None:
         """Flush the journal (msync of PySyncObj's mmap) after every append, so an entry is on
         disk before this replica acknowledges it: a committed write survives power loss on a
@@ -232,6 +393,92 @@ class BorgFSM(SyncObj):  # type: ignore[misc]
         if meta is None:
             raise RuntimeError("--fsync: the Raft journal's term and vote cannot be synced")
         meta.storeMeta = functools.partial(_store_meta_synced, meta.getPath())
+
+    # ----- PySyncObj 0.3.17's append-entries, corrected to Raft section 5.3 ----------------
+
+    def _SyncObj__onMessageReceived(self, node: Any, message: Any) -> None:
+        """Every message from a peer passes here first (PySyncObj registers this name with
+        its transport, so the override is what it calls). Append-entries messages are
+        rewritten by `_append_per_raft`; everything else goes to PySyncObj as it came.
+
+        Why: the pinned PySyncObj's handler deletes the follower's log from `prevLogIdx + 1`
+        whenever the log goes past it, conflict or not, and first reverses the membership
+        changes it deletes (and is about to receive again). A resend of entries the follower
+        already holds (the leader's next index moved back by a late `reset` reply), or a
+        heartbeat with an older `prevLogIdx`, then cuts applied entries (logged CRITICAL
+        "truncating already-applied log entries"), and an entry the leader cannot resend at
+        once (one near its send cap) leaves the follower with a log shorter than what it
+        applied: it could then win an election without committed entries."""
+        if (
+            isinstance(message, dict)
+            and message.get("type") == "append_entries"
+            and "prevLogIdx" in message
+            and message.get("term", -1) >= self.raftCurrentTerm
+        ):
+            try:
+                self._append_per_raft(node, message)
+            except DiskFull as e:
+                # Nothing was taken (space is reserved for the whole message first) and no
+                # answer goes back: the leader resends, and commits with the others meanwhile.
+                self._disk_full(e, "follower cannot append")
+            return
+        _PYSYNCOBJ_ON_MESSAGE(self, node, message)
+
+    def _append_per_raft(self, node: Any, message: dict[str, Any]) -> None:
+        transmission = message.get("transmission")
+        if transmission in ("start", "process"):
+            _PYSYNCOBJ_ON_MESSAGE(self, node, message)  # chunks of one big entry: buffered
+            return
+        if transmission == "finish":
+            # Reassemble here (as PySyncObj would) so the whole entry can be planned.
+            data = getattr(self, "_SyncObj__recvTransmission") + message["data"]  # noqa: B009
+            self._SyncObj__recvTransmission = ""
+            message = {k: v for k, v in message.items() if k not in ("transmission", "data")}
+            message["entries"] = [pysyncobj_pickle.loads(data)]
+        elif transmission is not None:
+            _PYSYNCOBJ_ON_MESSAGE(self, node, message)  # PySyncObj's own error
+            return
+        journal = self._SyncObj__raftLog
+        first, count = journal[0][1], len(journal)
+
+        def term_at(index: int) -> int | None:
+            j = index - first
+            return int(journal[j][2]) if 0 <= j < count else None
+
+        if term_at(message["prevLogIdx"]) != message["prevLogTerm"]:
+            _PYSYNCOBJ_ON_MESSAGE(self, node, message)  # a gap or a conflict at prev: reject
+            return
+        plan = plan_append(
+            message["prevLogIdx"], message["prevLogTerm"], message.get("entries") or [], term_at
+        )
+        if plan.entries and hasattr(journal, "_FileJournal__journalFile"):
+            need = sum(len(e[0]) + JOURNAL_RECORD_OVERHEAD for e in plan.entries)
+            self.reserve_journal_space(need, plan.entries[0][1])
+        leader_commit = message["commit_index"]
+        commit = min(leader_commit, plan.verified_end)  # Raft: commit <= the last new entry
+        if plan.keep_suffix:
+            # Nothing to append and nothing to cut: let PySyncObj do the leader, term and
+            # timer bookkeeping and the commit index (a message without log part), and
+            # answer the leader ourselves with how far this log is known to match its own.
+            _PYSYNCOBJ_ON_MESSAGE(
+                self,
+                node,
+                {"type": "append_entries", "term": message["term"], "commit_index": commit},
+            )
+            self._SyncObj__sendNextNodeIdx(node, nextNodeIdx=plan.verified_end + 1, success=True)
+        else:
+            _PYSYNCOBJ_ON_MESSAGE(
+                self,
+                node,
+                dict(
+                    message,
+                    prevLogIdx=plan.prev_index,
+                    prevLogTerm=plan.prev_term,
+                    entries=plan.entries,
+                    commit_index=commit,
+                ),
+            )
+        self._SyncObj__leaderCommitIndex = leader_commit  # what `caught_up` compares with
 
     # ----- typed accessors: what the rest of the master may know of PySyncObj ------------
 
@@ -310,8 +557,14 @@ class BorgFSM(SyncObj):  # type: ignore[misc]
 
     @replicated  # type: ignore[misc]
     def apply(self, entry: bytes) -> dict[str, Any]:
-        """The one replicated method: decode and apply a command (errors come back as values)."""
-        return self._store.apply(entry, self.raftLastApplied + 1)
+        """The one replicated method: decode and apply a command (errors come back as values).
+        Then, at the indexes where replicas compare their state, a digest (digests.py)."""
+        index = self.raftLastApplied + 1
+        before = self._store.applied_index
+        result = self._store.apply(entry, index)
+        if self._digests is not None:
+            self._digests.after_apply(before, index)
+        return result
 
     # ----- snapshots in our own format -----------------------------------------------------
 
@@ -384,6 +637,10 @@ def write_restored_dump(data_dir: str, state: bytes, index: int) -> str:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     return path
+
+
+_PYSYNCOBJ_ON_MESSAGE: Callable[[Any, Any, Any], None] = SyncObj._SyncObj__onMessageReceived
+"""The pinned PySyncObj's message handler (BorgFSM overrides the name to reach it first)."""
 
 
 def _typed_roles(

@@ -802,9 +802,10 @@ class UI:
         if path == "/healthz":
             return Response(200, b"ok\n")
         if path == "/readyz":
-            if m.ready():
+            why = m.unready_reason()
+            if not why:
                 return Response(200, b"ready\n")
-            return Response(503, b"not ready: no leader known or log not applied\n")
+            return Response(503, f"not ready: {why}\n".encode())
         if path == "/login":
             return self.login(q.get("token", ""))
         if who is None:

@@ -262,20 +262,37 @@ class BorgletLink:
                 store.changed.wait(min(left, 0.5))
             desired = store.desired_for(name)
             self.copies.sent(name, [(t.job, t.index, t.incarnation) for t in desired])
-            out = [
-                pb.DesiredTask(
+            # A Borglet that reads shared specs gets each job's spec once per reply, not
+            # once per task: 100 tasks of a 1 MiB spec were a 100 MiB reply (over gRPC's
+            # 4 MiB default) and 100 encodings of the same spec per sync.
+            shared: dict[str, Any] = {}
+            out = []
+            for t in desired:
+                # The spec of the task's own version: a task a rollout has not replaced yet
+                # runs its old spec (a restarted Borglet must not start it with the new one).
+                ref = f"{t.job}@{t.version}"
+                spec = shared.get(ref)
+                if spec is None:
+                    spec = shared[ref] = struct_from(spec_to_config(store.task_spec(t)))
+                d = pb.DesiredTask(
                     job=t.job,
                     index=t.index,
                     incarnation=t.incarnation,
                     version=t.version,
-                    spec=struct_from(spec_to_config(store.jobs[t.job].spec)),
-                    ports=t.ports,
                     gpus=t.gpus,
                 )
-                for t in desired
-            ]
+                d.ports.update(t.ports)
+                if request.shared_specs:
+                    d.spec_ref = ref
+                else:
+                    d.spec.CopyFrom(spec)
+                out.append(d)
         self.seen(name)
-        return pb.SyncResponse(tasks=out, generation=gen, cell=self.cell)
+        resp = pb.SyncResponse(tasks=out, generation=gen, cell=self.cell)
+        if request.shared_specs:
+            for ref, spec in shared.items():
+                resp.specs[ref].CopyFrom(spec)
+        return resp
 
     # ----- reads for the API ---------------------------------------------------------------
 

@@ -29,6 +29,8 @@ from prometheus_client import Counter as PCounter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from borgmaster.digests import Digests, Verdict
+from borgmaster.diskspace import DataDirSpace
 from borgmaster.model import (
     BANDS,
     JOB_STATES,
@@ -167,12 +169,59 @@ class _CellCollector(Collector):
                 "Commands this replica proposed, counted inside batches.",
                 value=float(prop.entries),
             )
+        yield from digest_families(self.m.digests, self.m.digest_check.verdict)
+        yield from space_families(self.m.space)
         if not is_leader:
             return
         store = self.m.store
         with store.lock:
             f = cell_figures(store, int(time.time() * 1000))
         yield from families(f)
+
+
+def digest_families(d: Digests, v: Verdict) -> Iterator[Metric]:
+    """The state digest gauges of this replica (digests.py)."""
+    yield _gauge(
+        "borg_replica_digest_index",
+        "Log index of this replica's latest state digest.",
+        d.latest()[0],
+    )
+    yield _gauge(
+        "borg_replica_digest_mismatch",
+        "Peers whose state digest differs from this replica's at the last compared log index "
+        "(0 while the replicas agree).",
+        len(v.mismatched),
+    )
+    yield _gauge(
+        "borg_replica_digest_diverged",
+        "1 when a majority of replicas holds a state digest this replica does not.",
+        v.odd_one_out,
+    )
+    yield _gauge(
+        "borg_replica_digest_seconds",
+        "Time the last state digest took, fork to answer (off the apply thread).",
+        d.last_seconds,
+    )
+    yield CounterMetricFamily(
+        "borg_replica_digests_skipped",
+        "Due state digests skipped because the previous one was still being computed.",
+        value=float(d.skipped),
+    )
+
+
+def space_families(space: DataDirSpace) -> Iterator[Metric]:
+    """The data dir's free space, and whether writes are refused for lack of it."""
+    free = space.free()
+    yield _gauge(
+        "borg_data_dir_free_bytes",
+        "Free space on the file system of this replica's data dir (for unprivileged writers).",
+        free,
+    )
+    yield _gauge(
+        "borg_data_dir_writes_refused",
+        "1 while the data dir has less free space than --min-free: writes are refused.",
+        free < space.reserve,
+    )
 
 
 def families(f: CellFigures) -> Iterator[Metric]:

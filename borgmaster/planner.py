@@ -252,6 +252,39 @@ def plan_command(inp: PassInput, plan: Plan, term: int) -> C.ApplyPlan | None:
     )
 
 
+MAX_PLAN_BYTES = 8 << 20
+"""A plan larger than this (encoded) is committed as several ApplyPlan entries
+(`split_plan`): one Raft entry may be at most 16 MiB (proposer.MAX_ENTRY_BYTES), and a pass
+placing 100k tasks encodes to ~11 MiB with long names."""
+
+
+def split_plan(cmd: C.ApplyPlan, max_bytes: int = MAX_PLAN_BYTES) -> list[C.ApplyPlan]:
+    """`cmd` as commands of at most `max_bytes` each, in order: the first carries every
+    preemption (victims go first, as within one plan) and failure with the first placements,
+    the others the rest of the placements. Each is re-checked by the store on its own, as any
+    plan is, so a later part that does not commit leaves its tasks pending for the next
+    pass. A single plan when it fits."""
+    size = len(C.encode(cmd))
+    if size <= max_bytes or len(cmd.placements) < 2:
+        return [cmd]
+    parts = -(-size // max_bytes) + 1
+    while True:
+        step = -(-len(cmd.placements) // parts)
+        chunks = [cmd.placements[i : i + step] for i in range(0, len(cmd.placements), step)]
+        out = [
+            C.ApplyPlan(
+                placements=chunk,
+                failures=cmd.failures if n == 0 else [],
+                preemptions=cmd.preemptions if n == 0 else [],
+                term=cmd.term,
+            )
+            for n, chunk in enumerate(chunks)
+        ]
+        if all(len(C.encode(c)) <= max_bytes for c in out) or step == 1:
+            return out
+        parts *= 2
+
+
 def failed_keys(plan: Plan) -> set[TaskIndex]:
     """Tasks that found no machine: they wait for capacity, not for the next pass."""
     return {(j, i) for j, i, _ in plan.failures}

@@ -33,6 +33,15 @@ from borgmaster.fsm import FAIL_LEADER_CHANGED, FAIL_REQUEST_DENIED, FAIL_SUCCES
 log = logging.getLogger("borgmaster.proposer")
 
 MAX_BATCH = 512
+MAX_BATCH_BYTES = 4 << 20
+"""A batch stops growing once its commands reach this many bytes (a command alone may be up
+to MAX_ENTRY_BYTES): one Raft entry is held in memory whole by every replica's journal and
+sent whole to each follower, so hundreds of large writes must not pile into one."""
+MAX_ENTRY_BYTES = 16 << 20
+"""The largest command that may enter the Raft log (the writer refuses a larger one with
+`too-large`). Well below PySyncObj's per-send batch (fsm.RaftTuning, 64 MiB), past which it
+ships an entry in chunks it mislabels, and the transport's frame bound (raft_guard.MAX_FRAME).
+A job spec is at most 1 MiB (api.MAX_SPEC_BYTES); a plan placing 100k tasks is a few MB."""
 # A proposal whose callback never came (should not happen) frees its slot after this long.
 STUCK_S = 15.0
 
@@ -131,8 +140,13 @@ class Proposer:
         if self._stopped or not self._queue or len(self._flights) >= self.max_in_flight:
             return None
         items: list[tuple[bytes, Future[Any]]] = []
+        size = 0
         while self._queue and len(items) < MAX_BATCH:
+            n = len(self._queue[0][0])
+            if items and size + n > MAX_BATCH_BYTES:
+                break
             items.append(self._queue.popleft())
+            size += n
         if self._barrier is not None and any(f is self._barrier for _, f in items):
             self._barrier = None
         fid = self._next_flight

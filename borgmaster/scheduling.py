@@ -141,19 +141,25 @@ class SchedulingShell:
         if cmd is None:
             self._requeue(inp.keys() - failed)
             return 0
+        placed = preempted = 0
+        ts_ms = 0
         try:
-            res = self.propose(cmd)  # stamps cmd.ts_ms
+            for part in planner.split_plan(cmd):  # one entry unless it is over 8 MiB
+                res = self.propose(part)  # stamps part.ts_ms
+                placed += int(res.get("placed", 0))
+                preempted += int(res.get("preempted", 0))
+                ts_ms = ts_ms or part.ts_ms
         except Exception:
-            self._requeue(inp.keys())  # nothing committed: look at all of them again
+            self._requeue(inp.keys())  # not (all) committed: look at all of them again
             raise
+        cmd.ts_ms = ts_ms
         # Tasks that found no machine wait for capacity; the rest (placements the store
         # rejected, tasks the pass left alone) are looked at again next pass.
         self._requeue(inp.keys() - failed)
-        placed = int(res.get("placed", 0))
         metrics = self.metrics()
         if metrics is not None:
             metrics.on_plan(len(plan.placements), placed, elapsed)
-            metrics.on_preempted(int(res.get("preempted", 0)))
+            metrics.on_preempted(preempted)
             with store.lock:
                 lat = placement_latencies(store, plan.placements, inp.waiting_since, cmd.ts_ms)
             metrics.on_placed(lat)

@@ -33,6 +33,8 @@ from borgmaster.auth import RULES
 from borgmaster.config import MasterConfig
 from borgmaster.controller_shell import ControllerShell
 from borgmaster.copies import LiveCopies
+from borgmaster.digests import DigestChecker, Digests
+from borgmaster.diskspace import DataDirSpace
 from borgmaster.dns import DnsServer
 from borgmaster.facade import ProposalCounts, ProposeError, RequestCounter, now_ms
 from borgmaster.fsm import (
@@ -63,7 +65,7 @@ from borgmaster.scheduler import BorgScheduler, Scheduler, Snapshot
 from borgmaster.scheduling import SchedulingShell
 from borgmaster.store import Store
 from borgmaster.writer import Writer
-from cfg.grpcauth import AuditLog, AuthInterceptor, server_credentials
+from cfg.grpcauth import AuditLog, AuthInterceptor, secure_channel, server_credentials
 from cfg.tls import Identity
 from proto.borg.v1 import borg_pb2, borg_pb2_grpc
 
@@ -121,6 +123,15 @@ class Master:
                 raise DataDirError("a replica with peers needs a Raft secret")
             cfg.raft_secret = own_raft_secret(cfg.data_dir)
         self.proposer: Proposer | None = None  # set below; Raft may call back before
+        self.digests = Digests(self.store.state_digest, every=cfg.digest_every)
+        self.digest_check = DigestChecker(
+            self.digests,
+            self._peer_digests,
+            lambda: len(self.fsm.members()) + 1,
+            self._stop,
+            cfg.digest_check_s,
+        )
+        self._peer_channels: dict[str, grpc.Channel] = {}
         self.writer: Writer | None = None
         self.fsm = BorgFSM(
             cfg.raft,
@@ -132,10 +143,12 @@ class Master:
             on_state_changed=self._on_raft_state,
             fsync=cfg.fsync,
             join=cfg.join,
+            digests=self.digests,
         )
         self.proposer = Proposer(self.fsm)
+        self.space = DataDirSpace(cfg.data_dir, cfg.id, cfg.min_free_bytes)
         self.writer = Writer(
-            self.fsm, self.proposer, self._stop, cfg.write_timeout_s, self.leader_grpc
+            self.fsm, self.proposer, self._stop, cfg.write_timeout_s, self.leader_grpc, self.space
         )
         self.fence = TermFence(cfg.id, self.is_leader, self.fsm.term, self.propose)
         # Scheduler: on every change (never idle-periodic); controllers: on changes and every
@@ -222,8 +235,21 @@ class Master:
         return ""
 
     def ready(self) -> bool:
-        """A leader is known and this replica has applied what it knows to be committed."""
-        return self.fsm.status().caught_up
+        """A leader is known, this replica has applied what it knows to be committed, and its
+        state is not the odd one out among the replicas' digests."""
+        return not self.unready_reason()
+
+    def unready_reason(self) -> str:
+        """Why /readyz fails, "" when it does not."""
+        if not self.fsm.status().caught_up:
+            return "no leader known or log not applied"
+        v = self.digest_check.verdict
+        if v.odd_one_out:
+            return (
+                f"state digest at log index {v.index} differs from the one a majority of "
+                f"replicas holds ({v.majority_digest}): this replica diverged"
+            )
+        return ""
 
     def propose(self, cmd: C.Command, timeout: float | None = None) -> dict[str, Any]:
         """Commit a command through Raft and return the state machine's result (writer.py)."""
@@ -259,6 +285,8 @@ class Master:
 
     def replica_info(self) -> borg_pb2.ReplicaInfo:
         st = self.fsm.status()
+        digest_index, digest = self.digests.latest()
+        v = self.digest_check.verdict
         return borg_pb2.ReplicaInfo(
             id=self.cfg.id,
             raft=self.cfg.raft,
@@ -269,7 +297,33 @@ class Master:
             commit_index=st.commit_index,
             applied_index=st.applied_index,
             leader=st.leader,
+            digest_index=digest_index,
+            digest=digest,
+            recent_digests=self.digests.snapshot(),
+            digest_mismatch=list(v.mismatched),
+            digest_diverged=v.odd_one_out,
         )
+
+    def _peer_digests(self) -> dict[str, dict[int, str]]:
+        """The recent digests of every other member that answers (id -> index -> digest)."""
+        with self.store.lock:
+            known = {r.raft: r for r in self.store.replicas.values()}
+        out: dict[str, dict[int, str]] = {}
+        for raft in self.fsm.members():
+            r = known.get(raft)
+            if r is None or not r.grpc:
+                continue
+            ch = self._peer_channels.get(r.grpc)
+            if ch is None:
+                ch = self._peer_channels[r.grpc] = secure_channel(r.grpc, self.cfg.tls)
+            try:
+                info = borg_pb2_grpc.BorgmasterStub(ch).ReplicaStatus(
+                    borg_pb2.ReplicaStatusRequest(), timeout=1.0
+                )
+            except grpc.RpcError:
+                continue
+            out[r.id] = dict(info.recent_digests)
+        return out
 
     # ----- what the ports see (facade.py) ------------------------------------------------
 
@@ -354,6 +408,7 @@ class Master:
         for loop in self.loops:
             loop.start()
         threading.Thread(target=self._announce_loop, name="announce", daemon=True).start()
+        self.digest_check.start()
         log.info(
             "master %s up: raft %s grpc %s http %s dns %s peers %s",
             self.cfg.id,

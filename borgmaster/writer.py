@@ -16,9 +16,10 @@ from concurrent.futures import Future
 from typing import Any
 
 from borgmaster import commands as C
+from borgmaster.diskspace import DataDirSpace
 from borgmaster.facade import ProposeError, now_ms
 from borgmaster.fsm import BorgFSM, fail_reason_name
-from borgmaster.proposer import Proposer
+from borgmaster.proposer import MAX_ENTRY_BYTES, Proposer
 
 log = logging.getLogger("borgmaster")
 
@@ -34,7 +35,10 @@ class Writer:
         stop: threading.Event,
         write_timeout_s: float,
         leader_grpc: Callable[[], str],
+        space: DataDirSpace | None = None,
     ) -> None:
+        self.space = space
+        """The data dir's reserve: below it, writes and consistent reads are refused."""
         self.fsm = fsm
         self.proposer = proposer
         self.stop = stop
@@ -46,8 +50,16 @@ class Writer:
         the state machine's result. Stamps `ts_ms` when the caller has not."""
         if not cmd.ts_ms:
             cmd.ts_ms = now_ms()
+        entry = C.encode(cmd)
+        if len(entry) > MAX_ENTRY_BYTES:
+            raise ProposeError(
+                "too-large",
+                f"{type(cmd).__name__} of {len(entry) / (1 << 20):.1f} MiB is over the "
+                f"{MAX_ENTRY_BYTES >> 20} MiB a Raft entry may be",
+            )
+        self.check_space()
         self.wait_for_a_leader()
-        fut = self.proposer.submit(C.encode(cmd))
+        fut = self.proposer.submit(entry)
         return self._await(fut, timeout)
 
     def barrier(self, timeout: float = 5.0) -> None:
@@ -59,8 +71,16 @@ class Writer:
         already holds every acknowledged write (saves a Raft round, ~10 ms, per read)."""
         if self.fsm.is_leader() and not self.fsm.members():
             return
+        self.check_space()  # the barrier is a log entry this replica must append too
         self.wait_for_a_leader()
         self._await(self.proposer.barrier(), timeout)
+
+    def check_space(self, at_least: int = 0) -> None:
+        """UNAVAILABLE with "disk full on replica ..." while the data dir is below its reserve
+        (diskspace.py): a client tries another replica, and nothing reaches the journal."""
+        why = self.space.full(at_least) if self.space is not None else ""
+        if why:
+            raise ProposeError("unavailable", why)
 
     def wait_for_a_leader(self) -> None:
         """With no leader known, wait out one election (typically well under a second), then
@@ -80,6 +100,7 @@ class Writer:
         except TimeoutError:
             raise ProposeError("unavailable", "timed out waiting for the write to commit")
         if reason != 0 or res is None:
+            self.check_space(at_least=1 << 20)  # the journal may have refused it: say why
             name = fail_reason_name(reason) if isinstance(reason, int) else str(reason)
             leader = self.leader_grpc()
             hint = f" (leader: {leader})" if leader else " (no leader elected)"

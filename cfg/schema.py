@@ -99,6 +99,13 @@ REQUIREMENTS_KEYS = ("cpu", "ram", "disk", "gpu", "ports")
 RESTART_KEYS = ("policy", "max_restarts", "backoff")
 MAX_ARG_BYTES = 128 * 1024
 """Linux's MAX_ARG_STRLEN: the longest single argument (with its NUL) exec accepts."""
+MAX_ARGS = 4096
+"""The most words a command (`command`, a health check's `exec`) may have: far more than any
+real command line, and a bound on what every replica and each Borglet hold for it (counted
+before any word is checked, so a huge list is refused at once)."""
+MAX_PORTS = 64
+"""The most named ports a task may ask for: each takes a port from its Borglet's range and a
+DNS SRV record per task."""
 HEALTH_KEYS = ("http", "tcp", "exec", "interval", "timeout", "failure_threshold", "initial_delay")
 HTTP_KEYS = ("port", "path")
 TCP_KEYS = ("port",)
@@ -284,6 +291,8 @@ class _Validator:
         items = self.list_(v, path, "a list of strings or a string")
         if not items:
             self.fail(path, "must not be empty")
+        if len(items) > MAX_ARGS:
+            self.fail(path, f"{len(items)} words, over the {MAX_ARGS} a command may have")
         out = [self.string(a, (*path, i), nonempty=True) for i, a in enumerate(items)]
         for i, a in enumerate(out):
             self.arg_size(a, (*path, i))
@@ -464,7 +473,10 @@ class _Validator:
         disk = self.size(d["disk"], (*path, "disk"), positive=False) if "disk" in d else 0
         gpu = self.integer(d["gpu"], (*path, "gpu"), 0, MAX_INT) if "gpu" in d else 0
         ports: list[str] = []
-        for i, p in enumerate(self.list_(d.get("ports", []), (*path, "ports"))):
+        names = self.list_(d.get("ports", []), (*path, "ports"))
+        if len(names) > MAX_PORTS:
+            self.fail((*path, "ports"), f"{len(names)} ports, over the {MAX_PORTS} a task may have")
+        for i, p in enumerate(names):
             name = self.pattern(p, (*path, "ports", i), PORT_NAME_RE, "port name")
             if name in ports:
                 self.fail((*path, "ports", i), f"duplicate port {_quote(name)}")

@@ -35,6 +35,10 @@ def replicas_json(reps: list[pb.ReplicaInfo]) -> list[dict[str, Any]]:
             "leader": r.leader or None,
             "applied_index": r.applied_index,
             "http": r.http,
+            "digest_index": r.digest_index,
+            "digest": r.digest or None,
+            "digest_mismatch": list(r.digest_mismatch),
+            "digest_diverged": r.digest_diverged,
         }
         for r in reps
     ]

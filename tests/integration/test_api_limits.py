@@ -1,7 +1,8 @@
 """The raw API against hostile input (not only borgcfg): whatever a client sends, a real
 master answers with a status a client can act on (INVALID_ARGUMENT with a message, or the
 request's result), never UNKNOWN or INTERNAL ("Exception calling application"), and it keeps
-serving. Limits (SPEC part 2): a spec over 1 MiB encoded, a request over 4 MiB."""
+serving. Limits (SPEC part 2): a spec over 1 MiB encoded, a request over 4 MiB; schema caps on
+named ports (64) and command words (4,096), counted before any item is checked."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cfg.schema import JOB_KEYS
+from cfg.schema import JOB_KEYS, MAX_ARGS, MAX_PORTS
 from cfg.structs import struct_from
 from proto.borg.v1 import borg_pb2 as pb
 from proto.borg.v1 import borg_pb2_grpc
@@ -90,6 +91,71 @@ def test_a_request_over_4_mib_is_refused_by_the_server(stub: Any) -> None:
     env = {f"K{i}": "x" * 1000 for i in range(5000)}  # ~5 MiB
     code, _ = submit(stub, {"name": "huge", "command": "true", "env": env})
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def many_ports(n: int) -> dict[str, Any]:
+    return {
+        "name": "ports",
+        "command": "true",
+        "requirements": {"ports": [f"p{i}" for i in range(n)]},
+    }
+
+
+def many_words(n: int, where: str) -> dict[str, Any]:
+    words = ["true", *(f"w{i}" for i in range(n - 1))]
+    if where == "command":
+        return {"name": "words", "command": words}
+    return {"name": "words", "command": "true", "health": {"exec": words}}
+
+
+@pytest.mark.parametrize(
+    ("spec", "limit"),
+    [
+        (many_ports(5000), f"5000 ports, over the {MAX_PORTS}"),
+        (many_ports(MAX_PORTS + 1), f"{MAX_PORTS + 1} ports, over the {MAX_PORTS}"),
+        (many_words(100_000, "health"), f"100000 words, over the {MAX_ARGS}"),
+        (many_words(100_000, "command"), f"100000 words, over the {MAX_ARGS}"),
+        (many_words(MAX_ARGS + 1, "health"), f"{MAX_ARGS + 1} words, over the {MAX_ARGS}"),
+    ],
+    ids=["5000-ports", "65-ports", "100k-word-health", "100k-word-command", "4097-word-health"],
+)
+def test_too_many_ports_or_words_is_invalid_argument_in_one_line(
+    stub: Any, spec: dict[str, Any], limit: str
+) -> None:
+    code, msg = submit(stub, spec)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT, (code, msg)
+    assert limit in msg and "\n" not in msg and len(msg) < 200, msg
+
+
+def test_the_caps_themselves_are_accepted(stub: Any) -> None:
+    assert submit(stub, many_ports(MAX_PORTS)) == (grpc.StatusCode.OK, "")
+    spec = many_words(MAX_ARGS, "health") | {"name": "words-at-cap"}
+    assert submit(stub, spec) == (grpc.StatusCode.OK, "")
+
+
+sizes = st.sampled_from([0, 1, MAX_PORTS, MAX_PORTS + 1, MAX_ARGS, MAX_ARGS + 1, 20_000])
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(ports=sizes, words=sizes, health_words=sizes)
+def test_any_mix_of_list_sizes_gets_an_answer_in_one_line(
+    stub: Any, ports: int, words: int, health_words: int
+) -> None:
+    spec: dict[str, Any] = {
+        "name": "sizes",
+        "command": ["true"] * words or "true",
+        "requirements": {"ports": [f"p{i}" for i in range(ports)]},
+    }
+    if health_words:
+        spec["health"] = {"exec": ["true"] * health_words}
+    code, msg = submit(stub, spec)
+    assert code in ACCEPTABLE, (code, msg)
+    over = ports > MAX_PORTS or words > MAX_ARGS or health_words > MAX_ARGS
+    assert (code == grpc.StatusCode.INVALID_ARGUMENT) == over, (code, msg)
+    if over:
+        assert "\n" not in msg and len(msg) < 200, msg
 
 
 json_values = st.recursive(

@@ -301,3 +301,28 @@ def test_http_and_grpc_health_endpoints(cell3: Cell) -> None:
     assert cell3.http_get(b.info["http"], "/healthz")[0] == 200
     code, body = cell3.http_get(b.info["http"], "/metrics")
     assert code == 200 and "borg_machine_capacity" in body
+
+
+def test_tasks_of_a_job_with_a_spec_near_1_mib_all_run_on_one_machine(
+    cell3: Cell, tmp_path: Path
+) -> None:
+    """Five tasks of a ~880 KB spec on one Borglet: with the spec repeated per task the Sync
+    reply was ~4.4 MB, over gRPC's 4 MiB default, and the Borglet never got its tasks."""
+    env = {f"BIG{i}": "x" * 110_000 for i in range(8)}  # each under exec's 128 KiB per string
+    cfg = tmp_path / "bigspec.json"
+    cfg.write_text(
+        json.dumps(
+            {
+                "name": "bigspec",
+                "replicas": 5,
+                "run_as": "nobody",
+                "command": "sleep 100000",
+                "env": env,
+                "requirements": {"cpu": 0.05, "ram": "24Mi"},
+            }
+        )
+    )
+    r = cell3.borgcfg("up", str(cfg), "--wait", "--timeout", "30")
+    assert r.returncode == 0, r.stderr
+    assert running(cell3, "bigspec", 5)
+    assert cell3.borgcfg("down", "bigspec").returncode == 0

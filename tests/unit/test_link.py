@@ -140,3 +140,54 @@ def test_lost_machines_after_the_timeout_counting_from_the_leaders_start() -> No
     assert lost_machines(["m1", "m2"], {"m2": 35.0}, 0.0, now=40.0, timeout_s=30.0) == [
         ("m1", 40.0)
     ]
+
+
+def test_shared_specs_go_once_per_job_and_an_older_borglet_gets_them_inline() -> None:
+    from types import SimpleNamespace
+
+    from borglet.link import MasterLink
+
+    cell = Cell()
+    cell.machine("m1", cpu=16.0, ram=64 * GiB)
+    cell.submit(spec(name="a", replicas=3, env={"BIG": "x" * 1000}))
+    cell.submit(spec(name="b", replicas=1))
+    for job, n in (("a", 3), ("b", 1)):
+        for i in range(n):
+            cell.place(job, i, "m1")
+    lk = link.BorgletLink(cell.store, LiveCopies(), cell.apply, lambda: True, lambda: None, "c1")
+    req = pb.SyncRequest(machine="m1", address="m1:1", wait_ms=0, known_generation=-1)
+    old = lk.sync(req)
+    req.shared_specs = True
+    new = lk.sync(req)
+    assert sorted(new.specs) == ["a@1", "b@1"] and not old.specs
+    assert [t.spec_ref for t in new.tasks] == ["a@1"] * 3 + ["b@1"]
+    assert all(not t.HasField("spec") for t in new.tasks)
+    assert [t.spec for t in old.tasks] == [new.specs[t.spec_ref] for t in new.tasks]
+    assert new.ByteSize() < old.ByteSize() / 2  # a's 1 KB env once, not three times
+    # The Borglet resolves both forms to the same desired set.
+    fake = SimpleNamespace(_spec_cache={})
+    via_ref = MasterLink.desired_of(fake, new)  # type: ignore[arg-type]
+    fake._spec_cache = {}
+    inline = MasterLink.desired_of(fake, old)  # type: ignore[arg-type]
+    assert via_ref == inline and len(via_ref) == 4
+    # A reference the reply does not hold: that task is left out, the others still run.
+    del new.specs["b@1"]
+    fake._spec_cache = {}
+    assert [d.job for d in MasterLink.desired_of(fake, new)] == ["a", "a", "a"]  # type: ignore[arg-type]
+
+
+def test_a_task_not_yet_rolled_gets_the_spec_of_its_own_version() -> None:
+    from borgmaster.convert import dict_from
+
+    cell = Cell()
+    cell.machine("m1", cpu=16.0, ram=64 * GiB)
+    cell.submit(spec(name="a", replicas=1, command=["sleep", "1"]))
+    cell.place("a", 0, "m1")
+    cell.submit(spec(name="a", replicas=1, command=["sleep", "2"]))  # version 2, not rolled yet
+    assert cell.store.jobs["a"].version == 2 and cell.store.tasks[("a", 0)].version == 1
+    lk = link.BorgletLink(cell.store, LiveCopies(), cell.apply, lambda: True, lambda: None, "c1")
+    for shared in (False, True):
+        r = lk.sync(pb.SyncRequest(machine="m1", wait_ms=0, shared_specs=shared))
+        [t] = r.tasks
+        s = r.specs[t.spec_ref] if shared else t.spec
+        assert t.version == 1 and dict_from(s)["command"] == ["sleep", "1"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import threading
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -12,6 +13,8 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from borgmaster.digests import DigestChecker, Digests
+from borgmaster.diskspace import DataDirSpace
 from borgmaster.fsm import RaftStatus, Role
 from borgmaster.metrics import (
     MasterMetrics,
@@ -84,6 +87,12 @@ class FakeMaster:
 
     store: Store
     fsm: FakeFSM
+    digests: Digests = field(default_factory=lambda: Digests(lambda: ""))
+    digest_check: Any = None
+    space: DataDirSpace = field(default_factory=lambda: DataDirSpace("/", "m0", 0))
+
+    def __post_init__(self) -> None:
+        self.digest_check = DigestChecker(self.digests, dict, lambda: 3, threading.Event())
 
     def raft_status(self) -> RaftStatus:
         st = self.fsm.getStatus()
@@ -156,6 +165,38 @@ def test_follower_exports_only_its_own_raft_and_process_figures() -> None:
         assert name not in fams, f"{name} would be double counted across replicas"
     assert fams["borg_scheduler_placements"].type == "counter"  # its own process figures
     assert "borg_api_request_duration_seconds" in fams
+
+
+def test_digest_gauges_on_every_replica() -> None:
+    fake = FakeMaster(Store(), FakeFSM(state=0))
+    m = MasterMetrics(cast(Any, fake))
+    _, fams = scrape(m)
+    assert value(fams, "borg_replica_digest_mismatch") == 0
+    assert value(fams, "borg_replica_digest_index") == 0
+    fake.digests.record(2000, "a" * 32, 0.25)
+    fake.digest_check = DigestChecker(
+        fake.digests,
+        lambda: {"m1": {2000: "b" * 32}, "m2": {2000: "b" * 32}},
+        lambda: 3,
+        threading.Event(),
+    )
+    fake.digest_check.check()
+    _, fams = scrape(m)
+    assert value(fams, "borg_replica_digest_index") == 2000
+    assert value(fams, "borg_replica_digest_mismatch") == 2
+    assert value(fams, "borg_replica_digest_diverged") == 1
+    assert value(fams, "borg_replica_digest_seconds") == 0.25
+
+
+def test_data_dir_space_gauges() -> None:
+    fake = FakeMaster(Store(), FakeFSM(state=0))
+    _, fams = scrape(MasterMetrics(cast(Any, fake)))
+    assert value(fams, "borg_data_dir_free_bytes") > 0
+    assert value(fams, "borg_data_dir_writes_refused") == 0
+    fake.space = DataDirSpace("/", "m0", reserve=1 << 62)
+    _, fams = scrape(MasterMetrics(cast(Any, fake)))
+    assert value(fams, "borg_data_dir_writes_refused") == 1
+    assert fake.space.full().startswith("disk full on replica m0: ")
 
 
 def test_hooks_feed_counters_and_histograms() -> None:

@@ -126,3 +126,36 @@ def test_may_have_a_copy_names_the_replacement_reasons() -> None:
     assert planner.may_have_a_copy("preempted by web/0")
     assert planner.may_have_a_copy(planner.held_reason("m1"))
     assert not planner.may_have_a_copy("") and not planner.may_have_a_copy("no machine fits")
+
+
+def test_a_plan_over_the_byte_cap_is_split_in_order_preemptions_first() -> None:
+    ps = [C.Placement(f"job{i % 7}", i, f"m{i % 13}", f"inc-{i:06d}" * 4, 1) for i in range(500)]
+    pre = [C.Preemption("low", 0, "i0", "m1", "preempted")]
+    fail = [C.PlanFailure("big", 0, "no-feasible-machine: cpu")]
+    cmd = C.ApplyPlan(placements=ps, failures=fail, preemptions=pre, term=4)
+    assert planner.split_plan(cmd) == [cmd]  # fits: one entry
+    cap = len(C.encode(cmd)) // 5
+    parts = planner.split_plan(cmd, max_bytes=cap)
+    assert len(parts) >= 5
+    assert all(len(C.encode(p)) <= cap for p in parts)
+    assert [p for part in parts for p in part.placements] == ps
+    assert parts[0].preemptions == pre and parts[0].failures == fail
+    assert all(not p.preemptions and not p.failures and p.term == 4 for p in parts[1:])
+
+
+def test_split_parts_apply_to_the_same_state_as_the_whole_plan() -> None:
+    def cell_with_pending() -> Cell:
+        c = Cell()
+        c.machine("m1", cpu=64.0, ram=1 << 40)
+        c.submit(spec(replicas=40))
+        return c
+
+    ps = [C.Placement("web", i, "m1", f"web-{i}-m1", 1) for i in range(40)]
+    whole, split = cell_with_pending(), cell_with_pending()
+    whole.apply(C.ApplyPlan(placements=ps, ts_ms=9))
+    parts = planner.split_plan(C.ApplyPlan(placements=ps), max_bytes=400)
+    assert len(parts) > 1
+    for p in parts:
+        p.ts_ms = 9
+        split.apply(p)
+    assert split.store.state_digest() == whole.store.state_digest()

@@ -121,3 +121,28 @@ def test_losing_leadership_answers_in_flight_and_queued_writes_at_once() -> None
         assert later.result(1) == ({"n": "2"}, 0)
     finally:
         p.stop()
+
+
+def test_a_batch_stops_growing_at_its_byte_cap() -> None:
+    """Many large writes queued at once go in several entries, each at most MAX_BATCH_BYTES
+    of commands (plus one), not one entry of everything."""
+    fsm = FakeFSM()
+    p = P.Proposer(fsm)
+    big = C.encode(C.KillJob(name="x" * ((1 << 20) - 1024), request_id="b"))  # < 1 MiB
+    try:
+        first = p.submit(w(0))
+        queued = [p.submit(big) for _ in range(10)]
+        fsm.commit(0)
+        assert first.result(1) == ({"n": "0"}, 0)
+        sizes = []
+        while len(fsm.calls) > len(sizes) + 1:
+            entry = fsm.calls[len(sizes) + 1][0]
+            cmd = C.decode(entry)
+            n = len(cmd.entries) if isinstance(cmd, C.Batch) else 1
+            sizes.append(n)
+            assert n * len(big) <= P.MAX_BATCH_BYTES
+            fsm.commit(len(sizes))
+        assert sizes == [4, 4, 2]
+        assert all(f.result(1)[1] == 0 for f in queued)
+    finally:
+        p.stop()

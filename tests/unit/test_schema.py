@@ -532,3 +532,19 @@ def test_config_error_is_one_line_and_pickles() -> None:
     assert str(e) == "f:1:2: first second"
     again = pickle.loads(pickle.dumps(e))
     assert (again.file, again.line, again.col, again.message) == ("f", 1, 2, "first second")
+
+
+def test_port_and_word_counts_are_capped_before_items_are_checked() -> None:
+    from cfg.schema import MAX_ARGS, MAX_PORTS
+
+    base = {"name": "j", "command": "true"}
+    ok = validate_job(base | {"requirements": {"ports": [f"p{i}" for i in range(MAX_PORTS)]}})
+    assert len(ok.requirements.ports) == MAX_PORTS
+    # A million items of the wrong type: the count is what fails, not item 0.
+    with pytest.raises(ConfigError, match=r"^requirements.ports: 1000000 ports, over the 64"):
+        validate_job(base | {"requirements": {"ports": [0] * 1_000_000}})
+    with pytest.raises(ConfigError, match=rf"^health.exec: 100000 words, over the {MAX_ARGS}"):
+        validate_job(base | {"health": {"exec": ["true"] * 100_000}})
+    with pytest.raises(ConfigError, match=rf"^command: {MAX_ARGS + 1} words"):
+        validate_job(base | {"command": ["true"] * (MAX_ARGS + 1)})
+    assert len(validate_job(base | {"command": ["true"] * MAX_ARGS}).command) == MAX_ARGS

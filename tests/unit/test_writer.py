@@ -52,3 +52,18 @@ def test_replicas_with_peers_always_commit_a_barrier() -> None:
         w, p = writer(leader=leader, members=["127.0.0.1:2", "127.0.0.1:3"])
         w.barrier()
         assert p.barriers == 1
+
+
+def test_a_command_over_the_entry_cap_is_refused_before_raft() -> None:
+    import pytest
+
+    from borgmaster import commands as C
+    from borgmaster.facade import ProposeError
+    from borgmaster.proposer import MAX_ENTRY_BYTES
+
+    w, _ = writer(leader=True, members=[])
+    huge = C.KillJob(name="x" * (MAX_ENTRY_BYTES + 1))
+    with pytest.raises(ProposeError) as e:
+        w.propose(huge)
+    assert e.value.code == "too-large"
+    assert str(e.value.message) == "KillJob of 16.0 MiB is over the 16 MiB a Raft entry may be"

@@ -246,7 +246,14 @@ class ReplicaStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ReplicaInfo(_message.Message):
-    __slots__ = ("id", "raft", "grpc", "role", "term", "commit_index", "leader", "applied_index", "http")
+    __slots__ = ("id", "raft", "grpc", "role", "term", "commit_index", "leader", "applied_index", "http", "digest_index", "digest", "recent_digests", "digest_mismatch", "digest_diverged")
+    class RecentDigestsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: str
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[str] = ...) -> None: ...
     ID_FIELD_NUMBER: _ClassVar[int]
     RAFT_FIELD_NUMBER: _ClassVar[int]
     GRPC_FIELD_NUMBER: _ClassVar[int]
@@ -256,6 +263,11 @@ class ReplicaInfo(_message.Message):
     LEADER_FIELD_NUMBER: _ClassVar[int]
     APPLIED_INDEX_FIELD_NUMBER: _ClassVar[int]
     HTTP_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_INDEX_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    RECENT_DIGESTS_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_MISMATCH_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_DIVERGED_FIELD_NUMBER: _ClassVar[int]
     id: str
     raft: str
     grpc: str
@@ -265,7 +277,12 @@ class ReplicaInfo(_message.Message):
     leader: str
     applied_index: int
     http: str
-    def __init__(self, id: _Optional[str] = ..., raft: _Optional[str] = ..., grpc: _Optional[str] = ..., role: _Optional[str] = ..., term: _Optional[int] = ..., commit_index: _Optional[int] = ..., leader: _Optional[str] = ..., applied_index: _Optional[int] = ..., http: _Optional[str] = ...) -> None: ...
+    digest_index: int
+    digest: str
+    recent_digests: _containers.ScalarMap[int, str]
+    digest_mismatch: _containers.RepeatedScalarFieldContainer[str]
+    digest_diverged: bool
+    def __init__(self, id: _Optional[str] = ..., raft: _Optional[str] = ..., grpc: _Optional[str] = ..., role: _Optional[str] = ..., term: _Optional[int] = ..., commit_index: _Optional[int] = ..., leader: _Optional[str] = ..., applied_index: _Optional[int] = ..., http: _Optional[str] = ..., digest_index: _Optional[int] = ..., digest: _Optional[str] = ..., recent_digests: _Optional[_Mapping[int, str]] = ..., digest_mismatch: _Optional[_Iterable[str]] = ..., digest_diverged: _Optional[bool] = ...) -> None: ...
 
 class CellStatusResponse(_message.Message):
     __slots__ = ("replicas",)
@@ -313,7 +330,7 @@ class ObservedTask(_message.Message):
     def __init__(self, job: _Optional[str] = ..., index: _Optional[int] = ..., incarnation: _Optional[str] = ..., state: _Optional[str] = ..., exit_code: _Optional[int] = ..., reason: _Optional[str] = ..., restarts: _Optional[int] = ..., health: _Optional[str] = ..., cpu_seconds: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., memory_peak_bytes: _Optional[int] = ..., pid: _Optional[int] = ..., oom_kills: _Optional[int] = ..., ports: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class SyncRequest(_message.Message):
-    __slots__ = ("machine", "address", "http", "capacity", "attrs", "taints", "tasks", "known_generation", "wait_ms", "task_users", "gpus")
+    __slots__ = ("machine", "address", "http", "capacity", "attrs", "taints", "tasks", "known_generation", "wait_ms", "task_users", "gpus", "shared_specs")
     class AttrsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -332,6 +349,7 @@ class SyncRequest(_message.Message):
     WAIT_MS_FIELD_NUMBER: _ClassVar[int]
     TASK_USERS_FIELD_NUMBER: _ClassVar[int]
     GPUS_FIELD_NUMBER: _ClassVar[int]
+    SHARED_SPECS_FIELD_NUMBER: _ClassVar[int]
     machine: str
     address: str
     http: str
@@ -343,10 +361,11 @@ class SyncRequest(_message.Message):
     wait_ms: int
     task_users: _containers.RepeatedScalarFieldContainer[str]
     gpus: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, machine: _Optional[str] = ..., address: _Optional[str] = ..., http: _Optional[str] = ..., capacity: _Optional[_Union[Resources, _Mapping]] = ..., attrs: _Optional[_Mapping[str, str]] = ..., taints: _Optional[_Iterable[_Union[Taint, _Mapping]]] = ..., tasks: _Optional[_Iterable[_Union[ObservedTask, _Mapping]]] = ..., known_generation: _Optional[int] = ..., wait_ms: _Optional[int] = ..., task_users: _Optional[_Iterable[str]] = ..., gpus: _Optional[_Iterable[str]] = ...) -> None: ...
+    shared_specs: bool
+    def __init__(self, machine: _Optional[str] = ..., address: _Optional[str] = ..., http: _Optional[str] = ..., capacity: _Optional[_Union[Resources, _Mapping]] = ..., attrs: _Optional[_Mapping[str, str]] = ..., taints: _Optional[_Iterable[_Union[Taint, _Mapping]]] = ..., tasks: _Optional[_Iterable[_Union[ObservedTask, _Mapping]]] = ..., known_generation: _Optional[int] = ..., wait_ms: _Optional[int] = ..., task_users: _Optional[_Iterable[str]] = ..., gpus: _Optional[_Iterable[str]] = ..., shared_specs: _Optional[bool] = ...) -> None: ...
 
 class DesiredTask(_message.Message):
-    __slots__ = ("job", "index", "incarnation", "version", "spec", "ports", "gpus")
+    __slots__ = ("job", "index", "incarnation", "version", "spec", "ports", "gpus", "spec_ref")
     class PortsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -361,6 +380,7 @@ class DesiredTask(_message.Message):
     SPEC_FIELD_NUMBER: _ClassVar[int]
     PORTS_FIELD_NUMBER: _ClassVar[int]
     GPUS_FIELD_NUMBER: _ClassVar[int]
+    SPEC_REF_FIELD_NUMBER: _ClassVar[int]
     job: str
     index: int
     incarnation: str
@@ -368,17 +388,27 @@ class DesiredTask(_message.Message):
     spec: _struct_pb2.Struct
     ports: _containers.ScalarMap[str, int]
     gpus: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, job: _Optional[str] = ..., index: _Optional[int] = ..., incarnation: _Optional[str] = ..., version: _Optional[int] = ..., spec: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., ports: _Optional[_Mapping[str, int]] = ..., gpus: _Optional[_Iterable[str]] = ...) -> None: ...
+    spec_ref: str
+    def __init__(self, job: _Optional[str] = ..., index: _Optional[int] = ..., incarnation: _Optional[str] = ..., version: _Optional[int] = ..., spec: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., ports: _Optional[_Mapping[str, int]] = ..., gpus: _Optional[_Iterable[str]] = ..., spec_ref: _Optional[str] = ...) -> None: ...
 
 class SyncResponse(_message.Message):
-    __slots__ = ("tasks", "generation", "cell")
+    __slots__ = ("tasks", "generation", "cell", "specs")
+    class SpecsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: _struct_pb2.Struct
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
     TASKS_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     CELL_FIELD_NUMBER: _ClassVar[int]
+    SPECS_FIELD_NUMBER: _ClassVar[int]
     tasks: _containers.RepeatedCompositeFieldContainer[DesiredTask]
     generation: int
     cell: str
-    def __init__(self, tasks: _Optional[_Iterable[_Union[DesiredTask, _Mapping]]] = ..., generation: _Optional[int] = ..., cell: _Optional[str] = ...) -> None: ...
+    specs: _containers.MessageMap[str, _struct_pb2.Struct]
+    def __init__(self, tasks: _Optional[_Iterable[_Union[DesiredTask, _Mapping]]] = ..., generation: _Optional[int] = ..., cell: _Optional[str] = ..., specs: _Optional[_Mapping[str, _struct_pb2.Struct]] = ...) -> None: ...
 
 class ReadLogsRequest(_message.Message):
     __slots__ = ("job", "index", "stderr", "follow", "tail_bytes", "incarnation")
