@@ -170,6 +170,8 @@ class FleetStats:
     syncs: int = 0
     errors: int = 0
     redirects: int = 0
+    codes: dict[str, int] = field(default_factory=dict)
+    """Failed syncs by status code (DEADLINE_EXCEEDED: the master was too busy to answer)."""
 
 
 class Fleet:
@@ -228,7 +230,7 @@ class Fleet:
             st = self.stats
             log.info(
                 "hollow stats: t=%.3f machines=%d connected=%d tasks=%d syncs=%d errors=%d "
-                "redirects=%d",
+                "redirects=%d codes=%s",
                 time.monotonic(),
                 len(self.machines),
                 sum(1 for m in self.machines if m.connected),
@@ -236,6 +238,7 @@ class Fleet:
                 st.syncs,
                 st.errors,
                 st.redirects,
+                ",".join(f"{k}:{v}" for k, v in sorted(st.codes.items())) or "-",
             )
 
     async def _machine(self, i: int, m: HollowMachine) -> None:
@@ -258,6 +261,8 @@ class Fleet:
                 m.connected = False
                 failures += 1
                 self.stats.errors += 1
+                code = e.code().name if e.code() is not None else "UNKNOWN"
+                self.stats.codes[code] = self.stats.codes.get(code, 0) + 1
                 self._on_error(e, leader)
                 await asyncio.sleep(min(2.0, 0.05 * failures) * rnd.uniform(0.5, 1.5))
                 continue
