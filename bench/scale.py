@@ -42,6 +42,13 @@ STATS_RE = re.compile(
     r"hollow stats: t=([0-9.]+) machines=(\d+) connected=(\d+) tasks=(\d+) syncs=(\d+) "
     r"errors=(\d+) redirects=(\d+) codes=(\S+)"
 )
+TAG = "aio"
+TAGS = {
+    "threads": "unary Sync long-poll on the sync gRPC server (64 threads, one held per waiting "
+    "Sync), 1 s heartbeats (before issue #15 stage 2)",
+    "aio": "unary Sync long-poll on the grpc.aio server (a waiting Sync holds no thread), "
+    "heartbeats stretched to machines/50 s (max 8 s)",
+}
 LOST_RE = re.compile(r"machine (\S+) lost: no contact")
 
 
@@ -242,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--window", type=float, default=20.0, help="steady-state window, s")
     ap.add_argument("--budget", type=float, default=150.0, help="most seconds per run")
     ap.add_argument("--json", action="store_true", help="merge into bench/results/scale.json")
+    ap.add_argument(
+        "--tag", default=TAG, help=f"the protocol/server measured, key prefix (default {TAG})"
+    )
     a = ap.parse_args(argv)
     doc = run_once(a.machines, a.tasks, a.window, a.budget)
     print(json.dumps(doc, indent=2))
@@ -252,8 +262,9 @@ def main(argv: list[str] | None = None) -> int:
                 out = json.load(f)
         except (OSError, ValueError):
             out = {}
-        out.setdefault("runs", {})[str(a.machines)] = doc
-        out["protocol"] = "unary Sync long-poll (today's)"
+        doc["tag"] = a.tag
+        out.setdefault("runs", {})[f"{a.tag}/{a.machines}"] = doc
+        out["tags"] = TAGS
         out["machine"] = machine_info()
         out["command"] = "make bench-scale  (= python -m bench.scale --machines N --tasks T --json)"
         os.makedirs(RESULTS, exist_ok=True)

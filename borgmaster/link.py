@@ -13,10 +13,12 @@ the shell that proposes them and waits for the desired set.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +35,7 @@ from borgmaster.model import (
     Taint,
     TaintEffect,
 )
+from borgmaster.rpc_loop import Waiters
 from borgmaster.store import ACTIVE_STATES, Store
 from cfg.schema import spec_to_config
 from proto.borg.v1 import borg_pb2 as pb
@@ -40,7 +43,15 @@ from proto.borg.v1 import borg_pb2 as pb
 log = logging.getLogger("borgmaster.link")
 
 MAX_SYNC_WAIT_S = 5.0
-"""The longest a Sync waits for the machine's desired set to change before replying."""
+"""The longest a Sync waits for the machine's desired set to change before replying, when
+the Borglet asks for it (`wait_ms`)."""
+TARGET_SYNCS_PER_S = 50.0
+"""Idle heartbeats the leader aims at, cell-wide (Nomad keeps its servers under 50/s): a
+waiting Sync is held up to machines / 50 s, so 10,000 idle machines cost ~1,250 Syncs/s at
+the cap below instead of 10,000."""
+MAX_HEARTBEAT_S = 8.0
+"""The stretch's cap: under the Borglets' client deadline (their wait + 10 s) and well under
+a machine timeout (30 s), so contact is seen at least every 8 s."""
 
 TaskIndex = tuple[str, int]
 
@@ -112,6 +123,17 @@ def machine_from_sync(request: pb.SyncRequest) -> Machine:
         task_users=list(request.task_users),
         gpus=list(request.gpus),
     )
+
+
+def sync_wait_s(wait_ms: int, machines: int) -> float:
+    """How long a Sync may wait for its machine's desired set to change: what the Borglet
+    asks (a Borglet with something to report asks for 0: no wait), stretched with the cell's
+    size. A change still answers at once, and a Borglet with news cancels its call, so the
+    stretch costs no latency: it only thins out idle heartbeats."""
+    if wait_ms <= 0:
+        return 0.0
+    asked = min(wait_ms / 1000.0, MAX_SYNC_WAIT_S)
+    return max(asked, min(MAX_HEARTBEAT_S, machines / TARGET_SYNCS_PER_S))
 
 
 def registration(store: Store, machine: Machine) -> C.RegisterMachine | None:
@@ -232,7 +254,43 @@ class BorgletLink:
     def sync(self, request: pb.SyncRequest) -> pb.SyncResponse:
         """Record what the Borglet sees, then reply with what it should run (after waiting,
         up to `wait_ms`, for its desired set to change). Raises ProposeError when a change
-        could not be committed. The caller checks leadership and the machine name."""
+        could not be committed. The caller checks leadership and the machine name. (The
+        blocking form: the server uses `sync_async`, which waits without a thread.)"""
+        name = request.machine
+        self.record(request)
+        store = self.store
+        wait_s = sync_wait_s(request.wait_ms, len(store.machines))
+        deadline = time.monotonic() + wait_s
+        with store.changed:
+            while True:
+                gen = store.machine_generation.get(name, 0)
+                left = deadline - time.monotonic()
+                if gen != request.known_generation or left <= 0 or not self.is_leader():
+                    break
+                store.changed.wait(min(left, 0.5))
+        return self.reply(name)
+
+    async def sync_async(
+        self, request: pb.SyncRequest, pool: Executor, waiters: Waiters
+    ) -> pb.SyncResponse:
+        """`sync` on the aio server: recording and replying (store lock, proposals) run in
+        `pool`; the wait for a change is a suspended coroutine woken by `waiters`, so a
+        thousand waiting Borglets hold no thread."""
+        loop = asyncio.get_running_loop()
+        name = request.machine
+        self.seen(name)  # contact counts from arrival, however busy the pool is
+        await loop.run_in_executor(pool, self.record, request)
+        wait_s = sync_wait_s(request.wait_ms, len(self.store.machines))
+        if wait_s > 0:
+            known = request.known_generation
+            gens = self.store.machine_generation
+            await waiters.wait(
+                name, lambda: gens.get(name, 0) == known and self.is_leader(), wait_s
+            )
+        return await loop.run_in_executor(pool, self.reply, name)
+
+    def record(self, request: pb.SyncRequest) -> None:
+        """The Sync's registration and reports: commands for what changed (blocking)."""
         name = request.machine
         self.seen(name)
         store = self.store
@@ -251,15 +309,12 @@ class BorgletLink:
             cmd = task_updates(store, name, observed)
         if cmd is not None:
             self.propose(cmd)
-        wait_s = min(request.wait_ms / 1000.0, MAX_SYNC_WAIT_S)
-        deadline = time.monotonic() + wait_s
-        with store.changed:
-            while True:
-                gen = store.machine_generation.get(name, 0)
-                left = deadline - time.monotonic()
-                if gen != request.known_generation or left <= 0 or not self.is_leader():
-                    break
-                store.changed.wait(min(left, 0.5))
+
+    def reply(self, name: str) -> pb.SyncResponse:
+        """The machine's desired set now, with the generation it stands for."""
+        store = self.store
+        with store.lock:
+            gen = store.machine_generation.get(name, 0)
             desired = store.desired_for(name)
             self.copies.sent(name, [(t.job, t.index, t.incarnation) for t in desired])
             out = [

@@ -140,3 +140,15 @@ def test_lost_machines_after_the_timeout_counting_from_the_leaders_start() -> No
     assert lost_machines(["m1", "m2"], {"m2": 35.0}, 0.0, now=40.0, timeout_s=30.0) == [
         ("m1", 40.0)
     ]
+
+
+def test_idle_heartbeats_stretch_with_the_cells_size() -> None:
+    # a Borglet with news asks for no wait and gets none, however big the cell
+    assert link.sync_wait_s(0, 10_000) == 0.0
+    # small cells: what the Borglet asks (1 s), capped at MAX_SYNC_WAIT_S
+    assert link.sync_wait_s(1000, 3) == 1.0
+    assert link.sync_wait_s(60_000, 3) == link.MAX_SYNC_WAIT_S
+    # ~50 idle Syncs/s cell-wide, never held past MAX_HEARTBEAT_S
+    assert link.sync_wait_s(1000, 200) == 4.0
+    assert link.sync_wait_s(1000, 10_000) == link.MAX_HEARTBEAT_S
+    assert link.MAX_HEARTBEAT_S + 1 < 10  # under the Borglets' client deadline (wait + 10 s)
