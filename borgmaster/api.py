@@ -388,7 +388,7 @@ class MasterServicer(borg_pb2_grpc.BorgmasterServicer):
         whose `abort` raises (no await)."""
         self._check_sync(request, context)
         try:
-            return await self.m.link.sync_async(request, self.m.rpc_pool, self.m.sync_waiters)
+            return await self.m.link.sync_async(request, self.m.link_pool, self.m.sync_waiters)
         except ProposeError as e:
             _abort(context, e.code, e.message)
 

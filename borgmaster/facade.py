@@ -84,8 +84,8 @@ class ApiHost(Protocol):
     link: BorgletLink
     scheduler: Scheduler
     zone: Zone
-    rpc_pool: Executor
-    """Where blocking work of async handlers runs (the sync handlers' pool)."""
+    link_pool: Executor
+    """Where the async Sync's blocking steps run (a few threads of their own)."""
     sync_waiters: Waiters
     """The Syncs waiting for their machine's desired set (on the gRPC loop)."""
 

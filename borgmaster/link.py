@@ -280,10 +280,14 @@ class BorgletLink:
         `pool`; the wait for a change is a suspended coroutine woken by `waiters`, so a
         thousand waiting Borglets hold no thread."""
         loop = asyncio.get_running_loop()
+        arrived = loop.time()
         name = request.machine
         self.seen(name)  # contact counts from arrival, however busy the pool is
         await loop.run_in_executor(pool, self.record, request)
+        # The wait counts from arrival: time queued for the pool is not added to the hold
+        # (the Borglet's deadline is its wait + 10 s).
         wait_s = sync_wait_s(request.wait_ms, len(self.store.machines))
+        wait_s -= loop.time() - arrived
         if wait_s > 0:
             known = request.known_generation
             gens = self.store.machine_generation

@@ -78,6 +78,9 @@ __all__ = [
     "now_ms",
 ]
 
+LINK_THREADS = 4
+"""Threads for the Borglet link's blocking work (`Master.link_pool`)."""
+
 log = logging.getLogger("borgmaster")
 
 
@@ -160,6 +163,13 @@ class Master:
             max_workers=64, thread_name_prefix="grpc"
         )
         """The sync handlers' threads (every method but the Borglet link's waits)."""
+        self.link_pool: futures.Executor = futures.ThreadPoolExecutor(
+            max_workers=LINK_THREADS, thread_name_prefix="link"
+        )
+        """The Borglet link's blocking steps (record a Sync, build its reply): a few threads.
+        They are CPU under the GIL, so more would add no throughput, and a thousand Syncs
+        arriving at once in 64 runnable threads starved the Raft thread of the GIL long
+        enough (64 x 5 ms switch interval > the 300 ms election timeout) to lose the lead."""
         self.sync_waiters = Waiters()
         self.rpc_loop: RpcLoop
         self.http_server: Any = None
