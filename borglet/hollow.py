@@ -30,6 +30,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from borglet.link import FULL_SET_EVERY_S
 from cfg.tls import Role, TlsDir, role_host
 from proto.borg.v1 import borg_pb2 as pb
 from proto.borg.v1 import borg_pb2_grpc
@@ -87,6 +88,9 @@ class HollowMachine:
     start_s: float = 0.0
     tasks: dict[TaskKey, HollowTask] = field(default_factory=dict)
     generation: int = -1
+    full_at: float = -1e9
+    """Monotonic time of the last reply with the full desired set (link.py's rule: idle
+    replies are `unchanged`, a full set at least every FULL_SET_EVERY_S)."""
     connected: bool = False
     dirty: bool = True
     """Something to report that the master has not heard yet: sync without waiting."""
@@ -141,7 +145,7 @@ class HollowMachine:
             if t is not None and t.state == KILLED and o.state == KILLED:
                 del self.tasks[key]
 
-    def request(self, wait_ms: int) -> pb.SyncRequest:
+    def request(self, wait_ms: int, now: float = 0.0) -> pb.SyncRequest:
         return pb.SyncRequest(
             machine=self.name,
             address=self.address,
@@ -152,7 +156,23 @@ class HollowMachine:
             tasks=self.reports(),
             known_generation=self.generation,
             wait_ms=wait_ms,
+            accepts_unchanged=self.generation >= 0 and now - self.full_at < FULL_SET_EVERY_S,
         )
+
+    def on_reply(self, req: pb.SyncRequest, resp: pb.SyncResponse, now: float) -> None:
+        """A successful sync: what it reported is acknowledged, its desired set applied (or
+        kept, when the reply is `unchanged` for the generation held)."""
+        self.reported(req.tasks)
+        if resp.unchanged:
+            if req.accepts_unchanged and resp.generation == req.known_generation:
+                self.advance(now)
+            else:  # not a set this machine holds: ask for the full one
+                self.generation = -1
+                self.dirty = True
+            return
+        self.generation = resp.generation
+        self.full_at = now
+        self.on_desired(resp.tasks, now)
 
     def wait_ms(self, now: float) -> int:
         """How long the master may hold the next sync: not at all while a report is pending
@@ -252,7 +272,7 @@ class Fleet:
             leader = self.leader
             addr = self.masters[leader % len(self.masters)]
             wait_ms = m.wait_ms(now)
-            req = m.request(wait_ms)
+            req = m.request(wait_ms, now)
             m.dirty = False
             try:
                 resp = await self._stub(addr, i).Sync(req, timeout=wait_ms / 1000 + CALL_SLACK_S)
@@ -271,9 +291,7 @@ class Fleet:
             if not m.connected:
                 log.debug("%s connected to %s", m.name, addr)
             m.connected = True
-            m.reported(req.tasks)
-            m.generation = resp.generation
-            m.on_desired(resp.tasks, time.monotonic())
+            m.on_reply(req, resp, time.monotonic())
 
     def _on_error(self, e: grpc.aio.AioRpcError, leader: int) -> None:
         """A not-leader reply names the leader: the whole fleet moves there (as link.py)."""

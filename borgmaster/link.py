@@ -271,7 +271,7 @@ class BorgletLink:
                 if gen != request.known_generation or left <= 0 or not self.is_leader():
                     break
                 store.changed.wait(min(left, 0.5))
-        return self.reply(name)
+        return self.reply(name, self._known(request))
 
     async def sync_async(
         self, request: pb.SyncRequest, pool: Executor, waiters: Waiters
@@ -294,7 +294,13 @@ class BorgletLink:
             await waiters.wait(
                 name, lambda: gens.get(name, 0) == known and self.is_leader(), wait_s
             )
-        return await loop.run_in_executor(pool, self.reply, name)
+        return await loop.run_in_executor(pool, self.reply, name, self._known(request))
+
+    @staticmethod
+    def _known(request: pb.SyncRequest) -> int | None:
+        """The generation whose desired set the Borglet holds and may keep (None: it wants
+        the full set)."""
+        return request.known_generation if request.accepts_unchanged else None
 
     def record(self, request: pb.SyncRequest) -> None:
         """The Sync's registration and reports: commands for what changed (blocking)."""
@@ -317,13 +323,18 @@ class BorgletLink:
         if cmd is not None:
             self.propose(cmd)
 
-    def reply(self, name: str) -> pb.SyncResponse:
-        """The machine's desired set now, with the generation it stands for."""
+    def reply(self, name: str, known: int | None = None) -> pb.SyncResponse:
+        """The machine's desired set now, with the generation it stands for; just
+        `unchanged` when that is the generation `known` the Borglet holds (an idle
+        heartbeat: no task list built, encoded or decoded)."""
         store = self.store
         with store.lock:
             gen = store.machine_generation.get(name, 0)
             desired = store.desired_for(name)
             self.copies.sent(name, [(t.job, t.index, t.incarnation) for t in desired])
+            if known is not None and known == gen:
+                self.seen(name)
+                return pb.SyncResponse(generation=gen, cell=self.cell, unchanged=True)
             out = [
                 pb.DesiredTask(
                     job=t.job,

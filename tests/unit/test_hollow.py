@@ -18,6 +18,7 @@ from borglet.hollow import (
     machine_name,
     make_machines,
 )
+from borglet.link import FULL_SET_EVERY_S
 from borgmaster import ca
 from borgmaster.auth import RULES, Denied, check_machine
 from cfg.tls import Identity, Role
@@ -112,3 +113,21 @@ def test_hollow_cli_refuses_a_certificate_of_another_role_or_prefix(tmp_path: Pa
         r = CliRunner().invoke(borglet_main, [*base, "--tls-dir", str(tmp_path / d)])
         assert r.exit_code == 2, r.output
         assert "not a hollow certificate for --name-prefix hollow-" in r.output
+
+
+def test_an_unchanged_reply_keeps_the_desired_set() -> None:
+    m = machine()
+    req = m.request(0, now=1.0)
+    assert not req.accepts_unchanged  # nothing held yet: the full set
+    m.on_reply(req, pb.SyncResponse(generation=7, tasks=desired(("web", 0, "a"))), now=1.0)
+    assert m.generation == 7 and [o.index for o in m.reports()] == [0]
+    req = m.request(1000, now=2.0)
+    assert req.accepts_unchanged and req.known_generation == 7
+    m.on_reply(req, pb.SyncResponse(generation=7, unchanged=True), now=2.0)
+    assert [o.state for o in m.reports()] == [RUNNING]  # kept, not killed
+    # an `unchanged` for a set it does not hold: ask for the full set again
+    m.on_reply(req, pb.SyncResponse(generation=8, unchanged=True), now=3.0)
+    assert m.generation == -1 and not m.request(0, now=3.0).accepts_unchanged
+    # and at least every FULL_SET_EVERY_S the full set is asked for anyway
+    m.generation = 7
+    assert not m.request(1000, now=1.0 + FULL_SET_EVERY_S).accepts_unchanged

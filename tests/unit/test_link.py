@@ -134,6 +134,21 @@ def test_sync_registers_records_and_replies_with_the_desired_set() -> None:
     lk.sync(req)
     assert len(proposed) == n  # a heartbeat that changes nothing writes nothing
 
+    # a Borglet that holds the current generation's set gets just `unchanged`...
+    req.known_generation, req.accepts_unchanged = r.generation, True
+    idle = lk.sync(req)
+    assert idle.unchanged and list(idle.tasks) == [] and idle.generation == r.generation
+    # ...an older Borglet (or one asking for the full set) the full set...
+    req.accepts_unchanged = False
+    assert not lk.sync(req).unchanged
+    # ...and one holding another generation the new set
+    req.accepts_unchanged = True
+    cell.submit(spec(name="b", replicas=1))
+    cell.place("b", 0, "m1")
+    changed = lk.sync(req)
+    assert not changed.unchanged and changed.generation != r.generation
+    assert sorted(t.job for t in changed.tasks) == ["a", "b"]
+
 
 def test_lost_machines_after_the_timeout_counting_from_the_leaders_start() -> None:
     assert lost_machines(["m1"], {}, leader_since=0.0, now=20.0, timeout_s=30.0) == []
