@@ -34,7 +34,7 @@ from borgmaster.convert import (
 )
 from borgmaster.explain import explain_task
 from borgmaster.facade import ApiHost, ProposeError, now_ms
-from borgmaster.link import gpus_problem
+from borgmaster.link import NotLeader, gpus_problem
 from borgmaster.model import (
     MACHINE_DRAINING,
     MACHINE_UP,
@@ -389,6 +389,9 @@ class MasterServicer(borg_pb2_grpc.BorgmasterServicer):
         self._check_sync(request, context)
         try:
             return await self.m.link.sync_async(request, self.m.link_pool, self.m.sync_waiters)
+        except NotLeader:
+            leader = self.m.leader_grpc()
+            _abort(context, "not-leader", f"not the leader; leader: {leader or 'unknown'}")
         except ProposeError as e:
             _abort(context, e.code, e.message)
 

@@ -86,6 +86,10 @@ class Observed:
         )
 
 
+class NotLeader(Exception):
+    """This replica stopped leading while a Sync waited for the link's threads."""
+
+
 # ----- pure: what a Sync changes ------------------------------------------------------------
 
 
@@ -303,7 +307,13 @@ class BorgletLink:
         return request.known_generation if request.accepts_unchanged else None
 
     def record(self, request: pb.SyncRequest) -> None:
-        """The Sync's registration and reports: commands for what changed (blocking)."""
+        """The Sync's registration and reports: commands for what changed (blocking).
+        Raises NotLeader when this replica no longer leads: Syncs queued for the link's
+        threads when the lead moved are redirected at once, instead of each blocking a
+        thread on a proposal that cannot commit here (which made every queued Syncs miss its
+        deadline after a leader change)."""
+        if not self.is_leader():
+            raise NotLeader()
         name = request.machine
         self.seen(name)
         store = self.store

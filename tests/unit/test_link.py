@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from borgmaster import commands as C
 from borgmaster import link
 from borgmaster.copies import LiveCopies
@@ -167,3 +169,15 @@ def test_idle_heartbeats_stretch_with_the_cells_size() -> None:
     assert link.sync_wait_s(1000, 200) == 4.0
     assert link.sync_wait_s(1000, 10_000) == link.MAX_HEARTBEAT_S
     assert link.MAX_HEARTBEAT_S + 1 < 10  # under the Borglets' client deadline (wait + 10 s)
+
+
+def test_a_replica_that_stopped_leading_records_nothing() -> None:
+    cell = Cell()
+    proposed: list[C.Command] = []
+    lk = link.BorgletLink(
+        cell.store, LiveCopies(), proposed.append, lambda: False, lambda: None, "c1"
+    )  # type: ignore[arg-type]
+    req = pb.SyncRequest(machine="m1", address="m1:1", capacity=pb.Resources(cpu=1.0))
+    with pytest.raises(link.NotLeader):
+        lk.record(req)
+    assert proposed == []
