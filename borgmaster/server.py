@@ -401,6 +401,8 @@ class Master:
         except Exception as e:  # best effort: the start already failed with its reason
             log.debug("grpc stop after a failed start: %s", e)
         self.rpc_loop.close()
+        self.rpc_pool.shutdown(wait=False, cancel_futures=True)
+        self.link_pool.shutdown(wait=False, cancel_futures=True)
         self.grpc_server = None
         if self.dns_server is not None:
             self.dns_server.stop()
@@ -426,6 +428,10 @@ class Master:
             except Exception as e:
                 log.debug("grpc stop: %s", e)
             self.rpc_loop.close()
+        # Idle handler threads go now (a process that starts replicas again, as the fault
+        # tests do, would otherwise keep every stopped replica's threads).
+        self.rpc_pool.shutdown(wait=False, cancel_futures=True)
+        self.link_pool.shutdown(wait=False, cancel_futures=True)
         if self.proposer is not None:
             self.proposer.stop()
         if self.is_leader() and self.fsm.members():
