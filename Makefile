@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit proto bench bench-raft bench-borglet bench-scheduler bench-snapshot clean
+.PHONY: run test lint typecheck unit proto bench bench-raft bench-borglet bench-scheduler bench-snapshot bench-scale clean
 
 $(STAMP): pyproject.toml setup.cfg
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -50,6 +50,13 @@ bench-snapshot: $(STAMP)
 bench-scheduler: $(STAMP)
 	$(BIN)/python -m bench.scheduler --machines 10000 --tasks 100000 --json
 	$(BIN)/python -m bench.fauxmaster --trace ../shared/traces/google2011 --until 0 --json
+
+# 3 masters + hollow machines at a few sizes (each run bounded to ~3 minutes): results merged
+# into bench/results/scale.json, one entry per fleet size.
+bench-scale: $(STAMP)
+	for n in 1000 2000 5000 10000; do \
+	  $(BIN)/python -m bench.scale --machines $$n --tasks 10000 --json || exit 1; \
+	done
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -287,5 +287,114 @@ def _load_tls(tls_dir: str | None, name: str) -> TlsDir | None:
     return tls
 
 
+@main.command()
+@click.option("--count", type=click.IntRange(1, 100_000), required=True, help="Machines.")
+@click.option("--master", "masters", required=True, help="HOST:PORT[,HOST:PORT...] of masters.")
+@click.option("--name-prefix", default="hollow-", show_default=True, help="Machines PREFIX00000..")
+@click.option("--first", type=click.IntRange(0, 99_999), default=0, hidden=True)
+@click.option("--cpu", type=float, default=8.0, show_default=True, help="Cores per machine.")
+@click.option("--memory", default="32Gi", show_default=True, help="Memory per machine.")
+@click.option("--attr", "attrs", multiple=True, help="KEY=VALUE attribute of every machine.")
+@click.option(
+    "--start-ms",
+    type=click.IntRange(0, 3_600_000),
+    default=0,
+    show_default=True,
+    help="A desired task is reported running this long after it first arrives.",
+)
+@click.option(
+    "--ramp-s",
+    type=click.FloatRange(0, 600),
+    default=None,
+    help="Spread the machines' first syncs over this many seconds (default: 1 s per 1,000).",
+)
+@click.option(
+    "--tls-dir",
+    envvar="BORG_TLS_DIR",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="A hollow certificate (`ca issue --role hollow --name NAME`) for machines "
+    "NAME00000.. or NAME-00000..: --name-prefix must be NAME or NAME-.",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Same as --log-level debug.")
+@log_options
+def hollow(
+    count: int,
+    masters: str,
+    name_prefix: str,
+    first: int,
+    cpu: float,
+    memory: str,
+    attrs: tuple[str, ...],
+    start_ms: int,
+    ramp_s: float | None,
+    tls_dir: str | None,
+    verbose: bool,
+    log_level: str,
+    log_format: str,
+) -> None:
+    """Simulate COUNT machines in this process on the real protocol (no tasks run)."""
+    import asyncio
+
+    from borglet.hollow import Fleet, make_machines
+
+    setup_logging("debug" if verbose else log_level, log_format)
+    try:
+        mem = parse_size(memory)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--memory") from None
+    if first + count > 100_000:
+        raise click.BadParameter("names have five digits: --first + --count <= 100000")
+    tls = _load_hollow_tls(tls_dir, name_prefix)
+    machines = make_machines(
+        count, name_prefix, cpu, mem, key_values(attrs, "--attr"), start_ms, first=first
+    )
+    fleet = Fleet(
+        machines,
+        [m.strip() for m in masters.split(",") if m.strip()],
+        tls=tls,
+        ramp_s=count / 1000 if ramp_s is None else ramp_s,
+    )
+
+    async def main_loop() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, fleet.stop)
+        log.info("hollow: %d machines %s.. syncing with %s", count, machines[0].name, masters)
+        await fleet.run()
+
+    asyncio.run(main_loop())
+
+
+def _load_hollow_tls(tls_dir: str | None, prefix: str) -> TlsDir | None:
+    """The fleet's hollow certificate, checked now against --name-prefix (the masters accept
+    its Syncs only for machines named after it)."""
+    if not tls_dir:
+        return None
+    try:
+        tls = TlsDir.load(tls_dir)
+    except ConfigError as e:
+        click.echo(f"borglet: {e}", err=True)
+        sys.exit(2)
+    ident = cert_identity(tls.cert_file)
+    if (
+        ident is None
+        or ident.role is not Role.HOLLOW
+        or ident.name
+        not in (
+            prefix,
+            prefix.rstrip("-._"),
+        )
+    ):
+        got = f"{ident.role.value} {ident.name}" if ident else "no borgcell identity"
+        click.echo(
+            f"borglet: --tls-dir {tls_dir}: the certificate is for {got}, not a hollow "
+            f"certificate for --name-prefix {prefix}",
+            err=True,
+        )
+        sys.exit(2)
+    return tls
+
+
 if __name__ == "__main__":
     main()

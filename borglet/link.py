@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any, Protocol
 
 import grpc
@@ -36,6 +37,10 @@ REPORT_DEBOUNCE_S = 0.01
 """After a local event, wait this long before reporting, so a burst (100 tasks starting)
 becomes one report instead of a hundred."""
 STATE_RETRY_S = 1.0
+FULL_SET_EVERY_S = 30.0
+"""An idle heartbeat's reply is just `unchanged` (the desired set of the generation held);
+at least this often the link asks for the full set anyway, so a change the master failed to
+count in the generation still reaches this machine (the level-triggered guarantee)."""
 
 
 class LinkHost(Protocol):
@@ -80,6 +85,10 @@ class MasterLink:
         self._stop = threading.Event()
         self._master_idx = 0
         self._known_generation = -1
+        self._desired: list[Desired] | None = None
+        """The desired set of `_known_generation` (kept across `unchanged` replies)."""
+        self._full_at = 0.0
+        """Monotonic time of the last reply that carried the full set."""
         self._spec_cache: dict[tuple[str, int, str, int], JobSpec] = {}
         self._thread: threading.Thread | None = None
 
@@ -117,6 +126,8 @@ class MasterLink:
             known_generation=self._known_generation,
             wait_ms=wait_ms,
             shared_specs=True,
+            accepts_unchanged=self._desired is not None
+            and time.monotonic() - self._full_at < FULL_SET_EVERY_S,
         )
         return req, keys
 
@@ -163,8 +174,28 @@ class MasterLink:
             if not self.connected:
                 log.info("connected to master %s", addr)
             self.connected = True
+            desired = self.desired_set(req, resp)
+            if desired is None:  # `unchanged` for a set this link does not hold: ask again
+                self._known_generation = -1
+                continue
             self._known_generation = resp.generation
-            self.host.on_desired(self.desired_of(resp), reported, resp.cell)
+            self.host.on_desired(desired, reported, resp.cell)
+
+    def desired_set(self, req: pb.SyncRequest, resp: pb.SyncResponse) -> list[Desired] | None:
+        """The desired set a reply stands for: the one held when it says `unchanged` (only
+        if this request allowed that, for the generation held), else its tasks."""
+        if resp.unchanged:
+            if (
+                not req.accepts_unchanged
+                or self._desired is None
+                or resp.generation != req.known_generation
+            ):
+                self._desired = None
+                return None
+            return self._desired
+        self._desired = self.desired_of(resp)
+        self._full_at = time.monotonic()
+        return self._desired
 
     def _on_error(self, e: grpc.RpcError, addr: str) -> None:
         code = e.code()

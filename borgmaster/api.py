@@ -35,7 +35,7 @@ from borgmaster.convert import (
 )
 from borgmaster.explain import explain_task
 from borgmaster.facade import ApiHost, ProposeError, now_ms
-from borgmaster.link import gpus_problem
+from borgmaster.link import NotLeader, gpus_problem
 from borgmaster.model import (
     MACHINE_DRAINING,
     MACHINE_UP,
@@ -386,9 +386,21 @@ class MasterServicer(borg_pb2_grpc.BorgmasterServicer):
 
     # ----- Borglets -----------------------------------------------------------------------
 
-    def Sync(self, request: pb.SyncRequest, context: grpc.ServicerContext) -> Any:
+    async def Sync(self, request: pb.SyncRequest, context: grpc.ServicerContext) -> Any:
         """Level-triggered: record what the Borglet sees, reply with what it should run
-        (the protocol and the diff live in link.py)."""
+        (the protocol and the diff live in link.py). Async: a Sync waiting for its machine's
+        desired set to change holds no thread (rpc_loop.py); `context` is a CallContext,
+        whose `abort` raises (no await)."""
+        self._check_sync(request, context)
+        try:
+            return await self.m.link.sync_async(request, self.m.link_pool, self.m.sync_waiters)
+        except NotLeader:
+            leader = self.m.leader_grpc()
+            _abort(context, "not-leader", f"not the leader; leader: {leader or 'unknown'}")
+        except ProposeError as e:
+            _abort(context, e.code, e.message)
+
+    def _check_sync(self, request: pb.SyncRequest, context: grpc.ServicerContext) -> None:
         if not self.m.is_leader():
             leader = self.m.leader_grpc()
             _abort(context, "not-leader", f"not the leader; leader: {leader or 'unknown'}")
@@ -406,10 +418,6 @@ class MasterServicer(borg_pb2_grpc.BorgmasterServicer):
         bad_gpus = gpus_problem(request)
         if bad_gpus:
             _abort(context, "invalid", bad_gpus)
-        try:
-            return self.m.link.sync(request)
-        except ProposeError as e:
-            _abort(context, e.code, e.message)
 
     # ----- rollouts, drains, events, quota, membership ------------------------------------
 

@@ -8,6 +8,7 @@ identity (cfg.grpcauth.identity), never from a request field.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import grpc
@@ -72,9 +73,10 @@ RULES: dict[str, Rule] = {
     "ChangeMembership": Rule(
         ADMINS, "change the cell's membership", write=True, target=lambda r: r.raft
     ),
-    # Borglets: their own machine only (checked in the handler: `check_machine`). Syncs are
-    # machine reports every second or so, not operator actions: not audited.
-    "Sync": Rule(frozenset({Role.BORGLET}), "sync as a machine"),
+    # Borglets: their own machine only (checked in the handler: `check_machine`), and hollow
+    # fleets their own simulated machines. Syncs are machine reports every second or so, not
+    # operator actions: not audited.
+    "Sync": Rule(frozenset({Role.BORGLET, Role.HOLLOW}), "sync as a machine"),
 }
 
 assert all(r.roles <= ANY_AUTHENTICATED for r in RULES.values())
@@ -112,9 +114,27 @@ def check_owner_for(ident: Identity, owner: str, action: str, job: str) -> None:
         raise Denied(f"{ident.name} may not {action} of job '{job}' (owner {owner})")
 
 
+def hollow_machine_of(cert_name: str, machine: str) -> bool:
+    """Whether `machine` is one a hollow certificate named `cert_name` may sync as:
+    `CERT_NAME` + an optional separator + five digits (`borglet hollow --name-prefix
+    hollow-` with a certificate named `hollow` syncs as hollow-00000, hollow-00001, ...)."""
+    return re.fullmatch(re.escape(cert_name) + r"[-._]?[0-9]{5}", machine) is not None
+
+
 def check_machine(ident: Identity, machine: str) -> None:
-    """A Borglet syncs only as the machine its certificate names (the node authorizer)."""
+    """A Borglet syncs only as the machine its certificate names (the node authorizer).
+
+    One process simulating 10,000 machines cannot hold 10,000 certificates cheaply, so a
+    `hollow` certificate (its own role: a real Borglet's certificate never gets this rule)
+    stands for the numbered machines of its prefix, and for nothing else. An admin issuing a
+    hollow certificate grants those names, so it must not be a prefix real machines use."""
     if ident is INSECURE:
+        return
+    if ident.role is Role.HOLLOW:
+        if not hollow_machine_of(ident.name, machine):
+            raise Denied(
+                f"{ident.name} (hollow) may sync only as {ident.name}[-]NNNNN, not as '{machine}'"
+            )
         return
     if ident.name != machine:
         raise Denied(f"{ident.name} (borglet) may not sync as machine '{machine}'")

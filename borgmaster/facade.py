@@ -21,7 +21,10 @@ from cfg.tls import Identity
 from proto.borg.v1 import borg_pb2 as pb
 
 if TYPE_CHECKING:  # types only: neither module imports this one back at run time
+    from concurrent.futures import Executor
+
     from borgmaster.link import BorgletLink
+    from borgmaster.rpc_loop import Waiters
     from borgmaster.scheduler import Scheduler, Snapshot
 
 
@@ -88,6 +91,10 @@ class ApiHost(Protocol):
     link: BorgletLink
     scheduler: Scheduler
     zone: Zone
+    link_pool: Executor
+    """Where the async Sync's blocking steps run (a few threads of their own)."""
+    sync_waiters: Waiters
+    """The Syncs waiting for their machine's desired set (on the gRPC loop)."""
 
     def propose(self, cmd: C.Command, timeout: float | None = None) -> dict[str, Any]: ...
 

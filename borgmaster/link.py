@@ -13,10 +13,12 @@ the shell that proposes them and waits for the desired set.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +35,7 @@ from borgmaster.model import (
     Taint,
     TaintEffect,
 )
+from borgmaster.rpc_loop import Waiters
 from borgmaster.store import ACTIVE_STATES, Store
 from cfg.schema import spec_to_config
 from proto.borg.v1 import borg_pb2 as pb
@@ -40,9 +43,18 @@ from proto.borg.v1 import borg_pb2 as pb
 log = logging.getLogger("borgmaster.link")
 
 MAX_SYNC_WAIT_S = 5.0
-"""The longest a Sync waits for the machine's desired set to change before replying."""
+"""The longest a Sync waits for the machine's desired set to change before replying, when
+the Borglet asks for it (`wait_ms`)."""
+TARGET_SYNCS_PER_S = 50.0
+"""Idle heartbeats the leader aims at, cell-wide (Nomad keeps its servers under 50/s): a
+waiting Sync is held up to machines / 50 s, so 10,000 idle machines cost ~1,250 Syncs/s at
+the cap below instead of 10,000."""
+MAX_HEARTBEAT_S = 8.0
+"""The stretch's cap: under the Borglets' client deadline (their wait + 10 s) and well under
+a machine timeout (30 s), so contact is seen at least every 8 s."""
 
 TaskIndex = tuple[str, int]
+SPEC_CACHE_MAX = 20_000
 
 
 @dataclass(frozen=True)
@@ -72,6 +84,10 @@ class Observed:
             health=o.health,
             ports=dict(o.ports),
         )
+
+
+class NotLeader(Exception):
+    """This replica stopped leading while a Sync waited for the link's threads."""
 
 
 # ----- pure: what a Sync changes ------------------------------------------------------------
@@ -112,6 +128,17 @@ def machine_from_sync(request: pb.SyncRequest) -> Machine:
         task_users=list(request.task_users),
         gpus=list(request.gpus),
     )
+
+
+def sync_wait_s(wait_ms: int, machines: int) -> float:
+    """How long a Sync may wait for its machine's desired set to change: what the Borglet
+    asks (a Borglet with something to report asks for 0: no wait), stretched with the cell's
+    size. A change still answers at once, and a Borglet with news cancels its call, so the
+    stretch costs no latency: it only thins out idle heartbeats."""
+    if wait_ms <= 0:
+        return 0.0
+    asked = min(wait_ms / 1000.0, MAX_SYNC_WAIT_S)
+    return max(asked, min(MAX_HEARTBEAT_S, machines / TARGET_SYNCS_PER_S))
 
 
 def registration(store: Store, machine: Machine) -> C.RegisterMachine | None:
@@ -215,6 +242,8 @@ class BorgletLink:
         """machine -> monotonic time of its last Sync (leader memory)."""
         self.usage: dict[TaskIndex, Any] = {}
         """(job, index) -> the last ObservedTask its Borglet reported (usage, leader memory)."""
+        self._specs: dict[tuple[str, int], tuple[Any, Any]] = {}
+        """(job, version) -> (the JobSpec, its Struct): specs converted once per version."""
 
     def forget(self) -> None:
         """A new leader gives every Borglet one machine timeout to find it, from now."""
@@ -232,7 +261,61 @@ class BorgletLink:
     def sync(self, request: pb.SyncRequest) -> pb.SyncResponse:
         """Record what the Borglet sees, then reply with what it should run (after waiting,
         up to `wait_ms`, for its desired set to change). Raises ProposeError when a change
-        could not be committed. The caller checks leadership and the machine name."""
+        could not be committed. The caller checks leadership and the machine name. (The
+        blocking form: the server uses `sync_async`, which waits without a thread.)"""
+        name = request.machine
+        self.record(request)
+        store = self.store
+        wait_s = sync_wait_s(request.wait_ms, len(store.machines))
+        deadline = time.monotonic() + wait_s
+        with store.changed:
+            while True:
+                gen = store.machine_generation.get(name, 0)
+                left = deadline - time.monotonic()
+                if gen != request.known_generation or left <= 0 or not self.is_leader():
+                    break
+                store.changed.wait(min(left, 0.5))
+        return self.reply(name, self._known(request), request.shared_specs)
+
+    async def sync_async(
+        self, request: pb.SyncRequest, pool: Executor, waiters: Waiters
+    ) -> pb.SyncResponse:
+        """`sync` on the aio server: recording and replying (store lock, proposals) run in
+        `pool`; the wait for a change is a suspended coroutine woken by `waiters`, so a
+        thousand waiting Borglets hold no thread."""
+        loop = asyncio.get_running_loop()
+        arrived = loop.time()
+        name = request.machine
+        self.seen(name)  # contact counts from arrival, however busy the pool is
+        await loop.run_in_executor(pool, self.record, request)
+        # The wait counts from arrival: time queued for the pool is not added to the hold
+        # (the Borglet's deadline is its wait + 10 s).
+        wait_s = sync_wait_s(request.wait_ms, len(self.store.machines))
+        wait_s -= loop.time() - arrived
+        if wait_s > 0:
+            known = request.known_generation
+            gens = self.store.machine_generation
+            await waiters.wait(
+                name, lambda: gens.get(name, 0) == known and self.is_leader(), wait_s
+            )
+        return await loop.run_in_executor(
+            pool, self.reply, name, self._known(request), request.shared_specs
+        )
+
+    @staticmethod
+    def _known(request: pb.SyncRequest) -> int | None:
+        """The generation whose desired set the Borglet holds and may keep (None: it wants
+        the full set)."""
+        return request.known_generation if request.accepts_unchanged else None
+
+    def record(self, request: pb.SyncRequest) -> None:
+        """The Sync's registration and reports: commands for what changed (blocking).
+        Raises NotLeader when this replica no longer leads: Syncs queued for the link's
+        threads when the lead moved are redirected at once, instead of each blocking a
+        thread on a proposal that cannot commit here (which made every queued Syncs miss its
+        deadline after a leader change)."""
+        if not self.is_leader():
+            raise NotLeader()
         name = request.machine
         self.seen(name)
         store = self.store
@@ -251,20 +334,23 @@ class BorgletLink:
             cmd = task_updates(store, name, observed)
         if cmd is not None:
             self.propose(cmd)
-        wait_s = min(request.wait_ms / 1000.0, MAX_SYNC_WAIT_S)
-        deadline = time.monotonic() + wait_s
-        with store.changed:
-            while True:
-                gen = store.machine_generation.get(name, 0)
-                left = deadline - time.monotonic()
-                if gen != request.known_generation or left <= 0 or not self.is_leader():
-                    break
-                store.changed.wait(min(left, 0.5))
+
+    def reply(
+        self, name: str, known: int | None = None, shared_specs: bool = False
+    ) -> pb.SyncResponse:
+        """The machine's desired set now, with the generation it stands for; just
+        `unchanged` when that is the generation `known` the Borglet holds (an idle
+        heartbeat: no task list built, encoded or decoded). With `shared_specs` each job
+        version's spec goes once per reply (`specs`, referenced by `spec_ref`), not once per
+        task: 100 tasks of a 1 MiB spec were a 100 MiB reply, over gRPC's 4 MiB default."""
+        store = self.store
+        with store.lock:
+            gen = store.machine_generation.get(name, 0)
+            if known is not None and known == gen:
+                self.seen(name)
+                return pb.SyncResponse(generation=gen, cell=self.cell, unchanged=True)
             desired = store.desired_for(name)
             self.copies.sent(name, [(t.job, t.index, t.incarnation) for t in desired])
-            # A Borglet that reads shared specs gets each job's spec once per reply, not
-            # once per task: 100 tasks of a 1 MiB spec were a 100 MiB reply (over gRPC's
-            # 4 MiB default) and 100 encodings of the same spec per sync.
             shared: dict[str, Any] = {}
             out = []
             for t in desired:
@@ -273,7 +359,7 @@ class BorgletLink:
                 ref = f"{t.job}@{t.version}"
                 spec = shared.get(ref)
                 if spec is None:
-                    spec = shared[ref] = struct_from(spec_to_config(store.task_spec(t)))
+                    spec = shared[ref] = self._spec_struct(t.job, t.version, store.task_spec(t))
                 d = pb.DesiredTask(
                     job=t.job,
                     index=t.index,
@@ -282,17 +368,31 @@ class BorgletLink:
                     gpus=t.gpus,
                 )
                 d.ports.update(t.ports)
-                if request.shared_specs:
+                if shared_specs:
                     d.spec_ref = ref
                 else:
                     d.spec.CopyFrom(spec)
                 out.append(d)
         self.seen(name)
         resp = pb.SyncResponse(tasks=out, generation=gen, cell=self.cell)
-        if request.shared_specs:
+        if shared_specs:
             for ref, spec in shared.items():
                 resp.specs[ref].CopyFrom(spec)
         return resp
+
+    def _spec_struct(self, job: str, version: int, spec: Any) -> Any:
+        """The spec as a Struct, converted once per job version (and again only when the
+        version's spec object is replaced in place): a reply of 10 tasks of one job cost
+        10 conversions per Sync before, most of a busy master's CPU at 1,000 machines."""
+        key = (job, version)
+        hit = self._specs.get(key)
+        if hit is not None and hit[0] is spec:
+            return hit[1]
+        if len(self._specs) > SPEC_CACHE_MAX:
+            self._specs.clear()
+        struct = struct_from(spec_to_config(spec))
+        self._specs[key] = (spec, struct)
+        return struct
 
     # ----- reads for the API ---------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from concurrent import futures
 from typing import Any
 
 import grpc
+import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -61,11 +62,18 @@ from borgmaster.model import Replica
 from borgmaster.naming import Zone
 from borgmaster.planner import build_snapshot
 from borgmaster.proposer import Proposer
+from borgmaster.rpc_loop import RpcLoop, Waiters
 from borgmaster.scheduler import BorgScheduler, Scheduler, Snapshot
 from borgmaster.scheduling import SchedulingShell
 from borgmaster.store import Store
 from borgmaster.writer import Writer
-from cfg.grpcauth import AuditLog, AuthInterceptor, secure_channel, server_credentials
+from cfg.grpcauth import (
+    AioAuthInterceptor,
+    AuditLog,
+    AuthInterceptor,
+    secure_channel,
+    server_credentials,
+)
 from cfg.tls import Identity
 from proto.borg.v1 import borg_pb2, borg_pb2_grpc
 
@@ -77,6 +85,9 @@ __all__ = [
     "ProposeError",
     "now_ms",
 ]
+
+LINK_THREADS = 4
+"""Threads for the Borglet link's blocking work (`Master.link_pool`)."""
 
 log = logging.getLogger("borgmaster")
 
@@ -166,7 +177,20 @@ class Master:
         self.placer.wake = self.loops[0].wake
         self.zone = Zone(cfg.cell, self.store)
         self.dns_server: DnsServer | None = None
-        self.grpc_server: grpc.Server | None = None
+        self.grpc_server: grpc.aio.Server | None = None
+        self.rpc_pool: futures.Executor = futures.ThreadPoolExecutor(
+            max_workers=64, thread_name_prefix="grpc"
+        )
+        """The sync handlers' threads (every method but the Borglet link's waits)."""
+        self.link_pool: futures.Executor = futures.ThreadPoolExecutor(
+            max_workers=LINK_THREADS, thread_name_prefix="link"
+        )
+        """The Borglet link's blocking steps (record a Sync, build its reply): a few threads.
+        They are CPU under the GIL, so more would add no throughput, and a thousand Syncs
+        arriving at once in 64 runnable threads starved the Raft thread of the GIL long
+        enough (64 x 5 ms switch interval > the 300 ms election timeout) to lose the lead."""
+        self.sync_waiters = Waiters()
+        self.rpc_loop: RpcLoop
         self.http_server: Any = None
         self.metrics: Any = None
         self.audit: AuditLog | None = None
@@ -349,33 +373,43 @@ class Master:
     def start(self) -> None:
         self.metrics = MasterMetrics(self)
         self.audit = AuditLog(self.cfg.audit_log) if self.cfg.audit_log else None
-        server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="grpc"),
-            # Who calls and whether they may: one interceptor, one table (auth.py).
-            interceptors=[
-                AuthInterceptor(
-                    RULES,
-                    tls=self.cfg.tls is not None,
-                    audit=self.audit,
-                    closed_services=("borg.v1.Borgmaster",),
-                    denied=self.metrics.on_denied,
-                )
-            ],
-            # A request over 4 MiB is refused by gRPC itself (RESOURCE_EXHAUSTED) before any of
-            # it reaches a handler (SPEC part 2, Limits; a spec alone may be 1 MiB: api.py).
-            options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 4 << 20)],
+        # One aio server on its own loop thread (rpc_loop.py): the Borglet link's Syncs wait
+        # as coroutines; every other method runs in `rpc_pool` as the sync code it is, behind
+        # the one authorization interceptor (auth.py's table).
+        auth = AuthInterceptor(
+            RULES,
+            tls=self.cfg.tls is not None,
+            audit=self.audit,
+            closed_services=("borg.v1.Borgmaster",),
+            denied=self.metrics.on_denied,
         )
-        borg_pb2_grpc.add_BorgmasterServicer_to_server(MasterServicer(self), server)
-        health_servicer = health.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-        health_servicer.set("borg.v1.Borgmaster", health_pb2.HealthCheckResponse.SERVING)
-        names = (
-            borg_pb2.DESCRIPTOR.services_by_name["Borgmaster"].full_name,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
+        self.rpc_loop = RpcLoop()
+        self.store.on_machines_changed = lambda names: self.rpc_loop.soon(
+            self.sync_waiters.notify, names
         )
-        reflection.enable_server_reflection(names, server)
+
+        async def build() -> grpc.aio.Server:
+            server = grpc.aio.server(
+                migration_thread_pool=self.rpc_pool,
+                interceptors=[AioAuthInterceptor(auth, self.rpc_pool)],
+                # A request over 4 MiB is refused by gRPC itself (RESOURCE_EXHAUSTED) before any
+                # of it reaches a handler (SPEC part 2, Limits; a spec alone may be 1 MiB).
+                options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 4 << 20)],
+            )
+            borg_pb2_grpc.add_BorgmasterServicer_to_server(MasterServicer(self), server)
+            health_servicer = health.aio.HealthServicer()
+            health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+            await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+            await health_servicer.set("borg.v1.Borgmaster", health_pb2.HealthCheckResponse.SERVING)
+            names = (
+                borg_pb2.DESCRIPTOR.services_by_name["Borgmaster"].full_name,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            )
+            reflection.enable_server_reflection(names, server)
+            return server
+
+        server = self.rpc_loop.call(build())
         try:
             # A port in use is a clear one-line start-up failure (and Raft, already bound, is
             # released), not a RuntimeError traceback from grpcio.
@@ -393,7 +427,7 @@ class Master:
             if bound == 0:
                 probe_bind(self.cfg.grpc, "grpc")
                 raise OSError(f"grpc address {self.cfg.grpc}: cannot bind")
-            server.start()
+            self.rpc_loop.call(server.start())
             self.grpc_server = server
             try:
                 self.http_server = start_http(self)
@@ -419,11 +453,17 @@ class Master:
             ",".join(self.cfg.peers) or "-",
         )
 
-    def _abort_start(self, server: grpc.Server) -> None:
+    def _abort_start(self, server: grpc.aio.Server) -> None:
         """Undo a start that failed half-way, so the process can exit at once and a caller
         that retries in the same process finds the Raft port and journal released."""
         self._stop.set()
-        server.stop(grace=None)
+        try:
+            self.rpc_loop.call(server.stop(None), timeout=5)
+        except Exception as e:  # best effort: the start already failed with its reason
+            log.debug("grpc stop after a failed start: %s", e)
+        self.rpc_loop.close()
+        self.rpc_pool.shutdown(wait=False, cancel_futures=True)
+        self.link_pool.shutdown(wait=False, cancel_futures=True)
         self.grpc_server = None
         if self.dns_server is not None:
             self.dns_server.stop()
@@ -443,7 +483,16 @@ class Master:
         with self.store.changed:  # event followers and long polls see `stopping` at once
             self.store.changed.notify_all()
         if self.grpc_server is not None:
-            self.grpc_server.stop(grace=0.5).wait(2)
+            self.rpc_loop.soon(self.sync_waiters.notify, None)
+            try:
+                self.rpc_loop.call(self.grpc_server.stop(grace=0.5), timeout=3)
+            except Exception as e:
+                log.debug("grpc stop: %s", e)
+            self.rpc_loop.close()
+        # Idle handler threads go now (a process that starts replicas again, as the fault
+        # tests do, would otherwise keep every stopped replica's threads).
+        self.rpc_pool.shutdown(wait=False, cancel_futures=True)
+        self.link_pool.shutdown(wait=False, cancel_futures=True)
         if self.proposer is not None:
             self.proposer.stop()
         if self.is_leader() and self.fsm.members():

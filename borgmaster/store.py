@@ -13,7 +13,7 @@ import hashlib
 import math
 import threading
 from collections import OrderedDict, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgpack
@@ -108,6 +108,10 @@ class Store:
         # Bumped on every state change; per machine, on changes to its desired task set.
         self.generation = 0
         self.machine_generation: dict[str, int] = {}
+        self.on_machines_changed: Callable[[set[str]], None] | None = None
+        """Told, after each apply, which machines' desired sets it changed (the aio server's
+        waiting Syncs, rpc_loop.py). A notification, like `changed`: no state depends on it."""
+        self._touched: set[str] = set()
         # Tasks waiting for a machine, kept as an index so a scheduler pass costs O(pending),
         # not O(all tasks); and a counter bumped whenever capacity may have been freed or
         # added, so the scheduler can retry old pending tasks only when that can help.
@@ -214,7 +218,14 @@ class Store:
             self.applied_index = max(self.applied_index, index)
             self.generation += 1
             self.changed.notify_all()
+            self._tell_touched()
             return result
+
+    def _tell_touched(self) -> None:
+        touched, self._touched = self._touched, set()
+        cb = self.on_machines_changed
+        if touched and cb is not None:
+            cb(touched)
 
     def _apply_entry(self, entry: bytes) -> Result:
         try:
@@ -322,6 +333,7 @@ class Store:
     def _touch_machine(self, machine: str) -> None:
         if machine:
             self.machine_generation[machine] = self.generation + 1
+            self._touched.add(machine)
 
     def _set_task_machine(self, t: Task, machine: str) -> None:
         if t.machine:
@@ -1189,6 +1201,7 @@ class Store:
             for name in self.machines:
                 self._touch_machine(name)
             self.changed.notify_all()
+            self._tell_touched()
 
     def restored_as_new_cell(self, index: int, ts_ms: int, note: str) -> None:
         """Turn a loaded snapshot into the first state of a new cell (`borgmaster restore`).

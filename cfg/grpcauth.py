@@ -8,16 +8,20 @@ which reads the TLS peer (or the relaying master's statement, for a master only)
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
+import grpc.aio
 
 from cfg.tls import (
     INSECURE,
@@ -322,3 +326,266 @@ def _code_text(context: grpc.ServicerContext) -> str:
     name = getattr(code, "name", str(code))
     text = details.decode(errors="replace") if isinstance(details, bytes) else details or ""
     return f"{name}: {text}"[:512] if text else name
+
+
+# ----- the same interceptor on a grpc.aio server ----------------------------------------------
+
+_END = object()
+
+
+class _Abort(Exception):
+    """`CallContext.abort` from a handler: the wrapper ends the call with this status."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+class CallContext:
+    """The context a handler sees on the grpc.aio server: the sync server's `ServicerContext`
+    methods the handlers use, for sync handlers (run in a thread) and async ones alike.
+
+    grpc.aio's own contexts take no attributes (the identity lives on the context), have no
+    `is_active`, and do not run `add_callback` callbacks when a client cancels a stream served
+    by a sync handler (verified with grpcio 1.85): so the wrapper owns the call's lifetime,
+    and `abort` raises an exception the wrapper turns into the status (it cannot await)."""
+
+    def __init__(self, context: Any) -> None:
+        self._ctx = context
+        self._active = True
+        self._callbacks: list[Callable[[], Any]] = []
+        self._lock = threading.Lock()
+        self._code: grpc.StatusCode | None = None
+        self._details = ""
+
+    # what handlers call
+    def is_active(self) -> bool:
+        return self._active
+
+    def add_callback(self, fn: Callable[[], Any]) -> bool:
+        with self._lock:
+            if self._active:
+                self._callbacks.append(fn)
+                return True
+        return False
+
+    def abort(self, code: grpc.StatusCode, details: str) -> NoReturn:
+        self._code, self._details = code, details
+        raise _Abort(code, details)
+
+    def set_code(self, code: grpc.StatusCode) -> None:
+        self._code = code
+        self._ctx.set_code(code)
+
+    def set_details(self, details: str) -> None:
+        self._details = details
+        self._ctx.set_details(details)
+
+    def code(self) -> grpc.StatusCode | None:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+    def invocation_metadata(self) -> Any:
+        return self._ctx.invocation_metadata()
+
+    def auth_context(self) -> Any:
+        return self._ctx.auth_context()
+
+    def time_remaining(self) -> float | None:
+        return self._ctx.time_remaining()  # type: ignore[no-any-return]
+
+    def peer(self) -> str:
+        return str(self._ctx.peer())
+
+    def finish(self) -> None:
+        """The call is over (done, failed or cancelled): inactive, callbacks run once."""
+        with self._lock:
+            self._active = False
+            callbacks, self._callbacks = self._callbacks, []
+        for fn in callbacks:
+            try:
+                fn()
+            except Exception as e:  # a callback's failure must not fail the others
+                log.debug("call callback failed: %s", e)
+
+
+class _SyncRequests:
+    """A sync handler's request iterator over the aio call's async one."""
+
+    def __init__(self, requests: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self._requests = requests
+        self._loop = loop
+
+    def __iter__(self) -> _SyncRequests:
+        return self
+
+    async def _next(self) -> Any:
+        try:
+            return await anext(self._requests)
+        except StopAsyncIteration:
+            return _END
+
+    def __next__(self) -> Any:
+        item = asyncio.run_coroutine_threadsafe(self._next(), self._loop).result()
+        if item is _END:
+            raise StopIteration
+        return item
+
+
+class AioAuthInterceptor(grpc.aio.ServerInterceptor):
+    """`AuthInterceptor` (same table, same identity code, same audit) for a grpc.aio server,
+    which also runs the servicer's sync handlers in `pool`: one server where the Borglet link
+    is async (a waiting Sync holds no thread) and every other method is the sync code it was.
+    Async handlers (`async def`) of the service run on the event loop with a `CallContext`;
+    other services' async handlers (health, reflection) get grpc's context unchanged."""
+
+    def __init__(self, auth: AuthInterceptor, pool: Executor) -> None:
+        self.auth = auth
+        self.pool = pool
+
+    async def intercept_service(
+        self, continuation: Callable[[Any], Awaitable[Any]], details: grpc.HandlerCallDetails
+    ) -> Any:
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        auth = self.auth
+        full = details.method
+        service, _, method = full.lstrip("/").partition("/")
+        rule = auth.rules.get(method)
+        ours = any(service == s for s in auth.closed)
+        if rule is None and ours:
+            rule = Rule(roles=frozenset(), action=f"call {method}")
+        metadata = details.invocation_metadata
+        pool = self.pool
+        kw = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+
+        def admit(ctx: CallContext, request: Any) -> Identity:
+            return auth._admit(rule, method, request, ctx, metadata)  # type: ignore[arg-type]
+
+        if not ours:
+            return self._foreign(handler, kw)
+        if handler.unary_unary is not None:
+            inner = handler.unary_unary
+            is_async = inspect.iscoroutinefunction(inner)
+
+            async def unary(request: Any, context: Any) -> Any:
+                ctx = CallContext(context)
+                try:
+                    ident = admit(ctx, request)
+                    try:
+                        if is_async:
+                            out = await inner(request, ctx)
+                        else:
+                            loop = asyncio.get_running_loop()
+                            out = await loop.run_in_executor(pool, inner, request, ctx)
+                    except Exception as e:
+                        auth._audit(rule, ident, method, request, ctx, e)  # type: ignore[arg-type]
+                        raise
+                    auth._audit(rule, ident, method, request, ctx, None)  # type: ignore[arg-type]
+                    return out
+                except _Abort as a:
+                    await context.abort(a.code, a.details)
+                finally:
+                    ctx.finish()
+
+            return grpc.unary_unary_rpc_method_handler(unary, **kw)
+        if handler.unary_stream is not None:
+            inner_stream = handler.unary_stream
+
+            async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
+                ctx = CallContext(context)
+                loop = asyncio.get_running_loop()
+                try:
+                    ident = admit(ctx, request)
+                    auth._audit(rule, ident, method, request, ctx, None)  # type: ignore[arg-type]
+                    it = await loop.run_in_executor(pool, lambda: iter(inner_stream(request, ctx)))
+                    while True:
+                        item = await loop.run_in_executor(pool, next, it, _END)
+                        if item is _END:
+                            return
+                        yield item
+                except _Abort as a:
+                    await context.abort(a.code, a.details)
+                finally:
+                    ctx.finish()  # a follow loop sees is_active() False and ends its thread
+
+            return grpc.unary_stream_rpc_method_handler(stream, **kw)
+        if handler.stream_stream is not None:
+            inner_bidi = handler.stream_stream
+
+            async def bidi(requests: Any, context: Any) -> AsyncIterator[Any]:
+                ctx = CallContext(context)
+                loop = asyncio.get_running_loop()
+                try:
+                    admit(ctx, None)  # the target is in the stream: the handler audits
+                    reqs = _SyncRequests(requests, loop)
+                    it = await loop.run_in_executor(pool, lambda: iter(inner_bidi(reqs, ctx)))
+                    while True:
+                        item = await loop.run_in_executor(pool, next, it, _END)
+                        if item is _END:
+                            return
+                        yield item
+                except _Abort as a:
+                    await context.abort(a.code, a.details)
+                finally:
+                    ctx.finish()
+
+            return grpc.stream_stream_rpc_method_handler(bidi, **kw)
+        if auth.tls:  # no client-streaming methods exist; refuse what cannot be checked
+            return None
+        return handler
+
+    def _foreign(self, handler: Any, kw: dict[str, Any]) -> Any:
+        """Other services' async handlers (health, reflection: grpc's aio servicers): only a
+        certificate naming a borgcell identity is needed, as on the sync server."""
+        tls = self.auth.tls
+
+        async def check(context: Any) -> None:
+            if tls and _peer(context) is None:
+                await context.abort(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    "the client certificate names no borgcell identity",
+                )
+
+        if handler.unary_unary is not None and inspect.iscoroutinefunction(handler.unary_unary):
+            uu = handler.unary_unary
+
+            async def unary(request: Any, context: Any) -> Any:
+                await check(context)
+                return await uu(request, context)
+
+            return grpc.unary_unary_rpc_method_handler(unary, **kw)
+        if handler.unary_stream is not None and inspect.isasyncgenfunction(handler.unary_stream):
+            us = handler.unary_stream
+
+            async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
+                await check(context)
+                async for item in us(request, context):
+                    yield item
+
+            return grpc.unary_stream_rpc_method_handler(stream, **kw)
+        if handler.unary_stream is not None and inspect.iscoroutinefunction(handler.unary_stream):
+            uw = handler.unary_stream  # writes with context.write (health's Watch)
+
+            async def writer(request: Any, context: Any) -> None:
+                await check(context)
+                await uw(request, context)
+
+            return grpc.unary_stream_rpc_method_handler(writer, **kw)
+        if handler.stream_stream is not None and inspect.isasyncgenfunction(handler.stream_stream):
+            ss = handler.stream_stream
+
+            async def bidi(requests: Any, context: Any) -> AsyncIterator[Any]:
+                await check(context)
+                async for item in ss(requests, context):
+                    yield item
+
+            return grpc.stream_stream_rpc_method_handler(bidi, **kw)
+        return None  # a sync handler of another service: none is registered on this server

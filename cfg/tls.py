@@ -39,6 +39,9 @@ class Role(StrEnum):
     READER = "reader"
     BORGLET = "borglet"
     MASTER = "master"
+    HOLLOW = "hollow"
+    """A `borglet hollow` process (simulated machines for scale tests): it may sync only as
+    machines named after its certificate (`check_machine` in borgmaster/auth.py)."""
 
 
 def role_host(role: Role) -> str:

@@ -164,6 +164,8 @@ class Cell:
         self.prefix = prefix or f"t{os.getpid()}x{free_port()}"
         self.masters: list[Proc] = []
         self.borglets: list[Proc] = []
+        self.hollows: list[Proc] = []
+        """`borglet hollow` processes (`add_hollow`): simulated machines, no cgroups."""
         self.tls = tls
         """With TLS every process gets a certificate from the cell's own CA (`cert`), and
         borgcfg acts as `admin` unless a test says otherwise."""
@@ -259,6 +261,22 @@ class Cell:
         self.borglets.append(p)
         return p
 
+    def add_hollow(
+        self, count: int, prefix: str = "hollow-", extra: list[str] | None = None
+    ) -> Proc:
+        """Start `borglet hollow --count COUNT` (on a TLS cell with a hollow certificate named
+        after the prefix); `extra` adds flags. Stopped by `close()`."""
+        i = len(self.hollows)
+        argv = [sys.executable, "-m", "borglet.cli", "hollow", "--count", str(count)]
+        argv += ["--master", self.master_addrs, "--name-prefix", prefix, *(extra or [])]
+        if self.tls and "--tls-dir" not in argv:
+            argv += ["--tls-dir", self.cert("hollow", prefix.rstrip("-._"))]
+        p = Proc(f"hollow{i}", argv, os.path.join(self.base, f"hollow{i}.log"))
+        p.info = {"prefix": prefix, "count": count}
+        p.start()
+        self.hollows.append(p)
+        return p
+
     def raft_secret_file(self) -> str:
         """The cell's shared Raft secret (0600), made on first use: replicas with peers
         refuse to start without one."""
@@ -305,7 +323,7 @@ class Cell:
 
     def wait_machines(self, n: int, timeout: float = 30.0) -> None:
         def up() -> bool:
-            for b in self.borglets:
+            for b in self.borglets + self.hollows:
                 if not b.alive():
                     raise RuntimeError(f"borglet {b.name} exited:\n{b.log()[-3000:]}")
             ms = self.borgcfg_json("machines")
@@ -382,7 +400,7 @@ class Cell:
 
     def dump_logs(self) -> str:
         parts = []
-        for p in self.masters + self.borglets:
+        for p in self.masters + self.borglets + self.hollows:
             parts.append(f"===== {p.name} =====\n{p.log()[-6000:]}")
         return "\n".join(parts)
 
@@ -390,7 +408,7 @@ class Cell:
 
     def close(self) -> None:
         """Stop everything and remove every task cgroup and process the cell made."""
-        for b in self.borglets:
+        for b in self.borglets + self.hollows:
             b.stop(timeout=10)
         for m in self.masters:
             m.stop(timeout=10)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from borgmaster import commands as C
 from borgmaster import link
 from borgmaster.copies import LiveCopies
@@ -134,6 +136,21 @@ def test_sync_registers_records_and_replies_with_the_desired_set() -> None:
     lk.sync(req)
     assert len(proposed) == n  # a heartbeat that changes nothing writes nothing
 
+    # a Borglet that holds the current generation's set gets just `unchanged`...
+    req.known_generation, req.accepts_unchanged = r.generation, True
+    idle = lk.sync(req)
+    assert idle.unchanged and list(idle.tasks) == [] and idle.generation == r.generation
+    # ...an older Borglet (or one asking for the full set) the full set...
+    req.accepts_unchanged = False
+    assert not lk.sync(req).unchanged
+    # ...and one holding another generation the new set
+    req.accepts_unchanged = True
+    cell.submit(spec(name="b", replicas=1))
+    cell.place("b", 0, "m1")
+    changed = lk.sync(req)
+    assert not changed.unchanged and changed.generation != r.generation
+    assert sorted(t.job for t in changed.tasks) == ["a", "b"]
+
 
 def test_lost_machines_after_the_timeout_counting_from_the_leaders_start() -> None:
     assert lost_machines(["m1"], {}, leader_since=0.0, now=20.0, timeout_s=30.0) == []
@@ -191,3 +208,27 @@ def test_a_task_not_yet_rolled_gets_the_spec_of_its_own_version() -> None:
         [t] = r.tasks
         s = r.specs[t.spec_ref] if shared else t.spec
         assert t.version == 1 and dict_from(s)["command"] == ["sleep", "1"]
+
+
+def test_idle_heartbeats_stretch_with_the_cells_size() -> None:
+    # a Borglet with news asks for no wait and gets none, however big the cell
+    assert link.sync_wait_s(0, 10_000) == 0.0
+    # small cells: what the Borglet asks (1 s), capped at MAX_SYNC_WAIT_S
+    assert link.sync_wait_s(1000, 3) == 1.0
+    assert link.sync_wait_s(60_000, 3) == link.MAX_SYNC_WAIT_S
+    # ~50 idle Syncs/s cell-wide, never held past MAX_HEARTBEAT_S
+    assert link.sync_wait_s(1000, 200) == 4.0
+    assert link.sync_wait_s(1000, 10_000) == link.MAX_HEARTBEAT_S
+    assert link.MAX_HEARTBEAT_S + 1 < 10  # under the Borglets' client deadline (wait + 10 s)
+
+
+def test_a_replica_that_stopped_leading_records_nothing() -> None:
+    cell = Cell()
+    proposed: list[C.Command] = []
+    lk = link.BorgletLink(
+        cell.store, LiveCopies(), proposed.append, lambda: False, lambda: None, "c1"
+    )  # type: ignore[arg-type]
+    req = pb.SyncRequest(machine="m1", address="m1:1", capacity=pb.Resources(cpu=1.0))
+    with pytest.raises(link.NotLeader):
+        lk.record(req)
+    assert proposed == []

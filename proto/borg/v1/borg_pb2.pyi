@@ -330,7 +330,7 @@ class ObservedTask(_message.Message):
     def __init__(self, job: _Optional[str] = ..., index: _Optional[int] = ..., incarnation: _Optional[str] = ..., state: _Optional[str] = ..., exit_code: _Optional[int] = ..., reason: _Optional[str] = ..., restarts: _Optional[int] = ..., health: _Optional[str] = ..., cpu_seconds: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., memory_peak_bytes: _Optional[int] = ..., pid: _Optional[int] = ..., oom_kills: _Optional[int] = ..., ports: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class SyncRequest(_message.Message):
-    __slots__ = ("machine", "address", "http", "capacity", "attrs", "taints", "tasks", "known_generation", "wait_ms", "task_users", "gpus", "shared_specs")
+    __slots__ = ("machine", "address", "http", "capacity", "attrs", "taints", "tasks", "known_generation", "wait_ms", "task_users", "gpus", "shared_specs", "accepts_unchanged")
     class AttrsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -350,6 +350,7 @@ class SyncRequest(_message.Message):
     TASK_USERS_FIELD_NUMBER: _ClassVar[int]
     GPUS_FIELD_NUMBER: _ClassVar[int]
     SHARED_SPECS_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTS_UNCHANGED_FIELD_NUMBER: _ClassVar[int]
     machine: str
     address: str
     http: str
@@ -362,7 +363,8 @@ class SyncRequest(_message.Message):
     task_users: _containers.RepeatedScalarFieldContainer[str]
     gpus: _containers.RepeatedScalarFieldContainer[str]
     shared_specs: bool
-    def __init__(self, machine: _Optional[str] = ..., address: _Optional[str] = ..., http: _Optional[str] = ..., capacity: _Optional[_Union[Resources, _Mapping]] = ..., attrs: _Optional[_Mapping[str, str]] = ..., taints: _Optional[_Iterable[_Union[Taint, _Mapping]]] = ..., tasks: _Optional[_Iterable[_Union[ObservedTask, _Mapping]]] = ..., known_generation: _Optional[int] = ..., wait_ms: _Optional[int] = ..., task_users: _Optional[_Iterable[str]] = ..., gpus: _Optional[_Iterable[str]] = ..., shared_specs: _Optional[bool] = ...) -> None: ...
+    accepts_unchanged: bool
+    def __init__(self, machine: _Optional[str] = ..., address: _Optional[str] = ..., http: _Optional[str] = ..., capacity: _Optional[_Union[Resources, _Mapping]] = ..., attrs: _Optional[_Mapping[str, str]] = ..., taints: _Optional[_Iterable[_Union[Taint, _Mapping]]] = ..., tasks: _Optional[_Iterable[_Union[ObservedTask, _Mapping]]] = ..., known_generation: _Optional[int] = ..., wait_ms: _Optional[int] = ..., task_users: _Optional[_Iterable[str]] = ..., gpus: _Optional[_Iterable[str]] = ..., shared_specs: _Optional[bool] = ..., accepts_unchanged: _Optional[bool] = ...) -> None: ...
 
 class DesiredTask(_message.Message):
     __slots__ = ("job", "index", "incarnation", "version", "spec", "ports", "gpus", "spec_ref")
@@ -392,7 +394,7 @@ class DesiredTask(_message.Message):
     def __init__(self, job: _Optional[str] = ..., index: _Optional[int] = ..., incarnation: _Optional[str] = ..., version: _Optional[int] = ..., spec: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., ports: _Optional[_Mapping[str, int]] = ..., gpus: _Optional[_Iterable[str]] = ..., spec_ref: _Optional[str] = ...) -> None: ...
 
 class SyncResponse(_message.Message):
-    __slots__ = ("tasks", "generation", "cell", "specs")
+    __slots__ = ("tasks", "generation", "cell", "specs", "unchanged")
     class SpecsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -404,11 +406,13 @@ class SyncResponse(_message.Message):
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     CELL_FIELD_NUMBER: _ClassVar[int]
     SPECS_FIELD_NUMBER: _ClassVar[int]
+    UNCHANGED_FIELD_NUMBER: _ClassVar[int]
     tasks: _containers.RepeatedCompositeFieldContainer[DesiredTask]
     generation: int
     cell: str
     specs: _containers.MessageMap[str, _struct_pb2.Struct]
-    def __init__(self, tasks: _Optional[_Iterable[_Union[DesiredTask, _Mapping]]] = ..., generation: _Optional[int] = ..., cell: _Optional[str] = ..., specs: _Optional[_Mapping[str, _struct_pb2.Struct]] = ...) -> None: ...
+    unchanged: bool
+    def __init__(self, tasks: _Optional[_Iterable[_Union[DesiredTask, _Mapping]]] = ..., generation: _Optional[int] = ..., cell: _Optional[str] = ..., specs: _Optional[_Mapping[str, _struct_pb2.Struct]] = ..., unchanged: _Optional[bool] = ...) -> None: ...
 
 class ReadLogsRequest(_message.Message):
     __slots__ = ("job", "index", "stderr", "follow", "tail_bytes", "incarnation")
