@@ -269,6 +269,14 @@ def run(
 def _load_tls(tls_dir: str | None, name: str) -> TlsDir | None:
     """The machine's certificate, checked now: it must be a Borglet's for this --name (the
     masters accept a Sync only from the machine its certificate names)."""
+    return _checked_tls(tls_dir, Role.BORGLET, (name,), f"borglet {name}")
+
+
+def _checked_tls(
+    tls_dir: str | None, role: Role, names: tuple[str, ...], wanted: str
+) -> TlsDir | None:
+    """The TLS dir, if given, whose certificate is of `role` for one of `names`; else one
+    line naming what it holds and exit 2."""
     if not tls_dir:
         return None
     try:
@@ -277,11 +285,10 @@ def _load_tls(tls_dir: str | None, name: str) -> TlsDir | None:
         click.echo(f"borglet: {e}", err=True)
         sys.exit(2)
     ident = cert_identity(tls.cert_file)
-    if ident is None or ident.role is not Role.BORGLET or ident.name != name:
+    if ident is None or ident.role is not role or ident.name not in names:
         got = f"{ident.role.value} {ident.name}" if ident else "no borgcell identity"
         click.echo(
-            f"borglet: --tls-dir {tls_dir}: the certificate is for {got}, not borglet {name}",
-            err=True,
+            f"borglet: --tls-dir {tls_dir}: the certificate is for {got}, not {wanted}", err=True
         )
         sys.exit(2)
     return tls
@@ -369,31 +376,8 @@ def hollow(
 def _load_hollow_tls(tls_dir: str | None, prefix: str) -> TlsDir | None:
     """The fleet's hollow certificate, checked now against --name-prefix (the masters accept
     its Syncs only for machines named after it)."""
-    if not tls_dir:
-        return None
-    try:
-        tls = TlsDir.load(tls_dir)
-    except ConfigError as e:
-        click.echo(f"borglet: {e}", err=True)
-        sys.exit(2)
-    ident = cert_identity(tls.cert_file)
-    if (
-        ident is None
-        or ident.role is not Role.HOLLOW
-        or ident.name
-        not in (
-            prefix,
-            prefix.rstrip("-._"),
-        )
-    ):
-        got = f"{ident.role.value} {ident.name}" if ident else "no borgcell identity"
-        click.echo(
-            f"borglet: --tls-dir {tls_dir}: the certificate is for {got}, not a hollow "
-            f"certificate for --name-prefix {prefix}",
-            err=True,
-        )
-        sys.exit(2)
-    return tls
+    wanted = f"a hollow certificate for --name-prefix {prefix}"
+    return _checked_tls(tls_dir, Role.HOLLOW, (prefix, prefix.rstrip("-._")), wanted)
 
 
 if __name__ == "__main__":

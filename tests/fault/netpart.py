@@ -13,7 +13,8 @@ import contextlib
 import os
 import shutil
 import subprocess
-import time
+
+from tests.cluster import wait_for
 
 RULE = ["OUTPUT", "-m", "cgroup", "--path", "{path}", "-j", "DROP"]
 
@@ -95,9 +96,16 @@ class Partitioner:
             self._drop_rules(rel)
         for rel in self.made:
             d = os.path.join(self.root, rel)
-            deadline = time.monotonic() + 10
-            while os.path.isdir(d) and time.monotonic() < deadline:
-                try:
-                    os.rmdir(d)
-                except OSError:  # its processes are still exiting
-                    time.sleep(0.05)
+            # its processes may still be exiting: retry until the cgroup is empty
+            with contextlib.suppress(TimeoutError):
+                wait_for(lambda d=d: _removed(d), 10, what=f"{d} removed")
+
+
+def _removed(d: str) -> bool:
+    try:
+        os.rmdir(d)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return True

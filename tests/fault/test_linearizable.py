@@ -69,23 +69,29 @@ def reader(h: History, stubs: Stubs, addrs: list[str], k: int) -> None:
             h.reads.append(Read(t0, time.monotonic(), seen))
 
 
+def hold(seconds: float) -> None:
+    """Keep the current fault (or the load) going this long: the length of a fault is what
+    the nemesis chooses, nothing is being waited for."""
+    time.sleep(seconds)
+
+
 def nemesis(cell: Cell, log: list[str]) -> None:
     """Alternately SIGKILL the leader (restarted a second later) and freeze a follower for
     1.5 s; the pauses are the faults' lengths, not synchronisation."""
     for round_ in range(NEMESIS_ROUNDS):
-        time.sleep(1.0)
+        hold(1.0)
         leader = cell.leader()
         if round_ % 2 == 0:
             leader.kill()
             log.append(f"killed {leader.name}")
-            time.sleep(1.0)
+            hold(1.0)
             leader.start()
             log.append(f"restarted {leader.name}")
         else:
             follower: Proc = next(m for m in cell.masters if m is not leader)
             follower.signal(signal.SIGSTOP)
             log.append(f"froze {follower.name}")
-            time.sleep(1.5)
+            hold(1.5)
             follower.signal(signal.SIGCONT)
             log.append(f"thawed {follower.name}")
 
@@ -99,12 +105,12 @@ def partition_nemesis(cell: Cell, part: netpart.Partitioner, log: list[str]) -> 
     acknowledge anything meanwhile), heal, then cut a follower for 2 s, then the new leader;
     the pauses are the faults' lengths, not synchronisation."""
     for round_ in range(3):
-        time.sleep(1.0)
+        hold(1.0)
         leader = cell.leader()
         victim = leader if round_ != 1 else next(m for m in cell.masters if m is not leader)
         part.cut(victim.name)
         log.append(f"cut {victim.name} ({'leader' if victim is leader else 'follower'})")
-        time.sleep(2.5 if victim is leader else 2.0)
+        hold(2.5 if victim is leader else 2.0)
         part.heal(victim.name)
         log.append(f"healed {victim.name}")
 
@@ -145,7 +151,7 @@ def run_and_check(cell: Cell, stubs: Stubs, faults_of: Callable[[list[str]], Non
     faults: list[str] = []
     try:
         faults_of(faults)
-        time.sleep(1.0)  # a last stretch of load after the faults
+        hold(1.0)  # a last stretch of load after the faults
     finally:
         h.stop.set()
         for t in threads:

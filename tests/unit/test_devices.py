@@ -7,7 +7,6 @@ from __future__ import annotations
 import getpass
 import os
 import stat
-import time
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -33,6 +32,7 @@ from borglet.metrics import BorgletCollector
 from borglet.runtime.fake import FakeRuntime
 from borglet.state import Desired
 from cfg.model import JobSpec, Requirements
+from tests.cluster import wait_for as cluster_wait_for
 
 
 class FakeNvml:
@@ -200,11 +200,7 @@ class QuietLink:
 
 
 def wait_for(cond: Callable[[], object], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.005)
+    cluster_wait_for(cond, timeout, interval=0.005)
 
 
 def test_borglet_offers_healthy_gpus_and_gives_a_task_its_own(
