@@ -29,6 +29,10 @@ MIN_QUOTA_US = 1_000
 V2_CONTROLLERS = ("cpu", "memory", "pids")
 V2_LEAF = "_borglet"
 """Leaf cgroup that processes found in one of our own v2 cgroups are moved into (see setup)."""
+SUPERVISORS = "_supervisors"
+"""Leaf cgroup under the parent that holds the tasks' shims (their supervisors): so a start
+storm of thousands of interpreters competes for the CPU inside the Borglet's parent, beside
+its tasks, instead of beside everything else on the host (a co-located master among them)."""
 V1_CONTROLLERS = ("cpu", "cpuacct", "memory", "pids", "freezer", "devices")
 V1_REQUIRED = ("cpu", "cpuacct", "memory", "pids")
 
@@ -91,7 +95,7 @@ def validate_name(name: str) -> None:
         or "\0" in name
         or name in (".", "..")
         or ".." in name
-        or name == V2_LEAF
+        or name in (V2_LEAF, SUPERVISORS)
     ):
         raise CgroupError(f"invalid cgroup name {name!r}: must be one path component")
 
@@ -236,6 +240,21 @@ class CgroupDriver(ABC):
             ok = self._rmdir_tree(d) and ok
         return ok
 
+    @abstractmethod
+    def supervisor_procs_files(self) -> list[str]:
+        """cgroup.procs files that put a shim into the parent's supervisors leaf (on v1 the
+        cpu hierarchy only: its memory is never charged to a task either way)."""
+
+    def join_supervisors(self, pid: int) -> None:
+        """Move a just-spawned shim into the supervisors leaf; nothing when it already exited."""
+        for f in self.supervisor_procs_files():
+            try:
+                _write(f, str(pid))
+            except CgroupError as e:
+                if isinstance(e.__cause__, OSError) and e.__cause__.errno == errno.ESRCH:
+                    return
+                raise
+
     def list(self) -> list[str]:
         """Names of the task cgroups under the parent."""
         names: set[str] = set()
@@ -248,11 +267,18 @@ class CgroupDriver(ABC):
             except OSError as e:
                 raise CgroupError(f"cannot list {d}: {e.strerror or e}") from e
         names.discard(V2_LEAF)
+        names.discard(SUPERVISORS)
         return sorted(names)
 
-    def remove_parent(self) -> bool:
+    def remove_parent(self, shims_timeout: float = 5.0) -> bool:
         """Remove the (empty) parent cgroup in every hierarchy, e.g. when the Borglet shuts
-        down for good or a test cleans up; False while task cgroups are still busy."""
+        down for good or a test cleans up; False while task cgroups are still busy. Shims
+        outlive their task by a moment (they record how it ended), so their leaf is given
+        up to `shims_timeout` to empty."""
+        deadline = time.monotonic() + shims_timeout
+        files = self.supervisor_procs_files()
+        while any(_read_pids(f) for f in files) and time.monotonic() < deadline:
+            time.sleep(_POLL_S)
         ok = True
         for d in self._parent_dirs():
             ok = self._rmdir_tree(d) and ok
@@ -339,6 +365,10 @@ class CgroupV1(CgroupDriver):
     def setup(self) -> None:
         for h in self._hier:
             _mkdir(os.path.join(h, self.parent))
+        _mkdir(self._cg("cpu", SUPERVISORS))
+
+    def supervisor_procs_files(self) -> list[str]:
+        return [os.path.join(self._cg("cpu", SUPERVISORS), "cgroup.procs")]
 
     def create(self, name: str, limits: Limits) -> None:
         validate_name(name)
@@ -501,6 +531,10 @@ class CgroupV2(CgroupDriver):
                     _write(sc, want)
             if i < len(parts):
                 path = os.path.join(path, parts[i])
+        _mkdir(self._dir(SUPERVISORS))
+
+    def supervisor_procs_files(self) -> list[str]:
+        return [os.path.join(self._dir(SUPERVISORS), "cgroup.procs")]
 
     def _evacuate(self, path: str) -> None:
         leaf = os.path.join(path, V2_LEAF)

@@ -201,6 +201,7 @@ class ProcessRuntime:
         self._warm: list[tuple[subprocess.Popen[bytes], int]] = []
         self._warm_lock = threading.Lock()
         self._closed = False
+        self._supervisors_warned = False
         if driver is None:
             log.warning("no usable cgroup hierarchy: tasks run without cpu/memory/pids limits")
 
@@ -325,6 +326,16 @@ class ProcessRuntime:
             raise
         finally:
             os.close(ready_w)
+        if self.driver is not None:
+            # Right after the fork: the interpreter's start-up (most of a shim's CPU) and
+            # every wake-up after it count in the Borglet's parent, not beside the host's
+            # other processes (cgroups.SUPERVISORS).
+            try:
+                self.driver.join_supervisors(popen.pid)
+            except CgroupError as e:
+                if not self._supervisors_warned:
+                    self._supervisors_warned = True
+                    log.warning("shims stay outside the supervisors cgroup: %s", e)
         return popen, ready_r
 
     def _shim(self, control: str) -> tuple[subprocess.Popen[bytes], int]:

@@ -89,14 +89,14 @@ def env() -> Iterator[Env]:
         tear_down(driver, e.runtime, e.started, base)
 
 
-def proc_cgroup_path(pid: int, version: int) -> str:
+def proc_cgroup_path(pid: int, version: int, v1_controller: str = "memory") -> str:
     """The task's cgroup path as /proc/PID/cgroup shows it (memory hierarchy on v1)."""
     with open(f"/proc/{pid}/cgroup") as f:
         for line in f:
             _, controllers, path = line.rstrip("\n").split(":", 2)
             if version == 2 and controllers == "":
                 return path
-            if version == 1 and "memory" in controllers.split(","):
+            if version == 1 and v1_controller in controllers.split(","):
                 return path
     raise AssertionError(f"no cgroup line for pid {pid}")
 
@@ -123,6 +123,22 @@ def test_task_and_child_in_cgroup_as_nobody(env: Env) -> None:
     env.runtime.stop(name, proc, grace_s=2)
     assert proc.poll() is not None
     assert not env.driver.exists(name)
+
+
+@needs_cgroups
+def test_shim_competes_for_cpu_inside_the_parent(env: Env) -> None:
+    """A task's supervisor (its shim) runs in the parent's `_supervisors` leaf, so thousands
+    of them starting at once weigh on the Borglet's share of the CPU, not on the host's other
+    processes (a co-located master); the task itself stays in its own cgroup, and the leaf is
+    never listed as a task."""
+    name = "calm.0.ab12cd"
+    proc = env.start(name, ["sleep", "100"], Limits(cpu=0.1, memory=64 * MI))
+    shim = proc_cgroup_path(proc.shim_pid, env.driver.version, "cpu")
+    assert shim.endswith(f"/{env.parent}/_supervisors"), shim
+    task = proc_cgroup_path(proc.pid, env.driver.version, "cpu")
+    assert task.endswith(f"/{env.parent}/{name}"), task
+    assert env.driver.list() == [name]
+    env.runtime.stop(name, proc, grace_s=2)
 
 
 @needs_cgroups
