@@ -15,9 +15,11 @@ import errno
 import functools
 import logging
 import os
+import random
 import secrets
 import socket
 import stat
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,6 +52,16 @@ imports PySyncObj)."""
 DUMP_MAGIC = b"BORGCELL-SNAPSHOT-1\n"
 JOIN_HOLD_S = 1.0
 """A joining replica keeps pushing its election deadline this far ahead, every tick."""
+SLOW_TICK_S = 0.15
+"""A Raft tick longer than this is logged: half an election timeout without heartbeats."""
+HEARTBEAT_GAP_HALF_LIFE_S = 30.0
+"""How fast a follower's memory of a late heartbeat fades (`_follow_heartbeats`)."""
+MAX_PATIENCE_S = 2.5
+"""The longest a follower waits for a slow leader before campaigning: also the worst added
+failover time when a leader dies on a saturated machine."""
+STALL_S = 0.1
+"""A tick that starts this much later than the previous one ended was held off the CPU (or
+the GIL): this replica reads what arrived meanwhile before it judges anyone (see `_onTick`)."""
 JOINED_MARKER = "joined"
 """File in the data dir recording that this replica has seen a leader (ends the hold)."""
 
@@ -73,6 +85,12 @@ class RaftTuning:
     # follower can get a truncated pickle (UnpicklingError, seen with ~2,000-task plans).
     # Keep every real entry below it: commands are msgpack, a 100k-task plan is a few MB.
     append_entries_batch_size_bytes: int = 64 << 20
+    raft_nice: int = -10
+    """The nice value of the Raft thread alone (Linux threads have their own): on a machine
+    saturated by tasks it waited 0.2-0.6 s for a CPU, longer than an election timeout, and the
+    cell changed leaders dozens of times in a 2,000-task start and stop. At -10 it weighs ~9x
+    a normal thread when it wakes. Needs root (CAP_SYS_NICE); without it the thread keeps the
+    process's priority (logged once). 0 leaves it alone."""
     log_compaction_min_entries: int = 20_000
     log_compaction_min_time: int = 300
 
@@ -104,6 +122,13 @@ class RaftStatus:
     leader_commit_index: int = 0
     """The commit index the leader last told this replica (its own may lag behind it)."""
     log_len: int = 0
+    elections_started: int = 0
+    """Elections this replica started (each a new term), since it started."""
+    tick_stalls: int = 0
+    """Ticks of its Raft thread that came more than STALL_S late (CPU or GIL starvation)."""
+    heartbeat_gap: float = 0.0
+    """A follower's largest recent gap between its leader's messages, decaying (seconds):
+    it waits at least twice this long before campaigning."""
 
     @property
     def is_leader(self) -> bool:
@@ -125,6 +150,17 @@ class DiskFull(OSError):
 
 _FALLOC_FL_KEEP_SIZE = 1
 _libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _schedstat() -> tuple[float, float]:
+    """This thread's time on a CPU and waiting for one, in seconds (0s where Linux does not
+    say): tells a starved Raft thread from a busy or blocked one in the slow-tick log."""
+    try:
+        with open("/proc/thread-self/schedstat", "rb") as f:
+            ran, queued = f.read().split()[:2]
+        return int(ran) / 1e9, int(queued) / 1e9
+    except (OSError, ValueError):
+        return 0.0, 0.0
 
 
 def _allocate_keep_size(fd: int, offset: int, size: int) -> None:
@@ -240,6 +276,20 @@ class BorgFSM(SyncObj):  # type: ignore[misc]
             commandsWaitLeader=True,
             onStateChanged=_typed_roles(on_state_changed),
         )
+        self._raft_nice: int | None = t.raft_nice or None  # set by the tick thread itself
+        self._tick_ended = raft_clock()  # read by `_onTick`, whose thread starts just below
+        self.elections_started = 0
+        self.tick_stalls = 0
+        self.slow_ticks = 0
+        self._slow_logged = 0.0
+        self._tuning = t
+        self.heartbeat_gap = 0.0
+        """The largest recent gap between the leader's messages, decaying (seconds)."""
+        self._heard_leader_at = raft_clock()
+        self._joining = False
+        self._stopping = False
+        self._tick_apply_s = 0.0
+        self._tick_applied = 0
         super().__init__(self_addr, peers, conf)
         try:
             self.waitBinded()
@@ -266,6 +316,119 @@ class BorgFSM(SyncObj):  # type: ignore[misc]
         if self._joining:
             self._SyncObj__raftElectionDeadline = raft_clock() + JOIN_HOLD_S
             self.addOnTickCallback(self._hold_election_while_joining)
+
+    def _onTick(self, timeToWait: float = 0.0) -> None:
+        """PySyncObj's tick, made to survive a saturated machine.
+
+        1. Read before judging. PySyncObj's tick starts with the verdicts (a follower whose
+           election deadline passed campaigns; a leader without a majority's answers for
+           `leader_fallback_timeout` steps down) and reads its sockets only at its end.
+           After the thread was held off the CPU longer than an election timeout it came
+           back to heartbeats waiting unread and campaigned anyway, deposing a healthy
+           leader. So after a stall, or when a follower's deadline has passed, it reads
+           first: an election starts only when nothing from the leader is there either.
+        2. Patience that follows the leader's cadence (`_follow_heartbeats`).
+        3. Say what happened: slow ticks (with where the time went) and elections started,
+           in the log and the metrics."""
+        if self._raft_nice is not None:
+            self._prioritize_raft_thread(self._raft_nice)
+        now = raft_clock()
+        gap = now - self._tick_ended
+        if gap > STALL_S:
+            self.tick_stalls += 1
+        deadline = self._SyncObj__raftElectionDeadline
+        leader = self._SyncObj__raftLeader
+        waiting = self._SyncObj__raftState != Role.LEADER and deadline < now
+        if (gap > STALL_S or waiting) and self._SyncObj__transport.ready:
+            self._poller.poll(0)
+        term = self.raftCurrentTerm
+        silent = now - self._heard_leader_at
+        self._tick_apply_s = 0.0
+        self._tick_applied = 0
+        sched = _schedstat()
+        try:
+            super()._onTick(timeToWait)
+        finally:
+            self._tick_ended = raft_clock()
+        if self._tick_ended - now > SLOW_TICK_S:
+            self._slow_tick(self._tick_ended - now, sched)
+        self._follow_heartbeats(deadline, leader)
+        me = self._SyncObj__selfNode
+        if (
+            self.raftCurrentTerm > term
+            and me is not None
+            and self._SyncObj__votedForNodeId == me.id
+        ):
+            self.elections_started += 1
+            log.info(
+                "campaigning for term %d: no word from a leader for %.2f s (this replica's "
+                "Raft thread had last run %.2f s before)",
+                self.raftCurrentTerm,
+                silent,
+                gap,
+            )
+
+    def _follow_heartbeats(self, deadline_before: float, leader_before: Any) -> None:
+        """Stretch the election timeout to the leader's recent cadence (a phi-accrual-like
+        failure detector, as Cassandra's and Akka's): the leader sends every 50 ms, but on a
+        machine saturated by tasks its heartbeats came 0.2-0.6 s apart while it was healthy,
+        and a 0.3-0.6 s timeout turned each late one into an election. A follower that saw
+        gaps of G lately waits at least 2 G (the largest gap decays by half every
+        HEARTBEAT_GAP_HALF_LIFE_S, and the wait is capped by MAX_PATIENCE_S), so a calm cell
+        keeps its sub-second failover and a busy one keeps its leader."""
+        now = raft_clock()
+        leader = self._SyncObj__raftLeader
+        if (
+            self._SyncObj__raftState != Role.FOLLOWER
+            or leader is None
+            or leader is not leader_before
+            or self._joining
+            or self._stopping
+        ):
+            self._heard_leader_at = now  # gaps are measured from the first word of a leader
+            return
+        if self._SyncObj__raftElectionDeadline == deadline_before:
+            return  # nothing from the leader in this tick
+        gap = now - self._heard_leader_at
+        self._heard_leader_at = now
+        decay = 0.5 ** (gap / HEARTBEAT_GAP_HALF_LIFE_S)
+        self.heartbeat_gap = max(gap, self.heartbeat_gap * decay)
+        patience = min(MAX_PATIENCE_S, 2 * self.heartbeat_gap)
+        if patience > self._tuning.raft_min_timeout:
+            spread = self._tuning.raft_max_timeout - self._tuning.raft_min_timeout
+            self._SyncObj__raftElectionDeadline = max(
+                self._SyncObj__raftElectionDeadline,
+                now + patience + random.uniform(0, spread),
+            )
+
+    def _slow_tick(self, took: float, sched_before: tuple[float, float]) -> None:
+        """Count a slow tick; log at most one line per 10 s with where the time went."""
+        self.slow_ticks += 1
+        now = raft_clock()
+        if now - self._slow_logged < 10.0:
+            return
+        self._slow_logged = now
+        on_cpu, queued = (b - a for a, b in zip(sched_before, _schedstat(), strict=True))
+        log.warning(
+            "slow Raft tick: %.2f s as %s (%.2f s applying %d entries); the thread ran %.2f s, "
+            "waited %.2f s for a CPU and %.2f s for the GIL or I/O (%d slow ticks so far)",
+            took,
+            Role(self._SyncObj__raftState).label,
+            self._tick_apply_s,
+            self._tick_applied,
+            on_cpu,
+            queued,
+            max(0.0, took - on_cpu - queued),
+            self.slow_ticks,
+        )
+
+    def _prioritize_raft_thread(self, nice: int) -> None:
+        """Once, from the tick thread: give it `RaftTuning.raft_nice`."""
+        self._raft_nice = None
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+        except OSError as e:
+            log.info("Raft thread keeps the process's priority (nice %d refused: %s)", nice, e)
 
     def _hold_election_while_stopping(self) -> None:
         """A replica handing over leadership on its way out must not campaign again: its
@@ -493,6 +656,9 @@ class BorgFSM(SyncObj):  # type: ignore[misc]
             applied_index=int(st["last_applied"]),
             leader=leader.address if leader is not None else "",
             log_len=int(st.get("log_len", 0)),
+            elections_started=self.elections_started,
+            tick_stalls=self.tick_stalls,
+            heartbeat_gap=self.heartbeat_gap,
         )
 
     def leader(self) -> str:
@@ -561,9 +727,12 @@ class BorgFSM(SyncObj):  # type: ignore[misc]
         Then, at the indexes where replicas compare their state, a digest (digests.py)."""
         index = self.raftLastApplied + 1
         before = self._store.applied_index
+        t0 = time.perf_counter()
         result = self._store.apply(entry, index)
         if self._digests is not None:
             self._digests.after_apply(before, index)
+        self._tick_apply_s += time.perf_counter() - t0
+        self._tick_applied += 1
         return result
 
     # ----- snapshots in our own format -----------------------------------------------------

@@ -157,6 +157,22 @@ class _CellCollector(Collector):
             "Last Raft log index applied to this replica's state.",
             st.applied_index,
         )
+        yield CounterMetricFamily(
+            "borg_raft_elections_started",
+            "Elections this replica started (each one a new term) since it started.",
+            value=float(st.elections_started),
+        )
+        yield CounterMetricFamily(
+            "borg_raft_tick_stalls",
+            "Times this replica's Raft thread ran more than 0.1 s late (CPU or GIL starved).",
+            value=float(st.tick_stalls),
+        )
+        yield _gauge(
+            "borg_raft_leader_heartbeat_gap_seconds",
+            "A follower's largest recent gap between its leader's messages (decaying); it "
+            "waits at least twice this long before it campaigns.",
+            st.heartbeat_gap,
+        )
         prop = self.m.proposal_counts()
         if prop is not None:
             yield CounterMetricFamily(

@@ -235,3 +235,79 @@ def test_replica_behind_log_compaction_catches_up_by_snapshot(trio: Trio) -> Non
     # It keeps following: a new write reaches it too.
     submit(leader, "after")
     wait_for(lambda: "after" in back.store.jobs, 10, what="write after catch-up")
+
+
+def test_follower_held_off_the_cpu_reads_heartbeats_before_campaigning(trio: Trio) -> None:
+    """A follower whose Raft thread does not run for longer than an election timeout (a
+    saturated machine) finds the leader's heartbeats waiting in its socket: it must read them
+    and stay a follower, not campaign and depose a healthy leader (a term change)."""
+    leader = trio.leader()
+    follower = next(m for m in trio.live() if m is not leader)
+    fsm = follower.fsm
+    terms = {m.cfg.id: m.fsm.term() for m in trio.live()}
+    elections = fsm.elections_started
+    hold_s = 3 * trio.tuning.raft_max_timeout
+    stalled = threading.Event()
+    resumed = threading.Event()
+    real_tick = fsm._onTick
+
+    def tick_after_a_stall(timeToWait: float = 0.0) -> None:
+        if not stalled.is_set():
+            stalled.set()
+            time.sleep(hold_s)  # the thread held off the CPU: this is the fault itself
+            real_tick(timeToWait)
+            resumed.set()
+            return
+        real_tick(timeToWait)
+
+    fsm._onTick = tick_after_a_stall  # type: ignore[method-assign]
+    try:
+        assert resumed.wait(hold_s + 10), "the follower's Raft thread never came back"
+        # A few more rounds of heartbeats: a campaign would have shown by now.
+        applied = leader.fsm.applied_index()
+        submit(leader, "after-stall")
+        wait_for(lambda: follower.fsm.applied_index() > applied, 10, what="follower applies again")
+    finally:
+        fsm._onTick = real_tick  # type: ignore[method-assign]
+    assert fsm.tick_stalls >= 1, "the stall was not noticed"
+    assert fsm.elections_started == elections, "the starved follower campaigned"
+    assert {m.cfg.id: m.fsm.term() for m in trio.live()} == terms
+    assert leader.is_leader()
+
+
+def test_followers_wait_out_a_leader_that_runs_late(trio: Trio) -> None:
+    """A leader whose Raft thread runs later and later (its machine saturated) is healthy:
+    followers learn its cadence and wait longer instead of campaigning at each late
+    heartbeat (each election would pause the cell's writes)."""
+    leader = trio.leader()
+    fsm = leader.fsm
+    terms = {m.cfg.id: m.fsm.term() for m in trio.live()}
+    elections = [m.fsm.elections_started for m in trio.live()]
+    # From under the 0.3-0.6 s election timeout to past it: the followers must learn.
+    stalls = [0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7]
+    pending = list(stalls)
+    done = threading.Event()
+    real_tick = fsm._onTick
+    calm_until = [0.0]
+
+    def late_tick(timeToWait: float = 0.0) -> None:
+        now = time.monotonic()
+        if pending and now >= calm_until[0]:
+            time.sleep(pending.pop(0))  # held off the CPU: the fault itself
+            calm_until[0] = time.monotonic() + 0.3  # some normal heartbeats in between
+            if not pending:
+                done.set()
+        real_tick(timeToWait)
+
+    fsm._onTick = late_tick  # type: ignore[method-assign]
+    try:
+        assert done.wait(30), "the stalls never ran"
+        submit(leader, "after-late-ticks")
+    finally:
+        fsm._onTick = real_tick  # type: ignore[method-assign]
+    assert [m.fsm.elections_started for m in trio.live()] == elections
+    assert {m.cfg.id: m.fsm.term() for m in trio.live()} == terms
+    followers = [m for m in trio.live() if m is not leader]
+    assert all(m.fsm.heartbeat_gap >= 0.5 for m in followers), [
+        m.fsm.heartbeat_gap for m in followers
+    ]
