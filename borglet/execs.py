@@ -191,7 +191,10 @@ class ExecSessions:
         fds = dict(s.out_fds)
         try:
             while fds:
-                ready, _, _ = select.select(list(fds), [], [], 0.5)
+                poller = select.poll()  # not select(): fds past 1024 on a busy Borglet
+                for fd in fds:
+                    poller.register(fd, select.POLLIN)
+                ready = [fd for fd, _ in poller.poll(500)]
                 for fd in ready:
                     try:
                         data = os.read(fd, READ_CHUNK)

@@ -728,10 +728,23 @@ class BorgFSM(SyncObj):  # type: ignore[misc]
         index = self.raftLastApplied + 1
         before = self._store.applied_index
         t0 = time.perf_counter()
+        self._store.last_kinds.clear()
         result = self._store.apply(entry, index)
+        applied = time.perf_counter()
         if self._digests is not None:
             self._digests.after_apply(before, index)
-        self._tick_apply_s += time.perf_counter() - t0
+        done = time.perf_counter()
+        if done - t0 > SLOW_TICK_S:
+            kinds = ", ".join(f"{k} x{n}" for k, n in self._store.last_kinds.most_common(4))
+            log.warning(
+                "slow apply of entry %d (%d bytes: %s): %.2f s, %.2f s of it for the digest",
+                index,
+                len(entry),
+                kinds,
+                done - t0,
+                done - applied,
+            )
+        self._tick_apply_s += done - t0
         self._tick_applied += 1
         return result
 

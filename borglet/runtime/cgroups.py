@@ -316,14 +316,6 @@ class CgroupDriver(ABC):
                 raise CgroupError(f"cannot remove cgroup {dirpath}: {e.strerror or e}") from e
         return True
 
-    def _wait_empty(self, name: str, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while self.pids(name):
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(_POLL_S)
-        return True
-
 
 class CgroupV1(CgroupDriver):
     """Legacy hierarchies: one mount per controller (cpu, cpuacct, memory, pids, freezer).

@@ -39,6 +39,10 @@ KILL_WAIT_S = 5.0
 READY_TIMEOUT_S = 30.0
 """How long a shim may take to report the task started (interpreter start on a loaded host)."""
 _POLL_S = 0.01
+_MAX_POLL_S = 0.25
+"""Waits for a stopping task back off from _POLL_S to this: a thousand tasks stopping at once
+each read their cgroup's process lists 100 times a second, and the kernel's lock behind
+those reads (css_set_lock) kept a co-located master off the CPU for seconds."""
 
 
 UserError = AccountError
@@ -202,6 +206,12 @@ class ProcessRuntime:
         self._warm_lock = threading.Lock()
         self._closed = False
         self._supervisors_warned = False
+        self._setups = threading.BoundedSemaphore(max(4, 2 * (os.cpu_count() or 1)))
+        """Bounds the starts and stops changing directories at once (sandboxes, control
+        dirs, cgroups: each a mkdir or rmdir under one shared parent). 5,000 tasks starting
+        together put 5,000 threads on those parents' locks, which spin while they wait: the
+        machine's CPUs went to the spinning (hung-task reports after 120 s) and a master on
+        it lost its lead again and again. A few at a time start them sooner."""
         if driver is None:
             log.warning("no usable cgroup hierarchy: tasks run without cpu/memory/pids limits")
 
@@ -222,38 +232,39 @@ class ProcessRuntime:
             raise ValueError("argv is empty")
         uid, gid, groups = resolve_user(spec.user, self.allow_root)
         as_root = os.geteuid() == 0
-        sandbox = os.path.abspath(spec.sandbox)
-        # 0700 and the task's own: only its account (and root) reach its files and logs, not
-        # other tasks, even of accounts sharing its group. Set through an fd of the directory
-        # itself (O_NOFOLLOW), never through a link in its place.
-        os.makedirs(sandbox, mode=0o700, exist_ok=True)
-        try:
-            dfd = os.open(sandbox, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError as e:
-            raise OSError(f"sandbox {sandbox} is not a directory: {e.strerror}") from None
-        try:
-            if as_root:
-                os.fchown(dfd, uid, gid)
-            os.fchmod(dfd, 0o700)
-        finally:
-            os.close(dfd)
-        control = self.control_dir(spec.task_id, sandbox)
-        shutil.rmtree(control, ignore_errors=True)  # a previous run's status is not ours
-        os.makedirs(control, mode=0o700)
-        os.chmod(os.path.dirname(control), 0o700)
+        with self._setups:
+            sandbox = os.path.abspath(spec.sandbox)
+            # 0700 and the task's own: only its account (and root) reach its files and logs, not
+            # other tasks, even of accounts sharing its group. Set through an fd of the directory
+            # itself (O_NOFOLLOW), never through a link in its place.
+            os.makedirs(sandbox, mode=0o700, exist_ok=True)
+            try:
+                dfd = os.open(sandbox, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError as e:
+                raise OSError(f"sandbox {sandbox} is not a directory: {e.strerror}") from None
+            try:
+                if as_root:
+                    os.fchown(dfd, uid, gid)
+                os.fchmod(dfd, 0o700)
+            finally:
+                os.close(dfd)
+            control = self.control_dir(spec.task_id, sandbox)
+            shutil.rmtree(control, ignore_errors=True)  # a previous run's status is not ours
+            os.makedirs(control, mode=0o700)
+            os.chmod(os.path.dirname(control), 0o700)
 
-        env = dict(spec.env)
-        env.setdefault("PATH", DEFAULT_PATH)
-        env.setdefault("HOME", sandbox)
-        env.setdefault("USER", spec.user)
-        env.setdefault("LOGNAME", spec.user)
+            env = dict(spec.env)
+            env.setdefault("PATH", DEFAULT_PATH)
+            env.setdefault("HOME", sandbox)
+            env.setdefault("USER", spec.user)
+            env.setdefault("LOGNAME", spec.user)
 
-        procs_files: list[str] = []
-        if self.driver is not None:
-            if self.driver.exists(spec.task_id) and self.driver.pids(spec.task_id):
-                raise CgroupError(f"cgroup of task {spec.task_id} still has processes")
-            self.driver.create(spec.task_id, spec.limits)
-            procs_files = self.driver.procs_files(spec.task_id)
+            procs_files: list[str] = []
+            if self.driver is not None:
+                if self.driver.exists(spec.task_id) and self.driver.pids(spec.task_id):
+                    raise CgroupError(f"cgroup of task {spec.task_id} still has processes")
+                self.driver.create(spec.task_id, spec.limits)
+                procs_files = self.driver.procs_files(spec.task_id)
 
         shim_spec: dict[str, object] = {
             "argv": list(spec.argv),
@@ -430,11 +441,19 @@ class ProcessRuntime:
                 log.warning("task %s: shim pid %d not reaped", task_id, proc.shim_pid)
         if self.driver is not None:
             deadline = time.monotonic() + KILL_WAIT_S
-            while not self.driver.remove(task_id):
+            delay = _POLL_S
+            while not self._remove_cgroup(task_id):
                 if time.monotonic() >= deadline:
                     log.warning("task %s: cgroup still busy, left in place", task_id)
                     break
-                time.sleep(_POLL_S)
+                time.sleep(delay)
+                delay = min(2 * delay, _MAX_POLL_S)
+
+    def _remove_cgroup(self, task_id: str) -> bool:
+        """Remove the task's cgroup (rmdir under the shared parent: a few at a time)."""
+        assert self.driver is not None
+        with self._setups:
+            return self.driver.remove(task_id)
 
     def _signal(self, task_id: str, proc: TaskProcess | None, sig: int) -> None:
         """Signal the task cgroup; without a driver, the task's session (it called setsid)."""
@@ -460,11 +479,22 @@ class ProcessRuntime:
         return False
 
     def _wait_gone(self, task_id: str, proc: TaskProcess | None, timeout: float) -> bool:
+        """Wait for the shim's exit without polling (its pidfd), then for the cgroup to
+        empty (daemonized children), polling with a growing delay."""
         deadline = time.monotonic() + timeout
+        fd = proc.open_pidfd() if proc is not None else -1
+        if fd >= 0:
+            try:
+                _wait_readable(fd, timeout)
+            finally:
+                os.close(fd)
+        delay = _POLL_S
         while self._alive(task_id, proc):
-            if time.monotonic() >= deadline:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 return False
-            time.sleep(_POLL_S)
+            time.sleep(min(delay, left))
+            delay = min(2 * delay, _MAX_POLL_S)
         return True
 
     def stats(self, task_id: str) -> CgroupStats:
@@ -479,12 +509,13 @@ class ProcessRuntime:
 
     def remove_cgroup(self, task_id: str) -> None:
         """Remove an (empty) task cgroup, e.g. after reporting a task that exited."""
-        if self.driver is not None and not self.driver.remove(task_id):
+        if self.driver is not None and not self._remove_cgroup(task_id):
             raise CgroupError(f"cgroup of task {task_id} still has processes")
 
     def forget(self, proc: TaskProcess) -> None:
         """Delete a finished task's control directory (its status has been reported)."""
-        shutil.rmtree(proc.control, ignore_errors=True)
+        with self._setups:
+            shutil.rmtree(proc.control, ignore_errors=True)
 
     # ----- the machine's task cgroups (what the Borglet's start and exit need) ---------------
 
@@ -522,6 +553,13 @@ class ProcessRuntime:
                 os.rmdir(top)
 
 
+def _wait_readable(fd: int, timeout: float) -> bool:
+    """poll(), not select(): a Borglet with thousands of tasks has fds past select's 1024."""
+    p = select.poll()
+    p.register(fd, select.POLLIN)
+    return bool(p.poll(max(0, int(timeout * 1000))))
+
+
 def _read_ready(fd: int, timeout: float) -> str:
     """The shim's one-line report; '' when it exited or timed out without one."""
     deadline = time.monotonic() + timeout
@@ -530,8 +568,7 @@ def _read_ready(fd: int, timeout: float) -> str:
         left = deadline - time.monotonic()
         if left <= 0:
             break
-        r, _, _ = select.select([fd], [], [], left)
-        if not r:
+        if not _wait_readable(fd, left):
             break
         chunk = os.read(fd, 4096)
         if not chunk:
