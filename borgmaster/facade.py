@@ -62,6 +62,7 @@ class MetricsHost(Protocol):
     digests: Digests
     digest_check: DigestChecker
     space: DataDirSpace
+    link_streams: LinkStreams
 
     def raft_status(self) -> RaftStatus: ...
 

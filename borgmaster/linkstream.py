@@ -230,6 +230,8 @@ class LinkStreams:
         self._kick: asyncio.Event | None = None
         self._channels: dict[str, grpc.Channel] = {}
         self._task: asyncio.Task[None] | None = None
+        self._recorder = ""
+        """The replica that records this one's reports (the leader, as last seen)."""
         self.relayed = 0
         """Reports handed to the leader by RelayLink (a follower's count)."""
 
@@ -407,6 +409,15 @@ class LinkStreams:
             except TimeoutError:
                 pass
             self._kick.clear()
+            recorder = self.own_grpc if self.is_leader() else self.leader_grpc()
+            if recorder != self._recorder:
+                # A new leader knows nothing of these machines' tasks (its live copies are
+                # empty): every stream here reports its full set to it once, as every
+                # Borglet re-reported with its next Sync before.
+                self._recorder = recorder
+                for sess in self.sessions.values():
+                    if sess.hello.machine:
+                        self.queue(sess)
             items = list(self._pending.values())
             self._pending.clear()
             summary_due = loop.time() - last_summary >= SUMMARY_EVERY_S
