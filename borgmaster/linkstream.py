@@ -430,10 +430,11 @@ class LinkStreams:
             except Exception as e:  # the leader is away or changing: try again shortly
                 log.debug("relaying %d reports failed: %s", len(items), e)
                 failed = items
+            retry = {id(p) for p in failed}
             for p in failed:
-                self._pending.setdefault(p.session.machine, p)
+                self._pending.setdefault(p.session.machine, p)  # unless a newer one waits
             for p in items:
-                if p not in failed and p.seq > p.session.acked:
+                if id(p) not in retry and p.seq > p.session.acked:
                     p.session.acked = p.seq
             self.waiters.notify([p.session.machine for p in items])
             if failed:
