@@ -160,7 +160,10 @@ def run_once(
 ) -> dict[str, Any]:
     cell = Cell()
     hollow: Proc | None = None
-    doc: dict[str, Any] = {"machines": machines, "tasks": tasks}
+    doc: dict[str, Any] = {"machines": machines, "tasks": tasks, "protocol": protocol}
+    # The 2 cores may be shared with other work: the load says how much (read it with the
+    # figures; a load far above 2 means the run measured contention more than the cell).
+    doc["load_avg_1m_at_start"] = round(os.getloadavg()[0], 1)
     deadline = time.monotonic() + budget
     try:
         cell.start(masters=3, borglets=0)
@@ -254,6 +257,7 @@ def run_once(
         lost = [mm for m in cell.masters for mm in LOST_RE.findall(m.log())]
         doc["false_losses"] = len(lost)
         doc["wall_s"] = round(time.monotonic() - w0, 1)
+        doc["load_avg_1m_at_end"] = round(os.getloadavg()[0], 1)
     except Exception:
         print(cell.dump_logs()[-20000:], file=sys.stderr)
         raise

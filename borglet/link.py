@@ -244,8 +244,8 @@ class MasterLink:
 
 USAGE_FIELDS = ("cpu_seconds", "memory_bytes", "memory_peak_bytes")
 """Usage changes all the time: it is not a change worth a report on its own; it travels with
-reports and with the full report every FULL_REPORT_EVERY_S."""
-FULL_REPORT_EVERY_S = 30.0
+reports, and every USAGE_EVERY_S the tasks whose usage moved are reported again."""
+USAGE_EVERY_S = 30.0
 TERMINAL_STATES = frozenset({"succeeded", "failed", "killed", "lost"})
 STREAM_RECEIVE_BYTES = 64 << 20
 """A push holds each spec once (up to 1 MiB each): several jobs' specs in one message."""
@@ -273,6 +273,10 @@ def observed_fields(r: dict[str, Any]) -> tuple[Any, ...]:
     )
 
 
+def usage_of(r: dict[str, Any]) -> tuple[Any, ...]:
+    return tuple(r.get(k) for k in USAGE_FIELDS)
+
+
 @dataclass
 class UpState:
     """What the Borglet has told the replica on the current stream (pure bookkeeping)."""
@@ -284,35 +288,43 @@ class UpState:
     """Each task's last report: its seq and the state it reported."""
     hello: tuple[Any, ...] | None = None
     """The registration last sent."""
-    full_at: float = 0.0
+    usage: dict[TaskKey, tuple[Any, ...]] = field(default_factory=dict)
+    """Each reported task's usage as last sent."""
+    usage_at: float = 0.0
 
     def delta(
         self, reports: list[dict[str, Any]], hello: pb.SyncRequest, now: float, full: bool
     ) -> pb.LinkUp:
-        """The next message: a hello with everything when `full`, the registration changed
-        or FULL_REPORT_EVERY_S passed; else the changed and gone tasks (nothing: a
-        heartbeat). The caller sends it."""
+        """The next message: a hello with everything when `full` or the registration
+        changed; else the changed and gone tasks, with those whose usage moved once
+        USAGE_EVERY_S passed (nothing: a heartbeat). The caller sends it."""
         reg = registration_of(hello)
         self.seq += 1
         up = pb.LinkUp(seq=self.seq)
         by_key = {(r["job"], r["index"], r["incarnation"]): r for r in reports}
-        if full or reg != self.hello or now - self.full_at >= FULL_REPORT_EVERY_S:
+        refresh = now - self.usage_at >= USAGE_EVERY_S
+        if refresh:
+            self.usage_at = now
+        if full or reg != self.hello:
             up.hello.CopyFrom(hello)
             up.hello.tasks.extend(pb.ObservedTask(**r) for r in reports)
-            self.hello, self.full_at = reg, now
+            self.hello = reg
             self.sent = {k: observed_fields(r) for k, r in by_key.items()}
+            self.usage = {k: usage_of(r) for k, r in by_key.items()}
             for k, r in by_key.items():
                 self.last_state[k] = (self.seq, r["state"])
         else:
             for k, r in by_key.items():
                 f = observed_fields(r)
-                if self.sent.get(k) != f:
+                if self.sent.get(k) != f or (refresh and self.usage.get(k) != usage_of(r)):
                     up.changed.append(pb.ObservedTask(**r))
                     self.sent[k] = f
+                    self.usage[k] = usage_of(r)
                     self.last_state[k] = (self.seq, r["state"])
             for k in [k for k in self.sent if k not in by_key]:
                 up.gone.append(pb.TaskKey(job=k[0], index=k[1], incarnation=k[2]))
                 del self.sent[k]
+                self.usage.pop(k, None)
         for k in [k for k in self.last_state if k not in by_key]:
             del self.last_state[k]
         if not (up.HasField("hello") or up.changed or up.gone):

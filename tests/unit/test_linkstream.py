@@ -6,7 +6,7 @@ from __future__ import annotations
 from google.protobuf import struct_pb2
 
 from borglet.hollow import HollowMachine
-from borglet.link import DownState, UpState, shard_of
+from borglet.link import USAGE_EVERY_S, DownState, UpState, shard_of
 from borgmaster.linkstream import (
     MAX_LINK_TASKS,
     LinkSession,
@@ -117,6 +117,13 @@ def test_the_borglet_sends_hello_then_only_changes_then_heartbeats() -> None:
     # a changed registration (e.g. a GPU turned unhealthy) is a new hello with everything
     moved = up.delta([report("j", 1, "y", "running")], pb.SyncRequest(machine="m1"), 4.0, False)
     assert moved.HasField("hello") and len(moved.hello.tasks) == 1
+    # usage that moved goes up once USAGE_EVERY_S passed, and only for tasks where it moved
+    reg = pb.SyncRequest(machine="m1")
+    two = [report("j", 1, "y", "running", cpu=9.0), report("j", 2, "z", "running")]
+    assert [o.index for o in up.delta(two, reg, 5.0, False).changed] == [2]
+    assert up.delta(two, reg, 6.0, False) == pb.LinkUp()
+    later = up.delta(two, reg, 0.5 + USAGE_EVERY_S, False)
+    assert [(o.index, o.cpu_seconds) for o in later.changed] == [(1, 9.0)]
 
 
 def spec_struct(name: str) -> struct_pb2.Struct:
