@@ -963,10 +963,6 @@ class Store:
         placed = 0
         rejected = 0
         preempted = 0
-        # Jobs whose state is recomputed once, at the end (a function of their tasks' final
-        # states only): per placement, a 10,000-task plan cost 10,000 x 10,000 task lookups,
-        # seconds in the Raft thread of every replica (heartbeats missed, elections).
-        touched: set[str] = set()
         for v in cmd.preemptions:
             t = self.tasks.get((v.job, v.index))
             if t is None or t.incarnation != v.incarnation or t.state not in ACTIVE_STATES:
@@ -974,7 +970,7 @@ class Store:
             machine = t.machine
             self._reset_task(t, self.jobs[t.job].version, cmd.ts_ms, reason=Reason.PREEMPTED)
             self._event("preempted", t.job, t.index, machine, v.reason)
-            touched.add(t.job)
+            self._recompute_job(self.jobs[t.job])
             preempted += 1
         used_cache: dict[str, Resources] = {}
         gpu_cache: dict[str, set[str]] = {}
@@ -998,14 +994,12 @@ class Store:
                     for p in group:
                         self._placement_ok(p, used_cache, gpu_cache)  # charge the caches
                         self._place(p, cmd.ts_ms)
-                        touched.add(p.job)
                     placed += len(group)
                 else:
                     rejected += len(group)
                 continue
             if self._placement_ok(pl, used_cache, gpu_cache):
                 self._place(pl, cmd.ts_ms)
-                touched.add(pl.job)
                 placed += 1
                 continue
             rejected += 1
@@ -1019,8 +1013,6 @@ class Store:
                 reason = f"{Reason.PREEMPTED.value} ({reason})"
             if t.reason != reason:
                 t.reason = reason
-        for name in sorted(touched):
-            self._recompute_job(self.jobs[name])
         return {"placed": placed, "rejected": rejected, "preempted": preempted}
 
     def gpus_held(self, machine: str) -> set[str]:
@@ -1086,6 +1078,7 @@ class Store:
         t.updated_ms = ts
         self._reindex(t)
         self._event("scheduled", t.job, t.index, pl.machine)
+        self._recompute_job(job)
 
     def _task_updates(self, cmd: C.TaskUpdates) -> Result:
         # decode checked every update's types, so a malformed one rejects the whole entry
