@@ -358,7 +358,12 @@ class BorgletLink:
             for req in reports:
                 name = req.machine
                 self.seen(name)
-                reg = registration(store, machine_from_sync(req))
+                try:
+                    machine = machine_from_sync(req)
+                except ValueError as e:  # one machine's bad report must not hold up the rest
+                    log.warning("report of %s not recorded: %s", name, e)
+                    continue
+                reg = registration(store, machine)
                 if reg is not None:
                     cmds.append(reg)
                     owners.append(name)

@@ -428,7 +428,7 @@ class LinkStreams:
                 if summary_due:
                     last_summary = loop.time()
             except Exception as e:  # the leader is away or changing: try again shortly
-                log.debug("relaying %d reports failed: %s", len(items), e)
+                log.warning("recording %d reports failed: %s: %s", len(items), type(e).__name__, e)
                 failed = items
             retry = {id(p) for p in failed}
             for p in failed:
@@ -493,7 +493,7 @@ class LinkStreams:
             resp: pb.RelayLinkResponse = borg_pb2_grpc.BorgmasterStub(ch).RelayLink(req, timeout=10)
             return resp
         except grpc.RpcError as e:
-            log.debug("RelayLink to %s: %s %s", addr, e.code(), e.details())
+            log.info("RelayLink to %s: %s %s", addr, e.code(), e.details())
             return None
 
     def relayed_in(self, req: pb.RelayLinkRequest) -> list[tuple[pb.SyncRequest, list[Key]]]:
