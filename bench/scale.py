@@ -42,12 +42,14 @@ STATS_RE = re.compile(
     r"hollow stats: t=([0-9.]+) machines=(\d+) connected=(\d+) tasks=(\d+) syncs=(\d+) "
     r"errors=(\d+) redirects=(\d+) codes=(\S+)"
 )
-TAG = "aio"
+TAG = "stream"
 TAGS = {
     "threads": "unary Sync long-poll on the sync gRPC server (64 threads, one held per waiting "
     "Sync), 1 s heartbeats (before issue #15 stage 2)",
     "aio": "unary Sync long-poll on the grpc.aio server (a waiting Sync holds no thread), "
     "heartbeats stretched to machines/50 s (max 8 s)",
+    "stream": "one Link stream per machine to any replica (link shards): only changes travel "
+    "both ways, heartbeats stretched as in aio, followers relay reports to the leader in batches",
 }
 LOST_RE = re.compile(r"machine (\S+) lost: no contact")
 
@@ -140,10 +142,28 @@ def cpu_s(p: psutil.Process) -> float:
     return t.user + t.system
 
 
-def run_once(machines: int, tasks: int, window: float, budget: float) -> dict[str, Any]:
+def link_streams(cell: Cell) -> list[int]:
+    """Link streams each replica serves (its /metrics; -1 where it does not answer)."""
+    out = []
+    for m in cell.masters:
+        try:
+            _, body = cell.http_get(m.info["http"], "/metrics")
+            hit = re.search(r"^borg_link_streams ([0-9.e+]+)$", body, re.M)
+            out.append(int(float(hit.group(1))) if hit else -1)
+        except OSError:
+            out.append(-1)
+    return out
+
+
+def run_once(
+    machines: int, tasks: int, window: float, budget: float, protocol: str = "stream"
+) -> dict[str, Any]:
     cell = Cell()
     hollow: Proc | None = None
-    doc: dict[str, Any] = {"machines": machines, "tasks": tasks}
+    doc: dict[str, Any] = {"machines": machines, "tasks": tasks, "protocol": protocol}
+    # The 2 cores may be shared with other work: the load says how much (read it with the
+    # figures; a load far above 2 means the run measured contention more than the cell).
+    doc["load_avg_1m_at_start"] = round(os.getloadavg()[0], 1)
     deadline = time.monotonic() + budget
     try:
         cell.start(masters=3, borglets=0)
@@ -152,7 +172,9 @@ def run_once(machines: int, tasks: int, window: float, budget: float) -> dict[st
         cpu0 = [cpu_s(p) for p in masters]
         prober = Prober(cell, stub)
         w0 = time.monotonic()
-        hollow = cell.add_hollow(machines, extra=["--cpu", "16", "--memory", "64Gi"])
+        hollow = cell.add_hollow(
+            machines, extra=["--cpu", "16", "--memory", "64Gi", "--protocol", protocol]
+        )
         prober.start()
 
         # 1. registration
@@ -227,6 +249,7 @@ def run_once(machines: int, tasks: int, window: float, budget: float) -> dict[st
         if hp is not None:
             doc["hollow_rss_mib"] = round(hp.memory_info().rss / 2**20)
             doc["hollow_cpu_s"] = round(cpu_s(hp), 1)
+        doc["link_streams_per_replica"] = link_streams(cell)
         doc["status"] = lat(prober.status_ms)
         doc["submit"] = lat(prober.submit_ms)
         doc["probe_failures"] = prober.failures[:5]
@@ -234,6 +257,7 @@ def run_once(machines: int, tasks: int, window: float, budget: float) -> dict[st
         lost = [mm for m in cell.masters for mm in LOST_RE.findall(m.log())]
         doc["false_losses"] = len(lost)
         doc["wall_s"] = round(time.monotonic() - w0, 1)
+        doc["load_avg_1m_at_end"] = round(os.getloadavg()[0], 1)
     except Exception:
         print(cell.dump_logs()[-20000:], file=sys.stderr)
         raise
@@ -250,10 +274,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget", type=float, default=150.0, help="most seconds per run")
     ap.add_argument("--json", action="store_true", help="merge into bench/results/scale.json")
     ap.add_argument(
-        "--tag", default=TAG, help=f"the protocol/server measured, key prefix (default {TAG})"
+        "--protocol",
+        choices=("stream", "sync"),
+        default="stream",
+        help="the hollow fleet's protocol: Link streams, or the older unary Sync",
+    )
+    ap.add_argument(
+        "--tag", default="", help="key prefix (default: stream, or aio with --protocol sync)"
     )
     a = ap.parse_args(argv)
-    doc = run_once(a.machines, a.tasks, a.window, a.budget)
+    a.tag = a.tag or ("stream" if a.protocol == "stream" else "aio")
+    doc = run_once(a.machines, a.tasks, a.window, a.budget, a.protocol)
     print(json.dumps(doc, indent=2))
     if a.json:
         path = os.path.join(RESULTS, "scale.json")

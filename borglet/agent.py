@@ -44,7 +44,7 @@ from borglet.execs import ExecError, ExecSessions, ExecTarget
 from borglet.housekeeping import COUNTER_RETENTION_S, Housekeeper
 from borglet.http import serve_http
 from borglet.launch import NotLaunched, account_of, spawn, task_env
-from borglet.link import Link, MasterLink
+from borglet.link import Link, StreamLink
 from borglet.logs import MAX_FOLLOWERS, LogsServicer
 from borglet.metrics import BorgletCollector
 from borglet.ports import PortAllocator
@@ -176,7 +176,7 @@ class Borglet:
         self.watcher = ExitWatcher(self.on_exit)
         self._execs = ExecSessions()
         self.link: Link = (
-            link if link is not None else MasterLink(cfg, self, list(self.accounts.allowed))
+            link if link is not None else StreamLink(cfg, self, list(self.accounts.allowed))
         )
         self.prober = HealthProber(
             self._active,

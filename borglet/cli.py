@@ -323,6 +323,14 @@ def _checked_tls(
     help="A hollow certificate (`ca issue --role hollow --name NAME`) for machines "
     "NAME00000.. or NAME-00000..: --name-prefix must be NAME or NAME-.",
 )
+@click.option(
+    "--protocol",
+    type=click.Choice(["stream", "sync"]),
+    default="stream",
+    show_default=True,
+    help="stream: one Link stream per machine to any replica (as `borglet run`); sync: the "
+    "older unary Sync long-poll to the leader (for comparison).",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Same as --log-level debug.")
 @log_options
 def hollow(
@@ -336,6 +344,7 @@ def hollow(
     start_ms: int,
     ramp_s: float | None,
     tls_dir: str | None,
+    protocol: str,
     verbose: bool,
     log_level: str,
     log_format: str,
@@ -361,6 +370,7 @@ def hollow(
         [m.strip() for m in masters.split(",") if m.strip()],
         tls=tls,
         ramp_s=count / 1000 if ramp_s is None else ramp_s,
+        protocol=protocol,
     )
 
     async def main_loop() -> None:

@@ -30,7 +30,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from borglet.link import FULL_SET_EVERY_S
+from borglet.link import FULL_SET_EVERY_S, UpState, shard_of
 from cfg.tls import Role, TlsDir, role_host
 from proto.borg.v1 import borg_pb2 as pb
 from proto.borg.v1 import borg_pb2_grpc
@@ -48,6 +48,10 @@ one's stream limit or flow control becomes the bottleneck, few enough to be chea
 TaskKey = tuple[str, int, str]
 
 RUNNING, KILLED = "running", "killed"
+
+
+class _StreamEnded(Exception):
+    """The replica closed the stream without an error status."""
 
 
 def machine_name(prefix: str, i: int) -> str:
@@ -175,6 +179,56 @@ class HollowMachine:
         self.full_at = now
         self.on_desired(resp.tasks, now)
 
+    # ----- the Link stream (the protocol `borglet run` speaks) ---------------------------
+
+    def report_dicts(self) -> list[dict[str, Any]]:
+        """Reports as a Borglet's host gives them to its link (borglet/link.py UpState)."""
+        return [
+            {
+                "job": t.job,
+                "index": t.index,
+                "incarnation": t.incarnation,
+                "state": t.state,
+                "exit_code": -1 if t.state == RUNNING else 0,
+                "reason": "" if t.state == RUNNING else "no longer desired",
+                "ports": t.ports,
+            }
+            for t in self.tasks.values()
+            if t.state
+        ]
+
+    def hello(self) -> pb.SyncRequest:
+        """The registration a stream opens with (its tasks are added by UpState)."""
+        return pb.SyncRequest(
+            machine=self.name,
+            address=self.address,
+            http=self.http,
+            capacity=pb.Resources(cpu=self.cpu, ram=self.memory, disk=100 << 30, gpu=0),
+            attrs=self.attrs,
+            task_users=["nobody"],
+        )
+
+    def on_down(self, down: pb.LinkDown, held: dict[TaskKey, pb.DesiredTask], now: float) -> None:
+        """A push: `held` (the desired set as this stream built it) brought up to date, then
+        applied as a Sync's desired set is. Specs are not kept: nothing runs here."""
+        if down.full:
+            held.clear()
+        for k in down.removes:
+            held.pop((k.job, k.index, k.incarnation), None)
+        for d in down.upserts:
+            held[(d.job, d.index, d.incarnation)] = d
+        self.generation = down.generation
+        self.on_desired(held.values(), now)
+
+    def forget_acked(self, last_state: dict[TaskKey, tuple[int, str]], acked: int) -> None:
+        """Killed tasks whose `killed` report the cell recorded are forgotten (the next
+        report says they are gone)."""
+        for key, t in list(self.tasks.items()):
+            rep = last_state.get(key)
+            if t.state == KILLED and rep is not None and rep[0] <= acked and rep[1] == KILLED:
+                del self.tasks[key]
+                self.dirty = True
+
     def wait_ms(self, now: float) -> int:
         """How long the master may hold the next sync: not at all while a report is pending
         or before the first reply, else until the next task start (at most SYNC_WAIT_MS)."""
@@ -204,7 +258,11 @@ class Fleet:
         masters: list[str],
         tls: TlsDir | None = None,
         ramp_s: float = 0.0,
+        protocol: str = "stream",
     ) -> None:
+        self.protocol = protocol
+        """`stream` (one Link stream per machine, as `borglet run`) or `sync` (the older
+        unary Sync long-poll, for comparison)."""
         self.machines = machines
         self.masters = list(masters)
         self.tls = tls
@@ -235,7 +293,8 @@ class Fleet:
         self._stop.set()
 
     async def run(self, stats_every_s: float = 5.0) -> None:
-        tasks = [asyncio.create_task(self._machine(i, m)) for i, m in enumerate(self.machines)]
+        body = self._stream if self.protocol == "stream" else self._machine
+        tasks = [asyncio.create_task(body(i, m)) for i, m in enumerate(self.machines)]
         tasks.append(asyncio.create_task(self._log_stats(stats_every_s)))
         await self._stop.wait()
         for t in tasks:
@@ -261,6 +320,78 @@ class Fleet:
                 st.redirects,
                 ",".join(f"{k}:{v}" for k, v in sorted(st.codes.items())) or "-",
             )
+
+    async def _stream(self, i: int, m: HollowMachine) -> None:
+        """One machine on a Link stream, as borglet/link.py StreamLink: to the replica its
+        name hashes to, and on to the next one when that one dies or refuses."""
+        rnd = random.Random(m.name)
+        if self.ramp_s > 0:
+            await asyncio.sleep(rnd.uniform(0, self.ramp_s))
+        offset = shard_of(m.name, self.masters)
+        failures = 0
+        while not self._stop.is_set():
+            addr = self.masters[offset % len(self.masters)]
+            up = UpState()
+            held: dict[TaskKey, pb.DesiredTask] = {}
+            acked = 0
+            call = self._stub(addr, i).Link()
+            read: asyncio.Future[Any] | None = None
+            try:
+                now = time.monotonic()
+                m.advance(now)
+                await call.write(up.delta(m.report_dicts(), m.hello(), now, True))
+                m.dirty = False
+                self.stats.syncs += 1
+                read = asyncio.ensure_future(call.read())
+                beat = 1.0
+                next_beat = now + beat
+                while True:
+                    due = m.next_due()
+                    wake = next_beat if due is None else min(next_beat, due)
+                    await asyncio.wait({read}, timeout=max(0.0, wake - time.monotonic()))
+                    now = time.monotonic()
+                    if read.done():
+                        down = read.result()
+                        if down is grpc.aio.EOF:
+                            raise _StreamEnded()
+                        if not m.connected:
+                            log.debug("%s linked to %s", m.name, addr)
+                        m.connected = True
+                        failures = 0
+                        if down.heartbeat_ms > 0:
+                            beat = down.heartbeat_ms / 1000.0
+                        acked = max(acked, down.acked_seq)
+                        m.on_down(down, held, now)
+                        full = down.want_full_report
+                        read = asyncio.ensure_future(call.read())
+                    else:
+                        full = False
+                    m.advance(now)
+                    m.forget_acked(up.last_state, acked)
+                    if m.dirty or full or now >= next_beat:
+                        msg = up.delta(m.report_dicts(), m.hello(), now, full)
+                        m.dirty = False
+                        await call.write(msg)
+                        self.stats.syncs += 1
+                        next_beat = now + beat
+            except (grpc.aio.AioRpcError, _StreamEnded, grpc.aio.UsageError) as e:
+                m.connected = False
+                m.dirty = True
+                failures += 1
+                self.stats.errors += 1
+                code = (
+                    e.code().name
+                    if isinstance(e, grpc.aio.AioRpcError) and e.code() is not None
+                    else "ENDED"
+                )
+                self.stats.codes[code] = self.stats.codes.get(code, 0) + 1
+                offset += 1  # that replica died or refused: the next one serves as well
+                self.stats.redirects += 1
+                await asyncio.sleep(min(2.0, 0.05 * failures) * rnd.uniform(0.5, 1.5))
+            finally:
+                if read is not None:
+                    read.cancel()
+                call.cancel()
 
     async def _machine(self, i: int, m: HollowMachine) -> None:
         rnd = random.Random(m.name)

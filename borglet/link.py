@@ -13,9 +13,12 @@ version), leader redirects followed. What the desired set means is the state mac
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import grpc
@@ -235,3 +238,280 @@ class MasterLink:
             )
         self._spec_cache = specs
         return out
+
+
+# ----- the Link stream ------------------------------------------------------------------------
+
+USAGE_FIELDS = ("cpu_seconds", "memory_bytes", "memory_peak_bytes")
+"""Usage changes all the time: it is not a change worth a report on its own; it travels with
+reports, and every USAGE_EVERY_S the tasks whose usage moved are reported again."""
+USAGE_EVERY_S = 30.0
+TERMINAL_STATES = frozenset({"succeeded", "failed", "killed", "lost"})
+STREAM_RECEIVE_BYTES = 64 << 20
+"""A push holds each spec once (up to 1 MiB each): several jobs' specs in one message."""
+
+
+def stable_hash(name: str) -> int:
+    """The same number for a name in every process (Python's hash() is salted per run)."""
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big")
+
+
+def shard_of(name: str, masters: list[str]) -> int:
+    """The replica (index into `masters`) a machine links to first: Borglets spread over
+    every replica (Borg's link shards), the same one each time while it stays up."""
+    return stable_hash(name) % max(1, len(masters))
+
+
+def observed_fields(r: dict[str, Any]) -> tuple[Any, ...]:
+    """What of a report makes it a change worth sending (everything but usage)."""
+    return tuple(
+        sorted(
+            (k, v if not isinstance(v, dict) else tuple(sorted(v.items())))
+            for k, v in r.items()
+            if k not in USAGE_FIELDS
+        )
+    )
+
+
+def usage_of(r: dict[str, Any]) -> tuple[Any, ...]:
+    return tuple(r.get(k) for k in USAGE_FIELDS)
+
+
+@dataclass
+class UpState:
+    """What the Borglet has told the replica on the current stream (pure bookkeeping)."""
+
+    seq: int = 0
+    sent: dict[TaskKey, tuple[Any, ...]] = field(default_factory=dict)
+    """Each reported task's fields as last sent."""
+    last_state: dict[TaskKey, tuple[int, str]] = field(default_factory=dict)
+    """Each task's last report: its seq and the state it reported."""
+    hello: tuple[Any, ...] | None = None
+    """The registration last sent."""
+    usage: dict[TaskKey, tuple[Any, ...]] = field(default_factory=dict)
+    """Each reported task's usage as last sent."""
+    usage_at: float = 0.0
+
+    def delta(
+        self, reports: list[dict[str, Any]], hello: pb.SyncRequest, now: float, full: bool
+    ) -> pb.LinkUp:
+        """The next message: a hello with everything when `full` or the registration
+        changed; else the changed and gone tasks, with those whose usage moved once
+        USAGE_EVERY_S passed (nothing: a heartbeat). The caller sends it."""
+        reg = registration_of(hello)
+        self.seq += 1
+        up = pb.LinkUp(seq=self.seq)
+        by_key = {(r["job"], r["index"], r["incarnation"]): r for r in reports}
+        refresh = now - self.usage_at >= USAGE_EVERY_S
+        if refresh:
+            self.usage_at = now
+        if full or reg != self.hello:
+            up.hello.CopyFrom(hello)
+            up.hello.tasks.extend(pb.ObservedTask(**r) for r in reports)
+            self.hello = reg
+            self.sent = {k: observed_fields(r) for k, r in by_key.items()}
+            self.usage = {k: usage_of(r) for k, r in by_key.items()}
+            for k, r in by_key.items():
+                self.last_state[k] = (self.seq, r["state"])
+        else:
+            for k, r in by_key.items():
+                f = observed_fields(r)
+                if self.sent.get(k) != f or (refresh and self.usage.get(k) != usage_of(r)):
+                    up.changed.append(pb.ObservedTask(**r))
+                    self.sent[k] = f
+                    self.usage[k] = usage_of(r)
+                    self.last_state[k] = (self.seq, r["state"])
+            for k in [k for k in self.sent if k not in by_key]:
+                up.gone.append(pb.TaskKey(job=k[0], index=k[1], incarnation=k[2]))
+                del self.sent[k]
+                self.usage.pop(k, None)
+        for k in [k for k in self.last_state if k not in by_key]:
+            del self.last_state[k]
+        if not (up.HasField("hello") or up.changed or up.gone):
+            self.seq -= 1
+            return pb.LinkUp()  # a heartbeat: no seq, nothing to acknowledge
+        return up
+
+    def finished_and_acked(self, acked: int) -> frozenset[TaskKey]:
+        """Tasks whose end the cell has recorded: may be forgotten when no longer desired."""
+        return frozenset(
+            k
+            for k, (seq, state) in self.last_state.items()
+            if seq <= acked and state in TERMINAL_STATES
+        )
+
+
+def registration_of(req: pb.SyncRequest) -> tuple[Any, ...]:
+    return (
+        req.address,
+        req.http,
+        req.capacity.SerializeToString(deterministic=True),
+        tuple(req.gpus),
+        tuple(sorted(req.attrs.items())),
+        tuple(t.SerializeToString(deterministic=True) for t in req.taints),
+        tuple(req.task_users),
+    )
+
+
+class DownState:
+    """The desired set as the pushes on the current stream built it (pure bookkeeping):
+    specs by reference, validated once per stream."""
+
+    def __init__(self) -> None:
+        self.desired: dict[TaskKey, Desired] = {}
+        self.specs: dict[str, JobSpec | None] = {}
+        self.generation = -1
+        self.acked = 0
+
+    def apply(self, down: pb.LinkDown) -> None:
+        for ref, struct in down.specs.items():
+            try:
+                self.specs[ref] = validate_job(dict_from(struct))
+            except ConfigError as e:
+                log.error("master sent an invalid spec %s: %s", ref, e)
+                self.specs[ref] = None
+        if down.full:
+            self.desired = {}
+        for k in down.removes:
+            self.desired.pop((k.job, k.index, k.incarnation), None)
+        for d in down.upserts:
+            key = (d.job, d.index, d.incarnation)
+            spec = self.specs.get(d.spec_ref)
+            if spec is None:
+                log.error("master sent %s/%d without a valid spec %r", d.job, d.index, d.spec_ref)
+                self.desired.pop(key, None)
+                continue
+            self.desired[key] = Desired(
+                d.job, d.index, d.incarnation, d.version, spec, dict(d.ports), list(d.gpus)
+            )
+        self.generation = down.generation
+        self.acked = max(self.acked, down.acked_seq)
+
+
+class StreamLink:
+    """The Borglet's Link stream to one replica (any: followers serve too). The stream is
+    read on the link's thread; what goes up is produced by the request generator gRPC pulls
+    from on its own thread: a report at each local event (`poke`), a heartbeat otherwise."""
+
+    def __init__(self, cfg: BorgletConfig, host: LinkHost, task_users: list[str]) -> None:
+        self.cfg = cfg
+        self.host = host
+        self.task_users = task_users
+        self.connected = False
+        self.replica = ""
+        """The replica this link streams to now."""
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._offset = shard_of(cfg.name, cfg.masters)
+        self._heartbeat_s = 1.0
+        self._want_full = False
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="link", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def poke(self) -> None:
+        self._wake.set()
+
+    def hello(self) -> pb.SyncRequest:
+        cfg = self.cfg
+        gpus = self.host.offered_gpus()
+        return pb.SyncRequest(
+            machine=cfg.name,
+            address=cfg.grpc,
+            http=cfg.http,
+            capacity=pb.Resources(
+                cpu=cfg.offered_cpu, ram=cfg.offered_memory, disk=cfg.disk, gpu=len(gpus)
+            ),
+            gpus=gpus,
+            attrs=cfg.attrs,
+            taints=[pb.Taint(**t.to_dict()) for t in cfg.taints],
+            task_users=self.task_users,
+        )
+
+    def _ups(self, up_state: UpState, over: threading.Event) -> Iterator[pb.LinkUp]:
+        """What goes up on one stream: the hello, then reports and heartbeats."""
+        first = True
+        while not self._stop.is_set() and not over.is_set():
+            if not first:
+                poked = self._wake.wait(self._heartbeat_s)
+                if self._stop.is_set() or over.is_set():
+                    return
+                if poked:
+                    self._stop.wait(REPORT_DEBOUNCE_S)  # a burst of events: one report
+                self._wake.clear()
+            if not self.host.ready_to_report():
+                if not first:
+                    yield pb.LinkUp()  # contact, but no report while the state is unwritten
+                self._stop.wait(STATE_RETRY_S)
+                continue
+            with self._lock:
+                full, self._want_full = first or self._want_full, False
+                up = up_state.delta(self.host.reports(), self.hello(), time.monotonic(), full)
+            first = False
+            yield up
+
+    def _loop(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            masters = self.cfg.masters
+            addr = masters[self._offset % len(masters)]
+            if not self.host.ready_to_report():
+                self._stop.wait(STATE_RETRY_S)
+                continue
+            ch = secure_channel(
+                addr,
+                self.cfg.tls,
+                options=[("grpc.max_receive_message_length", STREAM_RECEIVE_BYTES)],
+            )
+            up_state, down_state, over = UpState(), DownState(), threading.Event()
+            call = borg_pb2_grpc.BorgmasterStub(ch).Link(self._ups(up_state, over))
+            stopper = threading.Thread(target=self._cancel_on_stop, args=(call, over), daemon=True)
+            stopper.start()
+            try:
+                for down in call:
+                    if not self.connected:
+                        log.info("linked to master %s", addr)
+                    self.connected, self.replica, failures = True, addr, 0
+                    self._on_down(down, up_state, down_state)
+                code, detail = grpc.StatusCode.OK, "the replica ended the stream"
+            except grpc.RpcError as e:
+                code, detail = e.code(), e.details() or ""
+            finally:
+                over.set()
+                self._wake.set()
+                call.cancel()
+                ch.close()
+            self.connected = False
+            if self._stop.is_set():
+                break
+            failures += 1
+            log.info("link to %s ended (%s %s): trying the next replica", addr, code, detail)
+            self._offset += 1  # this replica died or refused: another serves as well
+            self._stop.wait(min(2.0, 0.05 * failures))
+
+    def _cancel_on_stop(self, call: Any, over: threading.Event) -> None:
+        while not over.is_set():
+            if self._stop.wait(0.5):
+                call.cancel()
+                return
+
+    def _on_down(self, down: pb.LinkDown, up_state: UpState, down_state: DownState) -> None:
+        if down.heartbeat_ms > 0:
+            self._heartbeat_s = down.heartbeat_ms / 1000.0
+        with self._lock:
+            down_state.apply(down)
+            done = up_state.finished_and_acked(down_state.acked)
+            if down.want_full_report:
+                self._want_full = True
+        if down.want_full_report:
+            self._wake.set()
+        self.host.on_desired(list(down_state.desired.values()), done, down.cell)

@@ -7,6 +7,7 @@ UNAVAILABLE naming the leader when one is known, unknown jobs are NOT_FOUND.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import socket
@@ -98,6 +99,11 @@ it, anyone could claim priority 399 and preempt the cell."""
 MAX_LOG_TAIL_BYTES = 16 << 20
 MAX_EXEC_ARGS = 4096
 MAX_EXEC_BYTES = 64 << 10
+
+MAX_RELAY_REPORTS = 20_000
+MAX_RELAY_SEEN = 200_000
+"""A RelayLink's limits (a replica sends its reports in chunks of ~2 MiB; a cell serves at
+most this many machines per replica)."""
 
 SNAPSHOT_CHUNK = 1 << 20
 """SaveSnapshot's chunk size: well under gRPC's 4 MiB message cap."""
@@ -400,10 +406,63 @@ class MasterServicer(borg_pb2_grpc.BorgmasterServicer):
         except ProposeError as e:
             _abort(context, e.code, e.message)
 
+    async def Link(self, requests: Any, context: grpc.ServicerContext) -> Any:
+        """One Borglet's long-lived stream, served by any replica (linkstream.py): the first
+        message registers the machine (checked as a Sync: this certificate's own machine),
+        every later one is bound to it. A message that breaks the protocol ends the stream
+        with INVALID_ARGUMENT; the server goes on."""
+        it = requests.__aiter__()
+        try:
+            first = await it.__anext__()
+        except StopAsyncIteration:
+            return
+        if not first.HasField("hello"):
+            _abort(context, "invalid", "link: the first message must be a hello")
+        self._check_machine_request(first.hello, context)
+        try:
+            async for down in self.m.link_streams.serve(first, it):
+                yield down
+        except ValueError as e:
+            _abort(context, "invalid", f"link: {e}")
+
+    async def RelayLink(self, request: pb.RelayLinkRequest, context: grpc.ServicerContext) -> Any:
+        """Another replica's batch of its Borglets' reports and the machines it heard from
+        (leader only): recorded as this leader's own streams' reports are."""
+        if not self.m.is_leader():
+            leader = self.m.leader_grpc()
+            _abort(context, "not-leader", f"not the leader; leader: {leader or 'unknown'}")
+        if len(request.reports) > MAX_RELAY_REPORTS or len(request.seen) > MAX_RELAY_SEEN:
+            _abort(
+                context,
+                "invalid",
+                f"relay: at most {MAX_RELAY_REPORTS} reports and {MAX_RELAY_SEEN} machines",
+            )
+        items = self.m.link_streams.relayed_in(request)
+        loop = asyncio.get_running_loop()
+        try:
+            failed = await loop.run_in_executor(
+                self.m.link_pool,
+                self.m.link.record_many,
+                [r for r, _ in items],
+                [k for _, k in items],
+            )
+        except NotLeader:
+            leader = self.m.leader_grpc()
+            _abort(context, "not-leader", f"not the leader; leader: {leader or 'unknown'}")
+        except ValueError as e:
+            _abort(context, "invalid", f"relay: {e}")
+        return pb.RelayLinkResponse(failed=failed)
+
     def _check_sync(self, request: pb.SyncRequest, context: grpc.ServicerContext) -> None:
         if not self.m.is_leader():
             leader = self.m.leader_grpc()
             _abort(context, "not-leader", f"not the leader; leader: {leader or 'unknown'}")
+        self._check_machine_request(request, context)
+
+    def _check_machine_request(
+        self, request: pb.SyncRequest, context: grpc.ServicerContext
+    ) -> None:
+        """A machine's registration: named, this caller's own, taints and GPUs it may offer."""
         if not request.machine:
             _abort(context, "invalid", "machine: required")
         try:

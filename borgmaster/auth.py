@@ -77,6 +77,12 @@ RULES: dict[str, Rule] = {
     # fleets their own simulated machines. Syncs are machine reports every second or so, not
     # operator actions: not audited.
     "Sync": Rule(frozenset({Role.BORGLET, Role.HOLLOW}), "sync as a machine"),
+    # The stream form of Sync: the same roles; the handler checks the machine its first
+    # message registers (`check_machine`), and every later message is bound to it.
+    "Link": Rule(frozenset({Role.BORGLET, Role.HOLLOW}), "link as a machine"),
+    # A replica hands the leader the reports of the Borglets it serves: masters only (a
+    # master is trusted to relay for its machines, as for every relayed call).
+    "RelayLink": Rule(frozenset({Role.MASTER}), "relay Borglet reports"),
 }
 
 assert all(r.roles <= ANY_AUTHENTICATED for r in RULES.values())

@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # types only: neither module imports this one back at run tim
     from concurrent.futures import Executor
 
     from borgmaster.link import BorgletLink
+    from borgmaster.linkstream import LinkStreams
     from borgmaster.rpc_loop import Waiters
     from borgmaster.scheduler import Scheduler, Snapshot
 
@@ -61,6 +62,7 @@ class MetricsHost(Protocol):
     digests: Digests
     digest_check: DigestChecker
     space: DataDirSpace
+    link_streams: LinkStreams
 
     def raft_status(self) -> RaftStatus: ...
 
@@ -95,6 +97,8 @@ class ApiHost(Protocol):
     """Where the async Sync's blocking steps run (a few threads of their own)."""
     sync_waiters: Waiters
     """The Syncs waiting for their machine's desired set (on the gRPC loop)."""
+    link_streams: LinkStreams
+    """The Borglets' Link streams this replica serves, and the relay of their reports."""
 
     def propose(self, cmd: C.Command, timeout: float | None = None) -> dict[str, Any]: ...
 

@@ -25,6 +25,7 @@ from typing import Any
 from borgmaster import commands as C
 from borgmaster.convert import resources_from, struct_from
 from borgmaster.copies import LiveCopies
+from borgmaster.facade import ProposeError
 from borgmaster.model import (
     ASSIGNED,
     MACHINE_LOST,
@@ -55,6 +56,9 @@ a machine timeout (30 s), so contact is seen at least every 8 s."""
 
 TaskIndex = tuple[str, int]
 SPEC_CACHE_MAX = 20_000
+RECORD_BATCH = 256
+"""Commands per Raft entry when a Link replica records many machines' reports at once (a
+TaskUpdates of a busy machine is a few KiB: well under the 16 MiB an entry may be)."""
 
 
 @dataclass(frozen=True)
@@ -334,6 +338,70 @@ class BorgletLink:
             cmd = task_updates(store, name, observed)
         if cmd is not None:
             self.propose(cmd)
+
+    def record_many(
+        self, reports: list[pb.SyncRequest], pushed: list[list[tuple[str, int, str]]]
+    ) -> list[str]:
+        """Record many machines' reports (a Link replica's batch, blocking): their changes
+        become one Batch Raft entry per MAX_BATCH commands instead of one entry per machine.
+        `pushed[i]` are copies just pushed to machine i (alive until its next report).
+        Returns the machines whose changes did not commit (to be sent again); a change the
+        store refuses is logged, not retried (it would be refused again). Raises NotLeader."""
+        if not self.is_leader():
+            raise NotLeader()
+        store = self.store
+        cmds: list[C.Command] = []
+        owners: list[str] = []
+        release = False
+        stamp = int(time.time() * 1000)
+        with store.lock:
+            for req in reports:
+                name = req.machine
+                self.seen(name)
+                try:
+                    machine = machine_from_sync(req)
+                except ValueError as e:  # one machine's bad report must not hold up the rest
+                    log.warning("report of %s not recorded: %s", name, e)
+                    continue
+                reg = registration(store, machine)
+                if reg is not None:
+                    cmds.append(reg)
+                    owners.append(name)
+                    log.info("machine %s registered from %s", name, req.address)
+                observed = [Observed.from_pb(o) for o in req.tasks]
+                for ob in req.tasks:
+                    self.usage[(ob.job, ob.index)] = ob
+                alive = [(o.job, o.index, o.incarnation, o.state) for o in observed]
+                release |= self.copies.observe(name, alive)
+                upd = task_updates(store, name, observed)
+                if upd is not None:
+                    cmds.append(upd)
+                    owners.append(name)
+        for req, keys in zip(reports, pushed, strict=True):
+            if keys:
+                self.copies.sent(req.machine, keys)
+        if release:
+            self.release_held()
+        failed: set[str] = set()
+        for at in range(0, len(cmds), RECORD_BATCH):
+            part = cmds[at : at + RECORD_BATCH]
+            who = owners[at : at + RECORD_BATCH]
+            for c in part:
+                c.ts_ms = stamp
+            try:
+                if len(part) == 1:
+                    results: list[Any] = [self.propose(part[0])]
+                else:
+                    res = self.propose(C.Batch(entries=[C.encode(c) for c in part]))
+                    results = list(res.get("results") or [])
+            except ProposeError as e:
+                log.debug("reports of %d machines not committed: %s", len(set(who)), e.message)
+                failed.update(who)
+                continue
+            for name, r in zip(who, results, strict=False):
+                if isinstance(r, dict) and "error" in r:
+                    log.warning("report of %s refused: %s", name, r.get("message"))
+        return sorted(failed)
 
     def reply(
         self, name: str, known: int | None = None, shared_specs: bool = False

@@ -185,6 +185,17 @@ class _CellCollector(Collector):
                 "Commands this replica proposed, counted inside batches.",
                 value=float(prop.entries),
             )
+        streams = self.m.link_streams
+        yield _gauge(
+            "borg_link_streams",
+            "Borglet Link streams this replica serves (every replica serves its share).",
+            len(streams.sessions),
+        )
+        yield CounterMetricFamily(
+            "borg_link_relayed_reports",
+            "Borglet reports this replica handed to the leader (RelayLink).",
+            value=float(streams.relayed),
+        )
         yield from digest_families(self.m.digests, self.m.digest_check.verdict)
         yield from space_families(self.m.space)
         if not is_leader:

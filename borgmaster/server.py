@@ -56,6 +56,7 @@ from borgmaster.leader_loop import (
     TermFence,
 )
 from borgmaster.link import BorgletLink
+from borgmaster.linkstream import LinkStreams
 from borgmaster.liveness import Liveness
 from borgmaster.metrics import MasterMetrics
 from borgmaster.model import Replica
@@ -190,6 +191,17 @@ class Master:
         arriving at once in 64 runnable threads starved the Raft thread of the GIL long
         enough (64 x 5 ms switch interval > the 300 ms election timeout) to lose the lead."""
         self.sync_waiters = Waiters()
+        self.link_streams = LinkStreams(
+            self.store,
+            self.link,
+            self.sync_waiters,
+            self.link_pool,
+            self.is_leader,
+            self.leader_grpc,
+            cfg.grpc,
+            cfg.tls,
+            cfg.cell,
+        )
         self.rpc_loop: RpcLoop
         self.http_server: Any = None
         self.metrics: Any = None
@@ -429,6 +441,7 @@ class Master:
                 raise OSError(f"grpc address {self.cfg.grpc}: cannot bind")
             self.rpc_loop.call(server.start())
             self.grpc_server = server
+            self.rpc_loop.soon(self.link_streams.start)
             try:
                 self.http_server = start_http(self)
             except OSError:
@@ -483,6 +496,7 @@ class Master:
         with self.store.changed:  # event followers and long polls see `stopping` at once
             self.store.changed.notify_all()
         if self.grpc_server is not None:
+            self.rpc_loop.soon(self.link_streams.stop)
             self.rpc_loop.soon(self.sync_waiters.notify, None)
             try:
                 self.rpc_loop.call(self.grpc_server.stop(grace=0.5), timeout=3)

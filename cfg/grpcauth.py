@@ -517,6 +517,21 @@ class AioAuthInterceptor(grpc.aio.ServerInterceptor):
                     ctx.finish()  # a follow loop sees is_active() False and ends its thread
 
             return grpc.unary_stream_rpc_method_handler(stream, **kw)
+        if handler.stream_stream is not None and inspect.isasyncgenfunction(handler.stream_stream):
+            inner_abidi = handler.stream_stream  # the Borglet Link: on the loop, no thread
+
+            async def abidi(requests: Any, context: Any) -> AsyncIterator[Any]:
+                ctx = CallContext(context)
+                try:
+                    admit(ctx, None)  # the machine is in the stream: the handler checks it
+                    async for item in inner_abidi(requests, ctx):
+                        yield item
+                except _Abort as a:
+                    await context.abort(a.code, a.details)
+                finally:
+                    ctx.finish()
+
+            return grpc.stream_stream_rpc_method_handler(abidi, **kw)
         if handler.stream_stream is not None:
             inner_bidi = handler.stream_stream
 

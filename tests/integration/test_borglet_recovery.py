@@ -183,7 +183,7 @@ def test_corrupt_state_file_refuses_to_run_instead_of_forgetting_tasks(
     _, body = wait_for(lambda: (r := healthz(cell))[0] == 503 and r, 20, what="503")
     assert "state.json is unreadable" in body and "running no tasks" in body, body
     # A new job's task lands on the only machine, whose Borglet must not start it: the
-    # master hears nothing from it (no Sync at all), so the task stays pending/unstarted.
+    # master hears nothing from it (no Link stream at all), so the task stays pending/unstarted.
     up(cell, tmp_path, "fresh", LOOP)
 
     def refusing() -> None:
@@ -194,7 +194,7 @@ def test_corrupt_state_file_refuses_to_run_instead_of_forgetting_tasks(
     holds_for(refusing, 3.0)
     lines = [ln for ln in log_since(new, mark).splitlines() if "unreadable" in ln]
     assert len(lines) == 1, lines
-    assert "connected to master" not in log_since(new, mark)
+    assert "linked to master" not in log_since(new, mark)  # its first-contact line
     assert state_file(cell).read_text() == '{"version": 1, "tasks": ['  # left for the operator
     # The operator removes the file: the task is unknown now, so it is stopped, and the master
     # (which still wants it) gets it started afresh, with the new job.

@@ -103,3 +103,54 @@ def test_a_hollow_certificate_syncs_only_as_its_own_machines(cell: Cell) -> None
     with pytest.raises(grpc.RpcError) as e:
         sync("hollow-00002")
     assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def link_once(stub: borg_pb2_grpc.BorgmasterStub, first: pb.LinkUp) -> pb.LinkDown:
+    """Open a Link stream with `first` and return the replica's first push."""
+    call = stub.Link(iter([first]), timeout=10)
+    try:
+        return next(iter(call))
+    finally:
+        call.cancel()
+
+
+def test_a_link_stream_opens_only_for_the_certificates_own_machines(cell: Cell) -> None:
+    addr = cell.masters[0].info["grpc"]
+    stub = borg_pb2_grpc.BorgmasterStub(
+        secure_channel(addr, TlsDir.load(cell.cert("hollow", "hollow")))
+    )
+
+    def hello(machine: str) -> pb.LinkUp:
+        up = pb.LinkUp(seq=1)
+        up.hello.machine = machine
+        up.hello.address = "127.1.0.1:1"
+        up.hello.capacity.CopyFrom(pb.Resources(cpu=1, ram=1 << 30, disk=1 << 30))
+        return up
+
+    down = link_once(stub, hello("hollow-00003"))
+    assert down.full and not down.upserts and down.heartbeat_ms >= 1000
+    for other in ("node-a", "hollow-1"):
+        with pytest.raises(grpc.RpcError) as e:
+            link_once(stub, hello(other))
+        assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED, other
+    # a stream that does not start with a registration is refused, and the server goes on
+    with pytest.raises(grpc.RpcError) as e:
+        link_once(stub, pb.LinkUp(seq=1))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "hello" in (e.value.details() or "")
+    # a Borglet certificate may not link as another machine; a user may not link at all
+    real = TlsDir.load(cell.cert("borglet", "node-b"))
+    with pytest.raises(grpc.RpcError) as e:
+        link_once(borg_pb2_grpc.BorgmasterStub(secure_channel(addr, real)), hello("node-c"))
+    assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    user = TlsDir.load(cell.cert("user", "alice"))
+    with pytest.raises(grpc.RpcError) as e:
+        link_once(borg_pb2_grpc.BorgmasterStub(secure_channel(addr, user)), hello("node-c"))
+    assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    # nor relay reports as if it were a replica
+    with pytest.raises(grpc.RpcError) as e:
+        borg_pb2_grpc.BorgmasterStub(secure_channel(addr, real)).RelayLink(
+            pb.RelayLinkRequest(seen=["node-b"]), timeout=10
+        )
+    assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert link_once(stub, hello("hollow-00004")).full  # still serving

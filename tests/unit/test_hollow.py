@@ -99,8 +99,9 @@ def test_a_hollow_certificate_syncs_only_as_its_numbered_machines() -> None:
     # a real Borglet's certificate never gets the prefix rule
     with pytest.raises(Denied):
         check_machine(Identity("hollow", Role.BORGLET), "hollow-00000")
-    assert Role.HOLLOW in RULES["Sync"].roles
-    assert all(Role.HOLLOW not in r.roles for m, r in RULES.items() if m != "Sync")
+    assert Role.HOLLOW in RULES["Sync"].roles and Role.HOLLOW in RULES["Link"].roles
+    as_machine = ("Sync", "Link")
+    assert all(Role.HOLLOW not in r.roles for m, r in RULES.items() if m not in as_machine)
 
 
 def test_hollow_cli_refuses_a_certificate_of_another_role_or_prefix(tmp_path: Path) -> None:

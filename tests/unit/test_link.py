@@ -232,3 +232,67 @@ def test_a_replica_that_stopped_leading_records_nothing() -> None:
     with pytest.raises(link.NotLeader):
         lk.record(req)
     assert proposed == []
+
+
+def test_many_machines_reports_become_one_batch_entry() -> None:
+    """A Link replica records the reports it gathered together: registrations and task
+    updates of many machines go into one Raft entry (a Batch), not one per machine."""
+    cell, inc = placed_cell()
+    proposed: list[C.Command] = []
+
+    def propose(cmd: C.Command) -> dict[str, Any]:
+        proposed.append(cmd)
+        return cell.apply_raw(C.encode(cmd))
+
+    lk = link.BorgletLink(cell.store, LiveCopies(), propose, lambda: True, lambda: None, "c1")
+    reports = [
+        pb.SyncRequest(
+            machine=f"n{i}", address=f"n{i}:1", capacity=pb.Resources(cpu=4.0, ram=GiB, disk=GiB)
+        )
+        for i in range(5)
+    ]
+    m1 = pb.SyncRequest(
+        machine="m1", address="m1:1", capacity=pb.Resources(cpu=16.0, ram=64 * GiB, disk=GiB)
+    )
+    m1.tasks.append(pb.ObservedTask(job="a", index=0, incarnation=inc, state="running"))
+    failed = lk.record_many([*reports, m1], [[] for _ in range(6)])
+    assert failed == []
+    assert [type(c).__name__ for c in proposed] == ["Batch"]
+    assert all(f"n{i}" in cell.store.machines for i in range(5))
+    assert cell.store.tasks[("a", 0)].state == "running"
+    assert lk.last_seen_ms("n3") > 0
+    assert lk.record_many([m1], [[]]) == [] and len(proposed) == 1  # nothing new: no write
+
+
+def test_a_stream_gets_only_changes_and_each_spec_once() -> None:
+    from borgmaster.linkstream import LinkSession, LinkStreams
+    from borgmaster.rpc_loop import Waiters
+
+    cell, _ = placed_cell()
+    lk = link.BorgletLink(cell.store, LiveCopies(), cell.apply, lambda: True, lambda: None, "c1")
+    ls = LinkStreams(
+        cell.store,
+        lk,
+        Waiters(),
+        None,
+        lambda: True,
+        lambda: "",
+        "me:1",
+        None,
+        "c1",  # type: ignore[arg-type]
+    )
+    s = LinkSession(machine="m1")
+    first = ls.push(s, full=True)
+    assert first is not None and first.full and len(first.upserts) == 2
+    assert list(first.specs) == ["a@1"]  # one job version: its spec once
+    assert ls.push(s, full=False) is None  # nothing changed: nothing to send
+    cell.submit(spec(name="b", replicas=1))
+    cell.place("b", 0, "m1")
+    nxt = ls.push(s, full=False)
+    assert nxt is not None and not nxt.full
+    assert [(d.job, d.spec_ref) for d in nxt.upserts] == [("b", "b@1")]
+    assert list(nxt.specs) == ["b@1"] and not nxt.removes
+    cell.apply(C.KillJob(name="a"))
+    gone = ls.push(s, full=False)
+    assert gone is not None and sorted(k.index for k in gone.removes) == [0, 1]
+    assert not gone.upserts and not gone.specs

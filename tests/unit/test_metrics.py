@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import threading
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
@@ -90,6 +91,7 @@ class FakeMaster:
     digests: Digests = field(default_factory=lambda: Digests(lambda: ""))
     digest_check: Any = None
     space: DataDirSpace = field(default_factory=lambda: DataDirSpace("/", "m0", 0))
+    link_streams: Any = field(default_factory=lambda: SimpleNamespace(sessions={}, relayed=0))
 
     def __post_init__(self) -> None:
         self.digest_check = DigestChecker(self.digests, dict, lambda: 3, threading.Event())

@@ -414,6 +414,79 @@ class SyncResponse(_message.Message):
     unchanged: bool
     def __init__(self, tasks: _Optional[_Iterable[_Union[DesiredTask, _Mapping]]] = ..., generation: _Optional[int] = ..., cell: _Optional[str] = ..., specs: _Optional[_Mapping[str, _struct_pb2.Struct]] = ..., unchanged: _Optional[bool] = ...) -> None: ...
 
+class TaskKey(_message.Message):
+    __slots__ = ("job", "index", "incarnation")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    job: str
+    index: int
+    incarnation: str
+    def __init__(self, job: _Optional[str] = ..., index: _Optional[int] = ..., incarnation: _Optional[str] = ...) -> None: ...
+
+class LinkUp(_message.Message):
+    __slots__ = ("hello", "changed", "gone", "seq")
+    HELLO_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    GONE_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    hello: SyncRequest
+    changed: _containers.RepeatedCompositeFieldContainer[ObservedTask]
+    gone: _containers.RepeatedCompositeFieldContainer[TaskKey]
+    seq: int
+    def __init__(self, hello: _Optional[_Union[SyncRequest, _Mapping]] = ..., changed: _Optional[_Iterable[_Union[ObservedTask, _Mapping]]] = ..., gone: _Optional[_Iterable[_Union[TaskKey, _Mapping]]] = ..., seq: _Optional[int] = ...) -> None: ...
+
+class LinkDown(_message.Message):
+    __slots__ = ("generation", "cell", "full", "upserts", "removes", "specs", "acked_seq", "want_full_report", "heartbeat_ms")
+    class SpecsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: _struct_pb2.Struct
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    CELL_FIELD_NUMBER: _ClassVar[int]
+    FULL_FIELD_NUMBER: _ClassVar[int]
+    UPSERTS_FIELD_NUMBER: _ClassVar[int]
+    REMOVES_FIELD_NUMBER: _ClassVar[int]
+    SPECS_FIELD_NUMBER: _ClassVar[int]
+    ACKED_SEQ_FIELD_NUMBER: _ClassVar[int]
+    WANT_FULL_REPORT_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_MS_FIELD_NUMBER: _ClassVar[int]
+    generation: int
+    cell: str
+    full: bool
+    upserts: _containers.RepeatedCompositeFieldContainer[DesiredTask]
+    removes: _containers.RepeatedCompositeFieldContainer[TaskKey]
+    specs: _containers.MessageMap[str, _struct_pb2.Struct]
+    acked_seq: int
+    want_full_report: bool
+    heartbeat_ms: int
+    def __init__(self, generation: _Optional[int] = ..., cell: _Optional[str] = ..., full: _Optional[bool] = ..., upserts: _Optional[_Iterable[_Union[DesiredTask, _Mapping]]] = ..., removes: _Optional[_Iterable[_Union[TaskKey, _Mapping]]] = ..., specs: _Optional[_Mapping[str, _struct_pb2.Struct]] = ..., acked_seq: _Optional[int] = ..., want_full_report: _Optional[bool] = ..., heartbeat_ms: _Optional[int] = ...) -> None: ...
+
+class RelayLinkRequest(_message.Message):
+    __slots__ = ("reports", "seen", "sent")
+    REPORTS_FIELD_NUMBER: _ClassVar[int]
+    SEEN_FIELD_NUMBER: _ClassVar[int]
+    SENT_FIELD_NUMBER: _ClassVar[int]
+    reports: _containers.RepeatedCompositeFieldContainer[SyncRequest]
+    seen: _containers.RepeatedScalarFieldContainer[str]
+    sent: _containers.RepeatedCompositeFieldContainer[SentTasks]
+    def __init__(self, reports: _Optional[_Iterable[_Union[SyncRequest, _Mapping]]] = ..., seen: _Optional[_Iterable[str]] = ..., sent: _Optional[_Iterable[_Union[SentTasks, _Mapping]]] = ...) -> None: ...
+
+class SentTasks(_message.Message):
+    __slots__ = ("tasks",)
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    tasks: _containers.RepeatedCompositeFieldContainer[TaskKey]
+    def __init__(self, tasks: _Optional[_Iterable[_Union[TaskKey, _Mapping]]] = ...) -> None: ...
+
+class RelayLinkResponse(_message.Message):
+    __slots__ = ("failed",)
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    failed: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, failed: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class ReadLogsRequest(_message.Message):
     __slots__ = ("job", "index", "stderr", "follow", "tail_bytes", "incarnation")
     JOB_FIELD_NUMBER: _ClassVar[int]

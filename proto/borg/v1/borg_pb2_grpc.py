@@ -79,6 +79,16 @@ class BorgmasterStub:
                 request_serializer=proto_dot_borg_dot_v1_dot_borg__pb2.SyncRequest.SerializeToString,
                 response_deserializer=proto_dot_borg_dot_v1_dot_borg__pb2.SyncResponse.FromString,
                 _registered_method=True)
+        self.Link = channel.stream_stream(
+                '/borg.v1.Borgmaster/Link',
+                request_serializer=proto_dot_borg_dot_v1_dot_borg__pb2.LinkUp.SerializeToString,
+                response_deserializer=proto_dot_borg_dot_v1_dot_borg__pb2.LinkDown.FromString,
+                _registered_method=True)
+        self.RelayLink = channel.unary_unary(
+                '/borg.v1.Borgmaster/RelayLink',
+                request_serializer=proto_dot_borg_dot_v1_dot_borg__pb2.RelayLinkRequest.SerializeToString,
+                response_deserializer=proto_dot_borg_dot_v1_dot_borg__pb2.RelayLinkResponse.FromString,
+                _registered_method=True)
         self.Rollback = channel.unary_unary(
                 '/borg.v1.Borgmaster/Rollback',
                 request_serializer=proto_dot_borg_dot_v1_dot_borg__pb2.RollbackRequest.SerializeToString,
@@ -213,6 +223,23 @@ class BorgmasterServicer:
 
     def Sync(self, request, context):
         """Borglet <-> master: observed task states in, desired tasks out (long-poll).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Link(self, request_iterator, context):
+        """Borglet <-> any replica: one long-lived stream per Borglet (docs/borglet.md, "The link").
+        Up: a registration with the full observed set first, then only changes and heartbeats.
+        Down: the full desired set first, then only its changes (each spec once per stream).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RelayLink(self, request, context):
+        """Replica -> leader: the reports of the Borglets a replica serves, and which machines it
+        heard from (masters only).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -376,6 +403,16 @@ def add_BorgmasterServicer_to_server(servicer, server):
                     servicer.Sync,
                     request_deserializer=proto_dot_borg_dot_v1_dot_borg__pb2.SyncRequest.FromString,
                     response_serializer=proto_dot_borg_dot_v1_dot_borg__pb2.SyncResponse.SerializeToString,
+            ),
+            'Link': grpc.stream_stream_rpc_method_handler(
+                    servicer.Link,
+                    request_deserializer=proto_dot_borg_dot_v1_dot_borg__pb2.LinkUp.FromString,
+                    response_serializer=proto_dot_borg_dot_v1_dot_borg__pb2.LinkDown.SerializeToString,
+            ),
+            'RelayLink': grpc.unary_unary_rpc_method_handler(
+                    servicer.RelayLink,
+                    request_deserializer=proto_dot_borg_dot_v1_dot_borg__pb2.RelayLinkRequest.FromString,
+                    response_serializer=proto_dot_borg_dot_v1_dot_borg__pb2.RelayLinkResponse.SerializeToString,
             ),
             'Rollback': grpc.unary_unary_rpc_method_handler(
                     servicer.Rollback,
@@ -696,6 +733,60 @@ class Borgmaster:
             '/borg.v1.Borgmaster/Sync',
             proto_dot_borg_dot_v1_dot_borg__pb2.SyncRequest.SerializeToString,
             proto_dot_borg_dot_v1_dot_borg__pb2.SyncResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Link(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/borg.v1.Borgmaster/Link',
+            proto_dot_borg_dot_v1_dot_borg__pb2.LinkUp.SerializeToString,
+            proto_dot_borg_dot_v1_dot_borg__pb2.LinkDown.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RelayLink(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/borg.v1.Borgmaster/RelayLink',
+            proto_dot_borg_dot_v1_dot_borg__pb2.RelayLinkRequest.SerializeToString,
+            proto_dot_borg_dot_v1_dot_borg__pb2.RelayLinkResponse.FromString,
             options,
             channel_credentials,
             insecure,
