@@ -125,6 +125,7 @@ class Store:
         self.rolling: set[str] = set()  # jobs whose rollout is in progress
         self.periodic: set[str] = set()  # live periodic jobs (spec.periodic), for the controller
         self._ts = 0  # the timestamp of the command being applied (for events)
+        self._stale_jobs: set[str] = set()
         self.last_kinds: Counter[str] = Counter()
         """Command types applied since the caller last cleared it (the slow-apply log)."""
 
@@ -167,6 +168,7 @@ class Store:
 
     def quota_used(self, user: str, band: str, exclude_job: str = "") -> Resources:
         """What `user`'s live jobs in `band` ask for (replicas x requirements)."""
+        self._settle_jobs()  # finished jobs do not count: their states must be current
         r = Resources()
         for j in self.jobs.values():
             if j.killed or j.name == exclude_job or j.state in (SUCCEEDED, FAILED):
@@ -217,6 +219,7 @@ class Store:
         """Apply one encoded command at log position `index`; never raises."""
         with self.lock:
             result = self._apply_entry(entry)
+            self._settle_jobs()
             self.applied_index = max(self.applied_index, index)
             self.generation += 1
             self.changed.notify_all()
@@ -1133,9 +1136,21 @@ class Store:
                 self._event(state, t.job, t.index, t.machine, detail)
             touched.add(t.job)
             applied += 1
-        for name in touched:
-            self._recompute_job(self.jobs[name])
+        self._stale_jobs.update(touched)  # recomputed once per entry: see _settle_jobs
         return {"applied": applied}
+
+    def _settle_jobs(self) -> None:
+        """Recompute the jobs whose tasks' reports changed, once each. A Batch entry carries
+        the reports of up to 256 machines, often about one big job: recomputing it per report
+        walked all its tasks 256 times. A job's state is a function of its tasks' states,
+        read inside apply only by the quota check, which settles first."""
+        if not self._stale_jobs:
+            return
+        stale, self._stale_jobs = self._stale_jobs, set()
+        for name in sorted(stale):
+            job = self.jobs.get(name)
+            if job is not None:
+                self._recompute_job(job)
 
     def _recompute_job(self, job: Job) -> None:
         tasks = self.job_tasks(job.name)

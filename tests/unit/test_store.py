@@ -609,3 +609,38 @@ def test_a_lost_machine_recomputes_each_job_once_not_once_per_task() -> None:
     assert walks == ["wide"]
     assert {t.state for t in job_tasks("wide")} == {LOST}
     assert cell.store.jobs["wide"].state == PENDING
+
+
+def test_a_batch_of_reports_recomputes_each_job_once_per_entry() -> None:
+    """The reports of many machines arrive as one Batch entry, often about one big job: its
+    state is recomputed once for the entry, not once per machine's report, and ends the same."""
+    cell = Cell()
+    for m in ("m1", "m2", "m3"):
+        cell.machine(m, cpu=64.0, ram=64 * GiB)
+    cell.submit(spec("wide", replicas=30, requirements=Requirements(cpu=0.1, ram=GiB // 64)))
+    machine_of = {i: f"m{i % 3 + 1}" for i in range(30)}
+    placements = [C.Placement("wide", i, machine_of[i], f"wide-{i}", 1) for i in range(30)]
+    cell.apply(C.ApplyPlan(ts_ms=5, placements=placements))
+    reports = [
+        C.TaskUpdates(
+            ts_ms=7,
+            machine=m,
+            updates=[
+                C.TaskUpdate("wide", i, f"wide-{i}", RUNNING)
+                for i in range(30)
+                if machine_of[i] == m
+            ],
+        )
+        for m in ("m1", "m2", "m3")
+    ]
+    walks: list[str] = []
+    job_tasks = cell.store.job_tasks
+
+    def counting(name: str) -> list[Task]:
+        walks.append(name)
+        return job_tasks(name)
+
+    cell.store.job_tasks = counting  # type: ignore[method-assign]
+    cell.apply(C.Batch(entries=[C.encode(r) for r in reports]))
+    assert walks == ["wide"]
+    assert cell.store.jobs["wide"].state == RUNNING
