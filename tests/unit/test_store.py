@@ -567,13 +567,8 @@ def test_scaling_down_emits_a_killed_event_per_removed_task() -> None:
     ]
 
 
-def test_a_plan_recomputes_each_job_once_not_once_per_placement() -> None:
-    """A plan placing N tasks of one job must cost O(N): recomputing the job's state after
-    each placement walked all N tasks every time (1.4 s of the Raft thread for 2,000 tasks,
-    long enough to lose the leadership on a busy machine). The result is the same."""
-    cell = Cell()
-    cell.machine("m1", cpu=64.0, ram=64 * GiB)
-    cell.submit(spec("wide", replicas=50, requirements=Requirements(cpu=0.1, ram=GiB // 64)))
+def count_walks(cell: Cell) -> list[str]:
+    """The names of the jobs whose tasks the store walks from now on (job_tasks calls)."""
     walks: list[str] = []
     job_tasks = cell.store.job_tasks
 
@@ -582,6 +577,17 @@ def test_a_plan_recomputes_each_job_once_not_once_per_placement() -> None:
         return job_tasks(name)
 
     cell.store.job_tasks = counting  # type: ignore[method-assign]
+    return walks
+
+
+def test_a_plan_recomputes_each_job_once_not_once_per_placement() -> None:
+    """A plan placing N tasks of one job must cost O(N): recomputing the job's state after
+    each placement walked all N tasks every time (1.4 s of the Raft thread for 2,000 tasks,
+    long enough to lose the leadership on a busy machine). The result is the same."""
+    cell = Cell()
+    cell.machine("m1", cpu=64.0, ram=64 * GiB)
+    cell.submit(spec("wide", replicas=50, requirements=Requirements(cpu=0.1, ram=GiB // 64)))
+    walks = count_walks(cell)
     placements = [C.Placement("wide", i, "m1", f"wide-{i}", 1) for i in range(50)]
     assert cell.apply(C.ApplyPlan(ts_ms=5, placements=placements))["placed"] == 50
     assert walks == ["wide"]
@@ -597,17 +603,10 @@ def test_a_lost_machine_recomputes_each_job_once_not_once_per_task() -> None:
     cell.submit(spec("wide", replicas=50, requirements=Requirements(cpu=0.1, ram=GiB // 64)))
     placements = [C.Placement("wide", i, "m1", f"wide-{i}", 1) for i in range(50)]
     cell.apply(C.ApplyPlan(ts_ms=5, placements=placements))
-    walks: list[str] = []
-    job_tasks = cell.store.job_tasks
-
-    def counting(name: str) -> list[Task]:
-        walks.append(name)
-        return job_tasks(name)
-
-    cell.store.job_tasks = counting  # type: ignore[method-assign]
+    walks = count_walks(cell)
     assert cell.apply(C.MachineLost(ts_ms=9, name="m1"))["tasks_lost"] == 50
     assert walks == ["wide"]
-    assert {t.state for t in job_tasks("wide")} == {LOST}
+    assert {t.state for t in cell.store.tasks.values()} == {LOST}
     assert cell.store.jobs["wide"].state == PENDING
 
 
@@ -633,14 +632,7 @@ def test_a_batch_of_reports_recomputes_each_job_once_per_entry() -> None:
         )
         for m in ("m1", "m2", "m3")
     ]
-    walks: list[str] = []
-    job_tasks = cell.store.job_tasks
-
-    def counting(name: str) -> list[Task]:
-        walks.append(name)
-        return job_tasks(name)
-
-    cell.store.job_tasks = counting  # type: ignore[method-assign]
+    walks = count_walks(cell)
     cell.apply(C.Batch(entries=[C.encode(r) for r in reports]))
     assert walks == ["wide"]
     assert cell.store.jobs["wide"].state == RUNNING
