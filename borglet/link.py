@@ -78,7 +78,35 @@ class Link(Protocol):
     def poke(self) -> None: ...
 
 
-class MasterLink:
+class _LinkThread:
+    """The thread, wake-up and stop shared by both links (each defines `_loop`)."""
+
+    THREAD_NAME = "link"
+    _wake: threading.Event
+    _stop: threading.Event
+    _thread: threading.Thread | None
+
+    def _loop(self) -> None:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name=self.THREAD_NAME, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def poke(self) -> None:
+        """Something happened here: report it now."""
+        self._wake.set()
+
+
+class MasterLink(_LinkThread):
+    THREAD_NAME = "sync"
+
     def __init__(self, cfg: BorgletConfig, host: LinkHost, task_users: list[str]) -> None:
         self.cfg = cfg
         self.host = host
@@ -94,20 +122,6 @@ class MasterLink:
         """Monotonic time of the last reply that carried the full set."""
         self._spec_cache: dict[tuple[str, int, str, int], JobSpec] = {}
         self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="sync", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def poke(self) -> None:
-        """Something happened here: report it now."""
-        self._wake.set()
 
     def request(self, wait_ms: int) -> tuple[pb.SyncRequest, frozenset[TaskKey]]:
         reports = self.host.reports()
@@ -388,7 +402,7 @@ class DownState:
         self.acked = max(self.acked, down.acked_seq)
 
 
-class StreamLink:
+class StreamLink(_LinkThread):
     """The Borglet's Link stream to one replica (any: followers serve too). The stream is
     read on the link's thread; what goes up is produced by the request generator gRPC pulls
     from on its own thread: a report at each local event (`poke`), a heartbeat otherwise."""
@@ -407,19 +421,6 @@ class StreamLink:
         self._heartbeat_s = 1.0
         self._want_full = False
         self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="link", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def poke(self) -> None:
-        self._wake.set()
 
     def hello(self) -> pb.SyncRequest:
         cfg = self.cfg
