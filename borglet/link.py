@@ -420,6 +420,9 @@ class StreamLink(_LinkThread):
         self._offset = shard_of(cfg.name, cfg.masters)
         self._heartbeat_s = 1.0
         self._want_full = False
+        self._as_of = 0
+        """The highest log index a desired set this link acted on was built at (the next
+        stream's hello asks its replica to have applied that far)."""
         self._thread: threading.Thread | None = None
 
     def hello(self) -> pb.SyncRequest:
@@ -436,6 +439,7 @@ class StreamLink(_LinkThread):
             attrs=cfg.attrs,
             taints=[pb.Taint(**t.to_dict()) for t in cfg.taints],
             task_users=self.task_users,
+            min_index=self._as_of,
         )
 
     def _ups(self, up_state: UpState, over: threading.Event) -> Iterator[pb.LinkUp]:
@@ -510,6 +514,7 @@ class StreamLink(_LinkThread):
             self._heartbeat_s = down.heartbeat_ms / 1000.0
         with self._lock:
             down_state.apply(down)
+            self._as_of = max(self._as_of, down.as_of_index)
             done = up_state.finished_and_acked(down_state.acked)
             if down.want_full_report:
                 self._want_full = True

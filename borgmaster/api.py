@@ -419,6 +419,10 @@ class MasterServicer(borg_pb2_grpc.BorgmasterServicer):
         if not first.HasField("hello"):
             _abort(context, "invalid", "link: the first message must be a hello")
         self._check_machine_request(first.hello, context)
+        hello = first.hello
+        why = await self.m.link_streams.wait_serving(hello.machine, max(0, hello.min_index))
+        if why:
+            _abort(context, "unavailable", f"link: this replica is not serving yet: {why}")
         try:
             async for down in self.m.link_streams.serve(first, it):
                 yield down

@@ -72,6 +72,34 @@ message over 4 MiB)."""
 RETRY_S = 0.5
 
 
+CATCH_UP_S = 5.0
+"""How long a Link stream's open waits for its replica to catch up before refusing it."""
+CATCH_UP_POLL_S = 0.05
+
+
+async def wait_serving(
+    unserving: Callable[[int], str], machine: str, min_index: int, wait_s: float = CATCH_UP_S
+) -> str:
+    """Wait (up to `wait_s`) until a replica may serve `machine`'s stream: a leader known
+    and applied (a leader's own term fenced), and at least `min_index` applied (the Borglet's
+    last desired set came from there). A replica that restarted or lags would otherwise push
+    an older desired set, and the Borglet would stop tasks the cell wants. Returns "" to
+    serve, else why not (the Borglet tries another replica). A replica caught up with its
+    leader but still below `min_index` at the deadline serves anyway: the cell was restored
+    from an older backup, and its state is the truth now."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        why = unserving(min_index)
+        if not why:
+            return ""
+        if time.monotonic() >= deadline:
+            if unserving(0):
+                return why
+            log.warning("serving %s although %s (a cell restored from a backup?)", machine, why)
+            return ""
+        await asyncio.sleep(CATCH_UP_POLL_S)
+
+
 def key_of(t: pb.ObservedTask | pb.TaskKey) -> Key:
     return (t.job, int(t.index), t.incarnation)
 
@@ -215,8 +243,12 @@ class LinkStreams:
         own_grpc: str,
         tls: TlsDir | None,
         cell: str,
+        unserving: Callable[[int], str] = lambda _min_index: "",
     ) -> None:
         self.store = store
+        self.unserving = unserving
+        """Why this replica must not serve a Borglet that acted on log index `min_index` yet
+        ("" when it may): see `wait_serving`."""
         self.link = link
         self.waiters = waiters
         self.pool = pool
@@ -236,6 +268,10 @@ class LinkStreams:
         """Reports handed to the leader by RelayLink (a follower's count)."""
 
     # ----- the stream ---------------------------------------------------------------------
+
+    async def wait_serving(self, machine: str, min_index: int) -> str:
+        """`wait_serving` with this replica's own judgement."""
+        return await wait_serving(self.unserving, machine, min_index)
 
     def open(self, machine: str) -> LinkSession:
         """A new stream for `machine`; one it had on this replica before is closed."""
@@ -339,7 +375,9 @@ class LinkStreams:
         name = s.machine
         with store.lock:
             gen = store.machine_generation.get(name, 0)
-            down = pb.LinkDown(generation=gen, cell=self.cell, acked_seq=s.acked)
+            down = pb.LinkDown(
+                generation=gen, cell=self.cell, acked_seq=s.acked, as_of_index=store.applied_index
+            )
             down.heartbeat_ms = int(heartbeat_s(len(store.machines)) * 1000)
             if full or gen != s.generation:
                 desired = {(t.job, t.index, t.incarnation): t for t in store.desired_for(name)}

@@ -201,6 +201,7 @@ class Master:
             cfg.grpc,
             cfg.tls,
             cfg.cell,
+            self.link_unserving,
         )
         self.rpc_loop: RpcLoop
         self.http_server: Any = None
@@ -274,6 +275,19 @@ class Master:
         """A leader is known, this replica has applied what it knows to be committed, and its
         state is not the odd one out among the replicas' digests."""
         return not self.unready_reason()
+
+    def link_unserving(self, min_index: int) -> str:
+        """Why this replica must not serve a Borglet's Link yet ("" when it may): its store
+        must be the cell's state as of at least `min_index` (linkstream.wait_serving)."""
+        st = self.fsm.status()
+        if not st.caught_up:
+            return "no leader known or log not applied"
+        applied = self.store.applied_index
+        if st.is_leader and self.store.fence_term < st.term:
+            return f"a new leader (term {st.term}) still applying earlier terms' entries"
+        if applied < min_index:
+            return f"applied log index {applied} is behind the Borglet's {min_index}"
+        return ""
 
     def unready_reason(self) -> str:
         """Why /readyz fails, "" when it does not."""

@@ -124,10 +124,21 @@ def test_resent_entries_never_cut_applied_ones(
         st = m.fsm.status()
         assert st.log_len >= 1 and m.fsm._SyncObj__getCurrentLogIndex() >= st.applied_index
     with leader.store.lock:
-        want = leader.store.state_digest()
         jobs = len(leader.store.jobs)
     assert jobs == WRITES
-    for m in followers:
-        wait_for(lambda m=m: m.store.applied_index == leader.store.applied_index, 10)
+
+    def at_one_index(m: Master) -> tuple[str, str] | None:
+        """Both digests, once both replicas stand at the same log index (the leader may go
+        on applying its own entries, a term fence after an election, while we look)."""
+        with leader.store.lock:
+            index, want = leader.store.applied_index, leader.store.state_digest()
         with m.store.lock:
-            assert m.store.state_digest() == want
+            if m.store.applied_index != index:
+                return None
+            return want, m.store.state_digest()
+
+    for m in followers:
+        want, got = wait_for(
+            lambda m=m: at_one_index(m), 10, what="a follower at the leader's index"
+        )
+        assert got == want

@@ -3,10 +3,13 @@ Borglet's bookkeeping of what it sent and holds (borglet/link.py UpState, DownSt
 
 from __future__ import annotations
 
+import asyncio
+
 from google.protobuf import struct_pb2
 
+from borglet.config import BorgletConfig
 from borglet.hollow import HollowMachine
-from borglet.link import USAGE_EVERY_S, DownState, UpState, shard_of
+from borglet.link import USAGE_EVERY_S, DownState, StreamLink, UpState, shard_of
 from borgmaster.linkstream import (
     MAX_LINK_TASKS,
     LinkSession,
@@ -15,6 +18,7 @@ from borgmaster.linkstream import (
     merge_report,
     relay_chunks,
     signature,
+    wait_serving,
 )
 from proto.borg.v1 import borg_pb2 as pb
 
@@ -184,3 +188,70 @@ def test_a_hollow_machine_forgets_a_killed_task_once_its_end_is_acknowledged() -
     m.forget_acked(up.last_state, killed.seq)
     assert not m.tasks
     assert [g.index for g in up.delta(m.report_dicts(), m.hello(), 2.0, False).gone] == [0]
+
+
+class Replica:
+    """A replica's judgement for `wait_serving`: caught up after `catch_up` checks, and
+    applied as far as `applied` (growing by `step` per check)."""
+
+    def __init__(self, catch_up: int, applied: int, step: int) -> None:
+        self.checks = 0
+        self.catch_up = catch_up
+        self.applied = applied
+        self.step = step
+
+    def __call__(self, min_index: int) -> str:
+        self.checks += 1
+        self.applied += self.step
+        if self.checks < self.catch_up:
+            return "no leader known"
+        return "" if self.applied >= min_index else f"applied {self.applied} < {min_index}"
+
+
+def test_a_link_is_served_only_once_the_replica_applied_what_the_borglet_acted_on() -> None:
+    # a restarted replica replaying its log: served once it reaches the Borglet's index
+    r = Replica(catch_up=3, applied=0, step=10)
+    assert asyncio.run(wait_serving(r, "m", 100, wait_s=5)) == ""
+    assert r.applied >= 100 and r.checks >= 10
+    # never caught up with a leader: refused at the deadline, with the reason
+    never = Replica(catch_up=10**9, applied=0, step=0)
+    assert asyncio.run(wait_serving(never, "m", 0, wait_s=0.2)) == "no leader known"
+    # caught up but below the Borglet's index for good (a cell restored from a backup):
+    # served at the deadline, its state is the truth now
+    restored = Replica(catch_up=0, applied=5, step=0)
+    assert asyncio.run(wait_serving(restored, "m", 100, wait_s=0.2)) == ""
+    assert restored.checks > 2
+
+
+class Host:
+    def ready_to_report(self) -> bool:
+        return True
+
+    def reports(self) -> list[dict[str, object]]:
+        return []
+
+    def offered_gpus(self) -> list[str]:
+        return []
+
+    def on_desired(self, desired: object, reported: object, cell: str) -> None:
+        self.desired = desired
+
+
+def test_the_borglet_asks_for_the_index_of_the_last_desired_set_it_acted_on() -> None:
+    cfg = BorgletConfig(
+        name="m",
+        masters=["127.1.0.1:1"],
+        grpc="127.1.0.2:1",
+        http="",
+        data_dir="/x",
+        cpu=1,
+        memory=1 << 30,
+    )
+    link = StreamLink(cfg, Host(), [])
+    assert link.hello().min_index == 0
+    up, down = UpState(), DownState()
+    link._on_down(pb.LinkDown(generation=1, full=True, as_of_index=40), up, down)
+    assert link.hello().min_index == 40
+    # a later stream's older message (a lagging replica) never lowers it
+    link._on_down(pb.LinkDown(generation=1, full=True, as_of_index=7), up, DownState())
+    assert link.hello().min_index == 40

@@ -66,10 +66,12 @@ class Handlers:
 
     def follow(self, request: bytes, context: Any) -> Iterator[bytes]:
         context.add_callback(self.cancelled.set)
-        while context.is_active():
-            yield b"x"
-            time.sleep(0.01)
-        self.stream_ended.set()
+        try:
+            while context.is_active():
+                yield b"x"
+                time.sleep(0.01)
+        finally:  # the loop saw is_active() False, or the server closed the stream at a yield
+            self.stream_ended.set()
 
     def echo(self, requests: Iterator[bytes], context: Any) -> Iterator[bytes]:
         for r in requests:

@@ -330,7 +330,7 @@ class ObservedTask(_message.Message):
     def __init__(self, job: _Optional[str] = ..., index: _Optional[int] = ..., incarnation: _Optional[str] = ..., state: _Optional[str] = ..., exit_code: _Optional[int] = ..., reason: _Optional[str] = ..., restarts: _Optional[int] = ..., health: _Optional[str] = ..., cpu_seconds: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., memory_peak_bytes: _Optional[int] = ..., pid: _Optional[int] = ..., oom_kills: _Optional[int] = ..., ports: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class SyncRequest(_message.Message):
-    __slots__ = ("machine", "address", "http", "capacity", "attrs", "taints", "tasks", "known_generation", "wait_ms", "task_users", "gpus", "shared_specs", "accepts_unchanged")
+    __slots__ = ("machine", "address", "http", "capacity", "attrs", "taints", "tasks", "known_generation", "wait_ms", "task_users", "gpus", "shared_specs", "accepts_unchanged", "min_index")
     class AttrsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -351,6 +351,7 @@ class SyncRequest(_message.Message):
     GPUS_FIELD_NUMBER: _ClassVar[int]
     SHARED_SPECS_FIELD_NUMBER: _ClassVar[int]
     ACCEPTS_UNCHANGED_FIELD_NUMBER: _ClassVar[int]
+    MIN_INDEX_FIELD_NUMBER: _ClassVar[int]
     machine: str
     address: str
     http: str
@@ -364,7 +365,8 @@ class SyncRequest(_message.Message):
     gpus: _containers.RepeatedScalarFieldContainer[str]
     shared_specs: bool
     accepts_unchanged: bool
-    def __init__(self, machine: _Optional[str] = ..., address: _Optional[str] = ..., http: _Optional[str] = ..., capacity: _Optional[_Union[Resources, _Mapping]] = ..., attrs: _Optional[_Mapping[str, str]] = ..., taints: _Optional[_Iterable[_Union[Taint, _Mapping]]] = ..., tasks: _Optional[_Iterable[_Union[ObservedTask, _Mapping]]] = ..., known_generation: _Optional[int] = ..., wait_ms: _Optional[int] = ..., task_users: _Optional[_Iterable[str]] = ..., gpus: _Optional[_Iterable[str]] = ..., shared_specs: _Optional[bool] = ..., accepts_unchanged: _Optional[bool] = ...) -> None: ...
+    min_index: int
+    def __init__(self, machine: _Optional[str] = ..., address: _Optional[str] = ..., http: _Optional[str] = ..., capacity: _Optional[_Union[Resources, _Mapping]] = ..., attrs: _Optional[_Mapping[str, str]] = ..., taints: _Optional[_Iterable[_Union[Taint, _Mapping]]] = ..., tasks: _Optional[_Iterable[_Union[ObservedTask, _Mapping]]] = ..., known_generation: _Optional[int] = ..., wait_ms: _Optional[int] = ..., task_users: _Optional[_Iterable[str]] = ..., gpus: _Optional[_Iterable[str]] = ..., shared_specs: _Optional[bool] = ..., accepts_unchanged: _Optional[bool] = ..., min_index: _Optional[int] = ...) -> None: ...
 
 class DesiredTask(_message.Message):
     __slots__ = ("job", "index", "incarnation", "version", "spec", "ports", "gpus", "spec_ref")
@@ -437,7 +439,7 @@ class LinkUp(_message.Message):
     def __init__(self, hello: _Optional[_Union[SyncRequest, _Mapping]] = ..., changed: _Optional[_Iterable[_Union[ObservedTask, _Mapping]]] = ..., gone: _Optional[_Iterable[_Union[TaskKey, _Mapping]]] = ..., seq: _Optional[int] = ...) -> None: ...
 
 class LinkDown(_message.Message):
-    __slots__ = ("generation", "cell", "full", "upserts", "removes", "specs", "acked_seq", "want_full_report", "heartbeat_ms")
+    __slots__ = ("generation", "cell", "full", "upserts", "removes", "specs", "acked_seq", "want_full_report", "heartbeat_ms", "as_of_index")
     class SpecsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -454,6 +456,7 @@ class LinkDown(_message.Message):
     ACKED_SEQ_FIELD_NUMBER: _ClassVar[int]
     WANT_FULL_REPORT_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_MS_FIELD_NUMBER: _ClassVar[int]
+    AS_OF_INDEX_FIELD_NUMBER: _ClassVar[int]
     generation: int
     cell: str
     full: bool
@@ -463,7 +466,8 @@ class LinkDown(_message.Message):
     acked_seq: int
     want_full_report: bool
     heartbeat_ms: int
-    def __init__(self, generation: _Optional[int] = ..., cell: _Optional[str] = ..., full: _Optional[bool] = ..., upserts: _Optional[_Iterable[_Union[DesiredTask, _Mapping]]] = ..., removes: _Optional[_Iterable[_Union[TaskKey, _Mapping]]] = ..., specs: _Optional[_Mapping[str, _struct_pb2.Struct]] = ..., acked_seq: _Optional[int] = ..., want_full_report: _Optional[bool] = ..., heartbeat_ms: _Optional[int] = ...) -> None: ...
+    as_of_index: int
+    def __init__(self, generation: _Optional[int] = ..., cell: _Optional[str] = ..., full: _Optional[bool] = ..., upserts: _Optional[_Iterable[_Union[DesiredTask, _Mapping]]] = ..., removes: _Optional[_Iterable[_Union[TaskKey, _Mapping]]] = ..., specs: _Optional[_Mapping[str, _struct_pb2.Struct]] = ..., acked_seq: _Optional[int] = ..., want_full_report: _Optional[bool] = ..., heartbeat_ms: _Optional[int] = ..., as_of_index: _Optional[int] = ...) -> None: ...
 
 class RelayLinkRequest(_message.Message):
     __slots__ = ("reports", "seen", "sent")
