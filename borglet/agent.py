@@ -36,7 +36,7 @@ import grpc
 from prometheus_client import CollectorRegistry, Histogram
 
 from borglet.accounts import TaskAccounts, lookup_quiet
-from borglet.checkpoint import Checkpoint
+from borglet.checkpoint import Checkpoint, Written
 from borglet.clock import now_ms
 from borglet.config import BorgletConfig
 from borglet.devices import Devices, Gpu, GpuUsage, denied_nodes, gpu_env, open_devices
@@ -263,10 +263,10 @@ class Borglet:
 
     # ----- the master link's host -------------------------------------------------------------
 
-    def ready_to_report(self) -> bool:
+    def state_written(self, wait_s: float) -> Written:
         """The master never hears of a task the state file does not know: without it a
         restarted Borglet could not re-adopt what it reported."""
-        return self.checkpoint.flush()
+        return self.checkpoint.written(wait_s)
 
     def reports(self) -> list[dict[str, Any]]:
         with self.lock:

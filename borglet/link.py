@@ -4,7 +4,7 @@ Each call reports every local task's observed state and gets back the full desir
 this machine (level-triggered, so a lost reply or a restarted master costs nothing but a
 round). A local event (`poke`: a task exiting, a kill finishing) cancels the call in flight so
 the master hears about it at once instead of at the next heartbeat. Nothing is reported while
-the host's state file cannot be written (`ready_to_report`): the master must never hear of a
+the host's state file is not written (`state_written`): the master must never hear of a
 task that a restarted Borglet could not find again.
 
 The link only converts: protobuf in and out, specs validated (once per incarnation and
@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 import grpc
 
+from borglet.checkpoint import Written
 from borglet.config import BorgletConfig
 from borglet.state import Desired, TaskKey
 from cfg.errors import ConfigError
@@ -49,8 +50,9 @@ count in the generation still reaches this machine (the level-triggered guarante
 class LinkHost(Protocol):
     """What the link needs of the Borglet."""
 
-    def ready_to_report(self) -> bool:
-        """Whether the state file is written (a report may go out)."""
+    def state_written(self, wait_s: float) -> Written:
+        """Whether the state file is written (a report may go out), waiting at most
+        `wait_s` for a write under way."""
         ...
 
     def reports(self) -> list[dict[str, Any]]:
@@ -162,7 +164,7 @@ class MasterLink(_LinkThread):
                 )
             stub = borg_pb2_grpc.BorgmasterStub(ch)
             self._wake.clear()
-            if not self.host.ready_to_report():
+            if self.host.state_written(STATE_RETRY_S) is not Written.YES:
                 self._stop.wait(STATE_RETRY_S)
                 continue
             req, reported = self.request(SYNC_WAIT_MS if self.connected else 0)
@@ -258,7 +260,8 @@ class MasterLink(_LinkThread):
 
 USAGE_FIELDS = ("cpu_seconds", "memory_bytes", "memory_peak_bytes")
 """Usage changes all the time: it is not a change worth a report on its own; it travels with
-reports, and every USAGE_EVERY_S the tasks whose usage moved are reported again."""
+reports, a task's first measurement goes up at once, and every USAGE_EVERY_S the tasks whose
+usage moved are reported again."""
 USAGE_EVERY_S = 30.0
 TERMINAL_STATES = frozenset({"succeeded", "failed", "killed", "lost"})
 STREAM_RECEIVE_BYTES = 64 << 20
@@ -289,6 +292,12 @@ def observed_fields(r: dict[str, Any]) -> tuple[Any, ...]:
 
 def usage_of(r: dict[str, Any]) -> tuple[Any, ...]:
     return tuple(r.get(k) for k in USAGE_FIELDS)
+
+
+def _known(usage: tuple[Any, ...] | None) -> bool:
+    """Whether usage was measured at all: a task's first measurement goes up at once (what
+    `borgcfg status` shows of a task that just started), later moves every USAGE_EVERY_S."""
+    return usage is not None and any(usage)
 
 
 @dataclass
@@ -330,10 +339,12 @@ class UpState:
         else:
             for k, r in by_key.items():
                 f = observed_fields(r)
-                if self.sent.get(k) != f or (refresh and self.usage.get(k) != usage_of(r)):
+                u = usage_of(r)
+                moved = self.usage.get(k) != u and (refresh or not _known(self.usage.get(k)))
+                if self.sent.get(k) != f or moved:
                     up.changed.append(pb.ObservedTask(**r))
                     self.sent[k] = f
-                    self.usage[k] = usage_of(r)
+                    self.usage[k] = u
                     self.last_state[k] = (self.seq, r["state"])
             for k in [k for k in self.sent if k not in by_key]:
                 up.gone.append(pb.TaskKey(job=k[0], index=k[1], incarnation=k[2]))
@@ -445,19 +456,24 @@ class StreamLink(_LinkThread):
     def _ups(self, up_state: UpState, over: threading.Event) -> Iterator[pb.LinkUp]:
         """What goes up on one stream: the hello, then reports and heartbeats."""
         first = True
+        writing = False  # a report waits for the state file: no wait for an event first
         while not self._stop.is_set() and not over.is_set():
-            if not first:
+            if not first and not writing:
                 poked = self._wake.wait(self._heartbeat_s)
                 if self._stop.is_set() or over.is_set():
                     return
                 if poked:
                     self._stop.wait(REPORT_DEBOUNCE_S)  # a burst of events: one report
                 self._wake.clear()
-            if not self.host.ready_to_report():
+            state = self.host.state_written(self._heartbeat_s)
+            if state is not Written.YES:
                 if not first:
                     yield pb.LinkUp()  # contact, but no report while the state is unwritten
-                self._stop.wait(STATE_RETRY_S)
+                writing = state is Written.WRITING
+                if not writing:
+                    self._stop.wait(STATE_RETRY_S)
                 continue
+            writing = False
             with self._lock:
                 full, self._want_full = first or self._want_full, False
                 up = up_state.delta(self.host.reports(), self.hello(), time.monotonic(), full)
@@ -469,7 +485,7 @@ class StreamLink(_LinkThread):
         while not self._stop.is_set():
             masters = self.cfg.masters
             addr = masters[self._offset % len(masters)]
-            if not self.host.ready_to_report():
+            if self.host.state_written(STATE_RETRY_S) is Written.FAILED:
                 self._stop.wait(STATE_RETRY_S)
                 continue
             ch = secure_channel(

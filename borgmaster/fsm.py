@@ -693,6 +693,9 @@ class BorgFSM(SyncObj):  # type: ignore[misc]
         """On a graceful stop, so the cell does not wait out an election. PySyncObj refuses a
         transfer while the target lags by even one entry: retry until leadership has moved
         or the deadline passes."""
+        if not any(self.isNodeConnected(n) for n in list(self._SyncObj__otherNodes)):
+            log.info("no other replica connected: no leadership to hand over")
+            return
         deadline = time.monotonic() + deadline_s
         self._stopping = True
         self._SyncObj__raftElectionDeadline = raft_clock() + JOIN_HOLD_S

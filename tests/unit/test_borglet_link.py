@@ -5,14 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from borglet.checkpoint import Written
 from borglet.config import BorgletConfig
 from borglet.link import FULL_SET_EVERY_S, MasterLink
 from proto.borg.v1 import borg_pb2 as pb
 
 
 class Host:
-    def ready_to_report(self) -> bool:
-        return True
+    def state_written(self, wait_s: float) -> Written:
+        return Written.YES
 
     def reports(self) -> list[dict[str, Any]]:
         return []

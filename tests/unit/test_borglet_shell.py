@@ -16,6 +16,7 @@ import pytest
 
 import borglet.agent
 from borglet.agent import Borglet, BorgletConfig
+from borglet.checkpoint import Written
 from borglet.runtime.fake import FakeRuntime
 from borglet.runtime.process import ExecError
 from borglet.state import Desired, TaskKey
@@ -42,7 +43,7 @@ class FakeLink:
 
     def sync(self, desired: list[Desired]) -> list[dict[str, Any]] | None:
         """Report, then hand over the desired set. None: the Borglet sent no report."""
-        if not self.host.ready_to_report():
+        if self.host.state_written(5.0) is not Written.YES:
             return None
         reports: list[dict[str, Any]] = self.host.reports()
         reported = frozenset((r["job"], r["index"], r["incarnation"]) for r in reports)

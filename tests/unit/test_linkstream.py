@@ -4,12 +4,15 @@ Borglet's bookkeeping of what it sent and holds (borglet/link.py UpState, DownSt
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 
 from google.protobuf import struct_pb2
 
+from borglet.checkpoint import Written
 from borglet.config import BorgletConfig
 from borglet.hollow import HollowMachine
-from borglet.link import USAGE_EVERY_S, DownState, StreamLink, UpState, shard_of
+from borglet.link import STATE_RETRY_S, USAGE_EVERY_S, DownState, StreamLink, UpState, shard_of
 from borgmaster.linkstream import (
     MAX_LINK_TASKS,
     LinkSession,
@@ -106,9 +109,9 @@ def report(job: str, index: int, inc: str, state: str, cpu: float = 0.0) -> dict
 def test_the_borglet_sends_hello_then_only_changes_then_heartbeats() -> None:
     up = UpState()
     reg = pb.SyncRequest(machine="m1", address="a:1")
-    first = up.delta([report("j", 0, "x", "running")], reg, 0.0, full=True)
+    first = up.delta([report("j", 0, "x", "running", cpu=1.0)], reg, 0.0, full=True)
     assert first.HasField("hello") and len(first.hello.tasks) == 1 and first.seq == 1
-    # usage alone is no change: a heartbeat, with no seq to acknowledge
+    # usage that moved alone is no change: a heartbeat, with no seq to acknowledge
     beat = up.delta([report("j", 0, "x", "running", cpu=5.0)], reg, 1.0, full=False)
     assert beat == pb.LinkUp()
     nxt = up.delta([report("j", 0, "x", "killed"), report("j", 1, "y", "running")], reg, 2.0, False)
@@ -119,15 +122,22 @@ def test_the_borglet_sends_hello_then_only_changes_then_heartbeats() -> None:
     gone = up.delta([report("j", 1, "y", "running")], reg, 3.0, False)
     assert [(g.job, g.index) for g in gone.gone] == [("j", 0)] and not gone.changed
     # a changed registration (e.g. a GPU turned unhealthy) is a new hello with everything
-    moved = up.delta([report("j", 1, "y", "running")], pb.SyncRequest(machine="m1"), 4.0, False)
+    moved = up.delta(
+        [report("j", 1, "y", "running", cpu=8.0)], pb.SyncRequest(machine="m1"), 4.0, False
+    )
     assert moved.HasField("hello") and len(moved.hello.tasks) == 1
     # usage that moved goes up once USAGE_EVERY_S passed, and only for tasks where it moved
     reg = pb.SyncRequest(machine="m1")
     two = [report("j", 1, "y", "running", cpu=9.0), report("j", 2, "z", "running")]
     assert [o.index for o in up.delta(two, reg, 5.0, False).changed] == [2]
     assert up.delta(two, reg, 6.0, False) == pb.LinkUp()
+    # a task's first measurement goes up at once; its next moves wait for the period
+    two[1] = report("j", 2, "z", "running", cpu=1.0)
+    assert [(o.index, o.cpu_seconds) for o in up.delta(two, reg, 7.0, False).changed] == [(2, 1.0)]
+    two[1] = report("j", 2, "z", "running", cpu=2.0)
+    assert up.delta(two, reg, 8.0, False) == pb.LinkUp()
     later = up.delta(two, reg, 0.5 + USAGE_EVERY_S, False)
-    assert [(o.index, o.cpu_seconds) for o in later.changed] == [(1, 9.0)]
+    assert [(o.index, o.cpu_seconds) for o in later.changed] == [(1, 9.0), (2, 2.0)]
 
 
 def spec_struct(name: str) -> struct_pb2.Struct:
@@ -224,8 +234,13 @@ def test_a_link_is_served_only_once_the_replica_applied_what_the_borglet_acted_o
 
 
 class Host:
-    def ready_to_report(self) -> bool:
-        return True
+    def __init__(self) -> None:
+        self.state = Written.YES
+        self.asked: list[float] = []
+
+    def state_written(self, wait_s: float) -> Written:
+        self.asked.append(wait_s)
+        return self.state
 
     def reports(self) -> list[dict[str, object]]:
         return []
@@ -255,3 +270,36 @@ def test_the_borglet_asks_for_the_index_of_the_last_desired_set_it_acted_on() ->
     # a later stream's older message (a lagging replica) never lowers it
     link._on_down(pb.LinkDown(generation=1, full=True, as_of_index=7), up, DownState())
     assert link.hello().min_index == 40
+
+
+def test_the_borglet_keeps_contact_while_its_state_file_is_being_written() -> None:
+    """A large table takes a while to write: the stream carries contacts meanwhile (the
+    master's liveness), and a report only once the file holds it."""
+    cfg = BorgletConfig(
+        name="m",
+        masters=["127.1.0.1:1"],
+        grpc="127.1.0.2:1",
+        http="",
+        data_dir="/x",
+        cpu=1,
+        memory=1 << 30,
+    )
+    host = Host()
+    link = StreamLink(cfg, host, [])
+    link._heartbeat_s = 0.01
+    ups = link._ups(UpState(), threading.Event())
+    assert next(ups).HasField("hello")
+    host.state = Written.WRITING
+    link.poke()
+    contacts = [next(ups), next(ups), next(ups)]
+    assert contacts == [pb.LinkUp()] * 3  # contact, no report, no seq
+    assert host.asked[-3:] == [0.01] * 3  # each waits at most a heartbeat for the write
+    host.state = Written.YES
+    assert next(ups) == pb.LinkUp()  # written: the (unchanged) report goes, nothing new
+    # a state file that cannot be written: contact, then a pause before the next try
+    host.state = Written.FAILED
+    link.poke()
+    t0 = time.monotonic()
+    assert next(ups) == pb.LinkUp()
+    host.state = Written.YES
+    assert next(ups) == pb.LinkUp() and time.monotonic() - t0 >= STATE_RETRY_S * 0.9

@@ -140,7 +140,7 @@ def busy(
     running = [
         placed(f"t{i}", k, f"m{i:03d}", prio_of.get(i, 150)) for i in range(n) for k in range(2)
     ]
-    return [full_machine(f"m{i:03d}", running, cpu) for i in range(n)], running
+    return [full_machine(f"m{i:03d}", running[2 * i : 2 * i + 2], cpu) for i in range(n)], running
 
 
 def test_lowest_priority_victim_is_found_anywhere_in_the_cell() -> None:
