@@ -546,6 +546,7 @@ class ProcessRuntime:
         the shared `borgcell/` tops (they stay while another Borglet on this host uses them)."""
         if self.driver is None:
             return
+        self.close()  # warm shims wait in the supervisors' leaf: they go first, or it never empties
         with contextlib.suppress(Exception):
             self.driver.remove_parent()
         for top in shared_tops:

@@ -91,9 +91,13 @@ class Partitioner:
             pass
         self.cut_now.discard(rel)
 
-    def close(self) -> None:
+    def heal_all(self) -> None:
         for rel in list(self.cut_now):
             self._drop_rules(rel)
+
+    def close(self) -> None:
+        """Heal, and remove the cgroups (once their processes are gone: stop them first)."""
+        self.heal_all()
         for rel in self.made:
             d = os.path.join(self.root, rel)
             # its processes may still be exiting: retry until the cgroup is empty

@@ -134,7 +134,7 @@ def test_history_under_network_partitions_is_linearizable(stubs: Stubs) -> None:
         print(c.dump_logs())
         raise
     finally:
-        part.close()  # heal first: a replica cut off cannot be asked to stop cleanly
+        part.heal_all()  # first: a replica cut off cannot be asked to stop cleanly
         c.close()
         part.close()
 
