@@ -161,8 +161,12 @@ def test_drain_stops_the_tasks_on_the_machine_and_runs_them_elsewhere(
 
         wait_for(moved, 30, what="both tasks running on the other machine, none on the target")
         assert gone(old), old
-        j = cell.job("drainee")
-        assert all(t["state"] == "running" and t["machine"] == other for t in j["tasks"]), j
+
+        def reported() -> bool:  # the processes run; the master hears of it a moment later
+            j = cell.job("drainee")
+            return all(t["state"] == "running" and t["machine"] == other for t in j["tasks"])
+
+        wait_for(reported, 10, what="the master showing both tasks running on the other machine")
     finally:
         assert cell.borgcfg("undrain", target).returncode == 0
     assert cell.borgcfg("down", "drainee", "--wait").returncode == 0
