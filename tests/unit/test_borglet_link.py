@@ -6,9 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 from borglet.checkpoint import Written
-from borglet.config import BorgletConfig
 from borglet.link import FULL_SET_EVERY_S, MasterLink
 from proto.borg.v1 import borg_pb2 as pb
+from tests.unit.test_linkstream import link_config
 
 
 class Host:
@@ -26,16 +26,7 @@ class Host:
 
 
 def test_unchanged_keeps_the_set_held_and_full_sets_come_back(tmp_path: Any) -> None:
-    cfg = BorgletConfig(
-        name="n1",
-        masters=["m:1"],
-        grpc="g:1",
-        http="h:1",
-        data_dir=str(tmp_path),
-        cpu=1,
-        memory=1 << 30,
-    )
-    lk = MasterLink(cfg, Host(), [])
+    lk = MasterLink(link_config("n1", str(tmp_path)), Host(), [])
     req, _ = lk.request(1000)
     assert not req.accepts_unchanged  # nothing held: the full set
     full = pb.SyncResponse(

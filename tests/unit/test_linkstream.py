@@ -252,17 +252,25 @@ class Host:
         self.desired = desired
 
 
-def test_the_borglet_asks_for_the_index_of_the_last_desired_set_it_acted_on() -> None:
-    cfg = BorgletConfig(
-        name="m",
+def link_config(name: str = "m", data_dir: str = "/x") -> BorgletConfig:
+    """A Borglet's configuration for its link alone (one master, nothing listens)."""
+    return BorgletConfig(
+        name=name,
         masters=["127.1.0.1:1"],
         grpc="127.1.0.2:1",
         http="",
-        data_dir="/x",
+        data_dir=data_dir,
         cpu=1,
         memory=1 << 30,
     )
-    link = StreamLink(cfg, Host(), [])
+
+
+def stream_link(host: Host) -> StreamLink:
+    return StreamLink(link_config(), host, [])
+
+
+def test_the_borglet_asks_for_the_index_of_the_last_desired_set_it_acted_on() -> None:
+    link = stream_link(Host())
     assert link.hello().min_index == 0
     up, down = UpState(), DownState()
     link._on_down(pb.LinkDown(generation=1, full=True, as_of_index=40), up, down)
@@ -275,17 +283,8 @@ def test_the_borglet_asks_for_the_index_of_the_last_desired_set_it_acted_on() ->
 def test_the_borglet_keeps_contact_while_its_state_file_is_being_written() -> None:
     """A large table takes a while to write: the stream carries contacts meanwhile (the
     master's liveness), and a report only once the file holds it."""
-    cfg = BorgletConfig(
-        name="m",
-        masters=["127.1.0.1:1"],
-        grpc="127.1.0.2:1",
-        http="",
-        data_dir="/x",
-        cpu=1,
-        memory=1 << 30,
-    )
     host = Host()
-    link = StreamLink(cfg, host, [])
+    link = stream_link(host)
     link._heartbeat_s = 0.01
     ups = link._ups(UpState(), threading.Event())
     assert next(ups).HasField("hello")
