@@ -474,6 +474,7 @@ class Borglet:
         watched = {task_id_of(t.key) for t in loaded.tasks if t.phase in (ACTIVE, STOPPING)}
         self.feed(Restored(loaded.tasks, loaded.same_boot))
         for name in self.runtime.task_ids():
+            self.runtime.thaw(name)  # an earlier Borglet killed mid-SIGKILL left it frozen
             if name in watched:
                 continue
             if self.runtime.busy(name):

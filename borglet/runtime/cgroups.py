@@ -225,6 +225,11 @@ class CgroupDriver(ABC):
         """Signal every process in the task cgroup."""
 
     @abstractmethod
+    def thaw(self, name: str) -> None:
+        """Unfreeze the task cgroup: a Borglet killed between the freeze and the thaw of a
+        SIGKILL leaves it frozen, and nothing else ever freezes it."""
+
+    @abstractmethod
     def _dirs(self, name: str) -> list[str]:
         """The task cgroup's directory in every hierarchy."""
 
@@ -452,6 +457,14 @@ class CgroupV1(CgroupDriver):
         finally:
             _write(state, "THAWED")
 
+    def thaw(self, name: str) -> None:
+        validate_name(name)
+        if "freezer" not in self.controllers:
+            return
+        state = os.path.join(self._cg("freezer", name), "freezer.state")
+        if os.path.exists(state) and _read(state).strip() != "THAWED":
+            _write(state, "THAWED")
+
 
 def _v1_controller_dir(root: str, controller: str) -> str | None:
     """Where a v1 controller is mounted: root/<c>, or a co-mount like root/cpu,cpuacct."""
@@ -614,6 +627,12 @@ class CgroupV2(CgroupDriver):
                 time.sleep(_POLL_S)
             _signal_pids(self.pids(name), sig)
         finally:
+            _write(freeze_f, "0")
+
+    def thaw(self, name: str) -> None:
+        validate_name(name)
+        freeze_f = os.path.join(self._dir(name), "cgroup.freeze")
+        if os.path.exists(freeze_f) and _read(freeze_f).strip() != "0":
             _write(freeze_f, "0")
 
 

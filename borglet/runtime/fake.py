@@ -145,6 +145,9 @@ class FakeRuntime:
     def remove_cgroup(self, task_id: str) -> None:
         return
 
+    def thaw(self, task_id: str) -> None:
+        return
+
     def procs_files(self, task_id: str) -> list[str]:
         return []
 

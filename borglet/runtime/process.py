@@ -529,6 +529,12 @@ class ProcessRuntime:
         if self.driver is not None:
             self.driver.setup()
 
+    def thaw(self, task_id: str) -> None:
+        """Unfreeze a task cgroup an earlier Borglet may have left frozen (cgroups.thaw)."""
+        if self.driver is not None:
+            with contextlib.suppress(CgroupError, OSError):
+                self.driver.thaw(task_id)
+
     def task_ids(self) -> list[str]:
         """Names of the task cgroups under our parent (those an earlier Borglet left too)."""
         return self.driver.list() if self.driver is not None else []

@@ -112,6 +112,37 @@ def test_supervisor_vanished_while_the_borglet_was_down(cell: Cell, tmp_path: Pa
     down(cell, "orphan")
 
 
+def freeze_file(cell: Cell, name: str) -> tuple[str, str, str]:
+    """The task cgroup's freeze control file, and what it reads frozen and thawed."""
+    parent = f"borgcell/{borglet(cell).info['name']}"
+    driver = detect("/sys/fs/cgroup", parent)
+    assert driver is not None
+    if driver.version == 2:
+        return os.path.join("/sys/fs/cgroup", parent, name, "cgroup.freeze"), "1", "0"
+    return os.path.join("/sys/fs/cgroup/freezer", parent, name, "freezer.state"), "FROZEN", "THAWED"
+
+
+def test_a_task_left_frozen_by_a_killed_borglet_is_thawed_and_adopted(
+    cell: Cell, tmp_path: Path
+) -> None:
+    """A SIGKILL freezes the task's cgroup, signals, thaws: a Borglet killed in between
+    leaves the task frozen, and nothing else ever thaws it. The next Borglet does, and
+    adopts the task as it is (same pids, no restart)."""
+    pids = running(cell, tmp_path, "icy")
+    name = cgroup_name(cell, "icy")
+    assert name is not None
+    borglet(cell).kill()
+    path, frozen, thawed = freeze_file(cell, name)
+    with open(path, "w") as f:
+        f.write(frozen)  # fault injection: where the killed Borglet's SIGKILL stopped
+    wait_for(lambda: Path(path).read_text().strip() == frozen, 10, what="icy frozen")
+    start_again(cell)
+    wait_for(lambda: Path(path).read_text().strip() == thawed, 20, what="icy thawed")
+    t = task_where(cell, "icy", lambda t: t["state"] == "running", what="icy running")
+    assert t["restarts"] == 0 and task_pids(cell, "icy") == pids
+    down(cell, "icy")
+
+
 def test_unknown_cgroup_with_live_processes_is_stopped_at_start(cell: Cell) -> None:
     """A task cgroup under our parent that the state file does not know, with a process in
     it: nothing could report on it, so the start stops it and removes the cgroup."""
