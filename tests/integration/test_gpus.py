@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.e2e]
 # stays up. ENXIO: the node is allowed but no driver is behind it (no GPU here); EPERM: the
 # device cgroup refused it.
 SEE = r"""
-import errno, os, time
+import errno, os, signal
 env = os.environ
 print("visible=%s nvidia=%s" % (env.get("CUDA_VISIBLE_DEVICES", "-"),
                                env.get("NVIDIA_VISIBLE_DEVICES", "-")), flush=True)
@@ -36,7 +36,7 @@ for n in (0, 1):
         r = errno.errorcode.get(e.errno, str(e.errno))
     print("nvidia%d=%s" % (n, r), flush=True)
 while True:
-    time.sleep(1)
+    signal.pause()
 """
 
 

@@ -8,7 +8,8 @@ import getpass
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from borglet.runtime.process import ExecError
 from borglet.state import Desired, TaskKey
 from cfg.model import SERVICE, HealthCheck, HealthKind, JobSpec, RestartPolicy
 from tests.cluster import stays
+from tests.cluster import wait_for as wait_until
 
 
 class FakeLink:
@@ -67,12 +69,7 @@ def tid(d: Desired) -> str:
     return f"{d.job}.{d.index}.{d.incarnation}"
 
 
-def wait_for(cond: Callable[[], object], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.005)
+wait_for = partial(wait_until, timeout=5.0, interval=0.005)
 
 
 class Shell:

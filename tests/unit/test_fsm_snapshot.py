@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import socket
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,6 +15,7 @@ from borgmaster import commands as C
 from borgmaster.fsm import DUMP_MAGIC, BorgFSM, RaftTuning
 from borgmaster.model import JobSpec, Machine, Resources
 from borgmaster.store import Store
+from tests.cluster import wait_for as wait_until
 
 FAST = RaftTuning(
     append_entries_period=0.02,
@@ -30,12 +31,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for(cond: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
+wait_for = partial(wait_until, timeout=5.0, interval=0.01)
 
 
 def is_leader(fsm: BorgFSM) -> bool:
@@ -47,7 +43,7 @@ def is_leader(fsm: BorgFSM) -> bool:
 
 def stop(fsm: BorgFSM) -> None:
     fsm.destroy()
-    wait_for(lambda: not fsm.tick_thread_alive(), "the tick thread to stop")
+    wait_for(lambda: not fsm.tick_thread_alive(), what="the tick thread to stop")
 
 
 @pytest.fixture
@@ -63,7 +59,7 @@ def started() -> Iterator[list[BorgFSM]]:
 def start(addr: str, data_dir: Path, store: Store, started: list[BorgFSM]) -> BorgFSM:
     fsm = BorgFSM(addr, [], str(data_dir), store, tuning=FAST)
     started.append(fsm)
-    wait_for(lambda: is_leader(fsm), "the single node to become leader")
+    wait_for(lambda: is_leader(fsm), what="the single node to become leader")
     return fsm
 
 
@@ -94,9 +90,9 @@ def test_snapshot_is_msgpack_and_restores_the_store(tmp_path: Path, started: lis
     assert not snap.exists()
     log_size = fsm._getRaftLogSize()
     fsm.forceLogCompaction()
-    wait_for(snap.exists, "raft.snapshot to be written")
+    wait_for(snap.exists, what="raft.snapshot to be written")
     # The compacted entries are gone: a restart can only get them back from the snapshot.
-    wait_for(lambda: fsm._getRaftLogSize() < log_size, "the log to be compacted")
+    wait_for(lambda: fsm._getRaftLogSize() < log_size, what="the log to be compacted")
     raw = snap.read_bytes()
     assert raw.startswith(DUMP_MAGIC)
     body = raw[len(DUMP_MAGIC) :]
@@ -115,7 +111,7 @@ def test_snapshot_is_msgpack_and_restores_the_store(tmp_path: Path, started: lis
 
     restored = Store()
     fsm2 = start(addr, data_dir, restored, started)
-    wait_for(lambda: restored.digest() == before, "the restored store to catch up")
+    wait_for(lambda: restored.digest() == before, what="the restored store to catch up")
     assert restored.jobs["web"].killed
     assert restored.request_ids["req-1"]["result"] == "created"
 

@@ -4,23 +4,16 @@ term, after a change, a wake or its period; and the term fence commits LeaderEle
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from borgmaster import commands as C
 from borgmaster.facade import ProposeError
 from borgmaster.leader_loop import Cadence, LeaderLoop, TermFence
 from tests.cluster import stays
+from tests.cluster import wait_for as wait_until
 
-
-def wait_for(cond: Callable[[], bool], timeout: float = 2.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.005)
-    return cond()
+wait_for = partial(wait_until, timeout=2.0, interval=0.005)
 
 
 class World:
