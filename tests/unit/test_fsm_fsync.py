@@ -58,7 +58,7 @@ def start(data: Path, fsms: list[BorgFSM], syncs: Syncs, fsync: bool) -> BorgFSM
     fsm = BorgFSM(f"127.0.0.1:{free_port()}", [], str(data), Store(), tuning=FAST, fsync=fsync)
     fsms.append(fsm)
     syncs.fsm = fsm
-    wait_for(lambda: is_leader(fsm), "the single node to become leader")
+    wait_for(lambda: is_leader(fsm), what="the single node to become leader")
     return fsm
 
 

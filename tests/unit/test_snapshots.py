@@ -128,7 +128,7 @@ def test_restored_dir_starts_a_new_cell_with_the_state(
 
     store = Store()
     fsm = start(f"127.0.0.1:{free_port()}", data, store, started)  # type: ignore[arg-type]
-    wait_for(lambda: "web" in store.jobs, "the restored state")
+    wait_for(lambda: "web" in store.jobs, what="the restored state")
     assert fsm.applied_index() >= got.index and store.applied_index >= got.index
     t = store.tasks[("web", 0)]
     assert (t.state, t.machine, t.incarnation) == ("assigned", "m1", "i0")  # re-adoptable
