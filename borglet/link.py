@@ -68,6 +68,25 @@ class LinkHost(Protocol):
         ...
 
 
+def registration_of_machine(
+    cfg: BorgletConfig, host: LinkHost, task_users: list[str]
+) -> pb.SyncRequest:
+    """What registers this machine (both protocols): addresses, what it offers, its taints."""
+    gpus = host.offered_gpus()
+    return pb.SyncRequest(
+        machine=cfg.name,
+        address=cfg.grpc,
+        http=cfg.http,
+        capacity=pb.Resources(
+            cpu=cfg.offered_cpu, ram=cfg.offered_memory, disk=cfg.disk, gpu=len(gpus)
+        ),
+        gpus=gpus,
+        attrs=cfg.attrs,
+        taints=[pb.Taint(**t.to_dict()) for t in cfg.taints],
+        task_users=task_users,
+    )
+
+
 class Link(Protocol):
     """The link as the Borglet uses it (MasterLink, or a test's fake)."""
 
@@ -128,25 +147,13 @@ class MasterLink(_LinkThread):
     def request(self, wait_ms: int) -> tuple[pb.SyncRequest, frozenset[TaskKey]]:
         reports = self.host.reports()
         keys = frozenset((r["job"], r["index"], r["incarnation"]) for r in reports)
-        cfg = self.cfg
-        gpus = self.host.offered_gpus()
-        req = pb.SyncRequest(
-            machine=cfg.name,
-            address=cfg.grpc,
-            http=cfg.http,
-            capacity=pb.Resources(
-                cpu=cfg.offered_cpu, ram=cfg.offered_memory, disk=cfg.disk, gpu=len(gpus)
-            ),
-            gpus=gpus,
-            attrs=cfg.attrs,
-            taints=[pb.Taint(**t.to_dict()) for t in cfg.taints],
-            task_users=self.task_users,
-            tasks=[pb.ObservedTask(**r) for r in reports],
-            known_generation=self._known_generation,
-            wait_ms=wait_ms,
-            shared_specs=True,
-            accepts_unchanged=self._desired is not None
-            and time.monotonic() - self._full_at < FULL_SET_EVERY_S,
+        req = registration_of_machine(self.cfg, self.host, self.task_users)
+        req.tasks.extend(pb.ObservedTask(**r) for r in reports)
+        req.known_generation = self._known_generation
+        req.wait_ms = wait_ms
+        req.shared_specs = True
+        req.accepts_unchanged = (
+            self._desired is not None and time.monotonic() - self._full_at < FULL_SET_EVERY_S
         )
         return req, keys
 
@@ -437,21 +444,9 @@ class StreamLink(_LinkThread):
         self._thread: threading.Thread | None = None
 
     def hello(self) -> pb.SyncRequest:
-        cfg = self.cfg
-        gpus = self.host.offered_gpus()
-        return pb.SyncRequest(
-            machine=cfg.name,
-            address=cfg.grpc,
-            http=cfg.http,
-            capacity=pb.Resources(
-                cpu=cfg.offered_cpu, ram=cfg.offered_memory, disk=cfg.disk, gpu=len(gpus)
-            ),
-            gpus=gpus,
-            attrs=cfg.attrs,
-            taints=[pb.Taint(**t.to_dict()) for t in cfg.taints],
-            task_users=self.task_users,
-            min_index=self._as_of,
-        )
+        req = registration_of_machine(self.cfg, self.host, self.task_users)
+        req.min_index = self._as_of
+        return req
 
     def _ups(self, up_state: UpState, over: threading.Event) -> Iterator[pb.LinkUp]:
         """What goes up on one stream: the hello, then reports and heartbeats."""
