@@ -20,6 +20,7 @@ import psutil
 
 from borgmaster.digests import DIGEST_EVERY
 from borgmaster.fsm import DataDirError, lock_data_dir, own_raft_secret
+from borgmaster.priority import weigh_session
 from borgmaster.server import Master, MasterConfig
 from cfg.errors import ConfigError
 from cfg.logsetup import log_options, setup_logging
@@ -256,6 +257,9 @@ def serve(cfg: MasterConfig) -> None:
         click.echo(f"borgmaster: {e}", err=True)
         sys.exit(1)
     tune_gc()
+    weighed = weigh_session(cfg.tuning.session_nice)
+    if weighed:
+        log.info("%s", weighed)
     if cfg.tls is None:  # said once it runs (a start that fails says only why)
         log.warning("no --tls-dir: plaintext, and every caller may do everything")
     stop = threading.Event()

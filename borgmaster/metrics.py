@@ -173,6 +173,12 @@ class _CellCollector(Collector):
             "waits at least twice this long before it campaigns.",
             st.heartbeat_gap,
         )
+        yield CounterMetricFamily(
+            "borg_store_lock_slow_holds",
+            "Times a thread held the store lock longer than 0.1 s (the Raft thread waits for "
+            "it to apply entries; the log names the slowest holder).",
+            value=float(self.m.store.lock.slow_holds),
+        )
         prop = self.m.proposal_counts()
         if prop is not None:
             yield CounterMetricFamily(

@@ -19,6 +19,7 @@ from typing import Any
 import msgpack
 
 from borgmaster import commands as C
+from borgmaster.locks import WatchedLock
 from borgmaster.model import (
     ASSIGNED,
     BATCH,
@@ -92,8 +93,8 @@ class Store:
     """Jobs, tasks, machines, replicas, quotas and events, plus the last applied index."""
 
     def __init__(self) -> None:
-        self.lock = threading.RLock()
-        self.changed = threading.Condition(self.lock)
+        self.lock = WatchedLock("store")
+        self.changed = threading.Condition(self.lock)  # type: ignore[arg-type]
         self.jobs: dict[str, Job] = {}
         self.tasks: dict[tuple[str, int], Task] = {}
         self.machines: dict[str, Machine] = {}
@@ -1177,20 +1178,25 @@ class Store:
     def snapshot_bytes(self, include_index: bool = True) -> bytes:
         """Our own msgpack encoding of the whole state (PySyncObj's default is pickle)."""
         with self.lock:
-            doc = {
-                "format": SNAPSHOT_FORMAT,
-                "jobs": [j.to_dict() for j in sorted(self.jobs.values(), key=lambda j: j.name)],
-                "tasks": [self.tasks[k].to_dict() for k in sorted(self.tasks)],
-                "machines": [self.machines[k].to_dict() for k in sorted(self.machines)],
-                "replicas": [self.replicas[k].to_dict() for k in sorted(self.replicas)],
-                "quotas": [[u, b, q.to_dict()] for (u, b), q in sorted(self.quotas.items())],
-                "events": [e.to_dict() for e in self.events],
-                "next_event": self.next_event,
-                "fence_term": self.fence_term,
-                "request_ids": [[k, v] for k, v in self.request_ids.items()],
-                "applied_index": self.applied_index if include_index else 0,
-            }
-            return msgpack.packb(doc, use_bin_type=True)
+            return self.snapshot_bytes_unlocked(include_index)
+
+    def snapshot_bytes_unlocked(self, include_index: bool = True) -> bytes:
+        """`snapshot_bytes` without the lock: for a forked child (dumps.py), where the lock
+        may look held by a thread that is not there and nothing else changes the state."""
+        doc = {
+            "format": SNAPSHOT_FORMAT,
+            "jobs": [j.to_dict() for j in sorted(self.jobs.values(), key=lambda j: j.name)],
+            "tasks": [self.tasks[k].to_dict() for k in sorted(self.tasks)],
+            "machines": [self.machines[k].to_dict() for k in sorted(self.machines)],
+            "replicas": [self.replicas[k].to_dict() for k in sorted(self.replicas)],
+            "quotas": [[u, b, q.to_dict()] for (u, b), q in sorted(self.quotas.items())],
+            "events": [e.to_dict() for e in self.events],
+            "next_event": self.next_event,
+            "fence_term": self.fence_term,
+            "request_ids": [[k, v] for k, v in self.request_ids.items()],
+            "applied_index": self.applied_index if include_index else 0,
+        }
+        return msgpack.packb(doc, use_bin_type=True)
 
     def load_snapshot(self, data: bytes) -> None:
         doc = msgpack.unpackb(data, raw=False, strict_map_key=False)
