@@ -52,7 +52,7 @@ from borglet.probes import HealthProber
 from borglet.runner import TaskRunners
 from borglet.runtime.base import Process, Runtime
 from borglet.runtime.cgroups import CgroupDriver, CgroupError, CgroupStats, detect
-from borglet.runtime.process import ProcessRuntime
+from borglet.runtime.process import SHIM_CACHE, ProcessRuntime
 from borglet.sandboxes import (
     SANDBOX_RETENTION_S,
     find_sandbox,
@@ -151,6 +151,7 @@ class Borglet:
                 log_max_size=cfg.log_max_size,
                 log_keep=cfg.log_keep,
                 warm_shims=WARM_SHIMS,
+                shim_cache=os.path.join(cfg.data_dir, SHIM_CACHE),
             )
         self.runtime: Runtime = runtime
         self.accounts = TaskAccounts.of(cfg.task_user, cfg.task_users, cfg.allow_root)

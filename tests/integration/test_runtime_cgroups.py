@@ -239,7 +239,13 @@ def test_v2_driver_on_real_host(env: Env) -> None:
 
 @needs_cgroups
 def test_warm_shim_starts_task_and_unused_ones_exit_on_close(env: Env) -> None:
-    runtime = ProcessRuntime(env.driver, control_root=os.path.join(env.base, "run"), warm_shims=2)
+    runtime = ProcessRuntime(
+        env.driver,
+        control_root=os.path.join(env.base, "run"),
+        warm_shims=2,
+        shim_cache=os.path.join(env.base, "shim"),
+    )
+    assert runtime.shim.endswith(".pyc")  # the compiled shim runs the task (as the Borglet's)
     runtime.prefill()
     warm = [p.pid for p, _ in runtime._warm]
     assert len(warm) == 2
