@@ -31,6 +31,7 @@ import grpc
 import grpc.aio
 
 from borglet.link import FULL_SET_EVERY_S, UpState, shard_of
+from cfg.keepalive import link_channel_options
 from cfg.tls import Role, TlsDir, role_host
 from proto.borg.v1 import borg_pb2 as pb
 from proto.borg.v1 import borg_pb2_grpc
@@ -279,7 +280,10 @@ class Fleet:
         ch = self._channels.get((addr, slot))
         if ch is None:
             # A local subchannel pool: each slot gets its own TCP connection.
-            opts: list[tuple[str, Any]] = [("grpc.use_local_subchannel_pool", 1)]
+            opts: list[tuple[str, Any]] = [
+                ("grpc.use_local_subchannel_pool", 1),
+                *link_channel_options(),
+            ]
             if self.tls is None:
                 ch = grpc.aio.insecure_channel(addr, options=opts)
             else:

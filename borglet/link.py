@@ -28,6 +28,7 @@ from borglet.config import BorgletConfig
 from borglet.state import Desired, TaskKey
 from cfg.errors import ConfigError
 from cfg.grpcauth import secure_channel
+from cfg.keepalive import link_channel_options
 from cfg.model import JobSpec
 from cfg.schema import validate_job
 from cfg.structs import dict_from
@@ -486,7 +487,10 @@ class StreamLink(_LinkThread):
             ch = secure_channel(
                 addr,
                 self.cfg.tls,
-                options=[("grpc.max_receive_message_length", STREAM_RECEIVE_BYTES)],
+                options=[
+                    ("grpc.max_receive_message_length", STREAM_RECEIVE_BYTES),
+                    *link_channel_options(),  # a replica that hangs is left within seconds
+                ],
             )
             up_state, down_state, over = UpState(), DownState(), threading.Event()
             call = borg_pb2_grpc.BorgmasterStub(ch).Link(self._ups(up_state, over))

@@ -75,6 +75,7 @@ from cfg.grpcauth import (
     secure_channel,
     server_credentials,
 )
+from cfg.keepalive import master_server_options
 from cfg.tls import Identity
 from proto.borg.v1 import borg_pb2, borg_pb2_grpc
 
@@ -420,7 +421,11 @@ class Master:
                 interceptors=[AioAuthInterceptor(auth, self.rpc_pool)],
                 # A request over 4 MiB is refused by gRPC itself (RESOURCE_EXHAUSTED) before any
                 # of it reaches a handler (SPEC part 2, Limits; a spec alone may be 1 MiB).
-                options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 4 << 20)],
+                options=[
+                    ("grpc.so_reuseport", 0),
+                    ("grpc.max_receive_message_length", 4 << 20),
+                    *master_server_options(),  # the Link's keepalive (cfg/keepalive.py)
+                ],
             )
             borg_pb2_grpc.add_BorgmasterServicer_to_server(MasterServicer(self), server)
             health_servicer = health.aio.HealthServicer()

@@ -1,24 +1,28 @@
 """Link shards under faults (real processes): hollow machines spread their Link streams over
 all three replicas; a replica that dies under its Borglets hands them to the others without
 any machine or task declared lost, and a rollout in which Borglets switch replicas midway
-completes. One cell (machine timeout 6 s, so a machine that failed to move would be declared
-lost within the test) serves both tests."""
+completes; a replica that hangs (stopped, its sockets open) loses its Borglets to keepalive.
+One cell (machine timeout 10 s, so a machine that failed to move would be declared lost
+within the test) serves all three tests."""
 
 from __future__ import annotations
 
 import re
+import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from cfg.keepalive import LINK_KEEPALIVE_S, LINK_KEEPALIVE_TIMEOUT_S
 from tests.cluster import Cell, stays, wait_for
 
 pytestmark = [pytest.mark.e2e]
 
 MACHINES = 60
 TASKS = 120
-MACHINE_TIMEOUT_S = 6.0
+MACHINE_TIMEOUT_S = 10.0
 
 
 @pytest.fixture(scope="module")
@@ -37,25 +41,28 @@ def cell() -> Iterator[Cell]:
         c.close()
 
 
+def served(cell: Cell, i: int) -> int:
+    """Link streams replica `i` serves (its /metrics); -1 when it does not answer."""
+    try:
+        _, body = cell.http_get(cell.masters[i].info["http"], "/metrics")
+    except OSError:
+        return -1
+    hit = re.search(r"^borg_link_streams ([0-9.e+]+)$", body, re.M)
+    return int(float(hit.group(1))) if hit else -1
+
+
 def streams(cell: Cell) -> dict[int, int]:
-    """Link streams each live replica serves (its /metrics)."""
+    """Link streams each live replica serves."""
     out = {}
     for i, m in enumerate(cell.masters):
-        if not m.alive():
-            continue
-        try:
-            _, body = cell.http_get(m.info["http"], "/metrics")
-        except OSError:
-            continue
-        hit = re.search(r"^borg_link_streams ([0-9.e+]+)$", body, re.M)
-        if hit:
-            out[i] = int(float(hit.group(1)))
+        if m.alive() and (n := served(cell, i)) >= 0:
+            out[i] = n
     return out
 
 
-def states(cell: Cell, job: str) -> dict[tuple[str, int], int]:
+def states(cell: Cell, job: str, via: str | None = None) -> dict[tuple[str, int], int]:
     out: dict[tuple[str, int], int] = {}
-    for t in cell.job(job)["tasks"]:
+    for t in cell.borgcfg_json("status", job, master=via)["tasks"]:
         k = (t["state"], t.get("version", 0))
         out[k] = out.get(k, 0) + 1
     return out
@@ -107,6 +114,46 @@ def test_a_rollout_completes_while_borglets_switch_replicas(cell: Cell, tmp_path
         0.5,
         "replica back",
     )
+
+
+def test_a_hung_replica_loses_its_borglets_to_keepalive_and_nothing_is_lost(cell: Cell) -> None:
+    # A stopped process: its kernel still acknowledges what the Borglets send, so their
+    # streams neither fail nor block; only the HTTP/2 keepalive (cfg/keepalive.py), which
+    # its gRPC runtime no longer answers, tells them to move. Without it they would stream
+    # heartbeats into it until the leader declared every one of its machines lost.
+    wait_for(lambda: sum(streams(cell).values()) == MACHINES, 30)
+    leader = cell.leader()
+    via = leader.info["grpc"]
+    before = states(cell, "spread")
+    counts = streams(cell)
+    i = max((r for r in counts if cell.masters[r] is not leader), key=lambda r: counts[r])
+    hung = cell.masters[i]
+    others = [r for r in counts if r != i]
+    assert counts[i] > 0
+    hung.signal(signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        wait_for(
+            lambda: sum(served(cell, r) for r in others) == MACHINES,
+            LINK_KEEPALIVE_S + LINK_KEEPALIVE_TIMEOUT_S + 5,
+            0.2,
+            "streams moved off the hung replica",
+        )
+        print(f"{counts[i]} streams left the hung replica in {time.monotonic() - t0:.1f} s")
+
+        def calm() -> bool:
+            ms = cell.borgcfg_json("machines", master=via)
+            return (
+                len(ms) == MACHINES
+                and all(x["state"] == "up" for x in ms)
+                and states(cell, "spread", via) == before
+            )
+
+        assert stays(calm, MACHINE_TIMEOUT_S + 2.0, 0.5)
+        assert not lost_lines(cell)
+    finally:
+        hung.signal(signal.SIGCONT)
+    wait_for(lambda: sum(streams(cell).values()) == MACHINES, 30, 0.2, "streams settled")
 
 
 def test_a_dying_replica_moves_its_borglets_and_nothing_is_lost(cell: Cell) -> None:
