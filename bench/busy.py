@@ -8,7 +8,9 @@ Results: bench/results/busy.json.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
 import time
 from typing import Any
 
@@ -38,13 +40,41 @@ def raft_counters(cell: Cell) -> dict[str, dict[str, float]]:
     return out
 
 
+def live_tasks(argv: bytes) -> int:
+    """Processes on this host whose command line is `argv` (NUL-separated): the tasks that
+    really started, whatever the master was told (a task counts as running from the moment
+    its machine accepted it)."""
+    n = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                n += f.read() == argv
+        except OSError:
+            continue
+    return n
+
+
+TASK_ARGV = b"sleep\x003600\x00"
+
+
+def raft_lines(cell: Cell) -> list[str]:
+    words = ("campaigning for term", "slow Raft tick", "slow apply", "lock held", "lost: no")
+    return [
+        line for m in cell.masters for line in m.log().splitlines() if any(w in line for w in words)
+    ][-60:]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tasks", type=int, default=1000)
     ap.add_argument("--timeout", type=float, default=300)
+    ap.add_argument("--keep-logs", default="", help="copy the cell's logs into this dir")
     args = ap.parse_args()
     cell = Cell()
     doc: dict[str, Any] = {"tasks": args.tasks, "cell": "3 masters + 1 Borglet, one machine"}
+    ok = False
     try:
         # Room for every task as declared (0.001 cpu, 4 MiB each): the machine itself has
         # 2 cores and the tasks sleep; the load is their start and stop.
@@ -66,35 +96,67 @@ def main() -> None:
         assert r.returncode == 0, r.stderr
         peak_load = 0.0
         seen_terms: set[int] = set(before.values())
+        doc["failed_probes"] = 0
 
-        def all_running() -> bool:
+        def watch() -> None:
+            """Peak load and every term seen; a probe that fails (no leader) is counted."""
             nonlocal peak_load
             peak_load = max(peak_load, os.getloadavg()[0])
-            seen_terms.update(terms(cell).values())
-            return bool(cell.job("busy")["running"] >= args.tasks)
+            try:
+                seen_terms.update(terms(cell).values())
+            except AssertionError:
+                doc["failed_probes"] += 1
 
-        wait_for(all_running, args.timeout, interval=1.0, what="every task running")
+        def all_running() -> bool:
+            watch()
+            try:
+                if "running_s" not in doc and cell.job("busy")["running"] >= args.tasks:
+                    doc["running_s"] = round(time.monotonic() - t0, 1)  # as the master says
+            except AssertionError:
+                doc["failed_probes"] += 1
+            return "running_s" in doc and live_tasks(TASK_ARGV) >= args.tasks
+
+        wait_for(all_running, args.timeout, interval=1.0, what="every task's process started")
         doc["start_s"] = round(time.monotonic() - t0, 1)
         doc["term_changes_start"] = max(seen_terms) - max(before.values())
         t1 = time.monotonic()
-        r = cell.borgcfg(
-            "down", "busy", "--wait", "--timeout", str(args.timeout), timeout=args.timeout + 30
-        )
+        r = cell.borgcfg("down", "busy", timeout=args.timeout)
         assert r.returncode == 0, r.stderr
+
+        def all_gone() -> bool:
+            """No task process, no task cgroup, and the master told of every stop."""
+            watch()
+            if live_tasks(TASK_ARGV) or cell.task_cgroups():
+                return False
+            try:
+                return cell.job("busy")["running"] == 0
+            except AssertionError:
+                doc["failed_probes"] += 1
+                return False
+
+        wait_for(all_gone, args.timeout, interval=1.0, what="every task gone")
         doc["stop_s"] = round(time.monotonic() - t1, 1)
-        seen_terms.update(terms(cell).values())
+        watch()
         doc["peak_load_1m"] = round(peak_load, 1)
         doc["term_changes"] = max(seen_terms) - max(before.values())
         doc["replicas"] = raft_counters(cell)
-        doc["raft_log_lines"] = [
-            line
-            for m in cell.masters
-            for line in m.log().splitlines()
-            if any(w in line for w in ("campaigning for term", "slow Raft tick", "slow apply"))
-        ][-40:]
+        ok = True
     finally:
-        cell.close()
-    write("busy", doc)
+        try:
+            doc["machines_lost"] = sum(
+                ("lost: no contact" in line) for m in cell.masters for line in m.log().splitlines()
+            )
+            doc["raft_log_lines"] = raft_lines(cell)
+            if args.keep_logs:
+                os.makedirs(args.keep_logs, exist_ok=True)
+                for p in (*cell.masters, *cell.borglets):
+                    shutil.copy(p.log_path, args.keep_logs)
+        finally:
+            cell.close()
+    if ok:
+        write("busy", doc)
+    else:
+        print(json.dumps(doc, indent=1))
 
 
 if __name__ == "__main__":
