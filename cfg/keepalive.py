@@ -35,6 +35,9 @@ def link_channel_options() -> list[tuple[str, Any]]:
     return [
         ("grpc.keepalive_time_ms", _ms(LINK_KEEPALIVE_S)),
         ("grpc.keepalive_timeout_ms", _ms(LINK_KEEPALIVE_TIMEOUT_S)),
+        # gRPC 1.85 waits for a ping's answer this long (default: a minute), whatever
+        # keepalive_timeout says: without it a stopped replica was never left (measured).
+        ("grpc.http2.ping_timeout_ms", _ms(LINK_KEEPALIVE_TIMEOUT_S)),
         ("grpc.http2.max_pings_without_data", 0),  # a stream may stay idle for long
         ("grpc.keepalive_permit_without_calls", 0),
     ]
@@ -47,4 +50,5 @@ def master_server_options() -> list[tuple[str, Any]]:
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.keepalive_time_ms", _ms(SERVER_KEEPALIVE_S)),
         ("grpc.keepalive_timeout_ms", _ms(SERVER_KEEPALIVE_TIMEOUT_S)),
+        ("grpc.http2.ping_timeout_ms", _ms(SERVER_KEEPALIVE_TIMEOUT_S)),
     ]
