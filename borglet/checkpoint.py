@@ -19,7 +19,6 @@ repaired or removed the file (see docs/borglet.md, "Re-adoption").
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -30,6 +29,7 @@ from enum import Enum
 from typing import Any
 
 from borglet.state import LocalTask
+from cfg.datadir import write_atomic
 
 log = logging.getLogger("borglet")
 
@@ -170,26 +170,3 @@ class Checkpoint:
             f"state file {self.path} is unreadable ({detail}): running no tasks until it is "
             "repaired or removed (tasks it listed may still be running)"
         )
-
-
-def write_atomic(path: str, data: bytes) -> None:
-    """Replace `path` with `data` (0600) so that a crash leaves the old file or the new one."""
-    tmp = path + ".tmp"
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(tmp, flags, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)

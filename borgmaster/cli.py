@@ -19,7 +19,7 @@ import click
 import psutil
 
 from borgmaster.digests import DIGEST_EVERY
-from borgmaster.fsm import DataDirError, lock_data_dir, own_raft_secret
+from borgmaster.fsm import DataDirError, RaftTuning, lock_data_dir, own_raft_secret
 from borgmaster.priority import weigh_session
 from borgmaster.server import Master, MasterConfig
 from cfg.errors import ConfigError
@@ -146,6 +146,12 @@ def main() -> None:
     "(the same N on every replica; 0: never).",
 )
 @click.option(
+    "--raft-realtime",
+    is_flag=True,
+    help="Run the Raft thread real-time (SCHED_RR 1; needs CAP_SYS_NICE): for a master that "
+    "shares a machine saturated by tasks (docs/operations.md).",
+)
+@click.option(
     "--min-free",
     default="64Mi",
     show_default=True,
@@ -172,6 +178,7 @@ def run(
     scheduler_policy: str,
     job_retention: float,
     digest_every: int,
+    raft_realtime: bool,
     min_free: str,
     verbose: bool,
     log_level: str,
@@ -216,6 +223,7 @@ def run(
         audit_log=audit_log or "",
         digest_every=digest_every,
         min_free_bytes=_size_option(min_free, "--min-free"),
+        tuning=RaftTuning(raft_realtime=1 if raft_realtime else 0),
     )
     serve(cfg)
 

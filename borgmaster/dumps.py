@@ -32,31 +32,14 @@ from collections.abc import Callable
 
 from pysyncobj.config import SERIALIZER_STATE
 
+from cfg.datadir import write_atomic
+
 log = logging.getLogger(__name__)
 
 _LIBC = ctypes.CDLL(None, use_errno=True)  # loaded here: the child must not load anything
 _PR_SET_PDEATHSIG = 1
 TMP_SUFFIX = ".tmp"
 PART_SUFFIX = ".part"
-
-
-def write_durably(path: str, data: bytes) -> None:
-    """`path` holds `data` or what it held before, after a crash at any point."""
-    part = path + PART_SUFFIX
-    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(part, path)
-    dfd = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 class BackgroundDumps:
@@ -83,7 +66,8 @@ class BackgroundDumps:
                 try:
                     # Go with the master: an orphan would still hold files in its data dir.
                     _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-                    write_durably(final, encode())
+                    # Not PySyncObj's temporary name: it renames that one itself.
+                    write_atomic(final, encode(), PART_SUFFIX)
                     code = 0
                 except BaseException:
                     pass

@@ -92,16 +92,17 @@ class RaftTuning:
     cell changed leaders dozens of times in a 2,000-task start and stop. At -10 it weighs ~9x
     a normal thread when it wakes. Needs root (CAP_SYS_NICE); without it the thread keeps the
     process's priority (logged once). 0 leaves it alone."""
-    raft_realtime: int = 1
-    """SCHED_RR priority of the Raft thread (1, the lowest real-time one; 0: use `raft_nice`
-    only). A real-time thread runs as soon as it wakes, ahead of every ordinary thread of the
-    machine, so a heartbeat is never queued behind a storm of task starts or stops (the log
-    showed the leader's Raft thread waiting 0.2-0.5 s for a CPU with nice -10). It wakes every
-    10 ms for well under a millisecond; the GIL hands it back to the master's other threads
-    within 5 ms when it computes, and the kernel's real-time throttling leaves ordinary
-    threads 5% of every CPU whatever happens. Set with SCHED_RESET_ON_FORK, so the children
-    it forks (state digests, Raft dumps) and threads it starts run as ordinary ones. Needs
-    root or CAP_SYS_NICE (and real-time runtime in its cgroup); otherwise `raft_nice`."""
+    raft_realtime: int = 0
+    """SCHED_RR priority of the Raft thread (`borgmaster run --raft-realtime`: 1, the lowest
+    real-time one; 0: ordinary, at `raft_nice`). A real-time thread runs as soon as it wakes,
+    ahead of every ordinary thread of the machine, so a heartbeat is never queued behind a
+    storm of task starts. Off by default: the same thread also replays the log at start and
+    applies large plans, and while it computes it holds its CPU ahead of every ordinary
+    process (the kernel's throttling leaves them 5%); the session's weight (`session_nice`)
+    was enough for a 5,000-task start and stop on the dev cell. Set with
+    SCHED_RESET_ON_FORK, so the children it forks (state digests, Raft dumps) and threads it
+    starts run as ordinary ones. Needs root or CAP_SYS_NICE (and real-time runtime in its
+    cgroup); otherwise `raft_nice`."""
     session_nice: int = -10
     """The nice value of the master's scheduling group when it leads its own session
     (priority.py: with autogroup, the Raft thread's nice only ranks it among the master's own

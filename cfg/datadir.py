@@ -11,6 +11,7 @@ process is a no-op (in-process tests restart a replica on its dir).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 
@@ -45,3 +46,28 @@ def lock(data_dir: str, name: str, mode: int = 0o700) -> None:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     _held[path] = fd
+
+
+def write_atomic(path: str, data: bytes, tmp_suffix: str = ".tmp") -> None:
+    """Replace `path` with `data` (0600) so that a crash leaves the old file or the new one:
+    a fresh temporary file (no planted file or link is followed), fsync, rename, fsync of
+    the directory. Only system calls: safe in a forked child of a threaded process."""
+    tmp = path + tmp_suffix
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(tmp, flags, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dfd = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
