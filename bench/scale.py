@@ -32,6 +32,7 @@ from typing import Any
 import grpc
 import psutil
 
+from bench.busy import raft_counters
 from bench.run import RESULTS, machine_info
 from borgmaster.convert import struct_from
 from proto.borg.v1 import borg_pb2 as pb
@@ -254,6 +255,10 @@ def run_once(
         doc["submit"] = lat(prober.submit_ms)
         doc["probe_failures"] = prober.failures[:5]
         doc["probe_failure_count"] = len(prober.failures)
+        # Elections over the whole run (the cell's first one included: 1 means none after).
+        doc["elections_started"] = sum(
+            r.get("elections_started", 0.0) for r in raft_counters(cell).values()
+        )
         lost = [mm for m in cell.masters for mm in LOST_RE.findall(m.log())]
         doc["false_losses"] = len(lost)
         doc["wall_s"] = round(time.monotonic() - w0, 1)
