@@ -29,6 +29,21 @@ def fail(message: str, code: int = 1) -> NoReturn:
     sys.exit(code)
 
 
+def interrupted() -> NoReturn:
+    """Ctrl-C: say so and leave now (exit 130).
+
+    `os._exit`, not `sys.exit`: interpreter teardown would wait on gRPC's channel threads and
+    the stream being cancelled, and a user who pressed Ctrl-C expects the prompt back at once.
+    """
+    click.echo("borgcfg: interrupted", err=True)
+    for f in (sys.stdout, sys.stderr):
+        try:
+            f.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(130)
+
+
 def cell_error_message(e: CellError) -> str:
     """`rejected: ...` for a refused request; an unknown name is reported as just that."""
     code = getattr(e.code, "name", "")  # a grpc.StatusCode (not imported: see cfg.errors)
@@ -57,7 +72,7 @@ def handles_errors(fn: F) -> F:
         except Unreachable as e:
             fail(str(e), 3)
         except KeyboardInterrupt:
-            fail("interrupted", 130)
+            interrupted()
         except BrokenPipeError:
             # `borgcfg events -f | head`: the reader left; that is not an error.
             sys.stderr.close()

@@ -14,6 +14,7 @@ names and stops what it started; the failover test kills the leader, so it runs 
 from __future__ import annotations
 
 import json
+import os
 import queue
 import re
 import signal
@@ -153,6 +154,8 @@ class Follower:
             text=True,
             cwd=REPO,
             start_new_session=True,
+            # SIGABRT dumps every thread's stack to stderr: what it was stuck in, if it hangs
+            env={**os.environ, "PYTHONFAULTHANDLER": "1"},
         )
         self.lines: queue.Queue[str] = queue.Queue()
         self.seen: list[dict[str, Any]] = []
@@ -188,9 +191,16 @@ class Follower:
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-            raise AssertionError(f"events -f ignored SIGINT for {timeout}s") from None
+            self.proc.send_signal(signal.SIGABRT)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+            assert self.proc.stderr is not None
+            err = self.proc.stderr.read()
+            why = f"events -f ignored SIGINT for {timeout}s:\n{err[-4000:]}"
+            raise AssertionError(why) from None
         assert self.proc.stderr is not None
         return self.proc.returncode, self.proc.stderr.read()
 
