@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import statistics
 import sys
 import threading
@@ -51,6 +52,7 @@ TAGS = {
     "heartbeats stretched to machines/50 s (max 8 s)",
     "stream": "one Link stream per machine to any replica (link shards): only changes travel "
     "both ways, heartbeats stretched as in aio, followers relay reports to the leader in batches",
+    "stream-100k": "stream, with one 100,000-task job (issue #15's rollout target)",
 }
 LOST_RE = re.compile(r"machine (\S+) lost: no contact")
 
@@ -120,8 +122,11 @@ def up_machines(stub: Any) -> int:
 
 
 def running(stub: Any, job: str) -> int:
-    j = stub.GetJob(pb.GetJobRequest(name=job), timeout=30)
-    return sum(1 for t in j.tasks if t.state == "running")
+    """The job's running count from ListJobs: a GetJob of 100,000 tasks is ~8 MB."""
+    for j in stub.ListJobs(pb.ListJobsRequest(), timeout=30).jobs:
+        if j.name == job:
+            return int(j.running)
+    return 0
 
 
 def fleet_stats(p: Proc) -> list[tuple[float, int, int, int, int]]:
@@ -157,7 +162,12 @@ def link_streams(cell: Cell) -> list[int]:
 
 
 def run_once(
-    machines: int, tasks: int, window: float, budget: float, protocol: str = "stream"
+    machines: int,
+    tasks: int,
+    window: float,
+    budget: float,
+    protocol: str = "stream",
+    keep_logs: str = "",
 ) -> dict[str, Any]:
     cell = Cell()
     hollow: Proc | None = None
@@ -267,6 +277,10 @@ def run_once(
         print(cell.dump_logs()[-20000:], file=sys.stderr)
         raise
     finally:
+        if keep_logs:
+            os.makedirs(keep_logs, exist_ok=True)
+            for p in (*cell.masters, *([hollow] if hollow else [])):
+                shutil.copy(p.log_path, keep_logs)
         cell.close()
     return doc
 
@@ -287,9 +301,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--tag", default="", help="key prefix (default: stream, or aio with --protocol sync)"
     )
+    ap.add_argument("--keep-logs", default="", help="copy the cell's logs into this dir")
     a = ap.parse_args(argv)
     a.tag = a.tag or ("stream" if a.protocol == "stream" else "aio")
-    doc = run_once(a.machines, a.tasks, a.window, a.budget, a.protocol)
+    doc = run_once(a.machines, a.tasks, a.window, a.budget, a.protocol, a.keep_logs)
     print(json.dumps(doc, indent=2))
     if a.json:
         path = os.path.join(RESULTS, "scale.json")

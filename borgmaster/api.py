@@ -307,8 +307,7 @@ class MasterServicer(borg_pb2_grpc.BorgmasterServicer):
             out = []
             for name in sorted(self.m.store.jobs):
                 job = self.m.store.jobs[name]
-                out.append(job_pb(job, self.m.store.job_tasks(name), None))
-                del out[-1].tasks[:]
+                out.append(job_pb(job, self.m.store.job_tasks(name), None, with_tasks=False))
             return pb.ListJobsResponse(jobs=out)
 
     def ListMachines(self, request: pb.ListMachinesRequest, context: grpc.ServicerContext) -> Any:

@@ -35,6 +35,10 @@ class LiveCopies:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._by_machine: dict[str, dict[TaskIndex, str]] = {}
+        # The reverse: index -> machines reporting a copy (insertion-ordered). `elsewhere`
+        # runs once per pending task of a pass; scanning every machine made a 100,000-task
+        # pass over 10,000 machines 10^9 lookups (114 s under the store lock).
+        self._where: dict[TaskIndex, dict[str, None]] = {}
 
     def observe(self, machine: str, tasks: Iterable[tuple[str, int, str, str]]) -> bool:
         """Record a Borglet's full report (job, index, incarnation, state). True when a copy
@@ -48,6 +52,10 @@ class LiveCopies:
         with self._lock:
             before = self._by_machine.get(machine)
             self._by_machine[machine] = alive
+            if before:
+                self._unindex(machine, [k for k in before if k not in alive])
+            for k in alive:
+                self._where.setdefault(k, {})[machine] = None
         if before is None:
             return True
         return any(alive.get(k) != inc for k, inc in before.items())
@@ -60,6 +68,7 @@ class LiveCopies:
             alive = self._by_machine.setdefault(machine, {})
             for job, index, incarnation in tasks:
                 alive.setdefault((job, index), incarnation)
+                self._where.setdefault((job, index), {})[machine] = None
 
     def heard_from(self, machines: Iterable[str]) -> bool:
         """Whether every one of `machines` has reported to this leader at least once."""
@@ -69,17 +78,30 @@ class LiveCopies:
     def forget(self, machine: str) -> bool:
         """Drop a machine's copies (it was declared lost); True if it had any."""
         with self._lock:
-            return bool(self._by_machine.pop(machine, None))
+            alive = self._by_machine.pop(machine, None)
+            if alive:
+                self._unindex(machine, alive)
+            return bool(alive)
 
     def clear(self) -> None:
         """A replica that stops leading forgets everything; the next leader relearns."""
         with self._lock:
             self._by_machine.clear()
+            self._where.clear()
 
     def elsewhere(self, index: TaskIndex, ignore: set[str]) -> str:
         """A machine (not in `ignore`) that still runs a copy of `index`, else ''."""
         with self._lock:
-            for machine, alive in self._by_machine.items():
-                if machine not in ignore and index in alive:
+            for machine in self._where.get(index, ()):
+                if machine not in ignore:
                     return machine
         return ""
+
+    def _unindex(self, machine: str, keys: Iterable[TaskIndex]) -> None:
+        """Drop `machine` from the reverse index of `keys` (caller holds the lock)."""
+        for k in keys:
+            ms = self._where.get(k)
+            if ms is not None:
+                ms.pop(machine, None)
+                if not ms:
+                    del self._where[k]

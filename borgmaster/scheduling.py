@@ -144,7 +144,9 @@ class SchedulingShell:
         placed = preempted = 0
         ts_ms = 0
         try:
-            for part in planner.split_plan(cmd):  # one entry unless it is over 8 MiB
+            gangs = {t.job for t in inp.snapshot.pending if t.spec.gang}
+            # one entry unless it is over 5,000 placements or 8 MiB
+            for part in planner.split_plan(cmd, gangs=gangs):
                 res = self.propose(part)  # stamps part.ts_ms
                 placed += int(res.get("placed", 0))
                 preempted += int(res.get("preempted", 0))

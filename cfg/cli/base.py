@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+MAX_REPLY_BYTES = 256 << 20
+"""The largest reply borgcfg accepts (a job's tasks: ~80 bytes each)."""
+
 
 def fail(message: str, code: int = 1) -> NoReturn:
     click.echo(f"borgcfg: {message}", err=True)
@@ -158,13 +161,13 @@ class Ctx:
             masters = self._masters()
             tls = self.tls
             from cfg.client import Client  # gRPC is loaded only by commands that call a cell
+            from cfg.grpcauth import secure_channel
 
-            if tls is None:
-                self._client = Client(masters)
-            else:
-                from cfg.grpcauth import secure_channel
-
-                self._client = Client(masters, channel_factory=lambda a: secure_channel(a, tls))
+            # gRPC refuses replies over 4 MiB by default: a 100,000-task job is ~8 MB.
+            opts = [("grpc.max_receive_message_length", MAX_REPLY_BYTES)]
+            self._client = Client(
+                masters, channel_factory=lambda a: secure_channel(a, tls, options=opts)
+            )
         return self._client
 
 

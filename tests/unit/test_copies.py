@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 from borgmaster.copies import LiveCopies
 
 
@@ -38,3 +40,36 @@ def test_lost_machines_are_ignored_and_forgotten() -> None:
     assert c.elsewhere(("db", 0), set()) == ""
     c.clear()
     assert c.elsewhere(("db", 1), set()) == ""
+
+
+def test_elsewhere_agrees_with_a_scan_of_every_machine_through_any_sequence() -> None:
+    """The reverse index (index -> machines) never disagrees with the per-machine sets."""
+    rng = random.Random(7)
+    c = LiveCopies()
+    machines = [f"m{i}" for i in range(6)]
+    keys = [("web", i) for i in range(8)]
+    for step in range(3000):
+        op = rng.random()
+        m = rng.choice(machines)
+        if op < 0.5:
+            report = [
+                (j, i, f"inc{rng.randrange(3)}", rng.choice(["running", "killed", "starting"]))
+                for j, i in rng.sample(keys, rng.randrange(len(keys)))
+            ]
+            c.observe(m, report)
+        elif op < 0.75:
+            c.sent(m, [(j, i, "new") for j, i in rng.sample(keys, rng.randrange(3))])
+        elif op < 0.95:
+            c.forget(m)
+        else:
+            c.clear()
+        ignore = set(rng.sample(machines, rng.randrange(3)))
+        for key in keys:
+            having = {
+                name for name, alive in c._by_machine.items() if key in alive and name not in ignore
+            }
+            got = c.elsewhere(key, ignore)
+            assert (got in having) if having else got == "", (step, key, got, having)
+    assert sum(len(ms) for ms in c._where.values()) == sum(
+        len(alive) for alive in c._by_machine.values()
+    )

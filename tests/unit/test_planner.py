@@ -159,3 +159,25 @@ def test_split_parts_apply_to_the_same_state_as_the_whole_plan() -> None:
         p.ts_ms = 9
         split.apply(p)
     assert split.store.state_digest() == whole.store.state_digest()
+
+
+def test_a_plan_over_the_placement_cap_is_split_and_keeps_each_gang_whole() -> None:
+    ps = [C.Placement("web", i, f"m{i % 13}", f"w{i}", 1) for i in range(25)]
+    # a gang of 6 whose placements straddle the first boundary, interleaved with others
+    gang = [C.Placement("mpi", i, f"m{i}", f"g{i}", 1) for i in range(6)]
+    mixed = ps[:8] + gang[:3] + ps[8:12] + gang[3:] + ps[12:]
+    cmd = C.ApplyPlan(placements=mixed, term=2)
+    parts = planner.split_plan(cmd, max_placements=10, gangs={"mpi"})
+    assert len(parts) >= 3
+    assert sorted((p.job, p.index) for part in parts for p in part.placements) == sorted(
+        (p.job, p.index) for p in mixed
+    )
+    holding = [part for part in parts if any(p.job == "mpi" for p in part.placements)]
+    assert len(holding) == 1 and [p for p in holding[0].placements if p.job == "mpi"] == gang
+    # only a gang may take a part past the cap
+    assert all(len(part.placements) <= 10 for part in parts if part is not holding[0])
+    # the same plan without gangs: every part within the cap, order kept
+    plain = planner.split_plan(cmd, max_placements=10)
+    assert all(len(part.placements) <= 10 for part in plain)
+    assert [p for part in plain for p in part.placements] == mixed
+    assert planner.split_plan(cmd, max_placements=len(mixed)) == [cmd]
