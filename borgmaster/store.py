@@ -321,13 +321,14 @@ class Store:
         self.next_event += 1
 
     def _reindex(self, t: Task) -> None:
+        key = (t.job, t.index)  # not `t.key` four times: this runs per task of a 100k job
         job = self.jobs.get(t.job)
-        if job is not None and self.tasks.get(t.key) is t and needs_placement(t, job):
-            self.pending.add(t.key)
-            self.new_pending.add(t.key)
+        if job is not None and self.tasks.get(key) is t and needs_placement(t, job):
+            self.pending.add(key)
+            self.new_pending.add(key)
         else:
-            self.pending.discard(t.key)
-            self.new_pending.discard(t.key)
+            self.pending.discard(key)
+            self.new_pending.discard(key)
 
     def take_new_pending(self) -> set[tuple[str, int]]:
         """Hand the scheduler the pending tasks it has not seen yet (caller holds `lock`)."""
@@ -353,8 +354,11 @@ class Store:
 
     def _new_task(self, job: Job, index: int, ts: int) -> Task:
         t = Task(job=job.name, index=index, version=job.version, submitted_ms=ts, updated_ms=ts)
-        self.tasks[t.key] = t
-        self._reindex(t)
+        key = (job.name, index)
+        self.tasks[key] = t
+        if self.jobs.get(job.name) is job and needs_placement(t, job):  # as `_reindex` would
+            self.pending.add(key)
+            self.new_pending.add(key)
         return t
 
     def _reset_task(self, t: Task, version: int, ts: int, reason: str = "") -> None:
