@@ -8,7 +8,9 @@ from typing import Any
 from borgmaster import commands as C
 from borgmaster import planner
 from borgmaster.copies import LiveCopies
+from borgmaster.model import Requirements
 from borgmaster.scheduler import Plan
+from borgmaster.store import ACTIVE_STATES
 from tests.unit.test_store import Cell, spec
 
 GiB = 1 << 30
@@ -181,3 +183,36 @@ def test_a_plan_over_the_placement_cap_is_split_and_keeps_each_gang_whole() -> N
     assert all(len(part.placements) <= 10 for part in plain)
     assert [p for part in plain for p in part.placements] == mixed
     assert planner.split_plan(cmd, max_placements=len(mixed)) == [cmd]
+
+
+def test_the_snapshot_holds_every_placed_task_and_what_each_machine_holds() -> None:
+    """One walk (`_placed`) gives what `Store.used` and a per-task spec lookup give."""
+    c = Cell()
+    for m in ("m1", "m2", "m3"):
+        c.machine(m, cpu=64.0, ram=1 << 40)
+    c.submit(spec("web", replicas=6))
+    c.submit(spec("low", replicas=3, priority=50))
+    for i in range(6):
+        c.place("web", i, f"m{i % 3 + 1}")
+    for i in range(2):
+        c.place("low", i, "m2")
+    c.update("web", 0, "running")
+    c.update("web", 1, "failed", exit_code=1)  # finished: holds nothing
+    # a new version of web: placed tasks keep the old spec (and its requirements)
+    c.submit(spec("web", replicas=6, requirements=Requirements(cpu=2.0, ram=1 << 30)))
+    snap, _ = planner.build_snapshot(c.store)
+    store = c.store
+    assert {m.name: m.used for m in snap.machines} == {m: store.used(m) for m in store.machines}
+    want = sorted(
+        (
+            t.job,
+            t.index,
+            t.machine,
+            store.jobs[t.job].spec.priority,
+            store.task_spec(t).requirements,
+        )
+        for t in store.tasks.values()
+        if t.machine and t.state in ACTIVE_STATES
+    )
+    got = sorted((p.job, p.index, p.machine, p.priority, p.requirements) for p in snap.running)
+    assert got == want and len(got) == 7
