@@ -69,6 +69,7 @@ class SchedulingShell:
         self._held: set[TaskIndex] = set()
         self._capacity = -1  # store.capacity_generation at the last pass
         self._leader_since: float | None = None
+        self._placed = planner.PlacedCache()  # read and written under the store lock
 
     # ----- leadership ----------------------------------------------------------------------
 
@@ -85,6 +86,7 @@ class SchedulingShell:
             self._leader_since = None
             self._retry |= self._held
             self._held = set()
+        self._placed = planner.PlacedCache()  # a follower needs no memo of placed tasks
 
     def release_held(self) -> None:
         """A copy went away (or its machine was lost): let the scheduler look again at the
@@ -125,6 +127,7 @@ class SchedulingShell:
                 now=time.monotonic(),
                 leader_since=self._leader_since,
                 machine_timeout_s=self.machine_timeout_s,
+                placed=self._placed,
             )
             self._held |= inp.held
         if inp.empty:

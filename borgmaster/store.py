@@ -1227,7 +1227,6 @@ class Store:
             self.fence_term = int(doc["fence_term"])
             self.request_ids = request_ids
             self.applied_index = int(doc["applied_index"])
-            self.generation += 1
             self.pending = set()
             self.new_pending = set()
             for t in self.tasks.values():
@@ -1239,6 +1238,11 @@ class Store:
             self._freed()
             for name in self.machines:
                 self._touch_machine(name)
+            # After the touches, as `apply` does: a machine's generation is then the new
+            # store generation, and the next apply's touches (generation + 1) differ from
+            # it. Bumped first, the next apply set the same value again, and a change it
+            # made to a machine's tasks looked like none (no push to that Borglet).
+            self.generation += 1
             self.changed.notify_all()
             self._tell_touched()
 

@@ -3,6 +3,7 @@ a bare Store with the times passed in (no clock, no proposals, no metrics)."""
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 from borgmaster import commands as C
@@ -216,3 +217,67 @@ def test_the_snapshot_holds_every_placed_task_and_what_each_machine_holds() -> N
     )
     got = sorted((p.job, p.index, p.machine, p.priority, p.requirements) for p in snap.running)
     assert got == want and len(got) == 7
+
+
+def test_the_placed_memo_never_disagrees_with_a_fresh_walk() -> None:
+    """A `PlacedCache` kept across passes gives what a walk without it gives, after any
+    sequence of placements, reports, updates (priority, requirements), kills, lost
+    machines, re-registrations and snapshot loads."""
+    rng = random.Random(11)
+    c = Cell()
+    machines = [f"m{i}" for i in range(5)]
+    for m in machines:
+        c.machine(m, cpu=256.0, ram=1 << 44)
+    jobs = ["a", "b", "c"]
+    for j in jobs:
+        c.submit(spec(j, replicas=4))
+    memo = planner.PlacedCache()
+    reused = 0
+
+    def view(cache: planner.PlacedCache | None) -> tuple[Any, Any]:
+        snap, _ = planner.build_snapshot(c.store, cache=cache)
+        placed = sorted(
+            (p.job, p.index, p.machine, p.priority, p.requirements, p.incarnation)
+            for p in snap.running
+        )
+        return placed, {m.name: m.used for m in snap.machines}
+
+    for step in range(400):
+        op = rng.randrange(9)
+        j = rng.choice(jobs)
+        store = c.store
+        if op <= 2:  # place a pending task
+            waiting = sorted(k for k in store.pending if k[0] == j)
+            if waiting:
+                _, i = waiting[0]
+                c.place(j, i, rng.choice(machines), version=store.jobs[j].version)
+        elif op == 3:  # a placed task reports running or ends
+            live = [t for t in store.job_tasks(j) if t.machine and t.state in ACTIVE_STATES]
+            if live:
+                t = rng.choice(live)
+                c.update(j, t.index, rng.choice(["running", "failed", "succeeded", "running"]))
+        elif op == 4:  # a new version: other requirements, maybe another priority
+            c.submit(
+                spec(
+                    j,
+                    replicas=rng.randrange(2, 6),
+                    priority=rng.choice([100, 150, 200]),
+                    requirements=Requirements(cpu=rng.choice([0.5, 1.0, 2.0]), ram=1 << 30),
+                )
+            )
+        elif op == 5:
+            c.apply(C.KillJob(ts_ms=step, name=j))
+            c.submit(spec(j, replicas=3))  # and up again
+        elif op == 6:
+            c.apply(C.MachineLost(ts_ms=step, name=rng.choice(machines)))
+        elif op == 7:
+            c.machine(rng.choice(machines), cpu=256.0, ram=1 << 44)  # comes back
+        else:  # a snapshot load (a follower catching up)
+            c.store.load_snapshot(c.store.snapshot_bytes())
+        reused += sum(
+            1
+            for name, (gen, placed, _) in memo.machines.items()
+            if placed and c.store.machine_generation.get(name) == gen
+        )
+        assert view(memo) == view(None), step
+    assert reused > 100  # the memo was really used, not rebuilt every step

@@ -636,3 +636,16 @@ def test_a_batch_of_reports_recomputes_each_job_once_per_entry() -> None:
     cell.apply(C.Batch(entries=[C.encode(r) for r in reports]))
     assert walks == ["wide"]
     assert cell.store.jobs["wide"].state == RUNNING
+
+
+def test_a_change_after_a_snapshot_load_moves_the_machines_generation() -> None:
+    """Pushes and the scheduler's memo see a machine change by its generation: the first
+    apply after a load must not leave it where the load put it."""
+    c = Cell()
+    c.machine("m1")
+    c.submit(spec("web", replicas=1))
+    c.place("web", 0, "m1")
+    c.store.load_snapshot(c.store.snapshot_bytes())
+    loaded = c.store.machine_generation["m1"]
+    c.update("web", 0, "failed", exit_code=1)  # its desired set changes
+    assert c.store.machine_generation["m1"] != loaded
