@@ -337,7 +337,7 @@ placing 100k tasks encodes to ~11 MiB with long names."""
 MAX_PLAN_PLACEMENTS = 5000
 """At most this many placements per ApplyPlan entry: every replica applies an entry on its
 Raft thread, and 100,000 placements in one took 1.3-1.7 s there (no heartbeats meanwhile:
-an election on each of 3 replicas). 5,000 apply in well under 0.1 s."""
+an election). 5,000 apply in 0.15-0.3 s on a loaded 2-core machine."""
 
 
 def split_plan(
@@ -346,13 +346,13 @@ def split_plan(
     max_placements: int = MAX_PLAN_PLACEMENTS,
     gangs: frozenset[str] | set[str] = frozenset(),
 ) -> list[C.ApplyPlan]:
-    """`cmd` as commands of at most `max_bytes` and `max_placements` each, in order: the
-    first carries every preemption (victims go first, as within one plan) and failure with
-    the first placements, the others the rest of the placements. The placements of a job in
-    `gangs` stay in one command (the store applies a gang whole or not at all), even past
-    `max_placements`. Each is re-checked by the store on its own, as any plan is, so a later
-    part that does not commit leaves its tasks pending for the next pass. A single plan
-    when it fits."""
+    """`cmd` as commands of at most `max_bytes` and `max_placements` each, the placements
+    grouped by machine (each machine's in their order): the first carries every preemption
+    (victims go first, as within one plan) and failure with the first placements, the others
+    the rest of the placements. The placements of a job in `gangs` stay in one command (the
+    store applies a gang whole or not at all), even past `max_placements`. Each is
+    re-checked by the store on its own, as any plan is, so a later part that does not
+    commit leaves its tasks pending for the next pass. A single plan when it fits."""
     n = len(cmd.placements)
     if n < 2 or (n <= max_placements and len(C.encode(cmd)) <= max_bytes):
         return [cmd]
@@ -367,6 +367,12 @@ def split_plan(
             unit.append(pl)
         else:
             units.append([pl])
+    # Machine by machine (stable: each machine's placements keep their order, all the store
+    # compares them with): a part then completes its machines' task sets, and each machine
+    # hears once. In plan order, 20 parts of 5,000 spread over 10,000 machines touched every
+    # machine ~10 times: ten pushes of one task each instead of one of ten, and 100,000
+    # tasks took 65 s to reach their machines.
+    units.sort(key=lambda u: u[0].machine)
     per_placement = max(1, len(C.encode(cmd)) // n)
     step = max(1, min(max_placements, max_bytes // per_placement))
     while True:

@@ -141,7 +141,10 @@ def test_a_plan_over_the_byte_cap_is_split_in_order_preemptions_first() -> None:
     parts = planner.split_plan(cmd, max_bytes=cap)
     assert len(parts) >= 5
     assert all(len(C.encode(p)) <= cap for p in parts)
-    assert [p for part in parts for p in part.placements] == ps
+    flat = [p for part in parts for p in part.placements]
+    assert sorted(flat, key=lambda p: p.index) == ps
+    # grouped by machine, each machine's placements in plan order
+    assert flat == sorted(ps, key=lambda p: p.machine)
     assert parts[0].preemptions == pre and parts[0].failures == fail
     assert all(not p.preemptions and not p.failures and p.term == 4 for p in parts[1:])
 
@@ -179,10 +182,10 @@ def test_a_plan_over_the_placement_cap_is_split_and_keeps_each_gang_whole() -> N
     assert len(holding) == 1 and [p for p in holding[0].placements if p.job == "mpi"] == gang
     # only a gang may take a part past the cap
     assert all(len(part.placements) <= 10 for part in parts if part is not holding[0])
-    # the same plan without gangs: every part within the cap, order kept
+    # the same plan without gangs: every part within the cap, machine by machine in order
     plain = planner.split_plan(cmd, max_placements=10)
     assert all(len(part.placements) <= 10 for part in plain)
-    assert [p for part in plain for p in part.placements] == mixed
+    assert [p for part in plain for p in part.placements] == sorted(mixed, key=lambda p: p.machine)
     assert planner.split_plan(cmd, max_placements=len(mixed)) == [cmd]
 
 
@@ -281,3 +284,16 @@ def test_the_placed_memo_never_disagrees_with_a_fresh_walk() -> None:
         )
         assert view(memo) == view(None), step
     assert reused > 100  # the memo was really used, not rebuilt every step
+
+
+def test_a_split_plan_gives_each_machine_its_placements_in_as_few_parts_as_it_can() -> None:
+    """20 machines x 5 tasks in round-robin order, split at 10 placements per part: each
+    machine's 5 land in one part (machines hear once), not one per part."""
+    ps = [C.Placement("web", i, f"m{i % 20:02d}", f"w{i}", 1) for i in range(100)]
+    parts = planner.split_plan(C.ApplyPlan(placements=ps), max_placements=10)
+    assert len(parts) == 10
+    for part in parts:
+        machines = [p.machine for p in part.placements]
+        assert len(set(machines)) == 2, machines
+    seen = [{p.machine for p in part.placements} for part in parts]
+    assert all(not (a & b) for i, a in enumerate(seen) for b in seen[i + 1 :])
