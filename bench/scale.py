@@ -82,6 +82,7 @@ class Prober(threading.Thread):
         self.stub = stub
         self.stop = threading.Event()
         self.status_ms: list[float] = []
+        self.status_at: list[float] = []  # when each status probe started (monotonic)
         self.submit_ms: list[float] = []
         self.failures: list[str] = []
 
@@ -92,6 +93,7 @@ class Prober(threading.Thread):
             r = self.cell.borgcfg("status", timeout=60)
             if r.returncode == 0:
                 self.status_ms.append((time.monotonic() - t) * 1000)
+                self.status_at.append(t)
             else:
                 self.failures.append(f"status: {r.stderr.strip()[:200]}")
             i += 1
@@ -226,6 +228,7 @@ def run_once(
             doc["tasks_per_s"] = round(r / el, 1)
 
         # 3. steady state
+        steady_from = time.monotonic()
         s0 = fleet_stats(hollow)
         c0 = [cpu_s(p) for p in masters]
         t0 = time.monotonic()
@@ -262,6 +265,10 @@ def run_once(
             doc["hollow_cpu_s"] = round(cpu_s(hp), 1)
         doc["link_streams_per_replica"] = link_streams(cell)
         doc["status"] = lat(prober.status_ms)
+        # the same probes, split: up to the end of the rollout, and in the steady window
+        split = list(zip(prober.status_at, prober.status_ms, strict=True))
+        doc["status_until_running"] = lat([ms for t, ms in split if t < steady_from])
+        doc["status_steady"] = lat([ms for t, ms in split if t >= steady_from])
         doc["submit"] = lat(prober.submit_ms)
         doc["probe_failures"] = prober.failures[:5]
         doc["probe_failure_count"] = len(prober.failures)
