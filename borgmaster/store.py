@@ -354,11 +354,8 @@ class Store:
 
     def _new_task(self, job: Job, index: int, ts: int) -> Task:
         t = Task(job=job.name, index=index, version=job.version, submitted_ms=ts, updated_ms=ts)
-        key = (job.name, index)
-        self.tasks[key] = t
-        if self.jobs.get(job.name) is job and needs_placement(t, job):  # as `_reindex` would
-            self.pending.add(key)
-            self.new_pending.add(key)
+        self.tasks[(job.name, index)] = t
+        self._reindex(t)
         return t
 
     def _reset_task(self, t: Task, version: int, ts: int, reason: str = "") -> None:
